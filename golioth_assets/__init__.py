@@ -1,0 +1,1 @@
+"""golioth-sync: keep a PostgreSQL device table and the Golioth device registry in two-way sync."""
