@@ -1,0 +1,123 @@
+"""Turn device values into canonical strings, so that a three-way diff is plain string equality.
+
+Every synced field of every side (local, remote, base) goes through the same functions here, so
+"equal" means the same thing everywhere: lists are trimmed, de-duplicated and sorted; strings are
+trimmed; JSON is dumped with sorted keys; a missing value is NULL.
+
+Two sentinels can never collide with a canonical value, because canonical values never start with
+a space (text and list items are trimmed; JSON is dumped without padding):
+- NULL (" null"): the field has no value (e.g. no blueprint).
+- NO_BASE (" no-base"): the two sides never agreed on this field, so there is no base to compare with.
+(NUL would be the obvious choice, but numpy silently strips trailing NULs from strings.)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from golioth_assets.core.fields import FIELD_KIND
+
+NULL = " null"
+NO_BASE = " no-base"
+LIST_SEP = "\x1f"  # ASCII unit separator: never in a tag name or hardware id
+
+_ABSENT = object()
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_text(values: pd.Series) -> pd.Series:
+    stripped = values.astype(object).str.strip()  # non-strings and None become NaN
+    return stripped.where(stripped.notna() & (stripped != ""), NULL).astype(object)
+
+
+def canonical_bool(values: pd.Series) -> pd.Series:
+    out = pd.Series(NULL, index=values.index, dtype=object)
+    known = values.notna()
+    out[known] = values[known].astype(bool).map({True: "true", False: "false"})
+    return out
+
+
+def canonical_list(values: pd.Series) -> pd.Series:
+    """Lists → sorted, unique, trimmed items joined by LIST_SEP; empty or missing → ""."""
+    positions = pd.Series(values.to_numpy(dtype=object), index=pd.RangeIndex(len(values)))
+    items = positions.explode().dropna()
+    items = items.astype(str).str.strip()
+    items = items[items != ""]
+    frame = pd.DataFrame({"row": items.index.to_numpy(), "item": items.to_numpy()})
+    frame = frame.drop_duplicates().sort_values(["row", "item"], kind="stable")
+    # groupby-sum concatenates strings in C; a join aggregate would call Python once per group.
+    frame["item"] = frame["item"] + LIST_SEP
+    joined = frame.groupby("row", sort=False)["item"].sum().str[:-1]
+    out = joined.reindex(positions.index, fill_value="")
+    return pd.Series(out.to_numpy(dtype=object), index=values.index)
+
+
+def canonical_json_object(values: pd.Series) -> pd.Series:
+    """A JSON object (desired state), None-valued keys dropped, as canonical text; missing → "{}"."""
+
+    def one(value: Any) -> str:
+        if not isinstance(value, dict):
+            return "{}"
+        return dump_json({k: v for k, v in value.items() if v is not None})
+
+    return values.map(one).astype(object)
+
+
+def canonical_json_value(values: pd.Series) -> pd.Series:
+    """One desired-state key's value as canonical JSON; missing or null → NULL."""
+    return values.map(lambda v: NULL if v is None or v is _ABSENT or v is pd.NA else dump_json(v)).astype(object)
+
+
+_BY_KIND = {
+    "text": canonical_text,
+    "list": canonical_list,
+    "bool": canonical_bool,
+    "json": canonical_json_object,
+}
+
+
+def canonicalize(frame: pd.DataFrame, fields: tuple[str, ...]) -> pd.DataFrame:
+    """Canonical strings for `fields` of a frame of raw values (lists, dicts, str, bool)."""
+    return pd.DataFrame({f: _BY_KIND[FIELD_KIND[f]](frame[f]) for f in fields}, index=frame.index)
+
+
+def canonicalize_base(snapshots: pd.Series, fields: tuple[str, ...]) -> pd.DataFrame:
+    """Canonical base values from base_snapshot dicts; a field never agreed on → NO_BASE."""
+    snapshots = snapshots.map(lambda b: b if isinstance(b, dict) else {})
+    out = {}
+    for f in fields:
+        raw = snapshots.map(lambda b, f=f: b.get(f, _ABSENT))
+        absent = raw.map(lambda v: v is _ABSENT).astype(bool)
+        canonical = _BY_KIND[FIELD_KIND[f]](raw.where(~absent, None))
+        out[f] = canonical.where(~absent, NO_BASE)
+    return pd.DataFrame(out, index=snapshots.index)
+
+
+def decode(field: str, canonical: str | None) -> Any:
+    """A canonical string back to the value written to a side or stored in a base snapshot."""
+    if canonical is None or canonical == NULL or canonical == NO_BASE:
+        return None
+    if field.startswith("desired_state."):
+        return json.loads(canonical)
+    kind = FIELD_KIND.get(field, "json")
+    if kind == "text":
+        return canonical
+    if kind == "list":
+        return canonical.split(LIST_SEP) if canonical else []
+    if kind == "bool":
+        return canonical == "true"
+    return json.loads(canonical)
+
+
+def encode(field: str, value: Any) -> str:
+    """A decoded value (as stored in conflicts or snapshots) back to its canonical string."""
+    if field.startswith("desired_state."):
+        return canonical_json_value(pd.Series([value], dtype=object)).iloc[0]
+    kind = FIELD_KIND.get(field, "json")
+    return _BY_KIND[kind](pd.Series([value], dtype=object)).iloc[0]

@@ -1,0 +1,40 @@
+"""A plan's canonical strings turned back into real values: what gets stored, applied and shown."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from golioth_assets.core.normalize import decode
+from golioth_assets.core.plan import Plan
+
+
+def _decode_column(frame: pd.DataFrame, column: str) -> pd.Series:
+    # Grouped by field: the decoder depends on the field's kind. Only changed rows get here.
+    out = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for field_name, rows in frame.groupby("field", sort=False):
+        values = rows[column]
+        out.loc[rows.index] = values.map(lambda v, f=field_name: decode(f, v) if isinstance(v, str) else None)
+    return out
+
+
+def changes_table(plan: Plan) -> pd.DataFrame:
+    """One row per device, field and action, with decoded old and new values and a status."""
+    changes = plan.changes.copy()
+    changes["old_value"] = _decode_column(changes, "old_value")
+    changes["new_value"] = _decode_column(changes, "new_value")
+    changes["status"] = changes["blocked"].map({True: "blocked", False: "planned"})
+    return changes.drop(columns=["blocked"])
+
+
+def conflicts_table(plan: Plan) -> pd.DataFrame:
+    conflicts = plan.conflicts.copy()
+    if conflicts.empty:
+        return conflicts
+    field_conflicts = conflicts["conflict_type"] == "field"
+    for column in ("base_value", "local_value", "remote_value"):
+        decoded = _decode_column(conflicts[field_conflicts], column) if field_conflicts.any() else pd.Series(dtype=object)
+        other = conflicts.loc[~field_conflicts, column].map(lambda v: json.loads(v) if isinstance(v, str) else None)
+        conflicts[column] = pd.concat([decoded, other]).reindex(conflicts.index)
+    return conflicts

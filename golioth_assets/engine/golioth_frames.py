@@ -1,0 +1,126 @@
+"""Golioth devices as a DataFrame in the local table's vocabulary: tags, blueprint and cohort by name,
+observed fields pulled out of `metadata`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from golioth_assets.golioth.client import GoliothClient
+from golioth_assets.golioth.models import Device
+from golioth_assets.store.inventory import REMOTE_COLUMNS
+from golioth_assets.store.services import Service
+
+
+@dataclass
+class References:
+    """Golioth's tags, blueprints and cohorts: id → name."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    blueprints: dict[str, str] = field(default_factory=dict)
+    cohorts: dict[str, str] = field(default_factory=dict)
+
+    def ids_by_name(self, kind: str) -> dict[str, str]:
+        return {name: id_ for id_, name in getattr(self, kind).items()}
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = [
+            (kind.rstrip("s"), id_, name)
+            for kind in ("tags", "blueprints", "cohorts")
+            for id_, name in getattr(self, kind).items()
+        ]
+        return pd.DataFrame(rows, columns=["kind", "golioth_id", "name"])
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> References:
+        refs = cls()
+        for kind, golioth_id, name in frame[["kind", "golioth_id", "name"]].itertuples(index=False):
+            getattr(refs, f"{kind}s")[golioth_id] = name
+        return refs
+
+
+def fetch_references(client: GoliothClient, service: Service) -> References:
+    groups = set(service.field_groups)
+    refs = References()
+    if "tags" in groups:
+        refs.tags = client.tag_maps().by_id
+    if "blueprint" in groups:
+        refs.blueprints = client.blueprint_maps().by_id
+    # Cohorts are listed under the Golioth organization; without its id the cohort stays an id.
+    if "cohort" in groups and service.golioth_organization_id:
+        refs.cohorts = client.cohort_maps().by_id
+    return refs
+
+
+def _status(online, offline) -> str | None:
+    if online is None and offline is None:
+        return None
+    if offline is None or (online is not None and online > offline):
+        return "online"
+    return "offline"
+
+
+def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
+    """One row per device (parsing is per device anyway); id → name mapping is vectorized."""
+    rows = []
+    for d in devices:
+        meta = d.metadata
+        rows.append(
+            (
+                d.id,
+                d.name,
+                list(d.hardware_ids),
+                list(d.tag_ids),
+                d.blueprint_id,
+                d.cohort_id,
+                d.enabled,
+                d.data if isinstance(d.data, dict) else {},
+                _status(meta.last_seen_online, meta.last_seen_offline),
+                meta.last_seen_online,
+                meta.last_seen_offline,
+                meta.last_report,
+                {pkg: info.get("version") for pkg, info in meta.update.items() if isinstance(info, dict)},
+                meta.last_settings_status.status if meta.last_settings_status else None,
+                # The firmware part of `metadata` only: dumping the whole model per device is slow.
+                {"update": meta.update} if meta.update else {},
+                d.created_at,
+                d.updated_at,
+            )
+        )
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "golioth_device_id",
+            "name",
+            "hardware_ids",
+            "tag_ids",
+            "blueprint_id",
+            "cohort_id",
+            "enabled",
+            "desired_state",
+            "status",
+            "last_seen_online",
+            "last_seen_offline",
+            "last_report",
+            "firmware_versions",
+            "settings_status",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ],
+    )
+    frame["tags"] = _names(frame["tag_ids"], refs.tags)
+    frame["blueprint"] = frame["blueprint_id"].map(lambda i: refs.blueprints.get(i, i) if i else None)
+    frame["cohort"] = frame["cohort_id"].map(lambda i: refs.cohorts.get(i, i) if i else None)
+    for column in ("last_seen_online", "last_seen_offline", "last_report", "created_at", "updated_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame[REMOTE_COLUMNS]
+
+
+def _names(id_lists: pd.Series, names: dict[str, str]) -> pd.Series:
+    """Lists of tag ids → lists of tag names (an unknown id stands for itself)."""
+    exploded = id_lists.explode().dropna()
+    mapped = exploded.map(names).fillna(exploded)
+    grouped = mapped.groupby(level=0).agg(list)
+    return grouped.reindex(id_lists.index).map(lambda v: v if isinstance(v, list) else [])

@@ -1,0 +1,402 @@
+"""One sync of one organization, as four steps that can run in one process (the CLI) or as separate
+Dagster assets in separate processes: every step reads its input from PostgreSQL and writes its
+output there.
+
+    fetch   Golioth → golioth_inventory (a full list, or a GET per device for a targeted sync)
+    plan    inventory + local devices + base snapshots → sync_plan, device_conflicts
+    remote  sync_plan (Golioth side) → Golioth
+    local   sync_plan (local side) → devices, links, base snapshots, audit entries
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import httpx
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from golioth_assets.core.normalize import encode
+from golioth_assets.core.plan import Plan, plan_sync
+from golioth_assets.core.policy import SyncSettings
+from golioth_assets.core.tables import changes_table, conflicts_table
+from golioth_assets.engine.apply_local import apply_local
+from golioth_assets.engine.apply_remote import apply_remote
+from golioth_assets.engine.golioth_frames import References, devices_to_frame, fetch_references
+from golioth_assets.golioth import errors
+from golioth_assets.golioth.client import GoliothClient
+from golioth_assets.store import assignments, conflicts, devices, inventory, services, sync_log
+
+log = logging.getLogger(__name__)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+
+
+class SyncFailed(RuntimeError):
+    """The run could not complete (e.g. Golioth rejected the API key); the sync log says why."""
+
+
+@dataclass
+class SyncRequest:
+    organization_id: str
+    direction: str | None = None  # overrides the service's direction for this run
+    policy: str | None = None  # overrides the service's conflict policy (all groups) for this run
+    dry_run: bool = False
+    device_ids: Sequence[str] | None = None  # local ids or Golioth ids: a targeted sync
+    trigger: str = "manual"
+    dagster_run_id: str | None = None
+
+
+@dataclass
+class Scope:
+    """Which devices a targeted sync looks at (None everywhere: a full sync)."""
+
+    local_ids: list[str] | None = None
+    golioth_ids: list[str] | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.local_ids is None
+
+
+@dataclass
+class SyncResult:
+    sync_log_id: int
+    status: str
+    counts: dict[str, int] = field(default_factory=dict)
+    plan: pd.DataFrame | None = None
+    conflicts: pd.DataFrame | None = None
+    seconds: float = 0.0
+
+
+def settings_for(service: services.Service, request: SyncRequest) -> SyncSettings:
+    return SyncSettings(
+        direction=request.direction or service.direction,
+        policy=request.policy or service.conflict_policy,
+        policy_overrides={} if request.policy else dict(service.policy_overrides),
+        field_groups=frozenset(service.field_groups),
+        allow_deletes=service.allow_deletes,
+    )
+
+
+def open_client(
+    service: services.Service, *, transport: httpx.BaseTransport | None = None, max_concurrency: int = 16
+) -> GoliothClient:
+    return GoliothClient(
+        api_key=service.api_key(),
+        project_id=service.project_id,
+        base_url=service.base_url,
+        organization_id=service.golioth_organization_id,
+        transport=transport,
+        max_concurrency=max_concurrency,
+        key_env_var=service.api_key_env,
+    )
+
+
+# -- scope ----------------------------------------------------------------------------------------
+
+
+def resolve_scope(db: Engine, service: services.Service, device_ids: Sequence[str] | None) -> Scope:
+    """Split requested ids into local and Golioth ids, each side completed through the links."""
+    if device_ids is None:
+        return Scope()
+    local_ids = [i for i in device_ids if _UUID.match(i)]
+    golioth_ids = [i for i in device_ids if not _UUID.match(i)]
+    with db.connect() as conn:
+        links = assignments.load_links(conn, service.id, device_ids=local_ids, golioth_device_ids=golioth_ids)
+    return Scope(
+        local_ids=sorted(set(local_ids) | set(links["device_id"])),
+        golioth_ids=sorted(set(golioth_ids) | set(links["golioth_device_id"])),
+    )
+
+
+# -- fetch ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FetchResult:
+    fetched: int
+    total: int | None
+    missing: list[str]
+    references: References
+    requests: int = 0
+    retries: int = 0
+
+
+def fetch_step(db: Engine, service: services.Service, client: GoliothClient, scope: Scope) -> FetchResult:
+    """Read Golioth into golioth_inventory. A device that a link expects but the list lacks is
+    confirmed with a GET before anyone treats it as deleted: offset pages can shift under writes."""
+    before = client.stats.snapshot()
+    refs = fetch_references(client, service)
+    state_path = service.desired_state_path if "desired_state" in service.field_groups else None
+    total: int | None = None
+    if scope.full:
+        listed = client.list_devices(state_path=state_path)
+        total = len(listed)
+        with db.connect() as conn:
+            linked = set(assignments.load_links(conn, service.id)["golioth_device_id"])
+        unexpected_gone = sorted(linked - {d.id for d in listed})
+        found, missing = _get_devices(client, unexpected_gone, state_path)
+        frame = devices_to_frame(listed + found, refs)
+    else:
+        found, missing = _get_devices(client, scope.golioth_ids or [], state_path)
+        frame = devices_to_frame(found, refs)
+    with db.begin() as conn:
+        if scope.full:
+            inventory.replace_inventory(conn, service.organization_id, frame)
+        else:
+            inventory.upsert_inventory(conn, service.organization_id, frame)
+        inventory.delete_inventory_rows(conn, service.organization_id, missing)
+        inventory.replace_references(conn, service.organization_id, refs.to_frame())
+    after = client.stats.snapshot()
+    return FetchResult(
+        fetched=len(frame),
+        total=total,
+        missing=missing,
+        references=refs,
+        requests=after.requests - before.requests,
+        retries=after.retries - before.retries,
+    )
+
+
+def _get_devices(client: GoliothClient, ids: Sequence[str], state_path: str | None):
+    """GET devices one by one (concurrently); a 404 means the device is gone."""
+    if not ids:
+        return [], []
+
+    def get(device_id: str):
+        device = client.get_device(device_id)
+        if state_path:
+            value = client.get_state(device_id, state_path)
+            device = device.model_copy(update={"data": value if isinstance(value, dict) else {}})
+        return device
+
+    results = client.run_many({i: (lambda i=i: get(i)) for i in ids})
+    found, missing = [], []
+    for device_id, result in results.items():
+        if isinstance(result, errors.NotFoundError):
+            missing.append(device_id)
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            found.append(result)
+    return found, missing
+
+
+# -- plan -------------------------------------------------------------------------------------------
+
+
+def _load_inputs(db: Engine, service: services.Service, scope: Scope):
+    org = service.organization_id
+    with db.connect() as conn:
+        local = devices.load_devices(conn, org, device_ids=scope.local_ids)
+        remote = inventory.load_inventory(conn, org, golioth_device_ids=scope.golioth_ids)
+        if scope.full:
+            links = assignments.load_links(conn, service.id)
+        else:
+            # Unlinked devices in scope may match unlinked devices outside it by hardware id.
+            hw = sorted({h for ids in pd.concat([local["hardware_ids"], remote["hardware_ids"]]) for h in ids})
+            extra_local = _local_by_hardware(conn, org, hw)
+            local = pd.concat([local, extra_local[~extra_local["device_id"].isin(local["device_id"])]], ignore_index=True)
+            links = assignments.load_links(
+                conn, service.id, device_ids=list(local["device_id"]), golioth_device_ids=list(remote["golioth_device_id"])
+            )
+        open_conflicts = conflicts.load_open(conn, service.id)
+    return local, remote, links, open_conflicts
+
+
+def _local_by_hardware(conn, org: str, hardware_ids: list[str]) -> pd.DataFrame:
+    if not hardware_ids:
+        return devices.load_devices(conn, org, device_ids=[])
+    rows = conn.exec_driver_sql(
+        "SELECT id::text FROM devices WHERE organization_id = %(org)s AND hardware_ids && %(hw)s::text[]",
+        {"org": org, "hw": hardware_ids},
+    ).fetchall()
+    return devices.load_devices(conn, org, device_ids=[r[0] for r in rows])
+
+
+def _resolutions(open_conflicts: pd.DataFrame) -> pd.DataFrame:
+    resolved = open_conflicts[open_conflicts["status"] == "resolved"].copy()
+    resolved["chosen"] = [encode(f, v) for f, v in zip(resolved["field"], resolved["resolved_value"])]
+    return resolved
+
+
+def build_plan(db: Engine, service: services.Service, request: SyncRequest, scope: Scope) -> tuple[Plan, dict]:
+    local, remote, links, open_conflicts = _load_inputs(db, service, scope)
+    settings = settings_for(service, request)
+    plan = plan_sync(
+        local,
+        remote,
+        links,
+        settings,
+        resolutions=_resolutions(open_conflicts),
+        open_conflicts=open_conflicts[open_conflicts["status"] == "pending"],
+    )
+    return plan, {"fetched_local": len(local), "fetched_remote": len(remote)}
+
+
+def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope: Scope) -> tuple[int, Plan]:
+    """Plan, store the plan and the run's log row; outside a dry run, record the conflicts."""
+    plan, fetched = build_plan(db, service, request, scope)
+    settings = settings_for(service, request)
+    with db.begin() as conn:
+        sync_log_id = sync_log.start_run(
+            conn,
+            organization_id=service.organization_id,
+            service_id=service.id,
+            direction=settings.direction,
+            policy=settings.policy,
+            trigger=request.trigger,
+            dry_run=request.dry_run,
+            scope=request.device_ids,
+            dagster_run_id=request.dagster_run_id,
+        )
+        sync_log.save_plan(conn, sync_log_id, service.organization_id, changes_table(plan))
+        counts = plan.counts()
+        sync_log.add_counts(conn, sync_log_id, {**fetched, "conflicts": counts["conflicts"]})
+        sync_log.set_details(conn, sync_log_id, {"plan": counts})
+        if not request.dry_run:
+            conflicts.upsert_conflicts(conn, service.organization_id, service.id, sync_log_id, conflicts_table(plan))
+            conflicts.mark(conn, plan.superseded, "superseded")
+    return sync_log_id, plan
+
+
+# -- apply ------------------------------------------------------------------------------------------
+
+
+def remote_step(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int):
+    before = client.stats.snapshot()
+    with db.connect() as conn:
+        plan = sync_log.load_plan(conn, sync_log_id, side="remote")
+        planned = plan[plan["status"] == "planned"]
+        local = devices.load_devices(conn, service.organization_id, device_ids=list(planned["device_id"].dropna().unique()))
+        remote = inventory.load_inventory(
+            conn, service.organization_id, golioth_device_ids=list(planned["golioth_device_id"].dropna().unique())
+        )
+        refs = References.from_frame(inventory.load_references(conn, service.organization_id))
+
+    def persist_hardware_ids(generated: dict[str, str]) -> None:
+        with db.begin() as conn:
+            devices.ensure_hardware_ids(conn, service.organization_id, generated)
+
+    outcome = apply_remote(
+        client,
+        service,
+        refs,
+        planned,
+        local.set_index("device_id", drop=False),
+        remote.set_index("golioth_device_id", drop=False),
+        before_create=persist_hardware_ids,
+    )
+    after = client.stats.snapshot()
+    with db.begin() as conn:
+        assignments.insert_links(conn, service.id, outcome.new_links)
+        sync_log.mark_plan(conn, outcome.plan_status)
+        sync_log.insert_entries(conn, sync_log_id, service.organization_id, outcome.entries)
+        sync_log.add_counts(
+            conn,
+            sync_log_id,
+            {**outcome.counts, "api_requests": after.requests - before.requests, "api_retries": after.retries - before.retries},
+        )
+        inventory.replace_references(conn, service.organization_id, refs.to_frame())
+    if outcome.auth_error:
+        raise SyncFailed(outcome.auth_error)
+    return outcome
+
+
+def local_step(db: Engine, service: services.Service, sync_log_id: int):
+    with db.begin() as conn:
+        plan = sync_log.load_plan(conn, sync_log_id)
+        planned_local = plan[(plan["status"] == "planned") & (plan["side"] == "local")]
+        local = devices.load_devices(conn, service.organization_id, device_ids=list(planned_local["device_id"].dropna().unique()))
+        remote = inventory.load_inventory(
+            conn, service.organization_id, golioth_device_ids=list(planned_local["golioth_device_id"].dropna().unique())
+        )
+        outcome = apply_local(
+            conn,
+            service,
+            sync_log_id,
+            plan,
+            local.set_index("device_id", drop=False),
+            remote.set_index("golioth_device_id", drop=False),
+        )
+        sync_log.add_counts(conn, sync_log_id, outcome.counts)
+    return outcome
+
+
+def finish(db: Engine, sync_log_id: int, *, error: str | None = None) -> str:
+    with db.begin() as conn:
+        run = sync_log.get_run(conn, sync_log_id)
+        status = "failed" if error else ("partial" if run["failures"] else "success")
+        sync_log.finish_run(conn, sync_log_id, status=status, error=error)
+    return status
+
+
+def record_failure(db: Engine, service: services.Service, request: SyncRequest, error: str) -> int:
+    """A run that failed before it could plan still leaves a log row that says why."""
+    settings = settings_for(service, request)
+    with db.begin() as conn:
+        sync_log_id = sync_log.start_run(
+            conn,
+            organization_id=service.organization_id,
+            service_id=service.id,
+            direction=settings.direction,
+            policy=settings.policy,
+            trigger=request.trigger,
+            dry_run=request.dry_run,
+            scope=request.device_ids,
+            dagster_run_id=request.dagster_run_id,
+        )
+        sync_log.finish_run(conn, sync_log_id, status="failed", error=error)
+    return sync_log_id
+
+
+# -- all four steps in one process --------------------------------------------------------------------
+
+
+def sync_organization(
+    db: Engine, request: SyncRequest, *, client: GoliothClient | None = None
+) -> SyncResult:
+    started = time.perf_counter()
+    with db.connect() as conn:
+        service = services.service_for_org(conn, request.organization_id)
+    own_client = client is None
+    client = client or open_client(service)
+    sync_log_id = None
+    try:
+        scope = resolve_scope(db, service, request.device_ids)
+        try:
+            fetched = fetch_step(db, service, client, scope)
+        except errors.GoliothError as exc:
+            sync_log_id = record_failure(db, service, request, str(exc))
+            raise SyncFailed(str(exc)) from exc
+        sync_log_id, plan = plan_step(db, service, request, scope)
+        with db.begin() as conn:
+            sync_log.add_counts(conn, sync_log_id, {"api_requests": fetched.requests, "api_retries": fetched.retries})
+        if request.dry_run:
+            status = finish(db, sync_log_id)
+        else:
+            try:
+                remote_step(db, service, client, sync_log_id)
+                local_step(db, service, sync_log_id)
+            except SyncFailed as exc:
+                local_step(db, service, sync_log_id)  # record what did succeed before the failure
+                finish(db, sync_log_id, error=str(exc))
+                raise
+            status = finish(db, sync_log_id)
+        with db.connect() as conn:
+            run = sync_log.get_run(conn, sync_log_id)
+        return SyncResult(
+            sync_log_id=sync_log_id,
+            status=status,
+            counts={k: run[k] for k in sync_log.COUNT_COLUMNS},
+            plan=changes_table(plan),
+            conflicts=conflicts_table(plan),
+            seconds=time.perf_counter() - started,
+        )
+    finally:
+        if own_client:
+            client.close()

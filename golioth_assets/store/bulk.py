@@ -1,0 +1,46 @@
+"""Set-based bulk writes: a whole batch reaches PostgreSQL in one COPY, never a round trip per row.
+
+Rows are serialized to JSON lines and COPYed into a temporary table of one jsonb column. The caller
+then runs one INSERT … SELECT or UPDATE … FROM that unpacks them (`jsonb_to_record` also turns JSON
+arrays into `text[]`), so typing and conflict handling stay in SQL where they are easy to read.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from collections.abc import Iterable
+
+import pandas as pd
+from sqlalchemy.engine import Connection
+
+_counter = itertools.count()
+
+
+def _copy_lines(conn: Connection, lines: str) -> str:
+    name = f"_stage_{next(_counter)}"
+    conn.exec_driver_sql(f"CREATE TEMP TABLE {name} (doc jsonb) ON COMMIT DROP")
+    if lines:
+        raw = conn.connection.dbapi_connection  # the psycopg2 connection under SQLAlchemy
+        with raw.cursor() as cursor:
+            # CSV with control characters as quote and delimiter: nothing in JSON text is interpreted.
+            cursor.copy_expert(
+                f"COPY {name} (doc) FROM STDIN WITH (FORMAT csv, QUOTE e'\\x01', DELIMITER e'\\x02')",
+                io.StringIO(lines),
+            )
+    return name
+
+
+def stage(conn: Connection, frame: pd.DataFrame) -> str:
+    """COPY a frame (pandas serializes it in C) into a temp table `(doc jsonb)`; return its name."""
+    if frame.empty:
+        return _copy_lines(conn, "")
+    return _copy_lines(
+        conn, frame.to_json(orient="records", lines=True, date_format="iso", date_unit="us", force_ascii=False)
+    )
+
+
+def stage_records(conn: Connection, records: Iterable[dict]) -> str:
+    """Like `stage`, for records whose keys vary (a missing key means "leave this column alone")."""
+    return _copy_lines(conn, "\n".join(json.dumps(r, default=str, ensure_ascii=False) for r in records))

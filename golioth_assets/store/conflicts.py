@@ -1,0 +1,151 @@
+"""Conflicts an operator must settle (`device_conflicts`).
+
+pending → resolved (an operator chose) → applied (the next sync wrote the choice to both sides);
+or pending → superseded (both sides converged, or the conflict disappeared, on their own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from golioth_assets.store.bulk import stage
+from golioth_assets.store.schema import device_conflicts
+
+
+class ConflictNotFound(LookupError):
+    pass
+
+
+class ConflictNotPending(RuntimeError):
+    """The conflict was already resolved, applied or superseded; nothing was changed."""
+
+
+def upsert_conflicts(
+    conn: Connection, organization_id: str, service_id: int, sync_log_id: int | None, frame: pd.DataFrame
+) -> int:
+    """Record conflicts (decoded values). A conflict already open for the device and field is refreshed."""
+    if frame.empty:
+        return 0
+    table = stage(conn, frame)
+    return conn.exec_driver_sql(
+        f"""
+        INSERT INTO device_conflicts (organization_id, service_id, device_id, golioth_device_id, field,
+                                      conflict_type, base_value, local_value, remote_value, sync_log_id)
+        SELECT %(org)s, %(service)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id',
+               s.doc->>'field', s.doc->>'conflict_type', s.doc->'base_value', s.doc->'local_value',
+               s.doc->'remote_value', %(log)s
+        FROM {table} s
+        ON CONFLICT (service_id, coalesce(device_id::text, ''), coalesce(golioth_device_id, ''), field)
+            WHERE status IN ('pending', 'resolved')
+        DO UPDATE SET base_value = excluded.base_value, local_value = excluded.local_value,
+                      remote_value = excluded.remote_value, last_seen_at = now(),
+                      sync_log_id = excluded.sync_log_id
+        WHERE device_conflicts.status = 'pending'
+        """,
+        {"org": organization_id, "service": service_id, "log": sync_log_id},
+    ).rowcount
+
+
+_OPEN_COLUMNS = [
+    "conflict_id",
+    "device_id",
+    "golioth_device_id",
+    "field",
+    "conflict_type",
+    "status",
+    "resolution",
+    "resolved_value",
+    "resolved_by",
+]
+
+
+def load_open(conn: Connection, service_id: int) -> pd.DataFrame:
+    """Pending and resolved-but-not-applied conflicts of a service."""
+    rows = conn.exec_driver_sql(
+        """
+        SELECT id, device_id::text, golioth_device_id, field, conflict_type, status, resolution,
+               resolved_value, resolved_by
+        FROM device_conflicts WHERE service_id = %(service)s AND status IN ('pending', 'resolved')
+        """,
+        {"service": service_id},
+    ).fetchall()
+    return pd.DataFrame.from_records(rows, columns=_OPEN_COLUMNS)
+
+
+def mark(conn: Connection, conflict_ids: Sequence[int], status: str) -> int:
+    if not conflict_ids:
+        return 0
+    column = {"applied": "applied_at", "superseded": "resolved_at"}[status]
+    return conn.execute(
+        device_conflicts.update()
+        .where(device_conflicts.c.id.in_([int(i) for i in conflict_ids]))
+        .where(device_conflicts.c.status.in_(["pending", "resolved"]))
+        .values(status=status, **{column: sa.func.now()})
+    ).rowcount
+
+
+def refresh_link_status(conn: Connection, service_id: int) -> None:
+    """Links with a pending conflict say "conflict"; links whose conflicts are gone say "synced"."""
+    conn.exec_driver_sql(
+        """
+        WITH open AS (
+            SELECT device_id, golioth_device_id FROM device_conflicts
+            WHERE service_id = %(service)s AND status = 'pending'
+        ), wanted AS (
+            SELECT a.id, CASE WHEN EXISTS (
+                    SELECT 1 FROM open c
+                    WHERE c.device_id = a.device_id OR c.golioth_device_id = a.golioth_device_id)
+                THEN 'conflict' ELSE 'synced' END AS status
+            FROM device_service_assignments a
+            WHERE a.service_id = %(service)s AND a.sync_status IN ('synced', 'conflict')
+        )
+        UPDATE device_service_assignments a SET sync_status = w.status, updated_at = now()
+        FROM wanted w WHERE a.id = w.id AND a.sync_status <> w.status
+        """,
+        {"service": service_id},
+    )
+
+
+def get_conflict(conn: Connection, conflict_id: int) -> dict:
+    row = conn.execute(sa.select(device_conflicts).where(device_conflicts.c.id == conflict_id)).mappings().first()
+    if row is None:
+        raise ConflictNotFound(f"no conflict with id {conflict_id}")
+    return dict(row)
+
+
+def resolve(conn: Connection, conflict_id: int, *, use: str, value=None, resolved_by: str) -> dict:
+    """Record an operator's choice: use="local" | "remote" | "value" (with `value`).
+
+    Only a pending conflict can be resolved, and the check and the write are one statement, so of
+    two concurrent resolutions exactly one wins.
+    """
+    if use not in ("local", "remote", "value"):
+        raise ValueError("use must be 'local', 'remote' or 'value'")
+    current = get_conflict(conn, conflict_id)
+    if current["conflict_type"] == "identity":
+        raise ValueError(
+            "identity conflicts are settled by editing hardware ids so that each device matches exactly "
+            "one device on the other side; the next sync then links them and supersedes the conflict"
+        )
+    if use == "value" and current["conflict_type"] != "field":
+        raise ValueError("a delete-vs-modify conflict takes --use local or --use remote, not a value")
+    chosen = {"local": device_conflicts.c.local_value, "remote": device_conflicts.c.remote_value}.get(use)
+    row = conn.execute(
+        device_conflicts.update()
+        .where(device_conflicts.c.id == conflict_id, device_conflicts.c.status == "pending")
+        .values(
+            status="resolved",
+            resolution=use,
+            resolved_value=chosen if chosen is not None else sa.cast(value, device_conflicts.c.resolved_value.type),
+            resolved_by=resolved_by,
+            resolved_at=sa.func.now(),
+        )
+        .returning(*device_conflicts.c)
+    ).mappings().first()
+    if row is None:
+        raise ConflictNotPending(f"conflict {conflict_id} is already {current['status']}; nothing changed")
+    return dict(row)

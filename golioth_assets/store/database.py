@@ -1,0 +1,106 @@
+"""Which PostgreSQL we talk to, and the SQLAlchemy engines for it.
+
+One dialect everywhere: PostgreSQL through psycopg2 (dagster-postgres needs psycopg2 too, and
+SQLAlchemy 2.1 would otherwise pick psycopg 3 for a bare `postgresql://`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+
+from golioth_assets.settings import Settings, get_settings
+from golioth_assets.store import embedded
+
+log = logging.getLogger(__name__)
+
+APP_DATABASE = "golioth_sync"
+DAGSTER_DATABASE = "dagster"
+
+
+class DatabaseConfigError(ValueError):
+    """DATABASE_URL (or DAGSTER_DATABASE_URL) is not a usable PostgreSQL URL."""
+
+
+def normalize_url(raw: str | URL, *, variable: str = "DATABASE_URL") -> URL:
+    """Accept postgres://, postgresql:// and postgresql+psycopg2:// and always use psycopg2."""
+    try:
+        url = make_url(raw) if isinstance(raw, str) else raw
+    except Exception as exc:
+        raise DatabaseConfigError(f"{variable} is not a valid database URL: {exc}") from None
+    if url.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseConfigError(
+            f"{variable} must point at PostgreSQL (got a {url.get_backend_name()!r} URL); "
+            "golioth-sync supports PostgreSQL only"
+        )
+    if url.get_driver_name() not in ("psycopg2", "", None) and "+" in url.drivername:
+        log.info("%s names driver %s; using psycopg2 instead", variable, url.get_driver_name())
+    return url.set(drivername="postgresql+psycopg2")
+
+
+def resolve_urls(settings: Settings | None = None) -> tuple[URL, URL]:
+    """Return (app URL, Dagster storage URL), starting the embedded server when no URL is set."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        app = normalize_url(settings.database_url)
+    else:
+        server = embedded.start(settings.pgdata)
+        app = server.set(database=APP_DATABASE)
+    if settings.dagster_database_url:
+        dagster = normalize_url(settings.dagster_database_url, variable="DAGSTER_DATABASE_URL")
+    else:
+        # Dagster's own storage: same server, its own database.
+        dagster = app.set(database=f"{app.database}_dagster" if settings.database_url else DAGSTER_DATABASE)
+    return app, dagster
+
+
+def render(url: URL) -> str:
+    """A URL as a string with any password hidden: safe for logs and output."""
+    return url.render_as_string(hide_password=True)
+
+
+def ensure_database_exists(url: URL) -> None:
+    """CREATE DATABASE if missing, connecting through the server's `postgres` database."""
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with admin.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
+            ).scalar()
+            if not exists:
+                # The name comes from our own settings, never from request input; quote it anyway.
+                quoted = conn.dialect.identifier_preparer.quote(url.database)
+                try:
+                    conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+                except sa.exc.ProgrammingError as exc:
+                    if "already exists" not in str(exc):  # lost a race with another process: fine
+                        raise
+    finally:
+        admin.dispose()
+
+
+@functools.lru_cache(maxsize=16)
+def _engine_for(url_string: str) -> Engine:
+    return sa.create_engine(
+        url_string,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        # A short connect timeout turns "database down" into a prompt, clear error.
+        connect_args={"connect_timeout": 5, "application_name": "golioth-sync"},
+    )
+
+
+def engine_for(url: URL | str) -> Engine:
+    url = normalize_url(url)
+    return _engine_for(url.render_as_string(hide_password=False))
+
+
+def app_engine(settings: Settings | None = None) -> Engine:
+    """The engine for our own tables, creating the database on first use."""
+    app, _ = resolve_urls(settings)
+    ensure_database_exists(app)
+    return engine_for(app)

@@ -1,0 +1,175 @@
+"""The audit trail: one `golioth_sync_log` row per run, one entry per changed or failed device, and
+the run's plan (`sync_plan`) so that later steps, dry runs and operators can read it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from golioth_assets.store.bulk import stage, stage_records
+from golioth_assets.store.schema import golioth_sync_log
+
+COUNT_COLUMNS = (
+    "fetched_remote",
+    "fetched_local",
+    "created_local",
+    "updated_local",
+    "deleted_local",
+    "created_remote",
+    "updated_remote",
+    "deleted_remote",
+    "conflicts",
+    "failures",
+    "skipped",
+    "api_requests",
+    "api_retries",
+)
+
+
+def start_run(
+    conn: Connection,
+    *,
+    organization_id: str,
+    service_id: int | None,
+    direction: str,
+    policy: str,
+    trigger: str = "manual",
+    dry_run: bool = False,
+    scope: Sequence[str] | None = None,
+    dagster_run_id: str | None = None,
+) -> int:
+    return conn.execute(
+        golioth_sync_log.insert()
+        .values(
+            organization_id=organization_id,
+            service_id=service_id,
+            direction=direction,
+            policy=policy,
+            trigger=trigger,
+            dry_run=dry_run,
+            scope=list(scope) if scope is not None else None,
+            dagster_run_id=dagster_run_id,
+        )
+        .returning(golioth_sync_log.c.id)
+    ).scalar_one()
+
+
+def add_counts(conn: Connection, sync_log_id: int, counts: Mapping[str, int]) -> None:
+    """Add to a run's counters (steps in different processes each add their own)."""
+    values = {k: golioth_sync_log.c[k] + int(v) for k, v in counts.items() if k in COUNT_COLUMNS and v}
+    if values:
+        conn.execute(golioth_sync_log.update().where(golioth_sync_log.c.id == sync_log_id).values(**values))
+
+
+def set_details(conn: Connection, sync_log_id: int, details: Mapping) -> None:
+    conn.execute(
+        golioth_sync_log.update()
+        .where(golioth_sync_log.c.id == sync_log_id)
+        .values(details=golioth_sync_log.c.details.op("||")(sa.cast(dict(details), golioth_sync_log.c.details.type)))
+    )
+
+
+def finish_run(conn: Connection, sync_log_id: int, *, status: str, error: str | None = None) -> None:
+    conn.execute(
+        golioth_sync_log.update()
+        .where(golioth_sync_log.c.id == sync_log_id)
+        .values(status=status, error=error, finished_at=sa.func.now())
+    )
+
+
+def get_run(conn: Connection, sync_log_id: int) -> dict:
+    row = conn.execute(sa.select(golioth_sync_log).where(golioth_sync_log.c.id == sync_log_id)).mappings().one()
+    return dict(row)
+
+
+def latest_run(conn: Connection, organization_id: str, *, dagster_run_id: str | None = None) -> dict | None:
+    query = sa.select(golioth_sync_log).where(golioth_sync_log.c.organization_id == organization_id)
+    if dagster_run_id is not None:
+        query = query.where(golioth_sync_log.c.dagster_run_id == dagster_run_id)
+    row = conn.execute(query.order_by(golioth_sync_log.c.id.desc()).limit(1)).mappings().first()
+    return dict(row) if row else None
+
+
+def insert_entries(conn: Connection, sync_log_id: int, organization_id: str, entries: Iterable[dict]) -> int:
+    """Per-device entries: device_id, golioth_device_id, side, action, status, changes, error, changed_by."""
+    entries = list(entries)
+    if not entries:
+        return 0
+    table = stage_records(conn, entries)
+    return conn.exec_driver_sql(
+        f"""
+        INSERT INTO golioth_sync_log_entries (sync_log_id, organization_id, device_id, golioth_device_id,
+                                              side, action, status, changes, error, changed_by)
+        SELECT %(log)s, %(org)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id',
+               s.doc->>'side', s.doc->>'action', coalesce(s.doc->>'status', 'ok'),
+               coalesce(s.doc->'changes', '{{}}'::jsonb), s.doc->>'error', s.doc->>'changed_by'
+        FROM {table} s
+        """,
+        {"log": sync_log_id, "org": organization_id},
+    ).rowcount
+
+
+PLAN_COLUMNS = [
+    "id",
+    "device_id",
+    "golioth_device_id",
+    "field",
+    "action",
+    "side",
+    "old_value",
+    "new_value",
+    "reason",
+    "status",
+    "error",
+    "conflict_id",
+    "changed_by",
+]
+
+
+def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_rows: pd.DataFrame) -> int:
+    """Store a decoded plan (see engine/plan_table.py): one row per device, field and action."""
+    if table_rows.empty:
+        return 0
+    table = stage(conn, table_rows)
+    return conn.exec_driver_sql(
+        f"""
+        INSERT INTO sync_plan (sync_log_id, organization_id, device_id, golioth_device_id, field, action,
+                               side, old_value, new_value, reason, status, conflict_id, changed_by)
+        SELECT %(log)s, %(org)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id', s.doc->>'field',
+               s.doc->>'action', s.doc->>'side', s.doc->'old_value', s.doc->'new_value', s.doc->>'reason',
+               s.doc->>'status', (s.doc->>'conflict_id')::bigint, s.doc->>'changed_by'
+        FROM {table} s
+        """,
+        {"log": sync_log_id, "org": organization_id},
+    ).rowcount
+
+
+def load_plan(conn: Connection, sync_log_id: int, *, side: str | None = None) -> pd.DataFrame:
+    sql = """
+        SELECT id, device_id::text, golioth_device_id, field, action, side, old_value, new_value, reason,
+               status, error, conflict_id, changed_by
+        FROM sync_plan WHERE sync_log_id = %(log)s
+    """
+    params: dict = {"log": sync_log_id}
+    if side is not None:
+        sql += " AND side = %(side)s"
+        params["side"] = side
+    rows = conn.exec_driver_sql(sql + " ORDER BY id", params).fetchall()
+    return pd.DataFrame.from_records(rows, columns=PLAN_COLUMNS)
+
+
+def mark_plan(conn: Connection, updates: Iterable[dict]) -> int:
+    """Set status/error on plan rows: id, status, error."""
+    updates = list(updates)
+    if not updates:
+        return 0
+    table = stage_records(conn, updates)
+    return conn.exec_driver_sql(
+        f"""
+        UPDATE sync_plan p SET status = s.doc->>'status', error = s.doc->>'error'
+        FROM {table} s WHERE p.id = (s.doc->>'id')::bigint
+        """
+    ).rowcount

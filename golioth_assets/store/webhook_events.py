@@ -1,0 +1,462 @@
+"""The webhook inbox (`webhook_events`): every SQL statement on that table lives here.
+
+Two audiences:
+
+* the receiver stores a batch of verified events in one transaction (`store_events`): insert
+  idempotently, then apply observed fields (status, last seen, reported values, firmware) straight
+  to the device row. Events that the fast path fully handled are stored as `processed`, so only
+  registry changes and events for devices we don't know yet wake the sensor.
+* the sensor and the targeted sync move events through their lifecycle:
+  pending → claimed → processed, or claimed → failed (attempts + 1, claimable again) → dead after
+  `max_attempts`; `replay_dead` requeues dead letters and `prune_processed` applies retention.
+
+The caller owns the transaction: every function takes a Connection and never commits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+STATUSES = ("pending", "claimed", "processed", "failed", "dead")
+# Event types whose whole content is Golioth-owned observed data: nothing left for a sync to do
+# once the fast path has applied them.
+FAST_PATH_TYPES = ("device.data", "device.online", "device.offline")
+# Enough of an error to diagnose a failed run; a stack trace has no business in the inbox.
+_MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ObservedUpdate:
+    """Observed fields one event carries for its device; `at` orders events of the same device."""
+
+    at: datetime
+    status: str | None = None  # online / offline
+    last_seen_online: datetime | None = None
+    last_seen_offline: datetime | None = None
+    last_report: datetime | None = None
+    reported: dict[str, Any] | None = None  # merged into devices.reported_state (top level)
+    firmware: dict[str, Any] | None = None  # merged into devices.firmware_versions
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A verified, validated event ready to be stored. `payload_json` is already-serialized JSON."""
+
+    service_id: int
+    organization_id: str
+    event_id: str
+    source: str  # golioth_pipeline / signed
+    event_type: str
+    golioth_device_id: str | None
+    payload_json: str
+    observed: ObservedUpdate | None = None
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.service_id, self.event_id)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    service_id: int
+    organization_id: str
+    event_id: str
+    source: str
+    event_type: str
+    golioth_device_id: str | None
+    status: str
+    attempts: int
+    received_at: datetime
+    claimed_at: datetime | None
+    claimed_by: str | None
+    processed_at: datetime | None
+    last_error: str | None
+    payload: Any = None
+
+
+@dataclass
+class ClaimedGroup:
+    """The events one targeted sync should handle: one organization (= one service)."""
+
+    organization_id: str
+    service_id: int
+    event_ids: list[int] = field(default_factory=list)
+    golioth_device_ids: list[str] = field(default_factory=list)
+    event_types: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# The receiver's write path
+# ---------------------------------------------------------------------------------------------
+
+# unnest() keeps one fixed statement text for any batch size (one server-side plan, no
+# per-size SQL compilation), and rows go in sorted by key so two concurrent batches that share
+# keys wait on each other instead of deadlocking.
+_INSERT = sa.text(
+    """
+    INSERT INTO webhook_events
+        (service_id, organization_id, event_id, source, event_type, golioth_device_id, payload)
+    SELECT * FROM unnest(
+        CAST(:service_ids AS bigint[]), CAST(:organization_ids AS text[]), CAST(:event_ids AS text[]),
+        CAST(:sources AS text[]), CAST(:event_types AS text[]), CAST(:device_ids AS text[]),
+        CAST(:payloads AS jsonb[]))
+    ON CONFLICT (service_id, event_id) DO NOTHING
+    RETURNING id, service_id, event_id
+    """
+)
+
+# Device rows are locked in id order (ORDER BY runs before FOR UPDATE) so that several receiver
+# processes never deadlock on a shared device. A status only moves forward in time: an event older
+# than what the row already knows doesn't flip it back. Only untouched (observed) columns change,
+# which the devices trigger ignores, so this never looks like a local edit to the sync.
+_APPLY_OBSERVED = sa.text(
+    """
+    WITH u AS (
+        SELECT * FROM unnest(
+            CAST(:service_ids AS bigint[]), CAST(:device_ids AS text[]), CAST(:statuses AS text[]),
+            CAST(:status_ats AS timestamptz[]), CAST(:seen_onlines AS timestamptz[]),
+            CAST(:seen_offlines AS timestamptz[]), CAST(:reports AS timestamptz[]),
+            CAST(:reported AS jsonb[]), CAST(:firmware AS jsonb[]), CAST(:patch_ats AS timestamptz[]))
+            AS u(service_id, golioth_device_id, status, status_at, seen_online, seen_offline,
+                 last_report, reported, firmware, patch_at)
+    ), target AS (
+        SELECT d.id AS device_id, u.*
+        FROM u
+        JOIN device_service_assignments a
+          ON a.service_id = u.service_id AND a.golioth_device_id = u.golioth_device_id
+        JOIN devices d ON d.id = a.device_id
+        WHERE d.deleted_at IS NULL
+        ORDER BY d.id
+        FOR UPDATE OF d
+    ), upd AS (
+        UPDATE devices d SET
+            status = CASE
+                WHEN t.status IS NOT NULL AND t.status_at >= COALESCE(
+                    GREATEST(d.last_seen_online, d.last_seen_offline, d.last_report), '-infinity')
+                THEN t.status ELSE d.status END,
+            last_seen_online = GREATEST(d.last_seen_online, t.seen_online),
+            last_seen_offline = GREATEST(d.last_seen_offline, t.seen_offline),
+            last_report = GREATEST(d.last_report, t.last_report),
+            reported_state = CASE
+                WHEN t.reported IS NOT NULL AND t.patch_at >= COALESCE(d.last_report, '-infinity')
+                THEN d.reported_state || t.reported ELSE d.reported_state END,
+            firmware_versions = CASE
+                WHEN t.firmware IS NOT NULL AND t.patch_at >= COALESCE(d.last_report, '-infinity')
+                THEN d.firmware_versions || t.firmware ELSE d.firmware_versions END,
+            observed_at = now()
+        FROM target t
+        WHERE d.id = t.device_id
+        RETURNING t.service_id, t.golioth_device_id
+    )
+    UPDATE webhook_events e SET status = 'processed', processed_at = now()
+    FROM upd
+    WHERE e.id = ANY(CAST(:event_row_ids AS bigint[]))
+      AND e.service_id = upd.service_id AND e.golioth_device_id = upd.golioth_device_id
+    """
+)
+
+
+@dataclass
+class _DeviceUpdate:
+    """Several events of one device in one batch, folded into one row update."""
+
+    status: str | None = None
+    status_at: datetime | None = None
+    seen_online: datetime | None = None
+    seen_offline: datetime | None = None
+    last_report: datetime | None = None
+    reported: dict[str, Any] | None = None
+    firmware: dict[str, Any] | None = None
+    patch_at: datetime | None = None
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def fold_observed(updates: Iterable[tuple[tuple[int, str], ObservedUpdate]]) -> dict[tuple[int, str], _DeviceUpdate]:
+    """Fold a batch's updates per device, oldest event first, so one UPDATE per row suffices.
+
+    PostgreSQL's UPDATE … FROM applies only one source row per target row, so a batch holding
+    several events of the same device must be merged first: the newest status wins, timestamps
+    take their maximum, and reported/firmware patches are merged in event-time order.
+    """
+    folded: dict[tuple[int, str], _DeviceUpdate] = {}
+    # sorted() is stable: events with equal times keep arrival order, so the later arrival wins.
+    for key, obs in sorted(updates, key=lambda item: item[1].at):
+        acc = folded.setdefault(key, _DeviceUpdate())
+        if obs.status is not None:
+            acc.status, acc.status_at = obs.status, obs.at
+        acc.seen_online = _later(acc.seen_online, obs.last_seen_online)
+        acc.seen_offline = _later(acc.seen_offline, obs.last_seen_offline)
+        acc.last_report = _later(acc.last_report, obs.last_report)
+        if obs.reported is not None:
+            acc.reported = {**(acc.reported or {}), **obs.reported}
+            acc.patch_at = obs.at
+        if obs.firmware is not None:
+            acc.firmware = {**(acc.firmware or {}), **obs.firmware}
+            acc.patch_at = obs.at
+    return folded
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def store_events(conn: Connection, events: Sequence[NewEvent]) -> list[bool]:
+    """Insert a batch idempotently and apply its observed fields; True per event that is new.
+
+    A key already in the table (or earlier in the same batch) is a duplicate: it is answered as
+    accepted by the receiver but changes nothing, so a retried delivery can't replay old data over
+    newer data. Call inside a transaction; the caller acknowledges only after it commits.
+    """
+    if not events:
+        return []
+    ordered = sorted(events, key=lambda e: e.key)
+    rows = conn.execute(
+        _INSERT,
+        {
+            "service_ids": [e.service_id for e in ordered],
+            "organization_ids": [e.organization_id for e in ordered],
+            "event_ids": [e.event_id for e in ordered],
+            "sources": [e.source for e in ordered],
+            "event_types": [e.event_type for e in ordered],
+            "device_ids": [e.golioth_device_id for e in ordered],
+            "payloads": [e.payload_json for e in ordered],
+        },
+    ).all()
+    row_id_by_key = {(r.service_id, r.event_id): r.id for r in rows}
+
+    new: list[bool] = []
+    claimed_keys: set[tuple[int, str]] = set()
+    fast: list[tuple[tuple[int, str], ObservedUpdate]] = []
+    fast_row_ids: list[int] = []
+    for event in events:
+        # Only the first occurrence of a key in this batch counts as the stored one.
+        is_new = event.key in row_id_by_key and event.key not in claimed_keys
+        claimed_keys.add(event.key)
+        new.append(is_new)
+        if is_new and event.observed is not None and event.golioth_device_id:
+            fast.append(((event.service_id, event.golioth_device_id), event.observed))
+            if event.event_type in FAST_PATH_TYPES:
+                fast_row_ids.append(row_id_by_key[event.key])
+    if fast:
+        apply_observed(conn, fold_observed(fast), fast_row_ids)
+    return new
+
+
+def apply_observed(conn: Connection, folded: dict[tuple[int, str], _DeviceUpdate], event_row_ids: list[int]) -> None:
+    """Write folded observed fields to device rows; mark the given events processed where applied."""
+    keys = sorted(folded)
+    values = [folded[k] for k in keys]
+    conn.execute(
+        _APPLY_OBSERVED,
+        {
+            "service_ids": [k[0] for k in keys],
+            "device_ids": [k[1] for k in keys],
+            "statuses": [v.status for v in values],
+            "status_ats": [v.status_at for v in values],
+            "seen_onlines": [v.seen_online for v in values],
+            "seen_offlines": [v.seen_offline for v in values],
+            "reports": [v.last_report for v in values],
+            "reported": [_json_or_none(v.reported) for v in values],
+            "firmware": [_json_or_none(v.firmware) for v in values],
+            "patch_ats": [v.patch_at for v in values],
+            "event_row_ids": event_row_ids,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle: the sensor, the targeted sync and the CLI
+# ---------------------------------------------------------------------------------------------
+
+# SKIP LOCKED lets two sensor ticks (or two deployments) claim disjoint sets without waiting.
+# `failed` events are retryable, so they are claimed like pending ones, oldest first.
+_CLAIM = sa.text(
+    """
+    WITH picked AS (
+        SELECT id FROM webhook_events
+        WHERE status IN ('pending', 'failed')
+          AND (CAST(:organization_id AS text) IS NULL OR organization_id = :organization_id)
+        ORDER BY id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE webhook_events e
+    SET status = 'claimed', claimed_at = now(), claimed_by = :claimed_by
+    FROM picked
+    WHERE e.id = picked.id
+    RETURNING e.id, e.service_id, e.organization_id, e.golioth_device_id, e.event_type
+    """
+)
+
+
+def claim_pending(
+    conn: Connection, *, limit: int, claimed_by: str, organization_id: str | None = None
+) -> list[ClaimedGroup]:
+    """Claim up to `limit` pending/failed events for `claimed_by`, grouped by organization.
+
+    Groups come sorted by organization; event ids ascend and device ids are unique and sorted,
+    so a run key derived from them is stable.
+    """
+    if limit <= 0:
+        return []
+    rows = conn.execute(
+        _CLAIM, {"limit": limit, "claimed_by": claimed_by, "organization_id": organization_id}
+    ).all()
+    groups: dict[tuple[str, int], ClaimedGroup] = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        group = groups.setdefault(
+            (row.organization_id, row.service_id), ClaimedGroup(row.organization_id, row.service_id)
+        )
+        group.event_ids.append(row.id)
+        if row.golioth_device_id and row.golioth_device_id not in group.golioth_device_ids:
+            group.golioth_device_ids.append(row.golioth_device_id)
+        if row.event_type not in group.event_types:
+            group.event_types.append(row.event_type)
+    for group in groups.values():
+        group.golioth_device_ids.sort()
+        group.event_types.sort()
+    return [groups[k] for k in sorted(groups)]
+
+
+def mark_processed(conn: Connection, claimed_by: str) -> int:
+    """The run that claimed these events finished: they are done. Returns how many."""
+    result = conn.execute(
+        sa.text(
+            "UPDATE webhook_events SET status = 'processed', processed_at = now(), last_error = NULL "
+            "WHERE claimed_by = :claimed_by AND status = 'claimed'"
+        ),
+        {"claimed_by": claimed_by},
+    )
+    return result.rowcount
+
+
+def release_failed(conn: Connection, claimed_by: str, error: str, max_attempts: int = 5) -> tuple[int, int]:
+    """The run failed: count an attempt. Returns (back in the queue as `failed`, now `dead`)."""
+    rows = conn.execute(
+        sa.text(
+            """
+            UPDATE webhook_events
+            SET attempts = attempts + 1,
+                status = CASE WHEN attempts + 1 >= :max_attempts THEN 'dead' ELSE 'failed' END,
+                last_error = :error, claimed_by = NULL, claimed_at = NULL
+            WHERE claimed_by = :claimed_by AND status = 'claimed'
+            RETURNING status
+            """
+        ),
+        {"claimed_by": claimed_by, "error": (error or "")[:_MAX_ERROR_CHARS], "max_attempts": max_attempts},
+    ).scalars().all()
+    return sum(1 for s in rows if s == "failed"), sum(1 for s in rows if s == "dead")
+
+
+def release_stale_claims(conn: Connection, older_than: timedelta, max_attempts: int = 5) -> tuple[int, int]:
+    """Claims whose run vanished without reporting (killed worker): treat them as failed attempts."""
+    rows = conn.execute(
+        sa.text(
+            """
+            UPDATE webhook_events
+            SET attempts = attempts + 1,
+                status = CASE WHEN attempts + 1 >= :max_attempts THEN 'dead' ELSE 'failed' END,
+                last_error = 'claim expired: the run never reported back',
+                claimed_by = NULL, claimed_at = NULL
+            WHERE status = 'claimed' AND claimed_at < now() - :older_than
+            RETURNING status
+            """
+        ),
+        {"older_than": older_than, "max_attempts": max_attempts},
+    ).scalars().all()
+    return sum(1 for s in rows if s == "failed"), sum(1 for s in rows if s == "dead")
+
+
+_COLUMNS = (
+    "id, service_id, organization_id, event_id, source, event_type, golioth_device_id, status, attempts, "
+    "received_at, claimed_at, claimed_by, processed_at, last_error"
+)
+
+
+def list_events(
+    conn: Connection,
+    status: str | None = None,
+    organization_id: str | None = None,
+    limit: int = 100,
+    *,
+    with_payload: bool = False,
+) -> list[EventRow]:
+    """The newest events first, optionally filtered by status and organization."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    columns = _COLUMNS + (", payload" if with_payload else "")
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {columns} FROM webhook_events "
+            "WHERE (CAST(:status AS text) IS NULL OR status = :status) "
+            "AND (CAST(:org AS text) IS NULL OR organization_id = :org) "
+            "ORDER BY id DESC LIMIT :limit"
+        ),
+        {"status": status, "org": organization_id, "limit": limit},
+    ).mappings()
+    return [EventRow(**dict(r)) for r in rows]
+
+
+def get_event(conn: Connection, service_id: int, event_id: str) -> EventRow | None:
+    row = conn.execute(
+        sa.text(f"SELECT {_COLUMNS}, payload FROM webhook_events WHERE service_id = :s AND event_id = :e"),
+        {"s": service_id, "e": event_id},
+    ).mappings().first()
+    return EventRow(**dict(row)) if row else None
+
+
+def count_by_status(conn: Connection, organization_id: str | None = None) -> dict[str, int]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT status, count(*) AS n FROM webhook_events "
+            "WHERE CAST(:org AS text) IS NULL OR organization_id = :org GROUP BY status"
+        ),
+        {"org": organization_id},
+    ).all()
+    counts = dict.fromkeys(STATUSES, 0)
+    counts.update({r.status: r.n for r in rows})
+    return counts
+
+
+def replay_dead(conn: Connection, ids: Sequence[int] | None = None, organization_id: str | None = None) -> int:
+    """Requeue dead letters (all, the given ids, or one organization's) with a fresh attempt count.
+
+    `last_error` stays so an operator can still see why it died the last time.
+    """
+    result = conn.execute(
+        sa.text(
+            """
+            UPDATE webhook_events
+            SET status = 'pending', attempts = 0, claimed_by = NULL, claimed_at = NULL
+            WHERE status = 'dead'
+              AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[])))
+              AND (CAST(:org AS text) IS NULL OR organization_id = :org)
+            """
+        ),
+        {"ids": list(ids) if ids is not None else None, "org": organization_id},
+    )
+    return result.rowcount
+
+
+def prune_processed(conn: Connection, older_than: timedelta) -> int:
+    """Delete processed events older than the retention; dead letters are kept for the operator."""
+    result = conn.execute(
+        sa.text("DELETE FROM webhook_events WHERE status = 'processed' AND processed_at < now() - :older_than"),
+        {"older_than": older_than},
+    )
+    return result.rowcount
