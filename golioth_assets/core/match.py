@@ -69,15 +69,23 @@ def match_devices(local_hw: pd.Series, local_live: pd.Series, remote_hw: pd.Seri
     new_links = candidates[clean].reset_index(drop=True)
     ambiguous = candidates[~clean]
 
+    # One conflict per device that is itself ambiguous (several candidates, or a candidate that is
+    # linked elsewhere); a device with one unlinked candidate is covered by that candidate's conflict.
+    local_is_ambiguous = (per_local[~clean] > 1) | ~ambiguous["golioth_device_id"].isin(unlinked_remote)
+    remote_is_ambiguous = (per_remote[~clean] > 1) | ~ambiguous["device_id"].isin(unlinked_local)
+    local_keys = ambiguous.loc[local_is_ambiguous & ambiguous["device_id"].isin(unlinked_local), "device_id"]
+    remote_keys = ambiguous.loc[
+        remote_is_ambiguous & ambiguous["golioth_device_id"].isin(unlinked_remote), "golioth_device_id"
+    ]
     local_side = (
-        ambiguous[ambiguous["device_id"].isin(unlinked_local)]
+        ambiguous[ambiguous["device_id"].isin(local_keys)]
         .groupby("device_id")["golioth_device_id"]
         .agg(lambda ids: sorted(ids))
         .rename("candidates")
         .reset_index()
     )
     remote_side = (
-        ambiguous[ambiguous["golioth_device_id"].isin(unlinked_remote)]
+        ambiguous[ambiguous["golioth_device_id"].isin(remote_keys)]
         .groupby("golioth_device_id")["device_id"]
         .agg(lambda ids: sorted(ids))
         .rename("candidates")

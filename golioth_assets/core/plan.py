@@ -198,6 +198,7 @@ def _desired_cells(pairs: pd.DataFrame, L_raw: pd.Series, R_raw: pd.Series, B_ra
     merged = merged.merge(long(pd.Series(B_raw.to_numpy(), index=positions), "B"), on=["pair", "key"], how="outer")
     if merged.empty:
         return pd.DataFrame()
+    merged = merged.astype({"L": object, "R": object, "B": object})
     merged[["L", "R"]] = merged[["L", "R"]].fillna(NULL)
     base_known = np.asarray(B_known)[merged["pair"].to_numpy()]
     merged["B"] = np.where(base_known, merged["B"].fillna(NULL), NO_BASE)

@@ -121,6 +121,7 @@ def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
 def _names(id_lists: pd.Series, names: dict[str, str]) -> pd.Series:
     """Lists of tag ids → lists of tag names (an unknown id stands for itself)."""
     exploded = id_lists.explode().dropna()
-    mapped = exploded.map(names).fillna(exploded)
+    mapped = exploded.map(names).astype(object)
+    mapped = mapped.where(mapped.notna(), exploded)
     grouped = mapped.groupby(level=0).agg(list)
     return grouped.reindex(id_lists.index).map(lambda v: v if isinstance(v, list) else [])

@@ -14,7 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import httpx
 import pandas as pd
@@ -96,6 +96,35 @@ def open_client(
     )
 
 
+# -- the run's log row ---------------------------------------------------------------------------------
+
+
+def begin(db: Engine, service: services.Service, request: SyncRequest) -> int:
+    """Open the run's golioth_sync_log row. Later steps (maybe in other processes) find it again by
+    id or by Dagster run id, and rebuild the request from it."""
+    settings = settings_for(service, request)
+    with db.begin() as conn:
+        sync_log_id = sync_log.start_run(
+            conn,
+            organization_id=service.organization_id,
+            service_id=service.id,
+            direction=settings.direction,
+            policy=settings.policy,
+            trigger=request.trigger,
+            dry_run=request.dry_run,
+            scope=request.device_ids,
+            dagster_run_id=request.dagster_run_id,
+        )
+        sync_log.set_details(conn, sync_log_id, {"request": asdict(request)})
+    return sync_log_id
+
+
+def request_of(run: dict) -> SyncRequest:
+    """The request a log row was opened for."""
+    saved = (run.get("details") or {}).get("request") or {}
+    return SyncRequest(**{**saved, "organization_id": run["organization_id"]})
+
+
 # -- scope ----------------------------------------------------------------------------------------
 
 
@@ -126,7 +155,9 @@ class FetchResult:
     retries: int = 0
 
 
-def fetch_step(db: Engine, service: services.Service, client: GoliothClient, scope: Scope) -> FetchResult:
+def fetch_step(
+    db: Engine, service: services.Service, client: GoliothClient, scope: Scope, sync_log_id: int | None = None
+) -> FetchResult:
     """Read Golioth into golioth_inventory. A device that a link expects but the list lacks is
     confirmed with a GET before anyone treats it as deleted: offset pages can shift under writes."""
     before = client.stats.snapshot()
@@ -151,7 +182,13 @@ def fetch_step(db: Engine, service: services.Service, client: GoliothClient, sco
             inventory.upsert_inventory(conn, service.organization_id, frame)
         inventory.delete_inventory_rows(conn, service.organization_id, missing)
         inventory.replace_references(conn, service.organization_id, refs.to_frame())
-    after = client.stats.snapshot()
+        after = client.stats.snapshot()
+        if sync_log_id is not None:
+            sync_log.add_counts(
+                conn,
+                sync_log_id,
+                {"api_requests": after.requests - before.requests, "api_retries": after.retries - before.retries},
+            )
     return FetchResult(
         fetched=len(frame),
         total=total,
@@ -238,30 +275,20 @@ def build_plan(db: Engine, service: services.Service, request: SyncRequest, scop
     return plan, {"fetched_local": len(local), "fetched_remote": len(remote)}
 
 
-def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope: Scope) -> tuple[int, Plan]:
-    """Plan, store the plan and the run's log row; outside a dry run, record the conflicts."""
+def plan_step(
+    db: Engine, service: services.Service, request: SyncRequest, scope: Scope, sync_log_id: int
+) -> Plan:
+    """Plan and store the plan; outside a dry run, record the conflicts."""
     plan, fetched = build_plan(db, service, request, scope)
-    settings = settings_for(service, request)
+    counts = plan.counts()
     with db.begin() as conn:
-        sync_log_id = sync_log.start_run(
-            conn,
-            organization_id=service.organization_id,
-            service_id=service.id,
-            direction=settings.direction,
-            policy=settings.policy,
-            trigger=request.trigger,
-            dry_run=request.dry_run,
-            scope=request.device_ids,
-            dagster_run_id=request.dagster_run_id,
-        )
         sync_log.save_plan(conn, sync_log_id, service.organization_id, changes_table(plan))
-        counts = plan.counts()
         sync_log.add_counts(conn, sync_log_id, {**fetched, "conflicts": counts["conflicts"]})
         sync_log.set_details(conn, sync_log_id, {"plan": counts})
         if not request.dry_run:
             conflicts.upsert_conflicts(conn, service.organization_id, service.id, sync_log_id, conflicts_table(plan))
             conflicts.mark(conn, plan.superseded, "superseded")
-    return sync_log_id, plan
+    return plan
 
 
 # -- apply ------------------------------------------------------------------------------------------
@@ -335,25 +362,6 @@ def finish(db: Engine, sync_log_id: int, *, error: str | None = None) -> str:
     return status
 
 
-def record_failure(db: Engine, service: services.Service, request: SyncRequest, error: str) -> int:
-    """A run that failed before it could plan still leaves a log row that says why."""
-    settings = settings_for(service, request)
-    with db.begin() as conn:
-        sync_log_id = sync_log.start_run(
-            conn,
-            organization_id=service.organization_id,
-            service_id=service.id,
-            direction=settings.direction,
-            policy=settings.policy,
-            trigger=request.trigger,
-            dry_run=request.dry_run,
-            scope=request.device_ids,
-            dagster_run_id=request.dagster_run_id,
-        )
-        sync_log.finish_run(conn, sync_log_id, status="failed", error=error)
-    return sync_log_id
-
-
 # -- all four steps in one process --------------------------------------------------------------------
 
 
@@ -365,27 +373,25 @@ def sync_organization(
         service = services.service_for_org(conn, request.organization_id)
     own_client = client is None
     client = client or open_client(service)
-    sync_log_id = None
+    sync_log_id = begin(db, service, request)
     try:
         scope = resolve_scope(db, service, request.device_ids)
         try:
-            fetched = fetch_step(db, service, client, scope)
+            fetch_step(db, service, client, scope, sync_log_id)
         except errors.GoliothError as exc:
-            sync_log_id = record_failure(db, service, request, str(exc))
+            finish(db, sync_log_id, error=str(exc))
             raise SyncFailed(str(exc)) from exc
-        sync_log_id, plan = plan_step(db, service, request, scope)
-        with db.begin() as conn:
-            sync_log.add_counts(conn, sync_log_id, {"api_requests": fetched.requests, "api_retries": fetched.retries})
+        plan = plan_step(db, service, request, scope, sync_log_id)
         if request.dry_run:
             status = finish(db, sync_log_id)
         else:
             try:
                 remote_step(db, service, client, sync_log_id)
-                local_step(db, service, sync_log_id)
             except SyncFailed as exc:
                 local_step(db, service, sync_log_id)  # record what did succeed before the failure
                 finish(db, sync_log_id, error=str(exc))
                 raise
+            local_step(db, service, sync_log_id)
             status = finish(db, sync_log_id)
         with db.connect() as conn:
             run = sync_log.get_run(conn, sync_log_id)

@@ -41,6 +41,14 @@ def stage(conn: Connection, frame: pd.DataFrame) -> str:
     )
 
 
+def _plain(value):
+    # pandas hands out NaN/NaT/NA for missing values; JSON has only null.
+    if value is None or isinstance(value, (list, dict, str, bool)):
+        return value
+    return None if pd.isna(value) else value
+
+
 def stage_records(conn: Connection, records: Iterable[dict]) -> str:
     """Like `stage`, for records whose keys vary (a missing key means "leave this column alone")."""
-    return _copy_lines(conn, "\n".join(json.dumps(r, default=str, ensure_ascii=False) for r in records))
+    lines = (json.dumps({k: _plain(v) for k, v in r.items()}, default=str, ensure_ascii=False) for r in records)
+    return _copy_lines(conn, "\n".join(lines))

@@ -158,7 +158,11 @@ def load_plan(conn: Connection, sync_log_id: int, *, side: str | None = None) ->
         sql += " AND side = %(side)s"
         params["side"] = side
     rows = conn.exec_driver_sql(sql + " ORDER BY id", params).fetchall()
-    return pd.DataFrame.from_records(rows, columns=PLAN_COLUMNS)
+    frame = pd.DataFrame.from_records(rows, columns=PLAN_COLUMNS)
+    # Keep JSON values as Python objects with None for null (pandas would infer strings and NaN).
+    for column in ("device_id", "golioth_device_id", "old_value", "new_value", "error", "changed_by", "conflict_id"):
+        frame[column] = pd.Series([r[PLAN_COLUMNS.index(column)] for r in rows], index=frame.index, dtype=object)
+    return frame
 
 
 def mark_plan(conn: Connection, updates: Iterable[dict]) -> int:

@@ -19,11 +19,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+K = TypeVar("K")
 STATUSES = ("pending", "claimed", "processed", "failed", "dead")
 # Event types whose whole content is Golioth-owned observed data: nothing left for a sync to do
 # once the fast path has applied them.
@@ -99,67 +100,68 @@ class ClaimedGroup:
 
 # unnest() keeps one fixed statement text for any batch size (one server-side plan, no
 # per-size SQL compilation), and rows go in sorted by key so two concurrent batches that share
-# keys wait on each other instead of deadlocking.
+# keys wait on each other instead of deadlocking. The status is final at insert time (an event the
+# fast path handles goes in as `processed`): updating a just-inserted row would write it twice.
 _INSERT = sa.text(
     """
     INSERT INTO webhook_events
-        (service_id, organization_id, event_id, source, event_type, golioth_device_id, payload)
-    SELECT * FROM unnest(
+        (service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, status,
+         processed_at)
+    SELECT u.service_id, u.organization_id, u.event_id, u.source, u.event_type, u.golioth_device_id,
+           u.payload, u.status, CASE WHEN u.status = 'processed' THEN now() END
+    FROM unnest(
         CAST(:service_ids AS bigint[]), CAST(:organization_ids AS text[]), CAST(:event_ids AS text[]),
         CAST(:sources AS text[]), CAST(:event_types AS text[]), CAST(:device_ids AS text[]),
-        CAST(:payloads AS jsonb[]))
+        CAST(:payloads AS jsonb[]), CAST(:statuses AS text[]))
+        AS u(service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, status)
     ON CONFLICT (service_id, event_id) DO NOTHING
-    RETURNING id, service_id, event_id
+    RETURNING service_id, event_id
     """
 )
 
-# Device rows are locked in id order (ORDER BY runs before FOR UPDATE) so that several receiver
-# processes never deadlock on a shared device. A status only moves forward in time: an event older
-# than what the row already knows doesn't flip it back. Only untouched (observed) columns change,
-# which the devices trigger ignores, so this never looks like a local edit to the sync.
+# Locks the batch's linked, live devices in id order (ORDER BY runs before FOR UPDATE), before
+# anything else, so several receiver processes sharing a device never deadlock, and so the rows
+# can't be deleted between deciding an event is handled and applying it.
+_LOCK_DEVICES = sa.text(
+    """
+    SELECT a.service_id, a.golioth_device_id, d.id AS device_id
+    FROM unnest(CAST(:service_ids AS bigint[]), CAST(:device_ids AS text[])) AS u(service_id, golioth_device_id)
+    JOIN device_service_assignments a
+      ON a.service_id = u.service_id AND a.golioth_device_id = u.golioth_device_id
+    JOIN devices d ON d.id = a.device_id
+    WHERE d.deleted_at IS NULL
+    ORDER BY d.id
+    FOR UPDATE OF d
+    """
+)
+
+# A status only moves forward in time: an event older than what the row already knows doesn't
+# flip it back, and reported values older than the last report don't overwrite newer ones. Only
+# observed columns change, which the devices trigger ignores, so this never looks like a local edit.
 _APPLY_OBSERVED = sa.text(
     """
-    WITH u AS (
-        SELECT * FROM unnest(
-            CAST(:service_ids AS bigint[]), CAST(:device_ids AS text[]), CAST(:statuses AS text[]),
-            CAST(:status_ats AS timestamptz[]), CAST(:seen_onlines AS timestamptz[]),
-            CAST(:seen_offlines AS timestamptz[]), CAST(:reports AS timestamptz[]),
-            CAST(:reported AS jsonb[]), CAST(:firmware AS jsonb[]), CAST(:patch_ats AS timestamptz[]))
-            AS u(service_id, golioth_device_id, status, status_at, seen_online, seen_offline,
-                 last_report, reported, firmware, patch_at)
-    ), target AS (
-        SELECT d.id AS device_id, u.*
-        FROM u
-        JOIN device_service_assignments a
-          ON a.service_id = u.service_id AND a.golioth_device_id = u.golioth_device_id
-        JOIN devices d ON d.id = a.device_id
-        WHERE d.deleted_at IS NULL
-        ORDER BY d.id
-        FOR UPDATE OF d
-    ), upd AS (
-        UPDATE devices d SET
-            status = CASE
-                WHEN t.status IS NOT NULL AND t.status_at >= COALESCE(
-                    GREATEST(d.last_seen_online, d.last_seen_offline, d.last_report), '-infinity')
-                THEN t.status ELSE d.status END,
-            last_seen_online = GREATEST(d.last_seen_online, t.seen_online),
-            last_seen_offline = GREATEST(d.last_seen_offline, t.seen_offline),
-            last_report = GREATEST(d.last_report, t.last_report),
-            reported_state = CASE
-                WHEN t.reported IS NOT NULL AND t.patch_at >= COALESCE(d.last_report, '-infinity')
-                THEN d.reported_state || t.reported ELSE d.reported_state END,
-            firmware_versions = CASE
-                WHEN t.firmware IS NOT NULL AND t.patch_at >= COALESCE(d.last_report, '-infinity')
-                THEN d.firmware_versions || t.firmware ELSE d.firmware_versions END,
-            observed_at = now()
-        FROM target t
-        WHERE d.id = t.device_id
-        RETURNING t.service_id, t.golioth_device_id
-    )
-    UPDATE webhook_events e SET status = 'processed', processed_at = now()
-    FROM upd
-    WHERE e.id = ANY(CAST(:event_row_ids AS bigint[]))
-      AND e.service_id = upd.service_id AND e.golioth_device_id = upd.golioth_device_id
+    UPDATE devices d SET
+        status = CASE
+            WHEN u.status IS NOT NULL AND u.status_at >= COALESCE(
+                GREATEST(d.last_seen_online, d.last_seen_offline, d.last_report), '-infinity')
+            THEN u.status ELSE d.status END,
+        last_seen_online = GREATEST(d.last_seen_online, u.seen_online),
+        last_seen_offline = GREATEST(d.last_seen_offline, u.seen_offline),
+        last_report = GREATEST(d.last_report, u.last_report),
+        reported_state = CASE
+            WHEN u.reported IS NOT NULL AND u.patch_at >= COALESCE(d.last_report, '-infinity')
+            THEN d.reported_state || u.reported ELSE d.reported_state END,
+        firmware_versions = CASE
+            WHEN u.firmware IS NOT NULL AND u.patch_at >= COALESCE(d.last_report, '-infinity')
+            THEN d.firmware_versions || u.firmware ELSE d.firmware_versions END,
+        observed_at = now()
+    FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:status_ats AS timestamptz[]),
+        CAST(:seen_onlines AS timestamptz[]), CAST(:seen_offlines AS timestamptz[]),
+        CAST(:reports AS timestamptz[]), CAST(:reported AS jsonb[]), CAST(:firmware AS jsonb[]),
+        CAST(:patch_ats AS timestamptz[]))
+        AS u(id, status, status_at, seen_online, seen_offline, last_report, reported, firmware, patch_at)
+    WHERE d.id = u.id
     """
 )
 
@@ -186,14 +188,14 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(a, b)
 
 
-def fold_observed(updates: Iterable[tuple[tuple[int, str], ObservedUpdate]]) -> dict[tuple[int, str], _DeviceUpdate]:
+def fold_observed(updates: Iterable[tuple[K, ObservedUpdate]]) -> dict[K, _DeviceUpdate]:
     """Fold a batch's updates per device, oldest event first, so one UPDATE per row suffices.
 
     PostgreSQL's UPDATE … FROM applies only one source row per target row, so a batch holding
     several events of the same device must be merged first: the newest status wins, timestamps
     take their maximum, and reported/firmware patches are merged in event-time order.
     """
-    folded: dict[tuple[int, str], _DeviceUpdate] = {}
+    folded: dict[K, _DeviceUpdate] = {}
     # sorted() is stable: events with equal times keep arrival order, so the later arrival wins.
     for key, obs in sorted(updates, key=lambda item: item[1].at):
         acc = folded.setdefault(key, _DeviceUpdate())
@@ -215,57 +217,75 @@ def _json_or_none(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
+def _lock_linked_devices(conn: Connection, events: Sequence[NewEvent]) -> dict[tuple[int, str], str]:
+    keys = sorted({(e.service_id, e.golioth_device_id) for e in events if e.observed and e.golioth_device_id})
+    if not keys:
+        return {}
+    rows = conn.execute(
+        _LOCK_DEVICES, {"service_ids": [k[0] for k in keys], "device_ids": [k[1] for k in keys]}
+    ).all()
+    return {(r.service_id, r.golioth_device_id): str(r.device_id) for r in rows}
+
+
 def store_events(conn: Connection, events: Sequence[NewEvent]) -> list[bool]:
     """Insert a batch idempotently and apply its observed fields; True per event that is new.
 
     A key already in the table (or earlier in the same batch) is a duplicate: it is answered as
     accepted by the receiver but changes nothing, so a retried delivery can't replay old data over
-    newer data. Call inside a transaction; the caller acknowledges only after it commits.
+    newer data. Observed-data events (data/online/offline) of a linked device are stored as
+    `processed`: the fast path did all there is to do. Everything else is `pending` for the sensor.
+    Call inside a transaction; the caller acknowledges only after it commits.
     """
     if not events:
         return []
+    linked = _lock_linked_devices(conn, events)
+
+    def status(e: NewEvent) -> str:
+        handled = e.event_type in FAST_PATH_TYPES and (e.service_id, e.golioth_device_id) in linked
+        return "processed" if handled else "pending"
+
     ordered = sorted(events, key=lambda e: e.key)
-    rows = conn.execute(
-        _INSERT,
-        {
-            "service_ids": [e.service_id for e in ordered],
-            "organization_ids": [e.organization_id for e in ordered],
-            "event_ids": [e.event_id for e in ordered],
-            "sources": [e.source for e in ordered],
-            "event_types": [e.event_type for e in ordered],
-            "device_ids": [e.golioth_device_id for e in ordered],
-            "payloads": [e.payload_json for e in ordered],
-        },
-    ).all()
-    row_id_by_key = {(r.service_id, r.event_id): r.id for r in rows}
+    inserted = {
+        (r.service_id, r.event_id)
+        for r in conn.execute(
+            _INSERT,
+            {
+                "service_ids": [e.service_id for e in ordered],
+                "organization_ids": [e.organization_id for e in ordered],
+                "event_ids": [e.event_id for e in ordered],
+                "sources": [e.source for e in ordered],
+                "event_types": [e.event_type for e in ordered],
+                "device_ids": [e.golioth_device_id for e in ordered],
+                "payloads": [e.payload_json for e in ordered],
+                "statuses": [status(e) for e in ordered],
+            },
+        )
+    }
 
     new: list[bool] = []
-    claimed_keys: set[tuple[int, str]] = set()
-    fast: list[tuple[tuple[int, str], ObservedUpdate]] = []
-    fast_row_ids: list[int] = []
+    seen: set[tuple[int, str]] = set()
+    observed: list[tuple[str, ObservedUpdate]] = []
     for event in events:
         # Only the first occurrence of a key in this batch counts as the stored one.
-        is_new = event.key in row_id_by_key and event.key not in claimed_keys
-        claimed_keys.add(event.key)
+        is_new = event.key in inserted and event.key not in seen
+        seen.add(event.key)
         new.append(is_new)
-        if is_new and event.observed is not None and event.golioth_device_id:
-            fast.append(((event.service_id, event.golioth_device_id), event.observed))
-            if event.event_type in FAST_PATH_TYPES:
-                fast_row_ids.append(row_id_by_key[event.key])
-    if fast:
-        apply_observed(conn, fold_observed(fast), fast_row_ids)
+        device = linked.get((event.service_id, event.golioth_device_id or ""))
+        if is_new and event.observed is not None and device is not None:
+            observed.append((device, event.observed))
+    if observed:
+        apply_observed(conn, fold_observed(observed))
     return new
 
 
-def apply_observed(conn: Connection, folded: dict[tuple[int, str], _DeviceUpdate], event_row_ids: list[int]) -> None:
-    """Write folded observed fields to device rows; mark the given events processed where applied."""
-    keys = sorted(folded)
-    values = [folded[k] for k in keys]
+def apply_observed(conn: Connection, folded: dict[str, _DeviceUpdate]) -> None:
+    """Write folded observed fields to device rows (by local device id), in one statement."""
+    ids = sorted(folded)
+    values = [folded[i] for i in ids]
     conn.execute(
         _APPLY_OBSERVED,
         {
-            "service_ids": [k[0] for k in keys],
-            "device_ids": [k[1] for k in keys],
+            "ids": ids,
             "statuses": [v.status for v in values],
             "status_ats": [v.status_at for v in values],
             "seen_onlines": [v.seen_online for v in values],
@@ -274,7 +294,6 @@ def apply_observed(conn: Connection, folded: dict[tuple[int, str], _DeviceUpdate
             "reported": [_json_or_none(v.reported) for v in values],
             "firmware": [_json_or_none(v.firmware) for v in values],
             "patch_ats": [v.patch_at for v in values],
-            "event_row_ids": event_row_ids,
         },
     )
 
