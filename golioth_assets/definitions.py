@@ -1,4 +1,27 @@
-"""Dagster entry point (filled in by the Dagster layer)."""
+"""Dagster entry point: `dagster dev -m golioth_assets.definitions` or workspace.yaml."""
+
+from __future__ import annotations
+
+import os
+
 import dagster as dg
 
-defs = dg.Definitions()
+from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
+from golioth_assets.defs.resources import DeviceStore, GoliothApi
+from sensors.failures import sync_failure_sensor
+from sensors.organizations import organization_partitions_sensor
+from sensors.schedule import golioth_sync_schedule
+from sensors.webhooks import webhook_inbox_sensor
+
+# DATABASE_URL stays an EnvVar (Dagster shows its name, never its value); without it the store
+# starts the embedded PostgreSQL in GOLIOTH_SYNC_HOME.
+store = DeviceStore(database_url=dg.EnvVar("DATABASE_URL")) if os.environ.get("DATABASE_URL") else DeviceStore()
+
+defs = dg.Definitions(
+    assets=sync_assets,
+    jobs=[full_sync_job, targeted_sync_job],
+    schedules=[golioth_sync_schedule],
+    sensors=[organization_partitions_sensor, webhook_inbox_sensor, sync_failure_sensor],
+    resources={"store": store, "golioth": GoliothApi()},
+)

@@ -1,0 +1,45 @@
+"""Launchpad configuration for a sync run (a pydantic `dagster.Config`)."""
+
+from collections.abc import Mapping
+from enum import Enum
+
+import dagster as dg
+from pydantic import Field
+
+from golioth_assets.engine.sync import SyncRequest
+
+TRIGGER_TAG = "golioth-sync/trigger"
+
+
+# The functional form lets a member be called `import` (a keyword): the launchpad shows member names.
+Direction = Enum("Direction", {name: name for name in ("import", "export", "bidirectional")}, type=str)
+
+
+class Policy(str, Enum):
+    manual = "manual"
+    local_wins = "local_wins"
+    remote_wins = "remote_wins"
+    newest_wins = "newest_wins"
+
+
+class SyncRunConfig(dg.Config):
+    """How this run syncs. Everything is optional: an empty config is a full sync with the
+    service's own settings."""
+
+    direction: Direction | None = Field(default=None, description="Override the service's direction for this run.")
+    dry_run: bool = Field(default=False, description="Plan only: show the plan in the metadata, write nothing.")
+    policy: Policy | None = Field(default=None, description="Override the conflict policy (all field groups).")
+    device_ids: list[str] = Field(
+        default_factory=list, description="Local or Golioth device ids: a targeted sync of just these devices."
+    )
+
+    def to_request(self, organization_id: str, run_id: str, tags: Mapping[str, str]) -> SyncRequest:
+        return SyncRequest(
+            organization_id,
+            direction=self.direction.value if self.direction else None,
+            policy=self.policy.value if self.policy else None,
+            dry_run=self.dry_run,
+            device_ids=list(self.device_ids) or None,
+            trigger=tags.get(TRIGGER_TAG, "manual"),
+            dagster_run_id=run_id,
+        )

@@ -1,0 +1,40 @@
+"""When a sync run fails, say so in golioth_sync_log and give its webhook events back to the queue."""
+
+
+import dagster as dg
+
+from golioth_assets.defs.assets import CLAIM_TAG
+from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, targeted_sync_job
+from golioth_assets.defs.resources import DeviceStore
+from golioth_assets.engine import sync as engine
+from golioth_assets.store import services, sync_log, webhook_events
+
+MAX_EVENT_ATTEMPTS = 5
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[full_sync_job, targeted_sync_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records failed sync runs in golioth_sync_log and releases their webhook events.",
+)
+def sync_failure_sensor(context: dg.RunFailureSensorContext, store: DeviceStore) -> None:
+    run = context.dagster_run
+    org = run.tags.get(ORG_TAG) or run.tags.get("dagster/partition")
+    error = (context.failure_event.message or "run failed")[:2000]
+    db = store.engine()
+    if org:
+        with db.connect() as conn:
+            row = sync_log.latest_run(conn, org, dagster_run_id=run.run_id)
+        if row is None:
+            try:
+                service = store.service(org)
+            except services.ServiceNotFound:
+                service = None
+            if service is not None:
+                row = {"id": engine.begin(db, service, engine.SyncRequest(org, dagster_run_id=run.run_id, trigger="failure"))}
+        if row is not None and row.get("status", "running") == "running":
+            engine.finish(db, row["id"], error=error)
+    claim = run.tags.get(CLAIM_TAG)
+    if claim:
+        with db.begin() as conn:
+            webhook_events.release_failed(conn, claim, error, max_attempts=MAX_EVENT_ATTEMPTS)

@@ -1,0 +1,77 @@
+"""Turns the webhook inbox into targeted syncs.
+
+Each tick claims pending events in bounded batches (a tick must finish well inside Dagster's 60 s),
+one batch per organization, and requests one targeted sync per batch. The run key is derived from
+the event ids (and their attempt count, so a retried batch gets a new key): run keys are
+deduplicated forever, so the same events never start two runs. The run marks its events processed
+when it finishes; the failure sensor puts them back (or, after N attempts, makes them dead letters).
+"""
+
+
+import hashlib
+import time
+import uuid
+from datetime import timedelta
+
+import dagster as dg
+import sqlalchemy as sa
+
+from golioth_assets.defs.assets import CLAIM_TAG
+from golioth_assets.defs.jobs import run_tags, targeted_sync_job
+from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.resources import DeviceStore
+from golioth_assets.store import webhook_events
+
+BATCH_EVENTS = 500  # per organization per tick: one targeted run handles at most this many events
+TICK_BUDGET_SECONDS = 20.0
+STALE_CLAIM = timedelta(minutes=30)
+
+
+def run_key_for(organization_id: str, event_ids: list[int], attempt: int) -> str:
+    digest = hashlib.sha1(",".join(map(str, sorted(event_ids))).encode()).hexdigest()[:16]
+    return f"webhook:{organization_id}:{min(event_ids)}-{max(event_ids)}:{digest}:a{attempt}"
+
+
+@dg.sensor(
+    target=targeted_sync_job,
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Claims pending webhook events and requests one targeted sync per organization.",
+)
+def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore) -> dg.SensorResult:
+    started = time.monotonic()
+    partitions = set(context.instance.get_dynamic_partitions(organizations.name))
+    db = store.migrated_engine()
+    requests: list[dg.RunRequest] = []
+    last_id = int(context.cursor or 0)
+    with db.begin() as conn:
+        webhook_events.release_stale_claims(conn, STALE_CLAIM)
+        orgs = conn.execute(
+            sa.text("SELECT DISTINCT organization_id FROM webhook_events WHERE status IN ('pending', 'failed')")
+        ).scalars().all()
+    for org in sorted(orgs):
+        if org not in partitions or time.monotonic() - started > TICK_BUDGET_SECONDS:
+            continue
+        token = f"claiming:{uuid.uuid4()}"
+        with db.begin() as conn:
+            groups = webhook_events.claim_pending(conn, limit=BATCH_EVENTS, claimed_by=token, organization_id=org)
+            if not groups:
+                continue
+            event_ids = [i for g in groups for i in g.event_ids]
+            attempt = conn.execute(
+                sa.text("SELECT max(attempts) FROM webhook_events WHERE claimed_by = :t"), {"t": token}
+            ).scalar_one()
+            key = run_key_for(org, event_ids, int(attempt or 0))
+            # The run's key is the claim: the run marks exactly these events processed (or failed).
+            conn.execute(sa.text("UPDATE webhook_events SET claimed_by = :k WHERE claimed_by = :t"), {"k": key, "t": token})
+        device_ids = sorted({d for g in groups for d in g.golioth_device_ids})
+        requests.append(
+            dg.RunRequest(
+                run_key=key,
+                partition_key=org,
+                run_config={"ops": {"golioth_device_inventory": {"config": {"device_ids": device_ids}}}},
+                tags=run_tags(org, "webhook", **{CLAIM_TAG: key}),
+            )
+        )
+        last_id = max(last_id, *event_ids)
+    return dg.SensorResult(run_requests=requests, cursor=str(last_id))

@@ -1,0 +1,261 @@
+"""Control API: console edits, device activity, webhooks, projects, reset; CLI and subprocess mode."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from golioth_assets.simulator import ProjectSpec, SimulatorControlError, SimulatorServer
+from golioth_assets.simulator.cli import simulator_command
+
+SECRET = "whsec_" + base64.b64encode(b"simulator-test-secret-0123456789").decode()
+
+
+def devices_url(project) -> str:
+    return f"/v1/projects/{project.project_id}/devices"
+
+
+def get_device(project, device_id: str) -> dict:
+    with project.client() as c:
+        return c.get(f"{devices_url(project)}/{device_id}").json()["data"]
+
+
+def some_device(project) -> dict:
+    with project.client() as c:
+        return c.get(devices_url(project), params={"perPage": 1}).json()["list"][0]
+
+
+# ---- console edits ----------------------------------------------------------------------
+
+
+def test_console_edit_is_visible_and_moves_updated_at(sim_project):
+    before = some_device(sim_project)
+    edited = sim_project.control.console_update(sim_project.project_id, before["id"], name="renamed-in-console")
+    after = get_device(sim_project, before["id"])
+    assert after == edited
+    assert after["name"] == "renamed-in-console" and after["updatedAt"] > before["updatedAt"]
+
+
+def test_console_create_and_delete(sim_project):
+    created = sim_project.control.console_create(sim_project.project_id, name="from-console", hardwareIds=["c-1"])
+    assert get_device(sim_project, created["id"])["hardwareIds"] == ["c-1"]
+    sim_project.control.console_delete(sim_project.project_id, created["id"])
+    with sim_project.client() as c:
+        assert c.get(f"{devices_url(sim_project)}/{created['id']}").status_code == 404
+
+
+def test_console_errors_are_reported(sim_project):
+    existing = some_device(sim_project)
+    with pytest.raises(SimulatorControlError, match="409"):
+        sim_project.control.console_create(sim_project.project_id, name=existing["name"])
+
+
+def test_mutate_edits_random_devices(sim_project):
+    with sim_project.client() as c:
+        before = {d["id"]: d for d in c.get(devices_url(sim_project)).json()["list"]}
+    changed = sim_project.control.mutate(sim_project.project_id, count=5, seed=1)
+    assert len(set(changed)) == 5
+    for device_id in changed:
+        after = get_device(sim_project, device_id)
+        assert after["updatedAt"] > before[device_id]["updatedAt"]
+        assert after != {**before[device_id], "updatedAt": after["updatedAt"]}  # something really changed
+
+
+# ---- device activity and webhooks --------------------------------------------------------
+
+
+def test_activity_moves_observed_metadata_not_updated_at(sim_project):
+    before = some_device(sim_project)
+    sim_project.control.device_activity(sim_project.project_id, before["id"], {"temp": 30}, firmware_version="9.9.9")
+    after = get_device(sim_project, before["id"])
+    assert after["metadata"]["lastSeenOnline"] > before["metadata"]["lastSeenOnline"]
+    assert after["metadata"]["lastReport"] == after["lastReport"] == after["metadata"]["lastSeenOnline"]
+    assert after["metadata"]["update"]["main"]["version"] == "9.9.9"
+    assert after["updatedAt"] == before["updatedAt"]
+
+
+def test_data_webhook_with_inject_metadata(sim_project, webhook_receiver):
+    device = some_device(sim_project)
+    sim_project.control.set_webhook(
+        sim_project.project_id, f"{webhook_receiver.url}/hook/1", {"x-golioth-sync-secret": "s3cret"}
+    )
+    for temp in (32, 33):
+        sim_project.control.device_activity(sim_project.project_id, device["id"], {"temp": temp}, path="sensor")
+    first, second = webhook_receiver.wait_for(2)
+    body = first.json()
+    assert first.path == "/hook/1"
+    assert body["data"] == {"temp": 32} and second.json()["data"] == {"temp": 33}
+    assert body["device_id"] == device["id"] and body["project_id"] == sim_project.project_id
+    assert set(body["timestamp"]) == {"seconds", "nanos"} and abs(body["timestamp"]["seconds"] - time.time()) < 60
+    h = first.headers
+    assert h["Ce-Source"] == device["id"]
+    assert h["Ce-Subject"] == sim_project.project_id
+    assert h["Ce-Type"] == "io.golioth.data.v1/.s/sensor"
+    assert h["Content-Type"] == "application/json"
+    assert h["x-golioth-sync-secret"] == "s3cret"
+    assert h["Ce-Id"] and h["Ce-Id"] != second.headers["Ce-Id"]
+
+
+def test_data_webhook_raw_payload(sim_project, webhook_receiver):
+    device = some_device(sim_project)
+    sim_project.control.set_webhook(sim_project.project_id, webhook_receiver.url, inject_metadata=False)
+    sim_project.control.device_activity(sim_project.project_id, device["id"], {"temp": 32})
+    (request,) = webhook_receiver.wait_for(1)
+    assert request.json() == {"temp": 32}
+    assert request.headers["Ce-Type"] == "io.golioth.data.v1/.s/data"
+
+
+def test_signed_device_events_verify_with_standard_webhooks(sim_project, webhook_receiver):
+    sim_project.control.set_events(sim_project.project_id, webhook_receiver.url, SECRET)
+    device = some_device(sim_project)
+    sim_project.control.console_update(sim_project.project_id, device["id"], enabled=not device["enabled"])
+    created = sim_project.control.console_create(sim_project.project_id, name="evented")
+    sim_project.control.console_delete(sim_project.project_id, created["id"])
+    requests = webhook_receiver.wait_for(3)
+    verifier = Webhook(SECRET)
+    events = [verifier.verify(r.body, r.headers) for r in requests]
+    assert [e["type"] for e in events] == ["device.updated", "device.created", "device.deleted"]
+    assert events[0]["device_id"] == device["id"] and events[0]["data"]["enabled"] is not device["enabled"]
+    assert events[1]["data"]["name"] == "evented" and events[1]["project_id"] == sim_project.project_id
+    assert requests[0].headers["webhook-signature"].startswith("v1,")
+    tampered = requests[0].body.replace(b"device.updated", b"device.deleted")
+    with pytest.raises(WebhookVerificationError):
+        verifier.verify(tampered, requests[0].headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + base64.b64encode(b"another-secret-another-secret!!").decode()).verify(
+            requests[0].body, requests[0].headers
+        )
+
+
+def test_api_writes_do_not_emit_console_events(sim_project, webhook_receiver):
+    sim_project.control.set_events(sim_project.project_id, webhook_receiver.url, SECRET)
+    with sim_project.client() as c:
+        c.post(devices_url(sim_project), json={"name": "via-api"})
+    sim_project.control.console_create(sim_project.project_id, name="via-console")
+    sim_project.control.flush_webhooks()
+    assert [json.loads(r.body)["data"]["name"] for r in webhook_receiver.requests] == ["via-console"]
+
+
+def test_webhook_delivery_retries_server_errors(simulator, sim_project, webhook_receiver):
+    webhook_receiver.status = 503
+    simulator.state.sender.reset_stats()
+    sim_project.control.set_webhook(sim_project.project_id, webhook_receiver.url)
+    sim_project.control.device_activity(sim_project.project_id, some_device(sim_project)["id"], {"x": 1})
+    stats = sim_project.control.flush_webhooks()
+    assert len(webhook_receiver.requests) == 3  # the first try plus two retries
+    assert stats["failed"] == 1 and "503" in stats["lastError"]
+
+
+def test_activity_does_not_wait_for_slow_receivers(sim_project):
+    # A blackholed target: delivery happens in the background, the control call returns at once.
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(1)
+    try:
+        sim_project.control.set_webhook(sim_project.project_id, f"http://127.0.0.1:{sink.getsockname()[1]}")
+        started = time.perf_counter()
+        sim_project.control.device_activity(sim_project.project_id, some_device(sim_project)["id"], {"x": 1})
+        assert time.perf_counter() - started < 0.5
+    finally:
+        sim_project.control.clear_webhook(sim_project.project_id)
+        sink.close()
+
+
+# ---- projects and reset ------------------------------------------------------------------
+
+
+def test_add_project_with_chosen_id_and_key(simulator):
+    info = simulator.control.add_project("tenant-fixed", "tenant-fixed-key", devices=12, seed=5)
+    try:
+        assert info["devices"] == 12 and info["apiKey"] == "tenant-fixed-key"
+        with pytest.raises(SimulatorControlError, match="409"):
+            simulator.control.add_project("tenant-fixed", "other-key")
+        r = httpx.get(
+            f"{simulator.url}/v1/projects/tenant-fixed/devices", headers={"x-api-key": "tenant-fixed-key"}
+        )
+        assert r.json()["total"] == 12
+        assert "tenant-fixed" in {p["projectId"] for p in simulator.control.projects()}
+    finally:
+        simulator.control.remove_project("tenant-fixed")
+
+
+def test_reset_restores_the_start_state():
+    with SimulatorServer(projects=[ProjectSpec("r", "r-key", devices=10, seed=2)]) as sim:
+        headers = {"x-api-key": "r-key"}
+        before = httpx.get(f"{sim.url}/v1/projects/r/devices", headers=headers).json()
+        device = before["list"][0]
+        sim.control.console_update("r", device["id"], name="changed")
+        sim.control.add_project("extra", "extra-key")
+        sim.control.set_faults(error_rate=1.0)
+        sim.control.reset()
+        after = httpx.get(f"{sim.url}/v1/projects/r/devices", headers=headers).json()
+        assert after == before
+        assert [p["projectId"] for p in sim.control.projects()] == ["r"]
+        assert sim.control.faults()["error_rate"] == 0.0
+        assert sim.control.stats()["total"] == 1
+
+
+# ---- CLI and subprocess mode ---------------------------------------------------------------
+
+
+def test_cli_command_options():
+    result = CliRunner().invoke(simulator_command, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--devices", "--seed", "--port", "--api-key", "--project-id", "--fail-rate", "--rate-limit"):
+        assert option in result.output
+    for option in ("--latency-ms", "--webhook-url", "--webhook-secret", "--events-url", "--extra-projects"):
+        assert option in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_runs_a_server_with_faults():
+    port = _free_port()
+    args = ["--devices", "20", "--port", str(port), "--api-key", "cli-key", "--project-id", "cli-p"]
+    args += ["--fail-rate", "1.0", "--extra-projects", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "golioth_assets.simulator", *args], stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/_sim/health").raise_for_status()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        projects = {p["projectId"]: p for p in httpx.get(f"{url}/_sim/projects").json()["list"]}
+        assert set(projects) == {"cli-p", "cli-p-1"} and projects["cli-p-1"]["apiKey"] == "cli-key-1"
+        assert projects["cli-p"]["devices"] == 20
+        r = httpx.get(f"{url}/v1/projects/cli-p/devices", headers={"x-api-key": "cli-key"})
+        assert r.status_code == 500
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_subprocess_mode():
+    sim = SimulatorServer(projects=[ProjectSpec("sp", "sp-key", devices=25, seed=1)]).start_subprocess()
+    try:
+        r = httpx.get(f"{sim.url}/v1/projects/sp/devices", headers={"x-api-key": "sp-key"})
+        assert r.json()["total"] == 25
+        assert sim.control.stats()["total"] == 1
+        with pytest.raises(RuntimeError):
+            sim.state  # noqa: B018 (state lives in the child)
+    finally:
+        sim.stop()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{sim.url}/_sim/health", timeout=1)

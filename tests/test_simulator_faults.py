@@ -1,0 +1,171 @@
+"""Fault injection, deleted projects and request statistics."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from golioth_assets.simulator import FaultConfig, SimulatorControlError
+
+
+def devices_url(project) -> str:
+    return f"/v1/projects/{project.project_id}/devices"
+
+
+def statuses(project, n: int, method: str = "GET") -> list[int]:
+    with project.client() as c:
+        return [c.request(method, devices_url(project), params={"perPage": 1}).status_code for _ in range(n)]
+
+
+def test_error_rate_is_a_seeded_share_of_500s(sim_project):
+    sim_project.set_faults(error_rate=0.3, seed=11)
+    first = statuses(sim_project, 200)
+    sim_project.set_faults(error_rate=0.3, seed=11)  # same seed: same draws
+    second = statuses(sim_project, 200)
+    assert set(first) == {200, 500}
+    assert 0.2 < first.count(500) / 200 < 0.4
+    assert first == second
+    with sim_project.client() as c:
+        sim_project.set_faults(error_rate=1.0)
+        body = c.get(devices_url(sim_project)).json()
+    assert body == {"code": 13, "message": "internal error", "details": []}
+
+
+def test_unavailable_rate_answers_503(sim_project):
+    sim_project.set_faults(unavailable_rate=1.0)
+    with sim_project.client() as c:
+        r = c.get(devices_url(sim_project))
+    assert r.status_code == 503 and r.json()["code"] == 14
+
+
+def _wait_for_fresh_second() -> None:
+    # The limiter counts per whole second of the (shared, in-process) monotonic clock.
+    while time.monotonic() % 1 > 0.8:
+        time.sleep(0.01)
+
+
+def test_rate_limit_answers_429_with_retry_after(sim_project):
+    sim_project.set_faults(rate_limit_rps=5, retry_after_s=2)
+    with sim_project.client() as c:
+        _wait_for_fresh_second()
+        responses = [c.get(devices_url(sim_project), params={"perPage": 1}) for _ in range(12)]
+        time.sleep(1.01 - time.monotonic() % 1)  # into the next window
+        after_wait = c.get(devices_url(sim_project), params={"perPage": 1})
+    codes = [r.status_code for r in responses]
+    assert codes == [200] * 5 + [429] * 7
+    limited = responses[-1]
+    assert limited.headers["retry-after"] == "2"
+    assert limited.json() == {"code": 8, "message": "rate limit exceeded", "details": []}
+    assert after_wait.status_code == 200
+
+
+def test_rate_limit_share(sim_project):
+    sim_project.set_faults(rate_limit_share=0.5, seed=3)
+    codes = statuses(sim_project, 100)
+    assert set(codes) == {200, 429} and 30 < codes.count(429) < 70
+
+
+def test_latency_and_spikes(sim_project):
+    with sim_project.client() as c:
+        sim_project.set_faults(latency_ms=120)
+        started = time.perf_counter()
+        c.get(devices_url(sim_project), params={"perPage": 1})
+        slow = time.perf_counter() - started
+        sim_project.set_faults(latency_ms=0, spike_ms=250, spike_probability=1.0)
+        started = time.perf_counter()
+        c.get(devices_url(sim_project), params={"perPage": 1})
+        spiked = time.perf_counter() - started
+        sim_project.clear_faults()
+        started = time.perf_counter()
+        c.get(devices_url(sim_project), params={"perPage": 1})
+        fast = time.perf_counter() - started
+    assert slow >= 0.12 and spiked >= 0.25
+    assert fast < 0.1
+
+
+def test_faults_can_target_methods(sim_project):
+    sim_project.set_faults(error_rate=1.0, methods=["patch"])
+    with sim_project.client() as c:
+        device = c.get(devices_url(sim_project), params={"perPage": 1}).json()["list"][0]
+        patched = c.patch(f"{devices_url(sim_project)}/{device['id']}", json={"enabled": False})
+    assert patched.status_code == 500
+
+
+def test_project_faults_do_not_leak_to_other_projects(sim_project_factory):
+    noisy, quiet = sim_project_factory(devices=2), sim_project_factory(devices=2)
+    noisy.set_faults(error_rate=1.0)
+    assert set(statuses(noisy, 5)) == {500}
+    assert set(statuses(quiet, 5)) == {200}
+
+
+def test_global_faults_never_touch_the_control_api(simulator, sim_project):
+    try:
+        simulator.set_global_faults(error_rate=1.0, latency_ms=150)
+        started = time.perf_counter()
+        health = simulator.control.health()
+        control_time = time.perf_counter() - started
+        api = statuses(sim_project, 1)
+    finally:
+        simulator.set_global_faults(FaultConfig())
+    assert health["ok"] is True and control_time < 0.15
+    assert api == [500]
+
+
+def test_unknown_fault_setting_is_rejected(sim_project):
+    with pytest.raises(SimulatorControlError, match="400"):
+        sim_project.set_faults(fail_sometimes=True)
+
+
+def test_deleted_project(simulator, sim_project):
+    with sim_project.client() as c:
+        simulator.control.set_project_deleted(sim_project.project_id)
+        gone = c.get(devices_url(sim_project))
+        simulator.control.set_project_deleted(sim_project.project_id, mode="not_found")
+        not_found = c.get(devices_url(sim_project))
+        simulator.control.set_project_deleted(sim_project.project_id, deleted=False)
+        back = c.get(devices_url(sim_project))
+    assert gone.status_code == 401 and gone.json()["message"] == "error identifying user"
+    assert not_found.status_code == 404 and not_found.json()["code"] == 5
+    assert back.status_code == 200
+
+
+def test_removed_project_key_stops_working(simulator, sim_project_factory):
+    project = sim_project_factory(devices=1)
+    simulator.control.remove_project(project.project_id)
+    assert statuses(project, 1) == [401]
+
+
+def test_stats_count_api_requests_by_route_and_status(simulator, sim_project):
+    sim_project.reset_stats()
+    with sim_project.client() as c:
+        c.get(devices_url(sim_project))
+        c.get(devices_url(sim_project), params={"perPage": 500})
+        device = c.post(devices_url(sim_project), json={"name": "counted"}).json()["data"]
+        c.get(f"{devices_url(sim_project)}/{device['id']}")
+    simulator.control.health()  # control calls are not counted
+    stats = sim_project.stats()
+    assert stats["total"] == 4
+    assert stats["byMethod"] == {"GET": 3, "POST": 1}
+    assert stats["byStatus"] == {"200": 3, "400": 1}
+    rows = {(r["method"], r["route"], r["status"]): r["count"] for r in stats["byRoute"]}
+    assert rows[("GET", "/v1/projects/{projectId}/devices", 200)] == 1
+    assert rows[("GET", "/v1/projects/{projectId}/devices", 400)] == 1
+    assert rows[("GET", "/v1/projects/{projectId}/devices/{deviceId}", 200)] == 1
+    sim_project.reset_stats()
+    assert sim_project.stats()["total"] == 0
+
+
+def test_faulted_requests_are_counted_too(sim_project):
+    sim_project.reset_stats()
+    sim_project.set_faults(error_rate=1.0)
+    statuses(sim_project, 3)
+    assert sim_project.stats()["byStatus"] == {"500": 3}
+
+
+def test_faults_apply_before_auth(sim_project):
+    sim_project.set_faults(rate_limit_share=1.0)
+    with httpx.Client(base_url=sim_project.url) as anon:
+        r = anon.get(devices_url(sim_project))
+    assert r.status_code == 429
