@@ -31,13 +31,13 @@ def normalize_url(raw: str | URL, *, variable: str = "DATABASE_URL") -> URL:
         url = make_url(raw) if isinstance(raw, str) else raw
     except Exception as exc:
         raise DatabaseConfigError(f"{variable} is not a valid database URL: {exc}") from None
-    if url.get_backend_name() not in ("postgresql", "postgres"):
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
         raise DatabaseConfigError(
-            f"{variable} must point at PostgreSQL (got a {url.get_backend_name()!r} URL); "
-            "golioth-sync supports PostgreSQL only"
+            f"{variable} must point at PostgreSQL (got a {backend!r} URL); golioth-sync supports PostgreSQL only"
         )
-    if url.get_driver_name() not in ("psycopg2", "", None) and "+" in url.drivername:
-        log.info("%s names driver %s; using psycopg2 instead", variable, url.get_driver_name())
+    if driver and driver != "psycopg2":
+        log.info("%s names driver %s; using psycopg2 instead", variable, driver)
     return url.set(drivername="postgresql+psycopg2")
 
 

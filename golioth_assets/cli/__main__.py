@@ -1,0 +1,3 @@
+from golioth_assets.cli.main import main
+
+main()

@@ -1,0 +1,109 @@
+"""Launch a sync through Dagster from the CLI: the run lands in Dagster's history (and the UI) like
+any other, while the terminal shows its steps as they finish."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.jobs import run_tags
+from golioth_assets.defs.partitions import organizations
+
+STEP_NAMES = [a.key.to_user_string() for a in sync_assets]
+
+
+@dataclass
+class LaunchedRun:
+    run_id: str
+    success: bool
+    seconds: float
+    error: str | None = None
+
+
+def run_sync_job(
+    organization_id: str,
+    *,
+    direction: str | None = None,
+    dry_run: bool = False,
+    policy: str | None = None,
+    device_ids: list[str] | None = None,
+    trigger: str = "cli",
+    console: Console | None = None,
+) -> LaunchedRun:
+    from golioth_assets.definitions import defs
+
+    console = console or Console()
+    instance = dg.DagsterInstance.get()
+    if organization_id not in instance.get_dynamic_partitions(organizations.name):
+        instance.add_dynamic_partitions(organizations.name, [organization_id])
+    job_name = "golioth_targeted_sync" if device_ids else "golioth_full_sync"
+    job = defs.resolve_job_def(job_name)
+    config = {"dry_run": dry_run, "device_ids": list(device_ids or [])}
+    if direction:
+        config["direction"] = direction
+    if policy:
+        config["policy"] = policy
+
+    outcome: dict = {}
+
+    def execute() -> None:
+        try:
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=organization_id,
+                run_config={
+                    "ops": {"golioth_device_inventory": {"config": config}},
+                    # The terminal shows progress; Dagster's event log keeps the details.
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                },
+                tags=run_tags(organization_id, trigger),
+                raise_on_error=False,
+            )
+            outcome["result"] = result
+        except Exception as exc:  # surfaced below with the run's own message
+            outcome["error"] = exc
+
+    started = time.perf_counter()
+    worker = threading.Thread(target=execute, name="golioth-sync-run", daemon=True)
+    worker.start()
+    done: set[str] = set()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"{job_name} [{organization_id}]", total=len(STEP_NAMES))
+        while worker.is_alive():
+            worker.join(0.25)
+            run_id = _latest_run_id(instance, organization_id, trigger)
+            if run_id:
+                for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records:
+                    done.add(record.event_log_entry.step_key)
+                finished = [s for s in STEP_NAMES if s in done]
+                progress.update(task, completed=len(finished), description=f"{job_name} [{organization_id}] {finished[-1] if finished else 'starting'}")
+        progress.update(task, completed=len(done & set(STEP_NAMES)))
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    error = None
+    if not result.success:
+        failures = [e for e in result.all_events if e.is_step_failure]
+        error = failures[0].step_failure_data.error.message.strip() if failures else "the run failed"
+    return LaunchedRun(result.run_id, result.success, time.perf_counter() - started, error)
+
+
+def _latest_run_id(instance: dg.DagsterInstance, organization_id: str, trigger: str) -> str | None:
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={"golioth-sync/org": organization_id, "golioth-sync/trigger": trigger}), limit=1
+    )
+    return records[0].dagster_run.run_id if records else None

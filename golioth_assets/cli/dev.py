@@ -1,0 +1,237 @@
+"""`golioth-sync dev`: the whole deployment on one machine, for a first look (what `make demo` runs).
+
+1. the embedded PostgreSQL (or DATABASE_URL), migrated;
+2. the Golioth simulator with 10,000 devices;
+3. a demo organization whose service points at the simulator;
+4. one full sync through Dagster, with a summary;
+5. the webhook receiver, the Dagster webserver and daemon (and the web console, when installed),
+   until Ctrl-C stops them all. `--no-ui` stops after step 4: one headless sync, then exit.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+DEMO_ORG = "demo"
+DEMO_PROJECT = "demo-project"
+API_KEY_ENV = "GOLIOTH_DEMO_API_KEY"
+WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"
+
+console = Console()
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside this Python (the project's venv)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+class Children:
+    """The processes dev started; stopped together, politely first."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], cwd: Path) -> subprocess.Popen:
+        log_dir = Path(os.environ["DAGSTER_HOME"]).parent / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        # Own process group: Ctrl-C reaches only us, and we stop children in order.
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.procs if proc.poll() is not None]
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_http(url: str, timeout_s: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _register_demo_service(engine, simulator_url: str, interval: int):
+    from golioth_assets.store import services
+
+    with engine.begin() as conn:
+        return services.upsert_service(
+            conn,
+            services.ServiceSettings(
+                organization_id=DEMO_ORG,
+                name="Demo fleet (simulated Golioth)",
+                project_id=DEMO_PROJECT,
+                base_url=simulator_url,
+                golioth_organization_id="sim-org",
+                api_key_env=API_KEY_ENV,
+                interval_seconds=interval,
+                direction="bidirectional",
+                conflict_policy="manual",
+                webhook_enabled=True,
+                webhook_secret_env=WEBHOOK_SECRET_ENV,
+            ),
+        )
+
+
+def _activity(control, stop: threading.Event, device_ids: list[str]) -> None:
+    """Keep the demo alive: devices report data (→ webhooks) and now and then someone edits one in
+    the Golioth console (→ signed events → targeted syncs)."""
+    n = 0
+    while not stop.wait(2.0):
+        n += 1
+        device = device_ids[n % len(device_ids)]
+        try:
+            control.device_activity(DEMO_PROJECT, device, {"temp": 20 + n % 7, "battery": 90 - n % 30})
+            if n % 15 == 0:
+                control.console_update(DEMO_PROJECT, device, name=f"device-edited-in-console-{n}")
+        except Exception:
+            pass  # the demo carries on; the simulator may be stopping
+
+
+@click.command()
+@click.option("--devices", default=10_000, show_default=True, help="Devices in the simulated Golioth project.")
+@click.option("--no-ui", is_flag=True, help="Run one full sync headlessly, print the summary and exit.")
+@click.option("--interval", default=60, show_default=True, help="The demo service's sync interval, seconds.")
+@click.option("--dagster-port", default=3000, show_default=True)
+@click.option("--simulator-port", default=8765, show_default=True)
+@click.option("--webhook-port", default=8088, show_default=True)
+@click.option("--console-port", default=8089, show_default=True)
+@click.option("--activity/--no-activity", default=True, show_default=True, help="Simulate device traffic and console edits.")
+def dev(
+    devices: int,
+    no_ui: bool,
+    interval: int,
+    dagster_port: int,
+    simulator_port: int,
+    webhook_port: int,
+    console_port: int,
+    activity: bool,
+) -> None:
+    """Start everything on this machine: database, simulator, a first sync, then the Dagster UI."""
+    from golioth_assets.cli.dagster_run import run_sync_job
+    from golioth_assets.cli.render import summary_table
+    from golioth_assets.cli.runtime import PROJECT_ROOT, WORKSPACE_YAML, prepare
+    from golioth_assets.simulator import EventsTarget, ProjectSpec, SimulatorServer, WebhookTarget
+    from golioth_assets.store import sync_log
+
+    started = time.perf_counter()
+    runtime = prepare()
+    console.print(f"[green]✓[/] database {runtime.describe()}")
+
+    os.environ.setdefault(API_KEY_ENV, secrets.token_hex(24))
+    os.environ.setdefault(WEBHOOK_SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+    simulator = SimulatorServer(
+        projects=[ProjectSpec(DEMO_PROJECT, os.environ[API_KEY_ENV], devices=devices, seed=42)],
+        port=simulator_port,
+    ).start_subprocess()
+    children = Children()
+    stop_activity = threading.Event()
+    try:
+        console.print(f"[green]✓[/] Golioth simulator at {simulator.url} with {devices:,} devices")
+        service = _register_demo_service(runtime.engine, simulator.url, interval)
+        console.print(f"[green]✓[/] organization [bold]{DEMO_ORG}[/] → project {DEMO_PROJECT} (service {service.id})")
+
+        launched = run_sync_job(DEMO_ORG, trigger="demo", console=console)
+        with runtime.engine.connect() as conn:
+            run = sync_log.latest_run(conn, DEMO_ORG, dagster_run_id=launched.run_id)
+        if run:
+            console.print(summary_table(run, seconds=launched.seconds))
+        if not launched.success:
+            raise click.ClickException(launched.error or "the first sync failed")
+        if no_ui:
+            console.print(
+                f"Done in {time.perf_counter() - started:.1f} s. Look next: `golioth-sync history --org {DEMO_ORG}`, "
+                "the `devices` table over SQL (`golioth-sync db status` says where), or `make demo` for the UI."
+            )
+            return
+
+        webhook_url = f"http://127.0.0.1:{webhook_port}"
+        children.start(
+            "webhooks",
+            [_bin("golioth-sync"), "webhooks", "serve", "--port", str(webhook_port)],
+            PROJECT_ROOT,
+        )
+        children.start(
+            "dagster-webserver",
+            [_bin("dagster-webserver"), "-w", str(WORKSPACE_YAML), "-h", "127.0.0.1", "-p", str(dagster_port)],
+            PROJECT_ROOT,
+        )
+        children.start("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], PROJECT_ROOT)
+        has_console = _console_available()
+        if has_console:
+            children.start("console", [_bin("golioth-sync"), "console", "--port", str(console_port)], PROJECT_ROOT)
+
+        if _wait_http(f"{webhook_url}/healthz", 60):
+            inbox = f"{webhook_url}/webhooks/golioth/{service.id}"
+            secret = os.environ[WEBHOOK_SECRET_ENV]
+            simulator.control.set_webhook(DEMO_PROJECT, inbox, {"x-golioth-sync-secret": secret})
+            simulator.control.set_events(DEMO_PROJECT, inbox, secret)
+        ui_ready = _wait_http(f"http://127.0.0.1:{dagster_port}/server_info", 120)
+
+        if activity:
+            ids = _some_device_ids(simulator)
+            threading.Thread(target=_activity, args=(simulator.control, stop_activity, ids), daemon=True).start()
+
+        table = Table(title="golioth-sync is running (Ctrl-C stops everything)", show_header=False)
+        table.add_row("Dagster UI", f"http://127.0.0.1:{dagster_port}" + ("" if ui_ready else " (still starting)"))
+        table.add_row("Webhook receiver", f"{webhook_url}/webhooks/golioth/{service.id}")
+        if has_console:
+            table.add_row("Web console", f"http://127.0.0.1:{console_port}")
+        table.add_row("Golioth simulator", simulator.url)
+        table.add_row("Database", runtime.describe())
+        table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
+        table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` every {interval} s")
+        console.print(table)
+        while True:
+            time.sleep(1)
+            dead = children.dead()
+            if dead:
+                raise click.ClickException(f"{', '.join(dead)} stopped unexpectedly; see the logs folder")
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        stop_activity.set()
+        children.stop()
+        simulator.stop()
+
+
+def _console_available() -> bool:
+    from golioth_assets.cli.main import cli
+
+    return "console" in cli.commands
+
+
+def _some_device_ids(simulator, limit: int = 50) -> list[str]:
+    with httpx.Client(base_url=simulator.url, headers={"x-api-key": os.environ[API_KEY_ENV]}) as client:
+        body = client.get(f"/v1/projects/{DEMO_PROJECT}/devices", params={"perPage": limit}).json()
+    return [d["id"] for d in body.get("list", [])]

@@ -1,0 +1,170 @@
+"""The store against real PostgreSQL: migrations, bulk writes, compare-and-set, the embedded server."""
+
+import uuid
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from golioth_assets.store import assignments, database, devices, embedded, inventory, migrate
+from golioth_assets.store.schema import metadata
+from tests.fixtures.database import drop_database, fresh_database
+
+
+def _device_frame(n: int, prefix: str = "d") -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "device_id": [str(uuid.uuid4()) for _ in range(n)],
+            "name": [f"{prefix}-{i:05d}" for i in range(n)],
+            "hardware_ids": [[f"hw-{prefix}-{i}"] for i in range(n)],
+            "tags": [["a", "b"] if i % 2 else [] for i in range(n)],
+            "blueprint": [None if i % 3 else "bp" for i in range(n)],
+            "enabled": [bool(i % 5) for i in range(n)],
+            "desired_state": [{"led": "on"} if i % 7 == 0 else {} for i in range(n)],
+        }
+    )
+
+
+def test_migrations_run_up_from_empty_and_match_the_schema(db_url):
+    url = fresh_database(db_url)
+    try:
+        engine = database.engine_for(url)
+        assert migrate.current_revision(engine) is None
+        assert migrate.upgrade(engine) == migrate.head_revision()
+        with engine.connect() as conn:
+            diff = compare_metadata(
+                MigrationContext.configure(conn, opts={"compare_type": True, "version_table": migrate.VERSION_TABLE}),
+                metadata,
+            )
+        assert diff == [], f"schema.py and the migrations disagree: {diff}"
+        migrate.downgrade(engine, "base")
+        with engine.connect() as conn:
+            assert not sa.inspect(conn).has_table("devices")
+        assert migrate.upgrade(engine) == migrate.head_revision()
+        engine.dispose()
+    finally:
+        drop_database(url)
+
+
+def test_bulk_insert_and_read_10k_devices(engine, org):
+    frame = _device_frame(10_000)
+    with engine.begin() as conn:
+        assert devices.insert_devices(conn, org, frame) == 10_000
+        # Idempotent: the same ids again insert nothing.
+        assert devices.insert_devices(conn, org, frame.head(10)) == 0
+    with engine.connect() as conn:
+        loaded = devices.load_devices(conn, org).set_index("device_id")
+    assert len(loaded) == 10_000
+    first = frame.iloc[7]
+    row = loaded.loc[first["device_id"]]
+    assert row["name"] == first["name"] and row["hardware_ids"] == first["hardware_ids"]
+    assert row["desired_state"] == {"led": "on"} and row["version"] == 1
+
+
+def test_update_is_compare_and_set_on_version(engine, org):
+    frame = _device_frame(2)
+    a, b = frame["device_id"]
+    with engine.begin() as conn:
+        devices.insert_devices(conn, org, frame)
+    # Someone edits b after the sync read it (version 1 → 2).
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE devices SET name = 'edited' WHERE id = :id"), {"id": b})
+    with engine.begin() as conn:
+        done = devices.update_devices(
+            conn,
+            org,
+            [
+                {"device_id": a, "expected_version": 1, "name": "from-sync", "tags": ["x"]},
+                {"device_id": b, "expected_version": 1, "name": "from-sync"},
+            ],
+        )
+    assert done == [a]
+    with engine.connect() as conn:
+        rows = devices.load_devices(conn, org).set_index("device_id")
+    assert rows.loc[a, "name"] == "from-sync" and rows.loc[a, "tags"] == ["x"]
+    assert rows.loc[b, "name"] == "edited"  # the concurrent edit survives
+
+
+def test_observed_updates_do_not_bump_the_version(engine, org):
+    frame = _device_frame(1)
+    with engine.begin() as conn:
+        devices.insert_devices(conn, org, frame)
+        devices.update_observed(
+            conn,
+            org,
+            pd.DataFrame({"device_id": frame["device_id"], "status": ["online"], "last_seen_online": ["2026-01-01T00:00:00Z"]}),
+        )
+    with engine.connect() as conn:
+        row = devices.load_devices(conn, org).iloc[0]
+    assert row["status"] == "online" and row["version"] == 1
+
+
+def test_merge_bases_sets_fields_and_desired_keys(engine, org):
+    from golioth_assets.store import services
+
+    frame = _device_frame(1)
+    with engine.begin() as conn:
+        service = services.create_service(
+            conn, services.ServiceSettings(organization_id=org, name=org, project_id="p", api_key_env="K")
+        )
+        devices.insert_devices(conn, org, frame)
+        d = frame["device_id"].item()
+        assignments.insert_links(conn, service.id, [{"device_id": d, "golioth_device_id": "g1", "base_snapshot": {"name": "old", "desired_state": {"a": 1, "b": 2}}}])
+        assignments.merge_bases(
+            conn, service.id, [{"device_id": d, "golioth_device_id": "g1", "fields": {"name": "new"}, "desired_keys": {"a": None, "c": 3}}]
+        )
+        base = assignments.load_links(conn, service.id)["base_snapshot"].item()
+    assert base == {"name": "new", "desired_state": {"b": 2, "c": 3}}
+
+
+def test_inventory_replace_and_targeted_upsert(engine, org):
+    remote = pd.DataFrame(
+        {
+            "golioth_device_id": ["g1", "g2"],
+            "name": ["one", "two"],
+            "hardware_ids": [["h1"], ["h2"]],
+            "tags": [["t"], []],
+            "enabled": [True, False],
+            "desired_state": [{"led": "on"}, {}],
+        }
+    )
+    with engine.begin() as conn:
+        assert inventory.replace_inventory(conn, org, remote) == 2
+        assert inventory.upsert_inventory(conn, org, remote.head(1).assign(name="one-renamed")) == 1
+        inventory.delete_inventory_rows(conn, org, ["g2"])
+    with engine.connect() as conn:
+        loaded = inventory.load_inventory(conn, org)
+    assert list(loaded["name"]) == ["one-renamed"]
+    assert loaded["desired_state"].item() == {"led": "on"}
+
+
+def test_database_url_must_be_postgresql():
+    with pytest.raises(database.DatabaseConfigError, match="PostgreSQL only"):
+        database.normalize_url("sqlite:///x.db")
+    with pytest.raises(database.DatabaseConfigError, match="not a valid database URL"):
+        database.normalize_url("::not a url::")
+    assert database.normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg2"
+
+
+@pytest.mark.embedded
+def test_embedded_server_starts_on_demand_and_keeps_data_across_restarts(tmp_path):
+    pgdata = tmp_path / "home" / "pgdata"
+    url = embedded.start(pgdata).set(database="golioth_sync")
+    try:
+        database.ensure_database_exists(url)
+        engine = database.engine_for(url)
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES ('kept', 'Kept')"))
+        engine.dispose()
+        assert embedded.stop(pgdata) and not embedded.is_running(pgdata)
+
+        url = embedded.start(pgdata).set(database="golioth_sync")
+        engine = database.engine_for(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT name FROM organizations WHERE id = 'kept'")).scalar_one() == "Kept"
+        engine.dispose()
+    finally:
+        embedded.stop(pgdata)
