@@ -293,3 +293,18 @@ def test_observed_fields_flow_in_and_never_conflict(harness):
     assert row["firmware_versions"].get("main") == "9.9.9"
     assert pd.notna(row["last_seen_online"])
     assert harness.conflicts().empty
+
+
+def test_clearing_a_blueprint_locally_clears_it_in_golioth(harness):
+    _first_sync(harness)
+    local = harness.local()
+    device_id = local[local["blueprint"].notna()].index[0]
+    gid = harness.golioth_id_of(device_id)
+    before = harness.remote()[gid]
+    harness.edit_local(device_id, blueprint=None)
+    harness.sync()
+    after = harness.remote()[gid]
+    assert "blueprintId" not in after
+    assert after["name"] == before["name"] and after["hardwareIds"] == before["hardwareIds"]
+    assert after.get("tagIds", []) == before.get("tagIds", [])
+    assert harness.sync().plan.empty

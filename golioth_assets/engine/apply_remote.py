@@ -101,6 +101,17 @@ class RemoteWriter:
                 body["enabled"] = bool(value)
         return DeviceUpdate(**body)
 
+    def replace_body(self, current: pd.Series, values: dict[str, Any]) -> DeviceUpdate:
+        """A full PUT body: Golioth's current device with our changes, and no blueprint."""
+        body = self.patch_body({k: v for k, v in values.items() if k != "blueprint"}).model_dump(exclude_unset=True)
+        body.setdefault("name", current["name"])
+        body.setdefault("hardware_ids", list(current["hardware_ids"]))
+        body.setdefault("tag_ids", list(current["tag_ids"]))
+        body.setdefault("enabled", bool(current["enabled"]))
+        if isinstance(current["cohort_id"], str) and current["cohort_id"]:
+            body.setdefault("cohort_id", current["cohort_id"])
+        return DeviceUpdate(**body)
+
     def create_body(self, local: pd.Series) -> DeviceCreate:
         body: dict[str, Any] = {"name": local["name"], "hardware_ids": list(local["hardware_ids"])}
         if "tags" in self.fields and len(local["tags"]):
@@ -181,7 +192,10 @@ def apply_remote(
         patch_rows, state_rows = rows[~is_desired], rows[is_desired]
         if not patch_rows.empty:
             values = dict(zip(patch_rows["field"], patch_rows["new_value"]))
-            calls[("patch", gid)] = lambda g=gid, v=values: client.update_device(g, writer.patch_body(v))
+            if "blueprint" in values and not values["blueprint"] and gid in remote.index:
+                calls[("patch", gid)] = lambda g=gid, v=values: client.replace_device(g, writer.replace_body(remote.loc[g], v))
+            else:
+                calls[("patch", gid)] = lambda g=gid, v=values: client.update_device(g, writer.patch_body(v))
             rows_of[("patch", gid)] = patch_rows
         if not state_rows.empty:
             current = remote.at[gid, "desired_state"] if gid in remote.index else {}

@@ -201,6 +201,12 @@ class GoliothClient:
         response = self._send("PATCH", self._device_path(device_id), body=body.to_body())
         return DEVICE_DATA.validate_json(response.content).data
 
+    def replace_device(self, device_id: str, body: DeviceUpdate) -> Device:
+        """PUT: replaces the device. Fields left out are cleared, which is the only documented way to
+        remove a blueprint (PATCH has no "clear" for blueprintId)."""
+        response = self._send("PUT", self._device_path(device_id), body=body.to_body())
+        return DEVICE_DATA.validate_json(response.content).data
+
     def delete_device(self, device_id: str) -> None:
         self._send("DELETE", self._device_path(device_id))
 
