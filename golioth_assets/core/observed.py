@@ -28,20 +28,17 @@ def observed_changes(local: pd.DataFrame, remote: pd.DataFrame) -> np.ndarray:
         both = r_known & l_known
         newer[both] = r[both] > l_[both]
         changed |= newer | (r_known & ~l_known)
-    for column in VALUES:
+    for column, empty in (("firmware_versions", {}), ("settings_status", None)):
         if column not in remote:
             continue
-        r = remote[column].map(_canonical)
-        l_ = local[column].map(_canonical) if column in local else pd.Series("", index=remote.index)
-        changed |= r.to_numpy(dtype=object) != l_.to_numpy(dtype=object)
+        r = _filled(remote[column], empty)
+        l_ = _filled(local[column], empty) if column in local else np.full(len(r), empty, dtype=object)
+        # Element-wise == on object arrays: dicts compare by content, whatever their key order.
+        changed |= r != l_
     return changed
 
 
-def _canonical(value) -> str:
-    import json
-
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
-    return str(value)
+def _filled(values: pd.Series, empty) -> np.ndarray:
+    out = values.to_numpy(dtype=object).copy()
+    out[pd.isna(values).to_numpy() if empty is None else ~values.map(lambda v: isinstance(v, dict)).to_numpy()] = empty
+    return out

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.bulk import stage_records
+from golioth_assets.store.bulk import read_frame, stage_records
 
 LINK_COLUMNS = ["device_id", "golioth_device_id", "base_snapshot", "link_status", "sync_status"]
 
@@ -31,8 +31,7 @@ def load_links(
         sql += " AND (device_id = ANY(%(ids)s::uuid[]) OR golioth_device_id = ANY(%(gids)s))"
         params["ids"] = list(device_ids or [])
         params["gids"] = list(golioth_device_ids or [])
-    rows = conn.exec_driver_sql(sql, params).fetchall()
-    return pd.DataFrame.from_records(rows, columns=LINK_COLUMNS)
+    return read_frame(conn, sql, params, LINK_COLUMNS)
 
 
 def insert_links(conn: Connection, service_id: int, records: Iterable[dict]) -> int:

@@ -1,4 +1,5 @@
-"""Set-based bulk writes: a whole batch reaches PostgreSQL in one COPY, never a round trip per row.
+"""Bulk reads and set-based bulk writes: a whole batch reaches PostgreSQL in one COPY, never a
+round trip per row; a whole organization comes back in one query.
 
 Rows are serialized to JSON lines and COPYed into a temporary table of one jsonb column. The caller
 then runs one INSERT … SELECT or UPDATE … FROM that unpacks them (`jsonb_to_record` also turns JSON
@@ -12,6 +13,7 @@ import itertools
 import json
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Connection
 
@@ -52,3 +54,19 @@ def stage_records(conn: Connection, records: Iterable[dict]) -> str:
     """Like `stage`, for records whose keys vary (a missing key means "leave this column alone")."""
     lines = (json.dumps({k: _plain(v) for k, v in r.items()}, default=str, ensure_ascii=False) for r in records)
     return _copy_lines(conn, "\n".join(lines))
+
+
+def read_frame(conn: Connection, sql: str, params: dict, columns: list[str], timestamps: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Run a query into a DataFrame. Timestamp columns must be selected as integer epoch
+    microseconds (`(extract(epoch FROM col) * 1000000)::bigint`): integers convert to datetimes in
+    one vectorized step, where driver-made datetime objects would be converted one by one (and
+    float seconds would lose the last microsecond)."""
+    rows = [tuple(r) for r in conn.exec_driver_sql(sql, params).fetchall()]
+    frame = pd.DataFrame.from_records(rows, columns=columns)
+    for column in timestamps:
+        micros = pd.to_numeric(frame[column]).to_numpy(dtype="float64")  # exact: µs since 1970 < 2**53
+        missing = np.isnan(micros)
+        stamps = np.where(missing, 0, micros).astype("int64").astype("datetime64[us]").astype("datetime64[ns]")
+        stamps[missing] = np.datetime64("NaT")
+        frame[column] = pd.Series(stamps, index=frame.index).dt.tz_localize("UTC")
+    return frame

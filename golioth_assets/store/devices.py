@@ -13,7 +13,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.bulk import stage, stage_records
+from golioth_assets.store.bulk import read_frame, stage, stage_records
 
 LOCAL_COLUMNS = [
     "device_id",
@@ -35,10 +35,12 @@ LOCAL_COLUMNS = [
     "settings_status",
 ]
 
+_TIMESTAMPS = ("updated_at", "deleted_at", "last_seen_online", "last_seen_offline", "last_report")
 _SELECT = """
 SELECT id::text AS device_id, name, hardware_ids, tags, blueprint, cohort, enabled, desired_state,
-       updated_at, deleted_at, version, status, last_seen_online, last_seen_offline, last_report,
-       firmware_versions, settings_status
+       (extract(epoch FROM updated_at) * 1000000)::bigint, (extract(epoch FROM deleted_at) * 1000000)::bigint, version, status,
+       (extract(epoch FROM last_seen_online) * 1000000)::bigint, (extract(epoch FROM last_seen_offline) * 1000000)::bigint,
+       (extract(epoch FROM last_report) * 1000000)::bigint, firmware_versions, settings_status
 FROM devices
 WHERE organization_id = %(org)s
 """
@@ -59,11 +61,7 @@ def load_devices(
         params["ids"] = list(device_ids)
     if not include_deleted:
         sql += " AND deleted_at IS NULL"
-    rows = conn.exec_driver_sql(sql, params).fetchall()
-    frame = pd.DataFrame.from_records(rows, columns=LOCAL_COLUMNS)
-    for column in ("updated_at", "deleted_at", "last_seen_online", "last_seen_offline", "last_report"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    return frame
+    return read_frame(conn, sql, params, LOCAL_COLUMNS, _TIMESTAMPS)
 
 
 def count_devices(conn: Connection, organization_id: str) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.bulk import stage
+from golioth_assets.store.bulk import read_frame, stage
 
 REMOTE_COLUMNS = [
     "golioth_device_id",
@@ -93,21 +93,19 @@ def delete_inventory_rows(conn: Connection, organization_id: str, golioth_device
 def load_inventory(
     conn: Connection, organization_id: str, *, golioth_device_ids: Sequence[str] | None = None
 ) -> pd.DataFrame:
+    # `metadata` stays in the table for SQL users; no step of a sync needs it back.
     sql = """
         SELECT golioth_device_id, name, hardware_ids, tag_ids, tags, blueprint_id, blueprint, cohort_id,
-               cohort, enabled, desired_state, status, last_seen_online, last_seen_offline, last_report,
-               firmware_versions, settings_status, metadata, golioth_created_at, golioth_updated_at
+               cohort, enabled, desired_state, status, (extract(epoch FROM last_seen_online) * 1000000)::bigint,
+               (extract(epoch FROM last_seen_offline) * 1000000)::bigint, (extract(epoch FROM last_report) * 1000000)::bigint, firmware_versions,
+               settings_status, (extract(epoch FROM golioth_created_at) * 1000000)::bigint, (extract(epoch FROM golioth_updated_at) * 1000000)::bigint
         FROM golioth_inventory WHERE organization_id = %(org)s
     """
     params: dict = {"org": organization_id}
     if golioth_device_ids is not None:
         sql += " AND golioth_device_id = ANY(%(ids)s)"
         params["ids"] = list(golioth_device_ids)
-    rows = conn.exec_driver_sql(sql, params).fetchall()
-    frame = pd.DataFrame.from_records(rows, columns=REMOTE_COLUMNS)
-    for column in _TIMESTAMPS:
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    return frame
+    return read_frame(conn, sql, params, [c for c in REMOTE_COLUMNS if c != "metadata"], _TIMESTAMPS)
 
 
 def replace_references(conn: Connection, organization_id: str, references: pd.DataFrame) -> None:
