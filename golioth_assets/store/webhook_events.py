@@ -92,6 +92,7 @@ class ClaimedGroup:
     event_ids: list[int] = field(default_factory=list)
     golioth_device_ids: list[str] = field(default_factory=list)
     event_types: list[str] = field(default_factory=list)
+    attempts: int = 0  # the most attempts any of these events has had: part of a fresh run key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +310,7 @@ _CLAIM = sa.text(
     SET status = 'claimed', claimed_at = now(), claimed_by = :claimed_by
     FROM picked
     WHERE e.id = picked.id
-    RETURNING e.id, e.service_id, e.organization_id, e.golioth_device_id, e.event_type
+    RETURNING e.id, e.service_id, e.organization_id, e.golioth_device_id, e.event_type, e.attempts
     """
 )
 
@@ -337,10 +338,32 @@ def claim_pending(
             group.golioth_device_ids.append(row.golioth_device_id)
         if row.event_type not in group.event_types:
             group.event_types.append(row.event_type)
+        group.attempts = max(group.attempts, row.attempts)
     for group in groups.values():
         group.golioth_device_ids.sort()
         group.event_types.sort()
     return [groups[k] for k in sorted(groups)]
+
+
+def organizations_with_work(conn: Connection) -> list[str]:
+    """Organizations that have claimable (pending or failed) events, sorted."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT DISTINCT organization_id FROM webhook_events "
+                "WHERE status IN ('pending', 'failed') ORDER BY organization_id"
+            )
+        ).scalars()
+    )
+
+
+def rename_claim(conn: Connection, old_claimed_by: str, new_claimed_by: str) -> int:
+    """Move a claim to another owner, e.g. from a temporary token to the run key derived from it."""
+    result = conn.execute(
+        sa.text("UPDATE webhook_events SET claimed_by = :new WHERE claimed_by = :old AND status = 'claimed'"),
+        {"old": old_claimed_by, "new": new_claimed_by},
+    )
+    return result.rowcount
 
 
 def mark_processed(conn: Connection, claimed_by: str) -> int:

@@ -1,0 +1,159 @@
+"""`golioth-sync webhooks …`: run the receiver and look after the inbox."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+
+import click
+import sqlalchemy as sa
+
+from golioth_assets.store import webhook_events as inbox
+from golioth_assets.webhooks.config import ReceiverConfig
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+
+
+def parse_duration(value: str) -> timedelta:
+    match = _DURATION.match(value)
+    if not match:
+        raise click.BadParameter(f"expected a duration like 30m, 12h or 7d, got {value!r}")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def parse_size(value: str) -> int:
+    match = _SIZE.match(value)
+    if not match:
+        raise click.BadParameter(f"expected a size like 1MiB, 512KiB or 65536, got {value!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def _engine() -> sa.engine.Engine:
+    from golioth_assets.store.database import app_engine
+
+    return app_engine()
+
+
+@click.group()
+def webhooks() -> None:
+    """The webhook receiver and its inbox (webhook_events)."""
+
+
+@webhooks.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8088, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes.")
+@click.option("--max-body", default="1MiB", show_default=True, help="Largest accepted body (413 above).")
+@click.option("--max-queue", default=ReceiverConfig.max_queue, show_default=True, help="Events awaiting commit per worker before 503.")
+@click.option("--max-in-flight", default=ReceiverConfig.max_in_flight, show_default=True, help="Concurrent requests per worker before 503.")
+@click.option("--max-loop-lag-ms", default=ReceiverConfig.max_loop_lag_ms, show_default=True, help="Shed load while the event loop lags this much (0: off).")
+@click.option("--writers", default=ReceiverConfig.writers, show_default=True, help="Group-commit threads (DB connections) per worker.")
+@click.option("--cache-seconds", default=ReceiverConfig.service_cache_seconds, show_default=True, help="How long service settings are reused.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    max_body: str,
+    max_queue: int,
+    max_in_flight: int,
+    max_loop_lag_ms: float,
+    writers: int,
+    cache_seconds: float,
+    log_level: str,
+) -> None:
+    """Run the receiver: POST /webhooks/golioth/{service_id}, GET /healthz."""
+    import uvicorn
+
+    from golioth_assets.store.database import render, resolve_urls
+
+    config = ReceiverConfig(
+        max_body_bytes=parse_size(max_body),
+        max_queue=max_queue,
+        max_in_flight=max_in_flight,
+        max_loop_lag_ms=max_loop_lag_ms,
+        writers=writers,
+        service_cache_seconds=cache_seconds,
+    )
+    engine = _engine()  # starts the embedded server once, here, rather than racing in each worker
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("webhook_events"):
+            raise click.ClickException("the database has no webhook_events table: run `golioth-sync db upgrade` first")
+    app_url, _ = resolve_urls()
+    # Workers are separate processes: they learn the database and the settings from the environment.
+    os.environ["DATABASE_URL"] = app_url.render_as_string(hide_password=False)
+    os.environ.update(config.to_env())
+    click.echo(f"webhook receiver on http://{host}:{port} ({workers} worker(s)), database {render(app_url)}")
+    uvicorn.run(
+        "golioth_assets.webhooks.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level,
+        # Above the load balancer's idle timeout, so it is the one that closes idle connections.
+        timeout_keep_alive=75,
+    )
+
+
+@webhooks.command("list")
+@click.option("--status", type=click.Choice(inbox.STATUSES), help="Only events in this state.")
+@click.option("--org", "organization_id", help="Only this organization's events.")
+@click.option("--limit", default=50, show_default=True, type=int)
+def list_(status: str | None, organization_id: str | None, limit: int) -> None:
+    """Show the inbox, newest first, with per-status counts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    engine = _engine()
+    with engine.connect() as conn:
+        rows = inbox.list_events(conn, status=status, organization_id=organization_id, limit=limit)
+        counts = inbox.count_by_status(conn, organization_id)
+    table = Table(title="webhook events", show_lines=False)
+    for column in ("id", "org", "type", "device", "status", "attempts", "received", "last error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            row.organization_id,
+            row.event_type,
+            row.golioth_device_id or "",
+            row.status,
+            str(row.attempts),
+            row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            (row.last_error or "")[:80],
+        )
+    console = Console()
+    console.print(table)
+    console.print("  ".join(f"{name}: {n}" for name, n in counts.items()))
+
+
+@webhooks.command()
+@click.option("--id", "ids", multiple=True, type=int, help="A dead event's id (repeatable).")
+@click.option("--org", "organization_id", help="Every dead event of this organization.")
+@click.option("--all", "all_dead", is_flag=True, help="Every dead event.")
+def replay(ids: tuple[int, ...], organization_id: str | None, all_dead: bool) -> None:
+    """Requeue dead letters as pending, with a fresh attempt count."""
+    if not (ids or organization_id or all_dead):
+        raise click.UsageError("say which dead events: --id, --org or --all")
+    with _engine().begin() as conn:
+        count = inbox.replay_dead(conn, ids=list(ids) or None, organization_id=organization_id)
+    click.echo(f"requeued {count} dead event(s)")
+
+
+@webhooks.command()
+@click.option("--older-than", default="7d", show_default=True, help="Retention for processed events (30m, 12h, 7d, 2w).")
+def prune(older_than: str) -> None:
+    """Delete processed events older than the retention; dead letters stay."""
+    retention = parse_duration(older_than)
+    with _engine().begin() as conn:
+        count = inbox.prune_processed(conn, retention)
+    click.echo(f"pruned {count} processed event(s) older than {older_than}")
