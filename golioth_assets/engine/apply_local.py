@@ -111,8 +111,8 @@ def apply_local(
             record["desired_state"] = desired
         records.append(record)
         rows_by_device[device_id] += [int(i) for i in rows["id"]]
-    # An operator chose to keep a device Golioth deleted... no: chose Golioth's copy of a device
-    # deleted locally. Undelete it with Golioth's values.
+    # A delete-vs-modify conflict an operator settled for Golioth's copy of a device deleted
+    # locally: undelete it, with Golioth's values.
     for device_id, gid in zip(recreated["device_id"], recreated["golioth_device_id"]):
         values = remote.loc[gid]
         record = {"device_id": device_id, "expected_version": int(local.at[device_id, "version"]), "deleted_at": None}
