@@ -8,6 +8,7 @@ import dagster as dg
 
 from golioth_assets.defs.assets import sync_assets
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
+from golioth_assets.defs.resolve import resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from sensors.failures import sync_failure_sensor
 from sensors.organizations import organization_partitions_sensor
@@ -20,7 +21,7 @@ store = DeviceStore(database_url=dg.EnvVar("DATABASE_URL")) if os.environ.get("D
 
 defs = dg.Definitions(
     assets=sync_assets,
-    jobs=[full_sync_job, targeted_sync_job],
+    jobs=[full_sync_job, targeted_sync_job, resolve_conflicts_job],
     schedules=[golioth_sync_schedule],
     sensors=[organization_partitions_sensor, webhook_inbox_sensor, sync_failure_sensor],
     resources={"store": store, "golioth": GoliothApi()},

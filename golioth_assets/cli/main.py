@@ -9,7 +9,11 @@ import sys
 import click
 from rich.console import Console
 
+from golioth_assets.cli.conflicts import conflicts
 from golioth_assets.cli.dev import dev
+from golioth_assets.cli.history import history
+from golioth_assets.cli.services import services
+from golioth_assets.console.cli import console as console_command
 from golioth_assets.simulator.cli import simulator_command
 from golioth_assets.webhooks.cli import webhooks
 
@@ -104,10 +108,18 @@ def sync(organization_id: str, direction: str | None, policy: str | None, dry_ru
         run = sync_log.latest_run(conn, organization_id, dagster_run_id=launched.run_id)
         plan = sync_log.load_plan(conn, run["id"]) if run else None
     if run:
-        console.print(summary_table(run, seconds=launched.seconds))
+        # A dry run writes nothing, so its counters stay 0: show what the plan would do instead.
+        planned = (run.get("details") or {}).get("plan", {}) if dry_run else {}
+        console.print(summary_table({**run, **planned}, seconds=launched.seconds))
     if dry_run and plan is not None:
         visible = plan[plan["action"] != "agree"]
         console.print(plan_table(visible, title="plan (dry run: nothing was written)"))
+        if launched.success:
+            from golioth_assets.cli.conflicts import dry_run_conflicts_table
+            from golioth_assets.ops.sync import dry_run_conflicts
+
+            found = dry_run_conflicts(runtime.engine, run["id"])
+            console.print(dry_run_conflicts_table(found) if not found.empty else "no conflicts")
     console.print(f"Dagster run {launched.run_id}")
     if not launched.success:
         raise click.ClickException(launched.error or "the sync failed")
@@ -116,6 +128,10 @@ def sync(organization_id: str, direction: str | None, policy: str | None, dry_ru
 cli.add_command(dev)
 cli.add_command(simulator_command)
 cli.add_command(webhooks)
+cli.add_command(services)
+cli.add_command(conflicts)
+cli.add_command(history)
+cli.add_command(console_command)
 
 
 def main() -> None:  # pragma: no cover - console script shim

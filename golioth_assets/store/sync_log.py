@@ -138,9 +138,10 @@ def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_ro
         f"""
         INSERT INTO sync_plan (sync_log_id, organization_id, device_id, golioth_device_id, field, action,
                                side, old_value, new_value, reason, status, conflict_id, changed_by)
+        -- conflict_id goes through numeric: pandas writes 3.0 when the column also holds nulls.
         SELECT %(log)s, %(org)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id', s.doc->>'field',
                s.doc->>'action', s.doc->>'side', s.doc->'old_value', s.doc->'new_value', s.doc->>'reason',
-               s.doc->>'status', (s.doc->>'conflict_id')::bigint, s.doc->>'changed_by'
+               s.doc->>'status', (s.doc->>'conflict_id')::numeric::bigint, s.doc->>'changed_by'
         FROM {table} s
         """,
         {"log": sync_log_id, "org": organization_id},

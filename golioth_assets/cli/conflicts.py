@@ -1,0 +1,222 @@
+"""`golioth-sync conflicts …`: review conflicts and choose which value wins.
+
+A resolution is recorded now and written to both sides by the next sync (`--now` runs a targeted
+sync of the affected devices right away, through Dagster, so it shows in the UI's run history).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import pandas as pd
+from rich.console import Console
+from rich import box
+from rich.table import Table
+
+from golioth_assets.cli.services import open_engine, operator_errors
+from golioth_assets.ops import OperationError
+from golioth_assets.ops import conflicts as ops
+
+console = Console()
+
+
+def show_value(value: Any, *, limit: int | None = None) -> str:
+    if value is None:
+        return "∅ (none)"
+    # JSON, strings quoted: what --value takes.
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    if limit and len(text) > limit:
+        return text[: limit - 3] + "..."
+    return text
+
+
+@click.group()
+def conflicts() -> None:
+    """Conflicts both sides made on the same field, and their resolution."""
+
+
+@conflicts.command("list")
+@click.option("--org", "organization_id", help="Only this organization's conflicts.")
+@click.option("--status", type=click.Choice(ops.STATUSES), default="pending", show_default=True)
+@click.option("--all-statuses", is_flag=True, help="Every status (overrides --status).")
+@click.option("--limit", default=200, show_default=True, type=int)
+@operator_errors
+def list_(organization_id: str | None, status: str, all_statuses: bool, limit: int) -> None:
+    """Conflicts, newest first."""
+    rows = ops.list_conflicts(open_engine(), organization_id, None if all_statuses else status, limit)
+    console.print(conflict_list_table(rows, title=f"{'all' if all_statuses else status} conflicts"
+                                      + (f" of {organization_id}" if organization_id else ""), show_org=not organization_id))
+    if not rows:
+        console.print("no conflicts" + ("" if all_statuses else f" with status {status}"))
+
+
+@conflicts.command()
+@click.argument("conflict_id")
+@click.option("--org", "organization_id", help="Fail unless the conflict belongs to this organization.")
+@operator_errors
+def show(conflict_id: str, organization_id: str | None) -> None:
+    """One conflict: base, local and Golioth values side by side."""
+    row = ops.get_conflict(open_engine(), conflict_id, organization_id)
+    console.print(side_by_side(row))
+    if row["status"] == "pending":
+        console.print(
+            f"Resolve: golioth-sync conflicts resolve {row['id']} --use local|remote --by NAME   "
+            f"(or --value JSON --by NAME)"
+        )
+
+
+@conflicts.command()
+@click.argument("conflict_ids", nargs=-1)
+@click.option("--use", type=click.Choice(["local", "remote"]), help="Keep this database's value (local) or Golioth's (remote).")
+@click.option("--value", "value_json", metavar="JSON", help="Write this value to both sides instead (JSON, e.g. '\"sensor-1\"').")
+@click.option("--by", "resolved_by", required=True, metavar="NAME", help="Who decides (recorded as resolved_by).")
+@click.option("--org", "organization_id", help="Fail unless the conflicts belong to this organization; with --all, whose.")
+@click.option("--all", "all_pending", is_flag=True, help="Every pending conflict of --org (bulk; needs --use).")
+@click.option("--now", is_flag=True, help="Run a targeted sync of the affected devices right away.")
+@operator_errors
+def resolve(
+    conflict_ids: tuple[str, ...],
+    use: str | None,
+    value_json: str | None,
+    resolved_by: str,
+    organization_id: str | None,
+    all_pending: bool,
+    now: bool,
+) -> None:
+    """Choose the winning value of CONFLICT_IDS (or, with --org ORG --all, of every pending conflict).
+
+    The next sync writes it to both sides; --now syncs those devices immediately.
+    """
+    if (use is None) == (value_json is None):
+        raise click.UsageError("choose exactly one of --use local|remote or --value JSON")
+    engine = open_engine()
+    if all_pending:
+        if conflict_ids:
+            raise click.UsageError("give conflict ids or --all, not both")
+        if not organization_id:
+            raise click.UsageError("--all needs --org ORG")
+        if value_json is not None:
+            raise click.UsageError("--all takes --use local|remote (a value fits one field, not all)")
+        result = ops.resolve_all(engine, organization_id, use=use, resolved_by=resolved_by)
+        rows = result.resolved
+        console.print(f"resolved {len(rows)} conflict(s) of {organization_id} with {use}, by {resolved_by}")
+        for cid, reason in result.skipped:
+            console.print(f"  skipped {cid}: {reason}")
+    else:
+        if not conflict_ids:
+            raise click.UsageError("give at least one conflict id (or --org ORG --all)")
+        rows = ops.resolve(
+            engine,
+            conflict_ids,
+            use=use or "value",
+            value_json=value_json,
+            resolved_by=resolved_by,
+            organization_id=organization_id,
+        )
+        for row in rows:
+            console.print(
+                f"conflict {row['id']} resolved: {row['field']} of {row['device_name'] or row['device_id']} = "
+                f"{show_value(row['resolved_value'], limit=80)} ({row['resolution']}, by {row['resolved_by']})"
+            )
+    if not rows:
+        return
+    if not now:
+        console.print("The next sync applies it; `--now` would sync these devices right away.")
+        return
+    _sync_now(engine, rows)
+
+
+def _sync_now(engine, rows: list[dict]) -> None:
+    from golioth_assets.cli.dagster_run import run_sync_job
+    from golioth_assets.cli.runtime import prepare
+    from golioth_assets.store import sync_log
+
+    prepare()  # Dagster's instance and storage
+    failures = []
+    for org, device_ids in ops.sync_targets(rows).items():
+        launched = run_sync_job(org, device_ids=device_ids, trigger="cli", console=console)
+        with engine.connect() as conn:
+            run = sync_log.latest_run(conn, org, dagster_run_id=launched.run_id)
+        if run:
+            from golioth_assets.cli.render import summary_table
+
+            console.print(summary_table(run, seconds=launched.seconds))
+        console.print(f"Dagster run {launched.run_id}")
+        if not launched.success:
+            failures.append(f"{org}: {launched.error or 'the sync failed'}")
+    if failures:
+        raise OperationError("resolved, but the sync failed (the next sync retries): " + "; ".join(failures))
+    left = [r["id"] for r in _reload(engine, rows) if r["status"] != "applied"]
+    if left:
+        console.print(f"not applied yet: {', '.join(map(str, left))} (see `golioth-sync conflicts show ID`)")
+    else:
+        console.print(f"applied to both sides: {', '.join(str(r['id']) for r in rows)}")
+
+
+def _reload(engine, rows: list[dict]) -> list[dict]:
+    return [ops.get_conflict(engine, r["id"]) for r in rows]
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+
+
+def conflict_list_table(rows: list[dict], *, title: str, show_org: bool = True) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    columns = ("id", "org", "device", "field", "type", "local", "Golioth", "status", "detected", "resolved by")
+    for column in columns if show_org else [c for c in columns if c != "org"]:
+        table.add_column(column, overflow="fold", no_wrap=column in ("id", "detected", "status"))
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            *([row["organization_id"]] if show_org else []),
+            row["device_name"] or row["device_id"] or row["golioth_device_id"] or "",
+            row["field"],
+            row["conflict_type"],
+            show_value(row["local_value"], limit=40),
+            show_value(row["remote_value"], limit=40),
+            row["status"],
+            row["detected_at"].strftime("%Y-%m-%d %H:%M"),
+            row["resolved_by"] or "",
+        )
+    return table
+
+
+def side_by_side(row: dict) -> Table:
+    device = row["device_name"] or "(unnamed)"
+    table = Table(
+        title=f"conflict {row['id']} · {row['organization_id']} · {device} · field {row['field']}",
+        caption=(
+            f"type {row['conflict_type']} · status {row['status']} · detected {row['detected_at']:%Y-%m-%d %H:%M:%S} · "
+            f"local id {row['device_id'] or '-'} · Golioth id {row['golioth_device_id'] or '-'}"
+        ),
+        show_lines=True,
+    )
+    table.add_column("base (last agreed)", overflow="fold")
+    table.add_column("local (this database)", overflow="fold")
+    table.add_column("remote (Golioth)", overflow="fold")
+    table.add_row(show_value(row["base_value"]), show_value(row["local_value"]), show_value(row["remote_value"]))
+    if row["status"] != "pending":
+        table.add_row(
+            f"resolved: {row['resolution']}",
+            f"value: {show_value(row['resolved_value'])}",
+            f"by {row['resolved_by']}" + (f" · applied {row['applied_at']:%Y-%m-%d %H:%M:%S}" if row["applied_at"] else ""),
+        )
+    return table
+
+
+def dry_run_conflicts_table(frame: pd.DataFrame, *, limit: int = 50) -> Table:
+    """The conflicts a dry run found (not recorded: a dry run writes nothing)."""
+    table = Table(title="conflicts (dry run: not recorded)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in ("device", "field", "type", "base", "local", "Golioth"):
+        table.add_column(column, overflow="fold")
+    for row in frame.head(limit).itertuples(index=False):
+        device = getattr(row, "device_name", None) or row.device_id or row.golioth_device_id or ""
+        table.add_row(
+            str(device), row.field, row.conflict_type, show_value(row.base_value, limit=40),
+            show_value(row.local_value, limit=40), show_value(row.remote_value, limit=40),
+        )
+    if len(frame) > limit:
+        table.caption = f"{len(frame) - limit} more"
+    return table

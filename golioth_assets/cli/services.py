@@ -1,0 +1,286 @@
+"""`golioth-sync services …`: configure which Golioth project an organization syncs with, and how.
+
+Secrets never pass through here: `--api-key-env` and `--webhook-secret-env` take the NAME of an
+environment variable, and a value that looks like a key is refused without being echoed. Settings
+are read at the start of every run, so a change takes effect on the next run, no restart needed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from golioth_assets.ops import OperationError
+from golioth_assets.ops import services as ops
+from golioth_assets.store.schema import DIRECTIONS, FIELD_GROUPS, POLICIES
+
+console = Console()
+
+# Settings field → the option that sets it, so errors name what the operator typed.
+LABELS = {
+    "organization_id": "--org",
+    "name": "--name",
+    "project_id": "--project-id",
+    "base_url": "--base-url",
+    "golioth_organization_id": "--golioth-org",
+    "api_key_env": "--api-key-env",
+    "sync_enabled": "--enabled/--disabled",
+    "interval_seconds": "--interval",
+    "direction": "--direction",
+    "conflict_policy": "--policy",
+    "policy_overrides": "--override",
+    "field_groups": "--groups",
+    "allow_deletes": "--allow-deletes",
+    "desired_state_path": "--desired-state-path",
+    "webhook_enabled": "--webhooks",
+    "webhook_secret_env": "--webhook-secret-env",
+    "webhook_secret_header": "--webhook-header",
+}
+
+
+def open_engine():
+    """The application database (embedded or DATABASE_URL), migrated."""
+    from golioth_assets.cli.runtime import prepare
+
+    return prepare(dagster=False).engine
+
+
+def operator_errors(fn: Callable) -> Callable:
+    """Operator mistakes → one line on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OperationError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _setting_options(fn: Callable) -> Callable:
+    """The options of `add` and `update`. All default to None: `update` changes only what is given."""
+    options = [
+        click.option("--name", help="A label for this connection."),
+        click.option("--project-id", help="The Golioth project id [add: env GOLIOTH_PROJECT_ID]."),
+        click.option("--base-url", help="Golioth API base URL [add: env GOLIOTH_BASE_URL, else https://api.golioth.io]."),
+        click.option("--golioth-org", "golioth_organization_id", help="Golioth organization id (needed for cohorts)."),
+        click.option(
+            "--api-key-env",
+            metavar="NAME",
+            help="NAME of the environment variable holding the Golioth API key (never the key itself) "
+            "[default: GOLIOTH_API_KEY].",
+        ),
+        click.option("--enabled/--disabled", "sync_enabled", default=None, help="Whether scheduled syncs run."),
+        click.option("--interval", "interval_seconds", type=int, metavar="SECONDS", help="Seconds between full syncs (>= 60) [default: 300]."),
+        click.option("--direction", metavar="|".join(DIRECTIONS), help="Which way changes flow [default: bidirectional]."),
+        click.option("--policy", "conflict_policy", metavar="|".join(POLICIES), help="Who wins when both sides changed a field [default: manual]."),
+        click.option(
+            "--override",
+            "overrides",
+            multiple=True,
+            metavar="GROUP=POLICY",
+            help=f"Policy for one field group (repeatable); groups: {', '.join(FIELD_GROUPS)}.",
+        ),
+        click.option("--groups", metavar="G1,G2", help=f"Field groups that sync [default: all: {','.join(FIELD_GROUPS)}]."),
+        click.option("--allow-deletes/--no-deletes", "allow_deletes", default=None, help="Propagate deletes [default: no]."),
+        click.option("--desired-state-path", help="LightDB State path of desired_state [default: desired]."),
+        click.option("--webhooks/--no-webhooks", "webhook_enabled", default=None, help="Accept Golioth webhooks for this service."),
+        click.option("--webhook-secret-env", metavar="NAME", help="NAME of the environment variable holding the webhook secret."),
+        click.option("--webhook-header", "webhook_secret_header", help="Header carrying the shared secret [default: x-golioth-sync-secret]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _settings_from(options: dict[str, Any], *, current_overrides: dict | None = None) -> dict[str, Any]:
+    data = {k: v for k, v in options.items() if v is not None and k not in ("overrides", "groups", "clear_overrides")}
+    if options.get("overrides") or options.get("clear_overrides"):
+        base = {} if options.get("clear_overrides") else dict(current_overrides or {})
+        data["policy_overrides"] = {**base, **ops.parse_overrides(",".join(options.get("overrides") or ()))}
+    groups = ops.parse_groups(options.get("groups"))
+    if groups is not None:
+        data["field_groups"] = groups
+    return data
+
+
+def _service_ref(fn: Callable) -> Callable:
+    """SERVICE as an argument (its id or organization) or as --org ORG; the command gets `service`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, service: str | None = None, org: str | None = None, **kwargs: Any) -> Any:
+        if service and org and service != org:
+            raise click.UsageError("give the service as an argument or as --org, not both")
+        if not (service or org):
+            raise click.UsageError("which service? give its organization (--org ORG) or its id")
+        return fn(*args, service=service or org, **kwargs)
+
+    wrapper = click.option("--org", "org", metavar="ORG", help="The service's organization.")(wrapper)
+    return click.argument("service", required=False)(wrapper)
+
+
+@click.group()
+def services() -> None:
+    """Golioth connections: one per organization (device_services)."""
+
+
+@services.command()
+@click.option("--org", "organization_id", required=True, help="The organization (a lowercase slug).")
+@_setting_options
+@operator_errors
+def add(organization_id: str, **options: Any) -> None:
+    """Add a service: which Golioth project an organization syncs with, and how."""
+    for name, variable in (("project_id", "GOLIOTH_PROJECT_ID"), ("base_url", "GOLIOTH_BASE_URL")):
+        if options.get(name) is None and os.environ.get(variable):
+            options[name] = os.environ[variable]
+    data = {"organization_id": organization_id, **_settings_from(options)}
+    missing = [LABELS[f] for f in ("name", "project_id") if f not in data]
+    if missing:
+        raise click.UsageError(f"missing {' and '.join(missing)}")
+    service = ops.add_service(open_engine(), data, labels=LABELS)
+    console.print(f"added service {service.id} for organization [bold]{service.organization_id}[/]")
+    console.print(settings_table(service))
+    console.print(f"Next: `golioth-sync services test {service.organization_id}`, then "
+                  f"`golioth-sync sync --org {service.organization_id} --dry-run`.")
+
+
+@services.command("list")
+@operator_errors
+def list_() -> None:
+    """Every service with its main settings."""
+    rows = ops.list_services(open_engine())
+    table = Table(title="services")
+    for column in ("id", "org", "name", "project", "base url", "api key env", "enabled", "interval", "direction", "policy"):
+        table.add_column(column, overflow="fold")
+    for s in rows:
+        table.add_row(
+            str(s.id), s.organization_id, s.name, s.project_id, s.base_url, _env_status(s.api_key_env),
+            "yes" if s.sync_enabled else "no", f"{s.interval_seconds} s", s.direction, s.conflict_policy,
+        )
+    console.print(table)
+    if not rows:
+        console.print("no services yet: add one with `golioth-sync services add --org ORG ...`")
+
+
+@services.command()
+@_service_ref
+@operator_errors
+def show(service: str) -> None:
+    """All settings of one service (SERVICE: its id or organization)."""
+    console.print(settings_table(ops.get_service(open_engine(), service)))
+
+
+@services.command()
+@_service_ref
+@_setting_options
+@click.option("--clear-overrides", is_flag=True, help="Drop every per-group policy override first.")
+@operator_errors
+def update(service: str, **options: Any) -> None:
+    """Change settings of a service (SERVICE: its id or organization); the next run uses them."""
+    engine = open_engine()
+    current = ops.get_service(engine, service)
+    changes = _settings_from(options, current_overrides=current.policy_overrides)
+    updated = ops.update_service(engine, current.id, changes, labels=LABELS)
+    console.print(f"updated service {updated.id} ({updated.organization_id}): {', '.join(sorted(changes))}")
+    console.print(settings_table(updated))
+
+
+@services.command()
+@_service_ref
+@operator_errors
+def disable(service: str) -> None:
+    """Stop scheduled syncs of a service (settings and links stay)."""
+    updated = ops.set_enabled(open_engine(), service, False)
+    console.print(f"service {updated.id} ({updated.organization_id}) disabled: the schedule skips it")
+
+
+@services.command()
+@_service_ref
+@operator_errors
+def enable(service: str) -> None:
+    """Resume scheduled syncs of a service."""
+    updated = ops.set_enabled(open_engine(), service, True)
+    console.print(f"service {updated.id} ({updated.organization_id}) enabled")
+
+
+@services.command()
+@_service_ref
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@operator_errors
+def remove(service: str, yes: bool) -> None:
+    """Delete a service with its device links, conflicts and webhook inbox.
+
+    The organization's devices and its sync history stay."""
+    engine = open_engine()
+    current = ops.get_service(engine, service)
+    if not yes:
+        click.confirm(
+            f"Remove service {current.id} ({current.organization_id} → project {current.project_id}) with its links, "
+            "conflicts and webhook events?",
+            abort=True,
+        )
+    removed = ops.remove_service(engine, current.id)
+    console.print(f"removed service {removed.id} ({removed.organization_id})")
+
+
+@services.command("test")
+@_service_ref
+@operator_errors
+def test_(service: str) -> None:
+    """Check the connection: the key is set and accepted, the project reachable; print the device count."""
+    report = ops.check_connection(open_engine(), service)
+    s = report.service
+    console.print(f"service {s.id} ({s.organization_id}) → project {s.project_id} at {s.base_url}")
+    for check in report.checks:
+        mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
+        console.print(f"  {mark} {check.name}: {check.detail}")
+    if report.device_count is not None:
+        console.print(f"devices in Golioth: {report.device_count}")
+    if not report.ok:
+        failed = next(c for c in report.checks if not c.ok)
+        raise click.ClickException(f"connection test failed: {failed.name}: {failed.detail}")
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+
+
+def _env_status(name: str | None) -> str:
+    if not name:
+        return "-"
+    return f"${name} ({'set' if os.environ.get(name) else 'NOT SET here'})"
+
+
+def settings_table(service) -> Table:
+    table = Table(title=f"service {service.id}: {service.organization_id}", show_header=False)
+    table.add_column("setting")
+    table.add_column("value", overflow="fold")
+    overrides = ", ".join(f"{g}={p}" for g, p in sorted(service.policy_overrides.items())) or "none"
+    rows = [
+        ("organization", service.organization_id),
+        ("name", service.name),
+        ("Golioth project", service.project_id),
+        ("base URL", service.base_url),
+        ("Golioth organization", service.golioth_organization_id or "-"),
+        ("API key", _env_status(service.api_key_env)),
+        ("sync enabled", "yes" if service.sync_enabled else "no"),
+        ("interval", f"{service.interval_seconds} s"),
+        ("direction", service.direction),
+        ("conflict policy", service.conflict_policy),
+        ("policy overrides", overrides),
+        ("field groups", ", ".join(service.field_groups)),
+        ("deletes allowed", "yes" if service.allow_deletes else "no"),
+        ("desired state path", service.desired_state_path),
+        ("webhooks", "on" if service.webhook_enabled else "off"),
+        ("webhook secret", _env_status(service.webhook_secret_env)),
+        ("webhook header", service.webhook_secret_header),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table

@@ -1,0 +1,141 @@
+"""Per-organization status: last sync, next due, counts, open conflicts, a link to the Dagster run."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+DEFAULT_DAGSTER_UI_URL = "http://127.0.0.1:3000"
+
+
+def dagster_ui_url() -> str:
+    return (os.environ.get("DAGSTER_UI_URL") or DEFAULT_DAGSTER_UI_URL).rstrip("/")
+
+
+def dagster_run_url(run_id: str | None, base: str | None = None) -> str | None:
+    if not run_id:
+        return None
+    return f"{(base or dagster_ui_url()).rstrip('/')}/runs/{run_id}"
+
+
+@dataclass
+class OrgStatus:
+    organization_id: str
+    service_id: int
+    service_name: str
+    sync_enabled: bool
+    interval_seconds: int
+    direction: str
+    conflict_policy: str
+    last_run: dict | None
+    last_full_sync_started: datetime | None
+    devices: int
+    linked: int
+    failed_links: int
+    pending_conflicts: int
+    awaiting_apply: int
+    dead_letters: int
+    now: datetime
+
+    @property
+    def next_due(self) -> datetime | None:
+        """When the schedule next syncs it: the last full sync's start + the interval (None: disabled)."""
+        if not self.sync_enabled:
+            return None
+        if self.last_full_sync_started is None:
+            return self.now
+        return self.last_full_sync_started + timedelta(seconds=self.interval_seconds)
+
+    @property
+    def next_due_text(self) -> str:
+        due = self.next_due
+        if due is None:
+            return "disabled"
+        if self.last_full_sync_started is None:
+            return "now (never synced)"
+        if due <= self.now:
+            return f"due now (since {due:%Y-%m-%d %H:%M:%S %Z})"
+        return f"{due:%Y-%m-%d %H:%M:%S %Z} (in {_human(due - self.now)})"
+
+    @property
+    def dagster_url(self) -> str | None:
+        return dagster_run_url((self.last_run or {}).get("dagster_run_id"))
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def organization_status(engine: Engine, organization_id: str | None = None) -> list[OrgStatus]:
+    with engine.connect() as conn:
+        now = conn.execute(sa.text("SELECT now()")).scalar_one()
+        services = conn.execute(
+            sa.text(
+                """
+                SELECT s.id, s.organization_id, s.name, s.sync_enabled, s.interval_seconds, s.direction,
+                       s.conflict_policy,
+                       (SELECT max(l.started_at) FROM golioth_sync_log l
+                        WHERE l.organization_id = s.organization_id AND NOT l.dry_run AND l.scope IS NULL)
+                           AS last_full_sync_started,
+                       (SELECT count(*) FROM devices d
+                        WHERE d.organization_id = s.organization_id AND d.deleted_at IS NULL) AS devices,
+                       (SELECT count(*) FROM device_service_assignments a WHERE a.service_id = s.id) AS linked,
+                       (SELECT count(*) FROM device_service_assignments a
+                        WHERE a.service_id = s.id AND a.sync_status = 'failed') AS failed_links,
+                       (SELECT count(*) FROM device_conflicts c
+                        WHERE c.service_id = s.id AND c.status = 'pending') AS pending_conflicts,
+                       (SELECT count(*) FROM device_conflicts c
+                        WHERE c.service_id = s.id AND c.status = 'resolved') AS awaiting_apply,
+                       (SELECT count(*) FROM webhook_events w
+                        WHERE w.service_id = s.id AND w.status = 'dead') AS dead_letters
+                FROM device_services s
+                WHERE CAST(:org AS text) IS NULL OR s.organization_id = :org
+                ORDER BY s.organization_id
+                """
+            ),
+            {"org": organization_id},
+        ).mappings().all()
+        last_runs = {
+            r["organization_id"]: dict(r)
+            for r in conn.execute(
+                sa.text(
+                    """
+                    SELECT DISTINCT ON (organization_id) * FROM golioth_sync_log
+                    WHERE CAST(:org AS text) IS NULL OR organization_id = :org
+                    ORDER BY organization_id, id DESC
+                    """
+                ),
+                {"org": organization_id},
+            ).mappings()
+        }
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    return [
+        OrgStatus(
+            organization_id=s["organization_id"],
+            service_id=s["id"],
+            service_name=s["name"],
+            sync_enabled=s["sync_enabled"],
+            interval_seconds=s["interval_seconds"],
+            direction=s["direction"],
+            conflict_policy=s["conflict_policy"],
+            last_run=last_runs.get(s["organization_id"]),
+            last_full_sync_started=s["last_full_sync_started"],
+            devices=s["devices"],
+            linked=s["linked"],
+            failed_links=s["failed_links"],
+            pending_conflicts=s["pending_conflicts"],
+            awaiting_apply=s["awaiting_apply"],
+            dead_letters=s["dead_letters"],
+            now=now,
+        )
+        for s in services
+    ]

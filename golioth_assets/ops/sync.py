@@ -1,0 +1,44 @@
+"""What a dry run found: the conflicts it would record (a dry run writes none to device_conflicts)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from golioth_assets.core.tables import conflicts_table
+from golioth_assets.engine import sync as engine_sync
+from golioth_assets.store import services, sync_log
+
+
+def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
+    """Re-plan a finished dry run from what it fetched (golioth_inventory, local devices, bases) and
+    return its conflicts. Reads only; talks to no API."""
+    with engine.connect() as conn:
+        run = sync_log.get_run(conn, sync_log_id)
+        service = services.service_for_org(conn, run["organization_id"])
+    request = engine_sync.request_of(run)
+    scope = engine_sync.resolve_scope(engine, service, request.device_ids)
+    plan, _ = engine_sync.build_plan(engine, service, request, scope)
+    found = conflicts_table(plan)
+    if found.empty:
+        return found
+    with engine.connect() as conn:
+        names = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT id::text, name FROM devices WHERE organization_id = :o AND id::text = ANY(:ids) "
+                    "UNION ALL SELECT golioth_device_id, name FROM golioth_inventory "
+                    "WHERE organization_id = :o AND golioth_device_id = ANY(:gids)"
+                ),
+                {
+                    "o": run["organization_id"],
+                    "ids": [str(i) for i in found["device_id"].dropna()],
+                    "gids": [str(i) for i in found["golioth_device_id"].dropna()],
+                },
+            ).all()
+        )
+    found["device_name"] = [
+        names.get(str(d)) or names.get(str(g)) for d, g in zip(found["device_id"], found["golioth_device_id"])
+    ]
+    return found
