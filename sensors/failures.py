@@ -12,6 +12,17 @@ from golioth_assets.store import services, sync_log, webhook_events
 MAX_EVENT_ATTEMPTS = 5
 
 
+def _failure_message(context: dg.RunFailureSensorContext) -> str:
+    """Why the run failed, in the failed step's own words (the run failure event only says which
+    steps failed): what an operator reads in golioth_sync_log and on a dead-lettered event."""
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        if error is not None:
+            cause = error.cause or error  # Dagster wraps the op's exception in a step execution error
+            return f"{event.step_key}: {cause.message.strip()}"
+    return context.failure_event.message or "run failed"
+
+
 @dg.run_failure_sensor(
     monitored_jobs=[full_sync_job, targeted_sync_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -20,7 +31,7 @@ MAX_EVENT_ATTEMPTS = 5
 def sync_failure_sensor(context: dg.RunFailureSensorContext, store: DeviceStore) -> None:
     run = context.dagster_run
     org = run.tags.get(ORG_TAG) or run.tags.get("dagster/partition")
-    error = (context.failure_event.message or "run failed")[:2000]
+    error = _failure_message(context)[:2000]
     db = store.engine()
     if org:
         with db.connect() as conn:

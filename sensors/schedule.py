@@ -1,17 +1,25 @@
 """Periodic bidirectional sync: every minute, request a full sync for each organization that is due.
 
 A service is due when no full sync (not a dry run, not targeted) started within its own interval,
-and none of its runs is queued or in progress. The run key names the interval slot, so a slot never
-yields two runs.
+and no full sync of it is queued or in progress. The run key names the interval slot, so a slot
+never yields two runs.
+
+The schedule ticks on the minute and a run's sync starts some seconds after the tick that requested
+it (queue, run worker start-up). So "within its interval" allows LAUNCH_SLACK_SECONDS: measured
+strictly, a 60 s interval would find its last sync 57 s old at the next tick and run every 2 minutes.
 """
 
 
 import dagster as dg
 import sqlalchemy as sa
 
-from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, run_tags
+from golioth_assets.defs.jobs import full_sync_job, run_tags
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore
+
+PARTITION_TAG = "dagster/partition"  # every run of a partitioned job carries it
+KIND_TAG = "golioth-sync/kind"  # full / targeted: the job's own tag
+LAUNCH_SLACK_SECONDS = 50  # < the 60 s tick, so a sync is never requested a tick early
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -40,8 +48,17 @@ def due_organizations(conn, now_epoch: float) -> list[tuple[str, int]]:
     return [
         (org, int(now_epoch // interval))
         for org, interval, last in rows
-        if last is None or now_epoch - float(last) >= interval
+        if last is None or now_epoch - float(last) >= interval - LAUNCH_SLACK_SECONDS
     ]
+
+
+def _full_sync_in_flight(instance: dg.DagsterInstance, org: str) -> bool:
+    """A sync of the whole organization is queued or running. Matched on dagster/partition, not our
+    org tag: launchpad runs and backfills carry only the former. Targeted (webhook) runs don't
+    count: with steady webhook traffic one is nearly always in flight, and the per-organization
+    concurrency limit already queues the full sync behind it."""
+    records = instance.get_run_records(dg.RunsFilter(tags={PARTITION_TAG: org}, statuses=IN_FLIGHT), limit=50)
+    return any(r.dagster_run.tags.get(KIND_TAG) != "targeted" for r in records)
 
 
 @dg.schedule(
@@ -59,10 +76,7 @@ def golioth_sync_schedule(context: dg.ScheduleEvaluationContext, store: DeviceSt
     for org, slot in due:
         if org not in partitions:
             continue  # the partition sensor adds it within a minute
-        busy = context.instance.get_run_records(
-            dg.RunsFilter(tags={ORG_TAG: org}, statuses=IN_FLIGHT), limit=1
-        )
-        if busy:
+        if _full_sync_in_flight(context.instance, org):
             continue
         requests.append(
             dg.RunRequest(run_key=f"schedule:{org}:{slot}", partition_key=org, tags=run_tags(org, "schedule"))

@@ -25,11 +25,23 @@ from golioth_assets.store import webhook_events
 BATCH_EVENTS = 500  # per organization per tick: one targeted run handles at most this many events
 TICK_BUDGET_SECONDS = 20.0
 STALE_CLAIM = timedelta(minutes=30)
+RUN_KEY_TAG = "dagster/run_key"  # what the daemon tags a sensor's runs with
 
 
 def run_key_for(organization_id: str, event_ids: list[int], attempt: int) -> str:
     digest = hashlib.sha1(",".join(map(str, sorted(event_ids))).encode()).hexdigest()[:16]
     return f"webhook:{organization_id}:{min(event_ids)}-{max(event_ids)}:{digest}:a{attempt}"
+
+
+def _unused_run_key(instance: dg.DagsterInstance, key: str) -> str:
+    """`key`, or `key:rN` if a run already used it. Events replayed from the dead letters start
+    again at attempt 0, so their natural key is one Dagster has seen; the daemon would skip that
+    request forever (run keys are deduplicated forever) and the events would sit claimed."""
+    candidate, n = key, 0
+    while instance.get_run_records(dg.RunsFilter(tags={RUN_KEY_TAG: candidate}), limit=1):
+        n += 1
+        candidate = f"{key}:r{n}"
+    return candidate
 
 
 @dg.sensor(
@@ -61,7 +73,7 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
             attempt = conn.execute(
                 sa.text("SELECT max(attempts) FROM webhook_events WHERE claimed_by = :t"), {"t": token}
             ).scalar_one()
-            key = run_key_for(org, event_ids, int(attempt or 0))
+            key = _unused_run_key(context.instance, run_key_for(org, event_ids, int(attempt or 0)))
             # The run's key is the claim: the run marks exactly these events processed (or failed).
             conn.execute(sa.text("UPDATE webhook_events SET claimed_by = :k WHERE claimed_by = :t"), {"k": key, "t": token})
         device_ids = sorted({d for g in groups for d in g.golioth_device_ids})

@@ -145,6 +145,10 @@ def dev(
     from golioth_assets.store import sync_log
 
     started = time.perf_counter()
+    # `kill`, a closed terminal or `docker stop` must clean up like Ctrl-C does: Python's default
+    # for SIGTERM/SIGHUP is to die on the spot, leaving the webserver, daemon and receiver running.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     runtime = prepare()
     console.print(f"[green]✓[/] database {runtime.describe()}")
 
@@ -223,6 +227,10 @@ def dev(
         stop_activity.set()
         children.stop()
         simulator.stop()
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _console_available() -> bool:

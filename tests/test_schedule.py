@@ -1,0 +1,200 @@
+"""The periodic sync schedule, evaluated with `build_schedule_context` against real PostgreSQL.
+
+`golioth_sync_log` says when each organization's last full sync started; the tests write those rows
+with chosen start times and evaluate the schedule at chosen tick times around them. A fresh Dagster
+instance per test holds only that test's partitions (the session database has other tests' services).
+"""
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, targeted_sync_job
+from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.resources import DeviceStore, GoliothApi
+from golioth_assets.store import services
+from sensors.schedule import golioth_sync_schedule
+
+# A tick on the minute grid, a little in the past so "now()" rows sit after it when needed.
+T0 = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(hours=3)
+
+
+@pytest.fixture(scope="module")
+def instance():
+    """One instance for the module (creating one takes a second or two): each test makes its own
+    organizations and only asserts about those."""
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def resources(db_url):
+    return {"store": DeviceStore(database_url=db_url.render_as_string(hide_password=False))}
+
+
+def _service(engine, instance, *, interval, enabled=True, partition=True) -> str:
+    org = f"sched-{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        services.upsert_service(
+            conn,
+            services.ServiceSettings(
+                organization_id=org, name=org, project_id=f"p-{org}", base_url="http://127.0.0.1:9",
+                api_key_env="GS_SCHEDULE_TEST_KEY", interval_seconds=interval, sync_enabled=enabled,
+            ),
+        )
+    if partition:
+        instance.add_dynamic_partitions(organizations.name, [org])
+    return org
+
+
+def _synced(engine, org, started_at, *, dry_run=False, scope=None, status="succeeded") -> None:
+    """A sync of `org` that started at `started_at` (full unless dry_run or scope)."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO golioth_sync_log (organization_id, direction, policy, dry_run, scope, started_at, "
+                "finished_at, status) VALUES (:o, 'bidirectional', 'manual', :d, :s, :t, :t, :st)"
+            ),
+            {"o": org, "d": dry_run, "s": scope, "t": started_at, "st": status},
+        )
+
+
+# The repository lets evaluate_tick resolve the target job and check each requested partition key.
+# Built once, at import: building it needs no instance (the resources that run are the context's).
+REPO = dg.Definitions(
+    assets=sync_assets, jobs=[full_sync_job], schedules=[golioth_sync_schedule],
+    resources={"store": DeviceStore(), "golioth": GoliothApi()},
+).get_repository_def()
+
+
+def _context(instance, resources, at: datetime) -> dg.ScheduleEvaluationContext:
+    return dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=at, resources=resources, repository_def=REPO
+    )
+
+
+def _evaluate(instance, resources, at: datetime) -> dict[str, dg.RunRequest]:
+    data = golioth_sync_schedule.evaluate_tick(_context(instance, resources, at))
+    if data.skip_message:
+        assert not data.run_requests
+    return {r.partition_key: r for r in data.run_requests or []}
+
+
+def test_never_synced_enabled_partitioned_organizations_are_due(engine, instance, resources):
+    due = _service(engine, instance, interval=60)
+    disabled = _service(engine, instance, interval=60, enabled=False)
+    unpartitioned = _service(engine, instance, interval=60, partition=False)
+
+    requests = _evaluate(instance, resources, T0)
+
+    assert due in requests
+    assert disabled not in requests  # sync_enabled = false
+    assert unpartitioned not in requests  # the partition sensor adds it first
+    request = requests[due]
+    assert request.tags[ORG_TAG] == due  # the run list filters by organization
+    assert request.tags["golioth-sync/trigger"] == "schedule"
+    assert request.run_key.startswith(f"schedule:{due}:")
+    assert golioth_sync_schedule.job_name == full_sync_job.name
+
+
+@pytest.mark.parametrize("launch_delay", [2, 12, 45])
+@pytest.mark.parametrize("interval", [60, 300, 900, 3600, 7200 + 60])
+def test_each_service_is_due_once_its_own_interval_has_passed(engine, instance, resources, interval, launch_delay):
+    org = _service(engine, instance, interval=interval)
+    # The last scheduled run started a few seconds after its tick (queueing and launching a run
+    # takes a moment): the next one is still due one interval after that tick, not one tick later.
+    _synced(engine, org, T0 + timedelta(seconds=launch_delay))
+
+    def due(seconds_after_tick: int) -> bool:
+        return org in _evaluate(instance, resources, T0 + timedelta(seconds=seconds_after_tick))
+
+    assert not due(60) or interval == 60  # the next tick
+    assert not due(interval - 60)  # the tick before the interval has passed
+    assert due(interval)  # exactly one interval after the last scheduled sync's tick
+    assert due(interval + 60)  # still due (if that sync never started, the next tick retries)
+
+
+def test_dry_runs_targeted_syncs_and_other_organizations_do_not_count(engine, instance, resources):
+    org = _service(engine, instance, interval=300)
+    other = _service(engine, instance, interval=300)
+    _synced(engine, org, T0 - timedelta(minutes=10))
+    _synced(engine, org, T0 - timedelta(seconds=30), dry_run=True)  # a plan from the launchpad
+    _synced(engine, org, T0 - timedelta(seconds=20), scope=["dev-1"])  # a webhook's targeted sync
+    _synced(engine, other, T0 - timedelta(seconds=40))  # another organization's full sync
+
+    requests = _evaluate(instance, resources, T0)
+
+    assert org in requests
+    assert other not in requests
+
+
+def test_a_full_sync_within_the_interval_postpones_the_next(engine, instance, resources):
+    org = _service(engine, instance, interval=300)
+    _synced(engine, org, T0 - timedelta(seconds=100))  # e.g. a manual sync from the launchpad
+    assert org not in _evaluate(instance, resources, T0)
+    assert org in _evaluate(instance, resources, T0 + timedelta(seconds=200))
+
+
+def test_run_keys_name_the_interval_slot(engine, instance, resources):
+    fast = _service(engine, instance, interval=60)
+    hourly = _service(engine, instance, interval=3600)
+
+    keys = {
+        minute: {o: r.run_key for o, r in _evaluate(instance, resources, T0 + timedelta(minutes=minute)).items()}
+        for minute in (0, 1, 2)
+    }
+
+    assert len({keys[m][fast] for m in keys}) == 3  # a new slot every minute: three distinct runs
+    # Without a sync in between, the hourly org stays due, but within one hour the slot (and so the
+    # run key) is the same: Dagster runs it once, however many ticks request it.
+    hourly_keys = {keys[m][hourly] for m in keys}
+    assert len(hourly_keys) == 1 or T0.minute >= 58
+    assert keys[0][fast] != keys[0][hourly]
+
+
+def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, instance, resources):
+    scheduled, from_ui, webhook, idle = (_service(engine, instance, interval=60) for _ in range(4))
+    full = REPO.get_job(full_sync_job.name)
+    targeted = dg.Definitions(
+        assets=sync_assets, jobs=[targeted_sync_job], resources={**resources, "golioth": GoliothApi()}
+    ).resolve_job_def(targeted_sync_job.name)
+    # Runs carry their job's tags (golioth-sync/kind) as the daemon and the launchpad create them.
+    runs = [
+        # A scheduled full sync in progress, and one starting from the launchpad (which carries
+        # only Dagster's partition tag).
+        instance.create_run_for_job(job_def=full, tags={**full.tags, ORG_TAG: scheduled, "dagster/partition": scheduled},
+                                    status=dg.DagsterRunStatus.STARTED),
+        instance.create_run_for_job(job_def=full, tags={**full.tags, "dagster/partition": from_ui},
+                                    status=dg.DagsterRunStatus.STARTING),
+        # A webhook's targeted sync does not hold the schedule back (with steady webhook traffic
+        # one is nearly always in flight); the per-organization run limit queues the full sync.
+        instance.create_run_for_job(job_def=targeted, tags={**targeted.tags, ORG_TAG: webhook, "dagster/partition": webhook},
+                                    status=dg.DagsterRunStatus.STARTED),
+    ]
+
+    requests = _evaluate(instance, resources, T0)
+    assert idle in requests and webhook in requests
+    assert scheduled not in requests and from_ui not in requests
+
+    for run in runs:
+        instance.report_run_failed(run)  # no longer in flight
+    requests = _evaluate(instance, resources, T0)
+    assert scheduled in requests and from_ui in requests
+
+
+def test_nothing_due_is_a_skip_with_a_reason(engine, resources):
+    with dg.instance_for_test() as instance:  # only this test's organization
+        org = _service(engine, instance, interval=3600)
+        _synced(engine, org, T0 - timedelta(minutes=5))
+        data = golioth_sync_schedule.evaluate_tick(_context(instance, resources, T0))
+        assert not data.run_requests
+        assert data.skip_message and "no organization due" in data.skip_message
+
+
+def test_schedule_runs_every_minute_and_is_on_by_default():
+    assert golioth_sync_schedule.cron_schedule == "* * * * *"
+    assert golioth_sync_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
