@@ -10,7 +10,7 @@ from golioth_assets.defs.assets import sync_assets
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.resolve import resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
-from sensors.failures import sync_failure_sensor
+from sensors.failures import sync_cancel_sensor, sync_failure_sensor
 from sensors.organizations import organization_partitions_sensor
 from sensors.schedule import golioth_sync_schedule
 from sensors.webhooks import webhook_inbox_sensor
@@ -23,6 +23,6 @@ defs = dg.Definitions(
     assets=sync_assets,
     jobs=[full_sync_job, targeted_sync_job, resolve_conflicts_job],
     schedules=[golioth_sync_schedule],
-    sensors=[organization_partitions_sensor, webhook_inbox_sensor, sync_failure_sensor],
+    sensors=[organization_partitions_sensor, webhook_inbox_sensor, sync_failure_sensor, sync_cancel_sensor],
     resources={"store": store, "golioth": GoliothApi()},
 )

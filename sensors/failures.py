@@ -1,4 +1,5 @@
-"""When a sync run fails, say so in golioth_sync_log and give its webhook events back to the queue."""
+"""When a sync run fails or is cancelled, say so in golioth_sync_log and give its webhook events
+back to the queue (counting an attempt: after N, they become dead letters)."""
 
 
 import dagster as dg
@@ -29,9 +30,21 @@ def _failure_message(context: dg.RunFailureSensorContext) -> str:
     description="Records failed sync runs in golioth_sync_log and releases their webhook events.",
 )
 def sync_failure_sensor(context: dg.RunFailureSensorContext, store: DeviceStore) -> None:
-    run = context.dagster_run
+    _record_stopped_run(context.dagster_run, _failure_message(context)[:2000], store)
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitored_jobs=[full_sync_job, targeted_sync_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records cancelled sync runs and releases their webhook events right away.",
+)
+def sync_cancel_sensor(context: dg.RunStatusSensorContext, store: DeviceStore) -> None:
+    _record_stopped_run(context.dagster_run, "the run was cancelled", store)
+
+
+def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> None:
     org = run.tags.get(ORG_TAG) or run.tags.get("dagster/partition")
-    error = _failure_message(context)[:2000]
     db = store.engine()
     if org:
         with db.connect() as conn:

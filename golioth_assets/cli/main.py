@@ -4,6 +4,7 @@ mounts them, plus the small `db` and `sync` commands."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -77,6 +78,19 @@ def stop() -> None:
 
     pgdata = get_settings().pgdata
     console.print("stopped" if embedded.stop(pgdata) else f"no embedded server running in {pgdata}")
+
+
+@cli.command()
+def env() -> None:
+    """Print shell exports for running plain `dagster` commands against this deployment:
+    eval "$(golioth-sync env)" && dagster dev -w workspace.yaml"""
+    import shlex
+
+    from golioth_assets.cli.runtime import DAGSTER_PG_ENV, prepare
+
+    prepare()
+    for name in ("DATABASE_URL", "DAGSTER_HOME", DAGSTER_PG_ENV):
+        click.echo(f"export {name}={shlex.quote(os.environ[name])}")
 
 
 # -- sync ---------------------------------------------------------------------------------------------

@@ -11,13 +11,14 @@ The run's golioth_sync_log row ties the steps of one Dagster run together.
 
 
 import os
+import time
 
 import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
 from golioth_assets.defs.config import SyncRunConfig
-from golioth_assets.defs.metadata import counts, preview
+from golioth_assets.defs.metadata import counts, duration, preview
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.engine import sync as engine
@@ -59,6 +60,7 @@ def _run_row(context: dg.AssetExecutionContext, store: DeviceStore) -> dict:
 def golioth_device_inventory(
     context: dg.AssetExecutionContext, config: SyncRunConfig, store: DeviceStore, golioth: GoliothApi
 ):
+    started = time.perf_counter()
     org = context.partition_key
     db = store.migrated_engine()
     service = store.service(org)
@@ -95,6 +97,7 @@ def golioth_device_inventory(
     count_ok = fetched.total is None or fetched.total == fetched.fetched - len(scope.golioth_ids or [])
     yield dg.MaterializeResult(
         metadata={
+            "duration_seconds": duration(started),
             "sync_log_id": dg.MetadataValue.int(sync_log_id),
             "devices": dg.MetadataValue.int(fetched.fetched),
             "api_total": dg.MetadataValue.int(fetched.total if fetched.total is not None else fetched.fetched),
@@ -125,12 +128,14 @@ def golioth_device_inventory(
     description="The product's own device table (`devices`) for the organization, as the sync reads it.",
 )
 def local_devices(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.MaterializeResult:
+    started = time.perf_counter()
     db = store.migrated_engine()
     with db.connect() as conn:
         frame = devices.load_devices(conn, context.partition_key)
     live = frame[frame["deleted_at"].isna()]
     return dg.MaterializeResult(
         metadata={
+            "duration_seconds": duration(started),
             "devices": dg.MetadataValue.int(len(live)),
             "soft_deleted": dg.MetadataValue.int(len(frame) - len(live)),
             "preview": preview(
@@ -149,6 +154,7 @@ def local_devices(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.M
     "(sync_plan) and the conflicts it finds (device_conflicts).",
 )
 def device_reconciliation(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.MaterializeResult:
+    started = time.perf_counter()
     db = store.engine()
     run = _run_row(context, store)
     service = store.service(context.partition_key)
@@ -161,6 +167,7 @@ def device_reconciliation(context: dg.AssetExecutionContext, store: DeviceStore)
     visible = changes[changes["action"] != "agree"]
     return dg.MaterializeResult(
         metadata={
+            "duration_seconds": duration(started),
             "sync_log_id": dg.MetadataValue.int(run["id"]),
             "dry_run": dg.MetadataValue.bool(request.dry_run),
             "direction": dg.MetadataValue.text(run["direction"]),
@@ -192,11 +199,12 @@ def _applied_preview(db, sync_log_id: int, side: str) -> dg.MarkdownMetadataValu
     ],
 )
 def golioth_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, golioth: GoliothApi):
+    started = time.perf_counter()
     db = store.engine()
     run = _run_row(context, store)
     service = store.service(context.partition_key)
     if engine.request_of(run).dry_run:
-        yield dg.MaterializeResult(metadata={"dry_run": True, "written": 0},
+        yield dg.MaterializeResult(metadata={"dry_run": True, "written": 0, "duration_seconds": duration(started)},
                                    check_results=[dg.AssetCheckResult(check_name="no_failed_golioth_writes", passed=True)])
         return
     with golioth.client_for(service) as client:
@@ -208,6 +216,7 @@ def golioth_device_writes(context: dg.AssetExecutionContext, store: DeviceStore,
         stats = client.stats.as_metadata()
     yield dg.MaterializeResult(
         metadata={
+            "duration_seconds": duration(started),
             "sync_log_id": dg.MetadataValue.int(run["id"]),
             **counts(outcome.counts),
             **counts(stats),
@@ -237,6 +246,7 @@ def golioth_device_writes(context: dg.AssetExecutionContext, store: DeviceStore,
     ],
 )
 def local_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, golioth: GoliothApi):
+    started = time.perf_counter()
     db = store.engine()
     run = _run_row(context, store)
     service = store.service(context.partition_key)
@@ -254,6 +264,7 @@ def local_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, g
     left = 0 if request.dry_run else _left_to_do(db, service, run["id"], golioth)
     yield dg.MaterializeResult(
         metadata={
+            "duration_seconds": duration(started),
             "sync_log_id": dg.MetadataValue.int(run["id"]),
             "status": dg.MetadataValue.text(status),
             **counts(written),
@@ -300,6 +311,7 @@ def _left_to_do(db, service, sync_log_id: int, golioth: GoliothApi) -> int:
     ],
 )
 def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
+    started = time.perf_counter()
     db = store.engine()
     org = context.partition_key
     with db.connect() as conn:
@@ -318,6 +330,7 @@ def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
     share = len(pending) / total if total else 0.0
     yield dg.MaterializeResult(
         metadata={
+            "duration_seconds": duration(started),
             "pending_conflicts": dg.MetadataValue.int(len(pending)),
             "share_of_devices": dg.MetadataValue.float(round(share, 4)),
             "preview": preview(pending, ["id", "device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"]),

@@ -7,6 +7,7 @@ only gets what an operator reads at a glance.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import dagster as dg
@@ -42,3 +43,8 @@ def preview(frame: pd.DataFrame, columns: list[str]) -> dg.MarkdownMetadataValue
 
 def counts(values: dict[str, Any]) -> dict[str, dg.MetadataValue]:
     return {k: dg.MetadataValue.int(int(v)) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def duration(started: float) -> dg.FloatMetadataValue:
+    """Seconds since `started` (a time.perf_counter() reading), for a step's metadata."""
+    return dg.MetadataValue.float(round(time.perf_counter() - started, 3))

@@ -119,6 +119,8 @@ class SimulatorServer:
             [sys.executable, "-m", "golioth_assets.simulator", "--config-json", json.dumps(config)],
             stdout=subprocess.PIPE,
             text=True,
+            # Its own session: a Ctrl-C in the terminal reaches the parent, which stops us in turn.
+            start_new_session=True,
         )
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=_drain, args=(self._proc.stdout, lines), daemon=True).start()
