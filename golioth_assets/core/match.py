@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
-
-from golioth_assets.core.normalize import LIST_SEP
 
 
 @dataclass(frozen=True)
@@ -28,36 +27,87 @@ class Matching:
     """Golioth devices with no link and no match: candidates for creation locally."""
 
 
-def _explode_ids(canonical_hw: pd.Series, id_name: str) -> pd.DataFrame:
-    """(id, hardware_id) rows from canonical hardware-id lists."""
-    split = canonical_hw[canonical_hw != ""].str.split(LIST_SEP).explode()
-    return pd.DataFrame({id_name: split.index.to_numpy(), "hw": split.to_numpy()})
+def _trimmed(value) -> str:
+    if type(value) is str:
+        return value.strip()
+    return "" if value is None or value != value else str(value).strip()  # None, NaN: no id
 
 
-def match_devices(local_hw: pd.Series, local_live: pd.Series, remote_hw: pd.Series, links: pd.DataFrame) -> Matching:
+def _hardware_pairs(hardware_ids: pd.Series, id_name: str, wanted: set[str] | None = None) -> pd.DataFrame:
+    """(id, hardware_id) rows from hardware-id lists, trimmed and non-empty (as canonical_list
+    normalizes them); only ids in `wanted` when given: the other side's full list is searched for
+    a few ids only. One pass over the exploded items, in C where pandas has it (explode)."""
+    items = hardware_ids.explode()
+    trimmed = np.array(
+        [v.strip() if type(v) is str else _trimmed(v) for v in items.to_numpy(dtype=object)], dtype=object
+    )
+    if wanted is None:
+        keep = trimmed != ""
+    else:
+        keep = np.fromiter(map(wanted.__contains__, trimmed), dtype=bool, count=len(trimmed))
+    return pd.DataFrame(
+        {
+            id_name: pd.Series(items.index.to_numpy(dtype=object)[keep], dtype=object),
+            "hw": pd.Series(trimmed[keep], dtype=object),
+        }
+    ).drop_duplicates()
+
+
+def match_devices(
+    local_hw: pd.Series,
+    local_live: pd.Series,
+    remote_hw: pd.Series,
+    links: pd.DataFrame,
+    *,
+    local_linked: np.ndarray | None = None,
+    remote_linked: np.ndarray | None = None,
+) -> Matching:
     """
-    local_hw / remote_hw: canonical hardware ids, indexed by device_id / golioth_device_id.
-    local_live: bool by device_id (False for soft-deleted devices).
+    local_hw / remote_hw: hardware-id lists (trimmed here), indexed by device_id / golioth_device_id.
+    local_live: bool, aligned with local_hw (False for soft-deleted devices).
     links: device_id, golioth_device_id, link_status ("linked" or "unlinked").
+    local_linked / remote_linked: optional bool arrays aligned with local_hw / remote_hw: whether a
+        link (of any status) names the device. The planner passes them, having located every link.
     """
-    all_linked_local = pd.Index(links["device_id"])
-    all_linked_remote = pd.Index(links["golioth_device_id"])
     # Unlinked tombstones still "know" their devices, so those are never re-created or re-matched.
     live_links = links[links["link_status"] != "unlinked"]
+    if local_linked is None:
+        local_linked = local_hw.index.isin(links["device_id"])
+    if remote_linked is None:
+        remote_linked = remote_hw.index.isin(links["golioth_device_id"])
+    if isinstance(local_live, pd.Series) and not local_live.index.equals(local_hw.index):
+        local_live = local_live.reindex(local_hw.index, fill_value=False)
+    live = np.asarray(local_live, dtype=bool)
+    local_unlinked_mask = live & ~np.asarray(local_linked, dtype=bool)
+    remote_unlinked_mask = ~np.asarray(remote_linked, dtype=bool)
+    unlinked_local = local_hw.index[local_unlinked_mask]
+    unlinked_remote = remote_hw.index[remote_unlinked_mask]
 
-    unlinked_local = local_hw.index[local_live.reindex(local_hw.index, fill_value=False).to_numpy()]
-    unlinked_local = unlinked_local.difference(all_linked_local)
-    unlinked_remote = remote_hw.index.difference(all_linked_remote)
-
-    # Candidates: an unlinked device on one side sharing a hardware id with any live device on the other.
-    live_local_hw = local_hw[local_live.reindex(local_hw.index, fill_value=False).to_numpy()]
-    local_pairs = _explode_ids(live_local_hw, "device_id")
-    remote_pairs = _explode_ids(remote_hw, "golioth_device_id")
+    # Candidates: an unlinked device on one side sharing a hardware id with any live device on the
+    # other. Only the unlinked devices' ids (few) are looked for in the other side's full lists.
+    local_unlinked_pairs = _hardware_pairs(local_hw[local_unlinked_mask], "device_id")
+    remote_unlinked_pairs = _hardware_pairs(remote_hw[remote_unlinked_mask], "golioth_device_id")
+    wanted = set(local_unlinked_pairs["hw"]) | set(remote_unlinked_pairs["hw"])
+    if wanted:
+        local_pairs = _hardware_pairs(local_hw[live], "device_id", wanted)
+        remote_pairs = _hardware_pairs(remote_hw, "golioth_device_id", wanted)
+    else:
+        local_pairs, remote_pairs = local_unlinked_pairs, remote_unlinked_pairs
     candidates = local_pairs.merge(remote_pairs, on="hw")[["device_id", "golioth_device_id"]].drop_duplicates()
     involves_unlinked = candidates["device_id"].isin(unlinked_local) | candidates["golioth_device_id"].isin(
         unlinked_remote
     )
     candidates = candidates[involves_unlinked]
+    if candidates.empty:
+        return Matching(
+            links=live_links[["device_id", "golioth_device_id", "link_status"]].reset_index(drop=True),
+            new_links=pd.DataFrame({"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}),
+            identity_conflicts=pd.DataFrame(
+                {c: pd.Series(dtype=object) for c in ("device_id", "golioth_device_id", "candidates")}
+            ),
+            local_only=unlinked_local,
+            remote_only=unlinked_remote,
+        )
 
     # A candidate pair is clean when both devices are unlinked and each has exactly one candidate.
     per_local = candidates.groupby("device_id")["golioth_device_id"].transform("nunique")

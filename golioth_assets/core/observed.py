@@ -17,8 +17,8 @@ def observed_changes(local: pd.DataFrame, remote: pd.DataFrame) -> np.ndarray:
     for column in TIMESTAMPS:
         if column not in remote:
             continue
-        r = pd.to_datetime(remote[column], utc=True, errors="coerce").to_numpy()
-        l_ = pd.to_datetime(local[column], utc=True, errors="coerce").to_numpy() if column in local else None
+        r = _utc(remote[column])
+        l_ = _utc(local[column]) if column in local else None
         r_known = ~pd.isna(r)
         if l_ is None:
             changed |= r_known
@@ -31,11 +31,29 @@ def observed_changes(local: pd.DataFrame, remote: pd.DataFrame) -> np.ndarray:
     for column, empty in (("firmware_versions", {}), ("settings_status", None)):
         if column not in remote:
             continue
-        r = _filled(remote[column], empty)
-        l_ = _filled(local[column], empty) if column in local else np.full(len(r), empty, dtype=object)
+        r = remote[column].to_numpy(dtype=object)
+        l_ = local[column].to_numpy(dtype=object) if column in local else np.full(len(r), None, dtype=object)
         # Element-wise == on object arrays: dicts compare by content, whatever their key order.
-        changed |= r != l_
+        # Identical values are unchanged; only the others need their missing values filled.
+        maybe = np.flatnonzero(~_equal(r, l_))
+        if len(maybe):
+            changed[maybe] |= _filled(pd.Series(r[maybe], dtype=object), empty) != _filled(
+                pd.Series(l_[maybe], dtype=object), empty
+            )
     return changed
+
+
+def _utc(values: pd.Series) -> np.ndarray:
+    """datetime64 in UTC (a tz-aware Series' to_numpy() would build one Timestamp object per row)."""
+    return pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    try:
+        same = a == b
+    except (TypeError, ValueError):
+        return np.zeros(len(a), dtype=bool)
+    return same if isinstance(same, np.ndarray) and same.dtype == bool else np.zeros(len(a), dtype=bool)
 
 
 def _filled(values: pd.Series, empty) -> np.ndarray:

@@ -21,19 +21,22 @@ import pandas as pd
 from golioth_assets.core.fields import (
     DESIRED_PREFIX,
     FIELD_GROUP,
+    OBSERVED_FIELDS,
     SCALAR_FIELDS,
-    SYNCED_FIELDS,
     enabled_fields,
 )
 from golioth_assets.core.match import Matching, match_devices
 from golioth_assets.core.normalize import (
     NO_BASE,
     NULL,
+    base_values,
+    canonical_base_values,
     canonical_json_value,
+    canonical_values,
     canonicalize,
-    canonicalize_base,
     decode,
     dump_json,
+    snapshot_dicts,
 )
 from golioth_assets.core.observed import observed_changes
 from golioth_assets.core.policy import SyncSettings, conflict_winner
@@ -116,15 +119,15 @@ def _rows(
     pairs: pd.DataFrame, mask: np.ndarray, field_name: str | pd.Series, action: str, side: str, old, new, reason
 ) -> pd.DataFrame:
     """Plan rows for the pairs selected by `mask`."""
-    selected = pairs[mask]
+    mask = np.asarray(mask, dtype=bool)
 
     def pick(value):
         return value[mask] if isinstance(value, np.ndarray) else value
 
     return pd.DataFrame(
         {
-            "device_id": selected["device_id"].to_numpy(),
-            "golioth_device_id": selected["golioth_device_id"].to_numpy(),
+            "device_id": pairs["device_id"].to_numpy(dtype=object)[mask],
+            "golioth_device_id": pairs["golioth_device_id"].to_numpy(dtype=object)[mask],
             "field": pick(field_name.to_numpy() if isinstance(field_name, pd.Series) else field_name),
             "action": action,
             "side": side,
@@ -135,9 +138,10 @@ def _rows(
     )
 
 
-def _diff_cells(cells: pd.DataFrame, settings: SyncSettings) -> tuple[list[pd.DataFrame], pd.DataFrame]:
+def _diff_cells(cells: pd.DataFrame, settings: SyncSettings) -> tuple[list[pd.DataFrame], pd.DataFrame, pd.DataFrame]:
     """Three-way diff over long-format cells: device_id, golioth_device_id, field, L, R, B,
-    local_updated_at, remote_updated_at. Returns (plan row frames, conflict cells)."""
+    local_updated_at, remote_updated_at. Returns (plan row frames, conflict cells for an operator,
+    conflict cells this run leaves as they are)."""
     L, R, B = (cells[c].to_numpy(dtype=object) for c in ("L", "R", "B"))
     lr, lb, rb = L == R, L == B, R == B
     agree = lr & ~lb
@@ -163,19 +167,54 @@ def _diff_cells(cells: pd.DataFrame, settings: SyncSettings) -> tuple[list[pd.Da
         frames.append(_rows(conflicting, local_wins, conflicting["field"], "update", "remote", cr, cl, reasons))
         frames.append(_rows(conflicting, remote_wins, conflicting["field"], "update", "local", cl, cr, reasons))
         manual = conflicting[(winner == "manual").to_numpy()]
+        # Conflicts that stay as they are this run: left to an operator, or settled by the policy
+        # with a write that the direction forbids.
+        unwritten = conflicting[
+            ((winner == "manual") | ((winner == "local") & (not settings.writes("remote")))
+             | ((winner == "remote") & (not settings.writes("local")))).to_numpy()
+        ]
     else:
-        manual = conflicting
-    return frames, manual
+        manual = unwritten = conflicting
+    return frames, manual, unwritten
 
 
-def _scalar_cells(pairs: pd.DataFrame, Lc, Rc, Bc, fields: tuple[str, ...]) -> pd.DataFrame:
-    """Long-format cells for the scalar fields where L, R and B are not all equal."""
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Element-wise a == b on raw values. Identical raw values are equal after normalization too,
+    so only the other rows need normalizing; a value that doesn't compare plainly counts as different
+    (its canonical form then decides)."""
+    try:
+        same = a == b
+    except (TypeError, ValueError):
+        return np.zeros(len(a), dtype=bool)
+    if not (isinstance(same, np.ndarray) and same.dtype == bool):
+        return np.zeros(len(a), dtype=bool)
+    # Missing on both sides (None, NaN) is the same too: NaN == NaN is False.
+    other = np.flatnonzero(~same)
+    if len(other):
+        same[other] = pd.isna(a[other]) & pd.isna(b[other])
+    return same
+
+
+def _maybe_differs(L: np.ndarray, R: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Positions where L, R and B are not all identical as raw values (usually few)."""
+    return np.flatnonzero(~(_same(L, R) & _same(L, B)))
+
+
+def _scalar_cells(pairs: pd.DataFrame, L_raw: dict, R_raw: dict, B_raw: dict, fields: tuple[str, ...]) -> pd.DataFrame:
+    """Long-format cells for the scalar fields where L, R and B are not all equal (canonically).
+
+    L_raw / R_raw / B_raw: field → raw values (object arrays aligned with `pairs`; B may hold ABSENT)."""
     frames = []
     for f in fields:
-        L, R, B = Lc[f].to_numpy(dtype=object), Rc[f].to_numpy(dtype=object), Bc[f].to_numpy(dtype=object)
+        maybe = _maybe_differs(L_raw[f], R_raw[f], B_raw[f])
+        if not len(maybe):
+            continue
+        L = canonical_values(f, L_raw[f][maybe])
+        R = canonical_values(f, R_raw[f][maybe])
+        B = canonical_base_values(f, B_raw[f][maybe])
         differs = (L != R) | (L != B)
         if differs.any():
-            sub = pairs.loc[differs, ["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]]
+            sub = pairs.iloc[maybe[differs]][["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]]
             frames.append(sub.assign(field=f, L=L[differs], R=R[differs], B=B[differs]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -249,12 +288,35 @@ def _apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame, settings:
     return frames, cells[~resolved]
 
 
-def _device_changed(Xc: pd.DataFrame, Bc: pd.DataFrame, fields: tuple[str, ...]) -> np.ndarray:
-    """Whether a side changed any synced field since the base (a field never agreed on doesn't count)."""
-    changed = np.zeros(len(Xc), dtype=bool)
+def _hold_unsettled_desired_keys(agree: pd.DataFrame, unwritten: pd.DataFrame) -> pd.DataFrame:
+    """Drop desired-state key agreements of devices whose desired state was never agreed on and
+    still has a key in conflict that this run leaves as it is (for an operator, or blocked by the
+    direction). The base stores the desired state as one object, so recording one agreed key would
+    make the base "known" and the conflicting key, absent from it, would then look unchanged on the
+    side that lacks it: the next run would settle the conflict by guessing.
+    """
+    unsettled = unwritten[
+        (unwritten["B"] == NO_BASE).to_numpy() & unwritten["field"].str.startswith(DESIRED_PREFIX).to_numpy()
+    ]
+    if unsettled.empty or agree.empty:
+        return agree
+    pairs = pd.MultiIndex.from_frame(unsettled[["device_id", "golioth_device_id"]])
+    held = agree["field"].str.startswith(DESIRED_PREFIX).to_numpy() & pd.MultiIndex.from_frame(
+        agree[["device_id", "golioth_device_id"]]
+    ).isin(pairs)
+    return agree[~held]
+
+
+def _device_changed(survivor: pd.DataFrame, base: list[dict], fields: tuple[str, ...]) -> np.ndarray:
+    """Whether a side changed any synced field since the base (a field never agreed on doesn't count).
+    survivor: that side's raw rows; base: their base snapshots (dicts), aligned by position."""
+    changed = np.zeros(len(survivor), dtype=bool)
     for f in fields:
-        B = Bc[f].to_numpy(dtype=object)
-        changed |= (Xc[f].to_numpy(dtype=object) != B) & (B != NO_BASE)
+        X, B = _objects(survivor[f]), base_values(base, f)
+        maybe = np.flatnonzero(~_same(X, B))
+        if len(maybe):
+            Bc = canonical_base_values(f, B[maybe])
+            changed[maybe] |= (canonical_values(f, X[maybe]) != Bc) & (Bc != NO_BASE)
     return changed
 
 
@@ -266,6 +328,7 @@ def plan_sync(
     *,
     resolutions: pd.DataFrame | None = None,
     open_conflicts: pd.DataFrame | None = None,
+    unconfirmed_creates: pd.Series | None = None,
 ) -> Plan:
     """Plan one sync.
 
@@ -275,61 +338,89 @@ def plan_sync(
     resolutions: conflict_id, device_id, golioth_device_id, field, conflict_type, chosen (canonical),
                  resolution ("local"/"remote"/"value"), resolved_by
     open_conflicts: conflict_id, device_id, golioth_device_id, field (pending ones, for superseding)
+    unconfirmed_creates: local device ids whose Golioth create may have happened unrecorded (a run
+        died, or a create's follow-up write failed). Matched again by hardware id, such a device's
+        new link starts from the base a create leaves in Golioth: enabled, no desired state (the
+        two things the create itself cannot set). Its follow-ups then finish; no false conflict.
     """
     fields = enabled_fields(settings.field_groups)
     scalar = tuple(f for f in fields if f in SCALAR_FIELDS)
 
-    local = local.set_index("device_id", drop=False)
-    remote = remote.set_index("golioth_device_id", drop=False)
-    Lc_all = canonicalize(local, SYNCED_FIELDS)
-    Rc_all = canonicalize(remote, SYNCED_FIELDS)
-    local_live = local["deleted_at"].isna()
+    # Each side is indexed by id once (object dtype: the fastest hash table). Everything after that
+    # is positional, so a plan hashes each side's ids about once, whatever the number of devices.
+    local = local.set_axis(_id_index(local["device_id"]))
+    remote = remote.set_axis(_id_index(remote["golioth_device_id"]))
+    local_live = local["deleted_at"].isna().to_numpy(dtype=bool)
+    link_lpos = local.index.get_indexer(_objects(links["device_id"]))
+    link_rpos = remote.index.get_indexer(_objects(links["golioth_device_id"]))
 
-    matching = match_devices(Lc_all["hardware_ids"], local_live, Rc_all["hardware_ids"], links)
-
-    pairs = pd.concat(
-        [
-            matching.links[["device_id", "golioth_device_id"]].assign(new_link=False),
-            matching.new_links[["device_id", "golioth_device_id"]].assign(new_link=True),
-        ],
-        ignore_index=True,
+    matching = match_devices(
+        local["hardware_ids"],
+        local_live,
+        remote["hardware_ids"],
+        links,
+        local_linked=_marked(link_lpos, len(local)),
+        remote_linked=_marked(link_rpos, len(remote)),
     )
-    pairs["l_present"] = pairs["device_id"].map(local_live).fillna(False).astype(bool).to_numpy()
-    pairs["r_present"] = pairs["golioth_device_id"].isin(remote.index).to_numpy()
-    snapshots = pairs.merge(
-        links[["device_id", "golioth_device_id", "base_snapshot"]], on=["device_id", "golioth_device_id"], how="left"
-    )["base_snapshot"]
-    snapshots = snapshots.where(~pairs["new_link"].to_numpy(), None)
-    snapshots = snapshots.map(lambda b: b if isinstance(b, dict) else {})
-    Bc_all = canonicalize_base(snapshots, SYNCED_FIELDS)
+
+    live_link = (links["link_status"] != "unlinked").to_numpy(dtype=bool)
+    new = matching.new_links
+    pairs = pd.DataFrame(
+        {
+            "device_id": np.concatenate([_objects(links["device_id"])[live_link], _objects(new["device_id"])]),
+            "golioth_device_id": np.concatenate(
+                [_objects(links["golioth_device_id"])[live_link], _objects(new["golioth_device_id"])]
+            ),
+            "new_link": np.concatenate([np.zeros(int(live_link.sum()), dtype=bool), np.ones(len(new), dtype=bool)]),
+        }
+    ).astype({"device_id": object, "golioth_device_id": object})
+    lpos = np.concatenate([link_lpos[live_link], local.index.get_indexer(_objects(new["device_id"]))])
+    rpos = np.concatenate([link_rpos[live_link], remote.index.get_indexer(_objects(new["golioth_device_id"]))])
+    # A new link has no base yet: the sides never agreed on anything (unless we created it).
+    created = set(unconfirmed_creates) if unconfirmed_creates is not None else set()
+    new_bases = [{"enabled": True, "desired_state": {}} if d in created else None for d in new["device_id"]]
+    snapshots = np.concatenate([_objects(links["base_snapshot"])[live_link], np.array(new_bases, dtype=object)])
+    l_present = np.zeros(len(pairs), dtype=bool)
+    l_present[lpos >= 0] = local_live[lpos[lpos >= 0]]  # a soft-deleted local device is not present
+    pairs["l_present"] = l_present
+    pairs["r_present"] = rpos >= 0
 
     frames: list[pd.DataFrame] = []
     conflicts: list[pd.DataFrame] = []
 
     # --- Both sides present: field-level diff -------------------------------------------------
     both = (pairs["l_present"] & pairs["r_present"]).to_numpy()
+    lp, rp = lpos[both], rpos[both]
     P = pairs[both].reset_index(drop=True)
-    P["local_updated_at"] = local["updated_at"].reindex(P["device_id"]).to_numpy()
-    P["remote_updated_at"] = remote["updated_at"].reindex(P["golioth_device_id"]).to_numpy()
-    Lc = Lc_all.reindex(P["device_id"]).reset_index(drop=True)
-    Rc = Rc_all.reindex(P["golioth_device_id"]).reset_index(drop=True)
-    Bc = Bc_all[both].reset_index(drop=True)
+    P["local_updated_at"] = _utc(local["updated_at"])[lp]
+    P["remote_updated_at"] = _utc(remote["updated_at"])[rp]
+    L_raw = {f: _objects(local[f])[lp] for f in fields}
+    R_raw = {f: _objects(remote[f])[rp] for f in fields}
+    base_dicts = snapshot_dicts(snapshots[both])
+    B_raw = {f: base_values(base_dicts, f) for f in fields}
 
-    cells = [_scalar_cells(P, Lc, Rc, Bc, scalar)]
+    cells = [_scalar_cells(P, L_raw, R_raw, B_raw, scalar)]
     if "desired_state" in fields:
-        L, R, B = Lc["desired_state"].to_numpy(), Rc["desired_state"].to_numpy(), Bc["desired_state"].to_numpy()
+        maybe = _maybe_differs(L_raw["desired_state"], R_raw["desired_state"], B_raw["desired_state"])
+        L = canonical_values("desired_state", L_raw["desired_state"][maybe])
+        R = canonical_values("desired_state", R_raw["desired_state"][maybe])
+        B = canonical_base_values("desired_state", B_raw["desired_state"][maybe])
         # Whole objects equal but not the base: record the base for the object in one row.
-        frames.append(_rows(P, (L == R) & (L != B), "desired_state", "agree", "none", B, L, "both sides agree"))
+        agree = (L == R) & (L != B)
+        agreed = P.iloc[maybe[agree]]
+        frames.append(
+            _rows(agreed, np.ones(len(agreed), dtype=bool), "desired_state", "agree", "none", B[agree], L[agree],
+                  "both sides agree")
+        )
         differs = L != R
         if differs.any():
-            sub = P[differs].reset_index(drop=True)
-            base_raw = snapshots[both].reset_index(drop=True)[differs].map(lambda b: b.get("desired_state"))
+            rows = maybe[differs]
             cells.append(
                 _desired_cells(
-                    sub,
-                    local["desired_state"].reindex(sub["device_id"]),
-                    remote["desired_state"].reindex(sub["golioth_device_id"]),
-                    base_raw,
+                    P.iloc[rows].reset_index(drop=True),
+                    pd.Series(L_raw["desired_state"][rows], dtype=object),
+                    pd.Series(R_raw["desired_state"][rows], dtype=object),
+                    pd.Series(B_raw["desired_state"][rows], dtype=object),
                     B[differs] != NO_BASE,
                 )
             )
@@ -338,7 +429,8 @@ def plan_sync(
         all_cells = pd.concat(cells, ignore_index=True)
         resolved_frames, all_cells = _apply_resolutions(all_cells, resolutions, settings)
         frames += resolved_frames
-        diff_frames, manual = _diff_cells(all_cells, settings)
+        diff_frames, manual, unwritten = _diff_cells(all_cells, settings)
+        diff_frames[0] = _hold_unsettled_desired_keys(diff_frames[0], unwritten)
         frames += diff_frames
         if not manual.empty:
             conflicts.append(
@@ -356,20 +448,27 @@ def plan_sync(
             )
 
     if "observed" in settings.field_groups and not P.empty:
-        obs = observed_changes(local.reindex(P["device_id"]), remote.reindex(P["golioth_device_id"]))
+        obs = observed_changes(_columns(local, OBSERVED_FIELDS, lp), _columns(remote, OBSERVED_FIELDS, rp))
         if obs.any():
-            observed_values = remote.reindex(P["golioth_device_id"][obs])
             rows = _rows(P, obs, "observed", "observe", "local", None, None, "observed in Golioth")
-            rows["new_value"] = _observed_json(observed_values)
+            rows["new_value"] = _observed_json(_columns(remote, OBSERVED_FIELDS, rp[obs]))
             frames.append(rows)
 
     # --- One side gone: propagate the delete, unlink, or conflict ------------------------------
-    frames += _deletions(pairs, both, Lc_all, Rc_all, Bc_all, fields, settings, conflicts, resolutions)
+    frames += _deletions(pairs, local, remote, lpos, rpos, snapshots, fields, settings, conflicts, resolutions)
 
     # --- New links, creations, identity conflicts ---------------------------------------------
     if not matching.new_links.empty:
+        # A link to a device we created carries the base it starts from (stored with the link).
+        ours = matching.new_links["device_id"].isin(created).to_numpy()
         frames.append(
-            matching.new_links.assign(field="*", action="link", side="none", reason="matched by hardware id")
+            matching.new_links.assign(
+                field="*",
+                action="link",
+                side="none",
+                new_value=np.where(ours, dump_json({"enabled": True, "desired_state": {}}), None),
+                reason=np.where(ours, "matched by hardware id: created by an unfinished run", "matched by hardware id"),
+            )
         )
     frames.append(
         pd.DataFrame(
@@ -407,13 +506,13 @@ def plan_sync(
                     "base_value": None,
                     # JSON text (not canonical strings): which devices share hardware ids.
                     "local_value": [
-                        dump_json({"hardware_ids": decode("hardware_ids", Lc_all["hardware_ids"].get(d))})
+                        dump_json({"hardware_ids": decode("hardware_ids", _canonical_hw(local, d))})
                         if isinstance(d, str)
                         else dump_json({"candidates": list(c)})
                         for d, c in zip(ic["device_id"], ic["candidates"])
                     ],
                     "remote_value": [
-                        dump_json({"hardware_ids": decode("hardware_ids", Rc_all["hardware_ids"].get(g))})
+                        dump_json({"hardware_ids": decode("hardware_ids", _canonical_hw(remote, g))})
                         if isinstance(g, str)
                         else dump_json({"candidates": list(c)})
                         for g, c in zip(ic["golioth_device_id"], ic["candidates"])
@@ -437,23 +536,51 @@ def plan_sync(
     )
 
 
-def _observed_json(remote_rows: pd.DataFrame) -> np.ndarray:
-    from golioth_assets.core.fields import OBSERVED_FIELDS
+def _objects(values) -> np.ndarray:
+    """A column as an object array (ids, lists, dicts, text): no copy when it already is one."""
+    return values.to_numpy(dtype=object) if hasattr(values, "to_numpy") else np.asarray(values, dtype=object)
 
+
+def _utc(values: pd.Series) -> np.ndarray:
+    """Timestamps as UTC datetime64 (to_numpy() on a tz-aware column builds a Timestamp per row)."""
+    return pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+
+
+def _id_index(ids: pd.Series) -> pd.Index:
+    return pd.Index(_objects(ids), dtype=object)
+
+
+def _marked(positions: np.ndarray, size: int) -> np.ndarray:
+    """Bool array of `size` with True at the given positions (-1, "not found", is ignored)."""
+    marked = np.zeros(size, dtype=bool)
+    marked[positions[positions >= 0]] = True
+    return marked
+
+
+def _columns(frame: pd.DataFrame, columns, positions: np.ndarray) -> pd.DataFrame:
+    """Some columns of some rows, by position (the ones the frame has)."""
+    return frame[[c for c in columns if c in frame]].iloc[positions].reset_index(drop=True)
+
+
+def _canonical_hw(frame: pd.DataFrame, device_id: str) -> str:
+    return canonical_values("hardware_ids", _objects(frame.loc[[device_id], "hardware_ids"]))[0]
+
+
+def _observed_json(remote_rows: pd.DataFrame) -> np.ndarray:
     present = [f for f in OBSERVED_FIELDS if f in remote_rows]
-    records = remote_rows[present].astype(object).where(remote_rows[present].notna(), None)
-    return np.array([dump_json({k: _jsonable(v) for k, v in r.items()}) for r in records.to_dict("records")], dtype=object)
+    columns = [[_jsonable(v) for v in remote_rows[f].to_numpy(dtype=object)] for f in present]
+    return np.array([dump_json(dict(zip(present, values))) for values in zip(*columns)], dtype=object)
 
 
 def _jsonable(value):
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None  # missing (None, NaT, NaN)
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
 
 
-def _deletions(pairs, both, Lc_all, Rc_all, Bc_all, fields, settings, conflicts, resolutions) -> list[pd.DataFrame]:
+def _deletions(pairs, local, remote, lpos, rpos, snapshots, fields, settings, conflicts, resolutions) -> list[pd.DataFrame]:
     frames = []
     l_present = pairs["l_present"].to_numpy()
     r_present = pairs["r_present"].to_numpy()
@@ -471,15 +598,13 @@ def _deletions(pairs, both, Lc_all, Rc_all, Bc_all, fields, settings, conflicts,
     if gone_both.any():
         frames.append(_rows(pairs, gone_both, "*", "unlink", "none", None, None, "gone on both sides"))
 
-    for deleted_side, survivor, survivor_frame in (("local", "remote", Rc_all), ("remote", "local", Lc_all)):
+    for deleted_side, survivor in (("local", "remote"), ("remote", "local")):
         mask = (~l_present & r_present) if deleted_side == "local" else (l_present & ~r_present)
         if not mask.any():
             continue
         sub = pairs[mask].reset_index(drop=True)
-        key = "golioth_device_id" if survivor == "remote" else "device_id"
-        Xc = survivor_frame.reindex(sub[key]).reset_index(drop=True)
-        Bc = Bc_all[mask].reset_index(drop=True)
-        modified = _device_changed(Xc, Bc, fields)
+        survivor_rows = remote.iloc[rpos[mask]] if survivor == "remote" else local.iloc[lpos[mask]]
+        modified = _device_changed(survivor_rows, snapshot_dicts(snapshots[mask]), fields)
         outcome = np.where(modified, "conflict", np.where(settings.allow_deletes, "delete", "unlink")).astype(object)
         choice = [resolved.get((d, g)) for d, g in zip(sub["device_id"], sub["golioth_device_id"])]
         reason = np.array([f"deleted {'locally' if deleted_side == 'local' else 'in Golioth'}"] * len(sub), dtype=object)
@@ -503,7 +628,7 @@ def _deletions(pairs, both, Lc_all, Rc_all, Bc_all, fields, settings, conflicts,
         ]
         in_conflict = sub[outcome == "conflict"]
         if not in_conflict.empty:
-            state = survivor_frame.reindex(in_conflict[key])[list(fields)]
+            state = canonicalize(survivor_rows[outcome == "conflict"], fields)
             survivor_json = [
                 dump_json({f: decode(f, v) for f, v in zip(fields, row)}) for row in state.itertuples(index=False)
             ]
@@ -527,7 +652,9 @@ def _superseded(open_conflicts, conflicts: pd.DataFrame, local_ids: pd.Index, re
     """Pending conflicts, within this run's devices, that this run no longer finds."""
     if open_conflicts is None or open_conflicts.empty:
         return []
-    in_scope = open_conflicts["device_id"].isin(local_ids) | open_conflicts["golioth_device_id"].isin(remote_ids)
+    in_scope = (local_ids.get_indexer(_objects(open_conflicts["device_id"])) >= 0) | (
+        remote_ids.get_indexer(_objects(open_conflicts["golioth_device_id"])) >= 0
+    )
     candidates = open_conflicts[in_scope]
     still = conflicts[["device_id", "golioth_device_id", "field"]].astype(object).fillna("")
     keys = set(map(tuple, still.to_numpy()))

@@ -14,8 +14,10 @@ def _decode_column(frame: pd.DataFrame, column: str) -> pd.Series:
     # Grouped by field: the decoder depends on the field's kind. Only changed rows get here.
     out = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     for field_name, rows in frame.groupby("field", sort=False):
-        values = rows[column]
-        out.loc[rows.index] = values.map(lambda v, f=field_name: decode(f, v) if isinstance(v, str) else None)
+        # Built as an object Series: `Series.map` would infer float64 for [0, None] and turn the
+        # desired value 0 into 0.0 and a removed key (None) into NaN.
+        decoded = [decode(field_name, v) if isinstance(v, str) else None for v in rows[column]]
+        out.loc[rows.index] = pd.Series(decoded, index=rows.index, dtype=object)
     return out
 
 

@@ -83,10 +83,16 @@ def apply_local(
             for d, g in zip(new_ids, source.index)
         ]
 
-    # 2. New matches by hardware id: link them; their "agree" rows below fill the base.
+    # 2. New matches by hardware id: link them; their "agree" rows below fill the base. A device an
+    #    unfinished run created starts from the base the plan gives it (what a create leaves).
     links = planned[planned["action"] == "link"]
     assignments.insert_links(
-        conn, service.id, [{"device_id": d, "golioth_device_id": g} for d, g in zip(links["device_id"], links["golioth_device_id"])]
+        conn,
+        service.id,
+        [
+            {"device_id": d, "golioth_device_id": g, **({"base_snapshot": b} if isinstance(b, dict) else {})}
+            for d, g, b in zip(links["device_id"], links["golioth_device_id"], links["new_value"])
+        ],
     )
     # Devices created in Golioth by the remote step were linked there; nothing to do here.
 

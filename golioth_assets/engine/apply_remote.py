@@ -116,10 +116,10 @@ class RemoteWriter:
         body: dict[str, Any] = {"name": local["name"], "hardware_ids": list(local["hardware_ids"])}
         if "tags" in self.fields and len(local["tags"]):
             body["tag_ids"] = self._tag_ids(list(local["tags"]))
-        if "blueprint" in self.fields and local["blueprint"]:
-            body["blueprint_id"] = self._ref_id("blueprints", local["blueprint"])
-        if "cohort" in self.fields and local["cohort"]:
-            body["cohort_id"] = self._ref_id("cohorts", local["cohort"])
+        if "blueprint" in self.fields and _name(local["blueprint"]):
+            body["blueprint_id"] = self._ref_id("blueprints", _name(local["blueprint"]))
+        if "cohort" in self.fields and _name(local["cohort"]):
+            body["cohort_id"] = self._ref_id("cohorts", _name(local["cohort"]))
         return DeviceCreate(**body)
 
     def create(self, local: pd.Series) -> str:
@@ -177,7 +177,7 @@ def apply_remote(
 
     tag_names = {t for d in creates["device_id"] for t in local.at[d, "tags"]} if "tags" in writer.fields else set()
     tag_names |= {t for v in updates.loc[updates["field"] == "tags", "new_value"] for t in (v or [])}
-    bp_names = {local.at[d, "blueprint"] for d in creates["device_id"] if local.at[d, "blueprint"]}
+    bp_names = {_name(local.at[d, "blueprint"]) for d in creates["device_id"]} - {None}
     bp_names = bp_names if "blueprint" in writer.fields else set()
     bp_names |= {v for v in updates.loc[updates["field"] == "blueprint", "new_value"] if v}
     writer.ensure_references(tag_names, bp_names)
@@ -252,6 +252,11 @@ def apply_remote(
     updated = {ident for (kind, ident), r in results.items() if kind in ("patch", "state") and not isinstance(r, BaseException)}
     outcome.counts["updated_remote"] = len(updated)
     return outcome
+
+
+def _name(value: Any) -> str | None:
+    """A blueprint or cohort name from a local row; pandas hands a missing one out as NaN (truthy)."""
+    return (value.strip() or None) if isinstance(value, str) else None
 
 
 def _delete(client: GoliothClient, golioth_device_id: str) -> None:

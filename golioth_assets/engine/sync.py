@@ -20,6 +20,7 @@ import httpx
 import pandas as pd
 from sqlalchemy.engine import Engine
 
+from golioth_assets.core.fields import DESIRED_PREFIX
 from golioth_assets.core.normalize import encode
 from golioth_assets.core.plan import Plan, plan_sync
 from golioth_assets.core.policy import SyncSettings
@@ -161,11 +162,11 @@ def fetch_step(
     """Read Golioth into golioth_inventory. A device that a link expects but the list lacks is
     confirmed with a GET before anyone treats it as deleted: offset pages can shift under writes."""
     before = client.stats.snapshot()
-    refs = fetch_references(client, service)
+    refs = _project_read(client, lambda: fetch_references(client, service))
     state_path = service.desired_state_path if "desired_state" in service.field_groups else None
     total: int | None = None
     if scope.full:
-        listed = client.list_devices(state_path=state_path)
+        listed = _project_read(client, lambda: client.list_devices(state_path=state_path))
         total = len(listed)
         with db.connect() as conn:
             linked = set(assignments.load_links(conn, service.id)["golioth_device_id"])
@@ -174,6 +175,10 @@ def fetch_step(
         frame = devices_to_frame(listed + found, refs)
     else:
         found, missing = _get_devices(client, scope.golioth_ids or [], state_path)
+        if missing:
+            # Every device of a deleted project answers 404 too: check that the project is there
+            # before taking these devices for deleted (and deleting or unlinking them locally).
+            _project_read(client, lambda: next(client.iter_device_pages(per_page=1)))
         frame = devices_to_frame(found, refs)
     with db.begin() as conn:
         if scope.full:
@@ -197,6 +202,20 @@ def fetch_step(
         requests=after.requests - before.requests,
         retries=after.retries - before.retries,
     )
+
+
+def _project_read(client: GoliothClient, read):
+    """A project-level read (a list). Its 404 means the project itself is gone: deleted in the
+    console, or the service names the wrong project. Say so, rather than a bare 404 on a path."""
+    try:
+        return read()
+    except errors.NotFoundError as exc:
+        raise errors.NotFoundError(
+            f"Golioth project {client.project_id!r} was not found: it was deleted, or the service "
+            f"names the wrong project ({exc.message})",
+            status=exc.status, code=exc.code, method=exc.method, path=exc.path,
+            project_id=exc.project_id, base_url=exc.base_url,
+        ) from exc
 
 
 def _get_devices(client: GoliothClient, ids: Sequence[str], state_path: str | None):
@@ -261,18 +280,81 @@ def _resolutions(open_conflicts: pd.DataFrame) -> pd.DataFrame:
     return resolved
 
 
+def _unconfirmed_writes(db: Engine, service: services.Service) -> pd.DataFrame:
+    """Golioth writes that may have happened without their bookkeeping: creates planned or failed
+    since the last fully successful run (a create's POST may land and its follow-ups fail), and
+    updates still "planned" since then (the process died mid-apply). Whether such a run was later
+    marked finished does not matter: the failure sensor finishes the log row of a run that Dagster
+    reports failed (a dead worker, a step that raised part-way through its writes), and its
+    landed PATCHes must not then read as console edits that conflict with newer local ones."""
+    with db.connect() as conn:
+        rows = conn.exec_driver_sql(
+            """
+            SELECT p.device_id::text, p.golioth_device_id, p.field, p.action, p.new_value
+            FROM sync_plan p JOIN golioth_sync_log l ON l.id = p.sync_log_id
+            WHERE l.service_id = %(service)s AND NOT l.dry_run AND p.side = 'remote'
+              AND l.id > coalesce((SELECT max(id) FROM golioth_sync_log
+                                   WHERE service_id = %(service)s AND status = 'success' AND NOT dry_run), 0)
+              AND ((p.action = 'create' AND p.status IN ('planned', 'failed'))
+                   OR (p.action = 'update' AND p.status = 'planned'))
+            ORDER BY p.id
+            """,
+            {"service": service.id},
+        ).fetchall()
+    return pd.DataFrame(rows, columns=["device_id", "golioth_device_id", "field", "action", "new_value"])
+
+
+def _confirm_landed_updates(
+    links: pd.DataFrame, local: pd.DataFrame, remote: pd.DataFrame, unconfirmed: pd.DataFrame
+) -> pd.DataFrame:
+    """A crashed run's PATCH that Golioth now shows did land, while the local value has changed
+    since: move the base to the written value, so the plan doesn't take our own write for an edit
+    made in Golioth (and conflict with, or undo, the newer local edit). When the local value is
+    still the written one, the plan records the agreement by itself."""
+    updates = unconfirmed[unconfirmed["action"] == "update"]
+    if updates.empty or links.empty:
+        return links
+    sides = {"local": local.set_index("device_id"), "remote": remote.set_index("golioth_device_id")}
+    bases = dict(zip(zip(links["device_id"], links["golioth_device_id"]), links["base_snapshot"]))
+
+    def value_of(side: str, key: str, f: str):
+        row = sides[side].loc[key]
+        if f.startswith(DESIRED_PREFIX):
+            return encode(f, (row["desired_state"] if isinstance(row["desired_state"], dict) else {}).get(f[len(DESIRED_PREFIX):]))
+        return encode(f, row[f])
+
+    for d, g, f, value in updates[["device_id", "golioth_device_id", "field", "new_value"]].itertuples(index=False):
+        base = bases.get((d, g))
+        if base is None or g not in sides["remote"].index or d not in sides["local"].index:
+            continue
+        written = encode(f, value)
+        if value_of("remote", g, f) == written != value_of("local", d, f):
+            base = bases[(d, g)] = dict(base)
+            if f.startswith(DESIRED_PREFIX):
+                key = f[len(DESIRED_PREFIX):]
+                desired = {k: v for k, v in (base.get("desired_state") or {}).items() if k != key}
+                base["desired_state"] = desired if value is None else {**desired, key: value}
+            else:
+                base[f] = value
+    return links.assign(base_snapshot=[bases[k] for k in zip(links["device_id"], links["golioth_device_id"])])
+
+
 def build_plan(db: Engine, service: services.Service, request: SyncRequest, scope: Scope) -> tuple[Plan, dict]:
     local, remote, links, open_conflicts = _load_inputs(db, service, scope)
     settings = settings_for(service, request)
+    unconfirmed = _unconfirmed_writes(db, service)
     plan = plan_sync(
         local,
         remote,
-        links,
+        _confirm_landed_updates(links, local, remote, unconfirmed),
         settings,
         resolutions=_resolutions(open_conflicts),
         open_conflicts=open_conflicts[open_conflicts["status"] == "pending"],
+        unconfirmed_creates=unconfirmed.loc[unconfirmed["action"] == "create", "device_id"],
     )
-    return plan, {"fetched_local": len(local), "fetched_remote": len(remote)}
+    # The local versions the plan was made from: what local_step compares-and-sets against.
+    versions = dict(zip(local["device_id"], local["version"]))
+    return plan, {"fetched_local": len(local), "fetched_remote": len(remote), "local_versions": versions}
 
 
 def plan_step(
@@ -280,11 +362,18 @@ def plan_step(
 ) -> Plan:
     """Plan and store the plan; outside a dry run, record the conflicts."""
     plan, fetched = build_plan(db, service, request, scope)
+    versions = fetched.pop("local_versions")
     counts = plan.counts()
+    changes = changes_table(plan)
+    written = changes.loc[(changes["side"] == "local") & changes["device_id"].notna(), "device_id"].unique()
     with db.begin() as conn:
-        sync_log.save_plan(conn, sync_log_id, service.organization_id, changes_table(plan))
+        sync_log.save_plan(conn, sync_log_id, service.organization_id, changes)
         sync_log.add_counts(conn, sync_log_id, {**fetched, "conflicts": counts["conflicts"]})
-        sync_log.set_details(conn, sync_log_id, {"plan": counts})
+        sync_log.set_details(
+            conn,
+            sync_log_id,
+            {"plan": counts, "local_versions": {d: int(versions[d]) for d in written if d in versions}},
+        )
         if not request.dry_run:
             conflicts.upsert_conflicts(conn, service.organization_id, service.id, sync_log_id, conflicts_table(plan))
             conflicts.mark(conn, plan.superseded, "superseded")
@@ -339,6 +428,11 @@ def local_step(db: Engine, service: services.Service, sync_log_id: int):
         plan = sync_log.load_plan(conn, sync_log_id)
         planned_local = plan[(plan["status"] == "planned") & (plan["side"] == "local")]
         local = devices.load_devices(conn, service.organization_id, device_ids=list(planned_local["device_id"].dropna().unique()))
+        # Compare-and-set against the versions the plan was made from, not the ones read now: a
+        # local edit made while the Golioth writes ran (seconds, minutes at scale) must make the
+        # write skip, not be overwritten by a value planned before it existed.
+        planned_versions = (sync_log.get_run(conn, sync_log_id)["details"] or {}).get("local_versions", {})
+        local["version"] = [planned_versions.get(d, v) for d, v in zip(local["device_id"], local["version"])]
         remote = inventory.load_inventory(
             conn, service.organization_id, golioth_device_ids=list(planned_local["golioth_device_id"].dropna().unique())
         )
