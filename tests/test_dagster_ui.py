@@ -3,7 +3,8 @@
 a small simulated fleet, loaded in headless Chromium through Playwright.
 
 Needs Debian's `chromium` (/usr/bin/chromium) and the `playwright` Python package; Playwright never
-downloads a browser here, it drives the system one. Screenshots land in docs/screenshots/.
+downloads a browser here, it drives the system one. Screenshots go to $GOLIOTH_SYNC_SCREENSHOT_DIR
+(the docs use docs/screenshots/) or to the test's temporary folder, so a test run leaves the tree alone.
 """
 
 import os
@@ -33,7 +34,6 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 ASSETS = [a.key.to_user_string() for a in sync_assets]
 
 if not CHROMIUM.exists():
@@ -145,7 +145,8 @@ def _dismiss_onboarding(page) -> None:
     skip.wait_for(state="hidden")
 
 
-def test_asset_graph_and_run_page_render(webserver, page):
+def test_asset_graph_and_run_page_render(webserver, page, tmp_path):
+    SCREENSHOTS = Path(os.environ.get("GOLIOTH_SYNC_SCREENSHOT_DIR") or tmp_path)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     url, run_id, org = webserver["url"], webserver["run_id"], webserver["org"]
 
