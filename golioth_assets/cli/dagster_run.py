@@ -3,6 +3,8 @@ any other, while the terminal shows its steps as they finish."""
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +18,10 @@ from golioth_assets.defs.jobs import run_tags
 from golioth_assets.defs.partitions import organizations
 
 STEP_NAMES = [a.key.to_user_string() for a in sync_assets]
+# Where a CLI run executes (execute_in_process: in this very process), so that a later command can
+# tell that a run still "started" in Dagster died with its process.
+HOST_TAG = "golioth-sync/host"
+PID_TAG = "golioth-sync/pid"
 
 
 @dataclass
@@ -40,6 +46,9 @@ def run_sync_job(
 
     console = console or Console()
     instance = dg.DagsterInstance.get()
+    for run_id in fail_dead_cli_runs(instance):
+        console.print(f"[yellow]Dagster run {run_id} was still marked as started, but the process running it "
+                      "is gone: marked it failed and freed its golioth_api pool slots[/yellow]")
     if organization_id not in instance.get_dynamic_partitions(organizations.name):
         instance.add_dynamic_partitions(organizations.name, [organization_id])
     job_name = "golioth_targeted_sync" if device_ids else "golioth_full_sync"
@@ -62,7 +71,7 @@ def run_sync_job(
                     # The terminal shows progress; Dagster's event log keeps the details.
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}},
                 },
-                tags=run_tags(organization_id, trigger),
+                tags=run_tags(organization_id, trigger, **{HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}),
                 raise_on_error=False,
             )
             outcome["result"] = result
@@ -107,3 +116,37 @@ def _latest_run_id(instance: dg.DagsterInstance, organization_id: str, trigger: 
         dg.RunsFilter(tags={"golioth-sync/org": organization_id, "golioth-sync/trigger": trigger}), limit=1
     )
     return records[0].dagster_run.run_id if records else None
+
+
+def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Fail the CLI runs of this host whose process is gone (SIGKILL, OOM, a closed laptop lid).
+
+    Nothing else notices them: without a run launcher there is no run worker for run monitoring to
+    check, so such a run stays "started" for ever, and keeps the `golioth_api` pool slots its steps
+    held. After as many kills as the pool has slots (4), every sync of every organization would wait
+    for a slot for ever. Only runs whose host and pid tags say "this host, no such process" are
+    touched, so a sync still running in another terminal or on another machine is left alone.
+    """
+    host = socket.gethostname()
+    failed = []
+    records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={HOST_TAG: host}))
+    for record in records:
+        run = record.dagster_run
+        pid = run.tags.get(PID_TAG, "")
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        instance.report_run_failed(run, f"the process running it (pid {pid} on {host}) is gone")
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        failed.append(run.run_id)
+    return failed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

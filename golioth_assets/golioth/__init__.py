@@ -3,7 +3,7 @@
 from .client import DEFAULT_TIMEOUT, GoliothClient, NameMap
 from .errors import (
     AlreadyExistsError, AuthenticationError, BatchAborted, ConfigurationError, GoliothError,
-    InconsistentListingError, InvalidArgumentError, NotFoundError, RateLimitedError,
+    InconsistentListingError, InvalidArgumentError, InvalidResponseError, NotFoundError, RateLimitedError,
     RetryBudgetExceeded, ServerError, TransportError,
 )
 from .models import (
@@ -18,6 +18,7 @@ __all__ = [
     "GoliothError", "AuthenticationError", "NotFoundError", "AlreadyExistsError",
     "InvalidArgumentError", "RateLimitedError", "ServerError", "TransportError",
     "RetryBudgetExceeded", "ConfigurationError", "BatchAborted", "InconsistentListingError",
+    "InvalidResponseError",
     "Device", "DeviceMetadata", "SettingsStatus", "DeviceCreate", "DeviceUpdate", "Tag",
     "Blueprint", "Cohort", "ListPage", "RpcStatus",
 ]

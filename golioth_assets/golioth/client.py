@@ -24,8 +24,8 @@ from . import errors
 from .batch import Calls, run_bounded
 from .gcpause import gc_paused
 from .models import (
-    BLUEPRINT_DATA, BLUEPRINT_PAGE, COHORT_PAGE, DEVICE_DATA, DEVICE_PAGE, RPC_STATUS, TAG_DATA,
-    TAG_PAGE, Blueprint, Cohort, Device, DeviceCreate, DeviceUpdate, ListPage, Tag,
+    BLUEPRINT_DATA, BLUEPRINT_PAGE, COHORT_PAGE, DEVICE_DATA, DEVICE_PAGE, RPC_STATUS, STATE_DATA,
+    TAG_DATA, TAG_PAGE, Blueprint, Cohort, Device, DeviceCreate, DeviceUpdate, ListPage, Tag,
 )
 from .retry import RetryBudget, RetryPolicy
 from .stats import ClientStats
@@ -37,6 +37,9 @@ T = TypeVar("T")
 # Reads stay generous (a 100-device page with statePath can be slow), connects fail fast.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=60.0)
 MAX_PER_PAGE = 100
+# A list `total` above this is taken for a broken answer, not a project: we plan for 100k devices,
+# and trusting a wild total would schedule millions of page requests.
+MAX_LIST_TOTAL = 1_000_000
 DEVICE_FILTERS = frozenset(
     {"deviceName", "hardwareId", "tags", "blueprintId", "cohortId", "enabled", "term"}
 )
@@ -175,7 +178,8 @@ class GoliothClient:
         self, path: str, params: dict[str, Any], per_page: int
     ) -> tuple[list[Device], set[int]]:
         first = self._get_page(path, DEVICE_PAGE, params, 0, per_page)
-        size = first.per_page or per_page  # the server's page size, should it clamp ours
+        # The server's page size, should it clamp ours down; anything else would skip devices.
+        size = first.per_page if 0 < first.per_page <= per_page else per_page
         rest = self._fetch_concurrently(
             {p: (lambda p=p: self._get_page(path, DEVICE_PAGE, params, p, size))
              for p in range(1, math.ceil(first.total / size))}
@@ -189,23 +193,41 @@ class GoliothClient:
 
     def get_device(self, device_id: str) -> Device:
         response = self._send("GET", self._device_path(device_id))
-        return DEVICE_DATA.validate_json(response.content).data
+        return self._read(DEVICE_DATA, response).data
 
     def create_device(self, body: DeviceCreate) -> Device:
-        response = self._send(
-            "POST", f"{self._project_path}/devices", body=body.to_body(), idempotent=False
-        )
-        return DEVICE_DATA.validate_json(response.content).data
+        """POST a device. Golioth has no idempotency key, so `_send` never repeats a create that
+        failed after the server may have acted (a 500, a timeout after sending). A hardware id
+        stands in for that key: with one, such a failure is followed by a lookup by hardware id,
+        and the POST is repeated only if the device is not there. Without one, the failure
+        surfaces and the sync engine's next run sorts it out."""
+        path = f"{self._project_path}/devices"
+
+        def post() -> Device:
+            response = self._send("POST", path, body=body.to_body(), idempotent=False)
+            return self._read(DEVICE_DATA, response).data
+
+        if not body.hardware_ids:
+            return post()
+        return self._create_checked(post, lambda: self._created_device(body), path)
+
+    def _created_device(self, body: DeviceCreate) -> Device | None:
+        """The device an earlier POST of `body` created, if it did."""
+        found = [
+            d for d in self.list_devices(hardware_id=body.hardware_ids[0])
+            if d.name == body.name and set(body.hardware_ids) <= set(d.hardware_ids)
+        ]
+        return found[0] if len(found) == 1 else None
 
     def update_device(self, device_id: str, body: DeviceUpdate) -> Device:
         response = self._send("PATCH", self._device_path(device_id), body=body.to_body())
-        return DEVICE_DATA.validate_json(response.content).data
+        return self._read(DEVICE_DATA, response).data
 
     def replace_device(self, device_id: str, body: DeviceUpdate) -> Device:
         """PUT: replaces the device. Fields left out are cleared, which is the only documented way to
         remove a blueprint (PATCH has no "clear" for blueprintId)."""
         response = self._send("PUT", self._device_path(device_id), body=body.to_body())
-        return DEVICE_DATA.validate_json(response.content).data
+        return self._read(DEVICE_DATA, response).data
 
     def delete_device(self, device_id: str) -> None:
         self._send("DELETE", self._device_path(device_id))
@@ -218,7 +240,7 @@ class GoliothClient:
             response = self._send("GET", self._state_path(device_id, path))
         except errors.NotFoundError:
             return None
-        return response.json().get("data")
+        return self._read(STATE_DATA, response).data
 
     def put_state(self, device_id: str, path: str, value: Any) -> None:
         self._send("PUT", self._state_path(device_id, path), body=value)
@@ -232,7 +254,7 @@ class GoliothClient:
         response = self._send(
             "POST", f"{self._project_path}/tags", body={"name": name}, idempotent=False
         )
-        return TAG_DATA.validate_json(response.content).data
+        return self._read(TAG_DATA, response).data
 
     def list_blueprints(self) -> list[Blueprint]:
         return self._list_all(f"{self._project_path}/blueprints", BLUEPRINT_PAGE)
@@ -245,7 +267,7 @@ class GoliothClient:
             "POST", f"{self._project_path}/blueprints",
             body={k: v for k, v in body.items() if v is not None}, idempotent=False,
         )
-        return BLUEPRINT_DATA.validate_json(response.content).data
+        return self._read(BLUEPRINT_DATA, response).data
 
     def list_cohorts(self) -> list[Cohort]:
         if not self.organization_id:
@@ -259,17 +281,29 @@ class GoliothClient:
         return self._list_all(path, COHORT_PAGE)
 
     def ensure_tag(self, name: str) -> Tag:
-        """The tag called `name`, created if missing (a concurrent creator's 409 is fine)."""
+        """The tag called `name`, created if missing (a concurrent creator's 409 is fine). Names
+        are unique, so a create whose outcome is unknown is looked up by name before a repeat."""
+        path = f"{self._project_path}/tags"
         try:
-            return self.create_tag(name)
+            return self._create_checked(
+                lambda: self.create_tag(name), lambda: self._named(self.list_tags(), name), path
+            )
         except errors.AlreadyExistsError:
             return self._find_by_name(self.list_tags(), name)
 
     def ensure_blueprint(self, name: str) -> Blueprint:
+        path = f"{self._project_path}/blueprints"
         try:
-            return self.create_blueprint(name)
+            return self._create_checked(
+                lambda: self.create_blueprint(name), lambda: self._named(self.list_blueprints(), name),
+                path,
+            )
         except errors.AlreadyExistsError:
             return self._find_by_name(self.list_blueprints(), name)
+
+    @staticmethod
+    def _named(items: list[T], name: str) -> T | None:
+        return next((item for item in items if item.name == name), None)
 
     def _find_by_name(self, items: list[T], name: str) -> T:
         for item in items:
@@ -338,7 +372,25 @@ class GoliothClient:
     ) -> ListPage[T]:
         response = self._send("GET", path, params={**params, "page": page, "perPage": per_page})
         self.stats.record_page()
-        return adapter.validate_json(response.content)
+        result = self._read(adapter, response)
+        if not 0 <= result.total <= MAX_LIST_TOTAL:
+            raise self._where(errors.InvalidResponseError, f"implausible list total {result.total}", "GET", path,
+                              status=response.status_code)
+        return result
+
+    def _read(self, adapter: TypeAdapter[T], response: httpx.Response) -> T:
+        """Parse a 2xx answer. Models are lenient (missing and unknown fields are fine), so one that
+        still fails is not an API answer at all (an HTML error page, a truncated body): raise a
+        GoliothError that says where, rather than let a pydantic error escape the client."""
+        try:
+            return adapter.validate_json(response.content)
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or "body"
+            raise self._where(
+                errors.InvalidResponseError, f"unreadable answer ({where}: {problem['msg']})",
+                response.request.method, response.request.url.path, status=response.status_code,
+            ) from exc
 
     def _iter_pages(
         self, path: str, adapter: TypeAdapter[ListPage[T]], params: dict[str, Any],
@@ -350,7 +402,8 @@ class GoliothClient:
             result = self._get_page(path, adapter, params, page, per_page)
             yield result
             page += 1
-            if not result.list or page * (result.per_page or per_page) >= result.total:
+            size = result.per_page if 0 < result.per_page <= per_page else per_page
+            if not result.list or page * size >= result.total:
                 return
 
     def _list_all(self, path: str, adapter: TypeAdapter[ListPage[T]]) -> list[T]:
@@ -417,6 +470,51 @@ class GoliothClient:
             log.warning("%s %s -> %s; retry %d/%d in %.2fs", method, path, outcome, attempt,
                         self.retry.max_attempts - 1, delay)
             self.retry.sleep(delay)
+
+    def _create_checked(self, post: Callable[[], T], find: Callable[[], T | None], path: str) -> T:
+        """`post()` a create; when it fails with an unknown outcome, `find()` what it may have
+        created, and only if nothing is found, POST again: with the usual backoff, attempts and
+        retry budget. Under 10 % server errors this is what lets a sync create its devices and
+        tags in one run instead of leaving one in ten for the next run."""
+        attempt = 1
+        while True:
+            try:
+                return post()
+            except (errors.ServerError, errors.TransportError) as exc:
+                if not self._outcome_unknown(exc) or attempt >= self.retry.max_attempts:
+                    raise
+                found = find()
+                if found is not None:
+                    return found
+                if not self._budget.take():
+                    exhausted = self._where(
+                        errors.RetryBudgetExceeded,
+                        f"retry budget of {self._budget.total} spent; last failure: {exc.message}",
+                        "POST", path,
+                    )
+                    raise exhausted from exc
+                delay = self.retry.delay(attempt)
+                self.stats.record_retry(delay)
+                log.warning("POST %s failed (%s) and created nothing; retry %d/%d in %.2fs", path,
+                            exc.status or type(exc.__cause__).__name__, attempt,
+                            self.retry.max_attempts - 1, delay)
+                self.retry.sleep(delay)
+                attempt += 1
+
+    def _outcome_unknown(self, exc: errors.GoliothError) -> bool:
+        """A failure `_send` retries for idempotent calls but not for a POST: the server may
+        have acted before it failed."""
+        policy = self.retry
+        if isinstance(exc, errors.TransportError):
+            cause = exc.__cause__
+            return isinstance(cause, BaseException) and (
+                policy.retries_exception(cause, idempotent=True)
+                and not policy.retries_exception(cause, idempotent=False)
+            )
+        return exc.status is not None and (
+            policy.retries_status(exc.status, idempotent=True)
+            and not policy.retries_status(exc.status, idempotent=False)
+        )
 
     def _error_from(self, response: httpx.Response, method: str, path: str) -> errors.GoliothError:
         status = response.status_code

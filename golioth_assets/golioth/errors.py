@@ -103,6 +103,11 @@ class InconsistentListingError(GoliothError):
     """The device list kept changing while it was paged, so a complete snapshot was not read."""
 
 
+class InvalidResponseError(GoliothError):
+    """A 2xx answer that is not what the API returns (not JSON, a wrong shape, an absurd `total`):
+    a proxy's error page, a truncated body. Not retried: the same request gets the same answer."""
+
+
 class ConfigurationError(GoliothError):
     """The client was not given what a call needs (e.g. organization_id for cohorts)."""
 

@@ -171,3 +171,10 @@ class _Data(_Response, Generic[T]):
 DEVICE_DATA = TypeAdapter(_Data[Device])
 TAG_DATA = TypeAdapter(_Data[Tag])
 BLUEPRINT_DATA = TypeAdapter(_Data[Blueprint])
+
+
+class _StateValue(_Response):
+    data: Any = None  # LightDB State: any JSON value, absent when nothing is stored
+
+
+STATE_DATA = TypeAdapter(_StateValue)

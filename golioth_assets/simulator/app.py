@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
@@ -62,6 +62,10 @@ def endpoint(fn: Handler) -> Handler:
             return await fn(request)
         except ApiError as err:
             return error_response(err)
+        except ClientDisconnect:
+            # The client died mid-request (the fault tests SIGKILL syncs): nobody to answer, and
+            # not a simulator bug. 499 is nginx's "client closed request", for the request stats.
+            return Response(status_code=499)
         except (ValueError, TypeError, KeyError) as exc:
             if request.url.path.startswith("/_sim/"):
                 return error_response(invalid(str(exc)))

@@ -1,0 +1,214 @@
+"""Issue 7, fault 3: SIGKILL a real `golioth-sync sync` process part-way through its Golioth writes.
+
+tests/test_sync_crash.py crashes the engine at exact points (an exception in the transport, and one
+self-inflicted SIGKILL). Here the whole production path runs in a child process, as an operator
+would start it: `golioth-sync sync --org …` → runtime.prepare() → a Dagster run (PostgreSQL run
+storage, the project's dagster.yaml with its pools) → the sync assets. The test watches the
+simulator's request counters from outside and kills the process group when a chosen number of
+Golioth writes has gone through: nothing in the child knows it is about to die.
+
+Three kills in a row, with new local edits between them (some re-editing devices whose previous
+edit was in flight when the process died), then one run that is left to finish. Afterwards:
+Golioth holds no duplicate device, every link is one-to-one, and the latest local edit of every
+device is what both sides show.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from golioth_assets.store import database
+from tests.fixtures.database import drop_database
+from tests.fixtures.faults import assert_no_duplicates, bulk_create_local, bulk_edit_local, sync_log_rows, write_requests
+
+pytestmark = pytest.mark.slow
+
+CLI = str(Path(sys.executable).with_name("golioth-sync"))
+# Writes take 120 ms each in the simulator (reads stay fast), so at the client's 16 concurrent
+# requests the apply phase lasts a few seconds and the kill lands inside it.
+WRITE_LATENCY = {"latency_ms": 120, "methods": ["POST", "PATCH", "PUT", "DELETE"]}
+
+
+@pytest.fixture
+def cli_env(db_url, tmp_path, make_harness):
+    """The environment `golioth-sync` runs with: our test database for the app tables, a fresh
+    database for Dagster's run storage, a throwaway GOLIOTH_SYNC_HOME."""
+    dagster_url = db_url.set(database=f"gs_faults_dagster_{uuid.uuid4().hex[:8]}")
+    database.ensure_database_exists(dagster_url)
+    env = {
+        **os.environ,
+        "GOLIOTH_SYNC_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": db_url.render_as_string(hide_password=False),
+        "DAGSTER_DATABASE_URL": dagster_url.render_as_string(hide_password=False),
+        "COLUMNS": "200",
+        "PYTHONFAULTHANDLER": "1",  # a hung child dumps its threads' stacks on SIGABRT (see run_cli)
+    }
+    env.pop("DAGSTER_HOME", None)
+    try:
+        yield env
+    finally:
+        drop_database(dagster_url)
+
+
+def run_cli(h, env: dict, tmp_path: Path, *, kill_after_writes: int | None, timeout: float = 180) -> dict:
+    """`golioth-sync sync --org …` in its own process group. With kill_after_writes, SIGKILL it
+    as soon as the simulator has answered that many write requests of this run."""
+    h.project.reset_stats()
+    log = tmp_path / f"cli-{uuid.uuid4().hex[:6]}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [CLI, "sync", "--org", h.org], env={**env, h.service.api_key_env: h.project.api_key},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        killed_at = None
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    os.kill(proc.pid, signal.SIGABRT)  # faulthandler: every thread's stack into the log
+                    proc.wait(10)
+                    raise AssertionError(f"the sync did not finish in {timeout}s:\n{log.read_text()[-6000:]}")
+                if kill_after_writes is not None:
+                    writes = write_requests(h.project.stats())
+                    if writes >= kill_after_writes:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait(30)
+                        killed_at = writes
+                        break
+                time.sleep(0.02)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+    time.sleep(0.3)  # writes already on the wire when the process died still land; count them
+    return {
+        "returncode": proc.returncode,
+        "killed_at": killed_at,
+        "writes": write_requests(h.project.stats()),
+        "output": log.read_text(),
+    }
+
+
+def _edit_tags(h, device_ids: list[str], tags: list[str]) -> None:
+    with h.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE devices SET tags = :t WHERE id = ANY(CAST(:ids AS uuid[]))"),
+                     {"t": tags, "ids": device_ids})
+
+
+def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_harness, cli_env, tmp_path):
+    h = make_harness(devices=300, seed=31)
+    assert h.sync().status == "success"
+    ids = list(h.local().sort_index().index)
+    h.project.set_faults(**WRITE_LATENCY)
+
+    # Round 1: 200 renames (60 of them with a new tag), 30 creates (half without a hardware id,
+    # which the sync generates and stores before the create), 20 console renames to pull.
+    expected = bulk_edit_local(h, ids[:200], "r1")
+    _edit_tags(h, ids[:60], ["killed-1"])
+    expected.update(bulk_create_local(h, 30, "born-r1", with_hardware_ids=False))
+    pulled = {h.golioth_id_of(d): f"console-{d[:8]}" for d in ids[280:300]}
+    for gid, name in pulled.items():
+        h.edit_remote(gid, name=name)
+    killed = [run_cli(h, cli_env, tmp_path, kill_after_writes=25)]
+
+    # Round 2: re-edit 50 devices of round 1 (their first edit may be half-applied), 10 more creates.
+    expected.update(bulk_edit_local(h, ids[150:200], "r2"))
+    _edit_tags(h, ids[40:60], ["killed-2"])
+    expected.update(bulk_create_local(h, 10, "born-r2"))
+    killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=120))
+
+    # Rounds 3 and 4: no new edits; die part-way through what is left each time. Four kills: as
+    # many as the golioth_api pool has slots, each killed run holding one (see below).
+    killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=35))
+    killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=8))
+
+    for run in killed:
+        assert run["returncode"] == -signal.SIGKILL, run["output"][-3000:]
+        assert run["killed_at"] is not None
+    assert sum(run["writes"] for run in killed) > 200  # the kills really interrupted the writes
+    runs = sync_log_rows(h)
+    assert [r["status"] for r in runs[-4:]] == ["running"] * 4  # nobody finished their log rows
+    killed_run_ids = [r["dagster_run_id"] for r in runs[-4:]]
+
+    # The next run is left alone: it finishes, and a run after it has nothing left to do. It must
+    # not wait for ever on the pool slots the killed runs held (it did, before the CLI learned to
+    # fail runs whose process is gone and free their slots).
+    recovery = run_cli(h, cli_env, tmp_path, kill_after_writes=None, timeout=120)
+    assert recovery["returncode"] == 0, recovery["output"][-3000:]
+    assert sync_log_rows(h)[-1]["status"] == "success"
+    assert "is gone: marked it failed and freed its golioth_api pool slots" in recovery["output"]
+    with sa.create_engine(cli_env["DAGSTER_DATABASE_URL"], poolclass=sa.NullPool).connect() as conn:
+        statuses = dict(conn.execute(sa.text("SELECT run_id, status FROM runs")).all())
+        held = conn.execute(sa.text("SELECT run_id FROM concurrency_slots WHERE run_id IS NOT NULL")).scalars().all()
+    assert [statuses[r] for r in killed_run_ids] == ["FAILURE"] * 4
+    assert held == []
+    h.project.clear_faults()
+    final = h.sync()
+    assert final.status == "success" and final.plan.empty, final.plan
+    assert h.conflicts().empty
+
+    remote = assert_no_duplicates(h)
+    assert len(remote) == 300 + 40
+    local = h.local()
+    links = h.links().set_index("device_id")["golioth_device_id"]
+    tags = h.tag_names()
+    for device_id, name in expected.items():  # the latest local edit, on both sides
+        assert local.loc[device_id, "name"] == name
+        assert remote[links[device_id]]["name"] == name, device_id
+    for device_id in ids[:60]:
+        want = ["killed-2"] if device_id in ids[40:60] else ["killed-1"]
+        assert list(local.loc[device_id, "tags"]) == want
+        assert [tags[t] for t in remote[links[device_id]].get("tagIds", [])] == want
+    for gid, name in pulled.items():  # the console edits arrived too
+        assert remote[gid]["name"] == name
+        assert local.loc[h.device_id_of(gid), "name"] == name
+
+
+def test_killed_run_failed_by_dagster_then_newer_local_edits_win(make_harness, cli_env, tmp_path, monkeypatch):
+    """After a kill, Dagster learns the run is dead (here: the next CLI command's check; in a
+    deployment: run monitoring's max runtime) and the failure sensor finishes its log row as
+    failed. The PATCHes that landed before the kill must still be recognised as our own writes:
+    before, they read as console edits once the row was finished, and every device re-edited
+    locally since became a conflict instead of getting its newer name."""
+    import dagster as dg
+
+    from golioth_assets.cli.dagster_run import fail_dead_cli_runs
+    from golioth_assets.defs.resources import DeviceStore
+    from sensors.failures import _record_stopped_run
+
+    h = make_harness(devices=100, seed=32)
+    assert h.sync().status == "success"
+    ids = list(h.local().sort_index().index)
+    h.project.set_faults(**WRITE_LATENCY)
+    bulk_edit_local(h, ids, "r1")
+    killed = run_cli(h, cli_env, tmp_path, kill_after_writes=40)
+    assert killed["returncode"] == -signal.SIGKILL and 40 <= killed["writes"] < 100
+    landed = [d for d in h.remote().values() if d["name"].endswith("-r1")]
+    assert 40 <= len(landed) < 100
+
+    monkeypatch.setenv("GOLIOTH_SYNC_DAGSTER_PG_URL", cli_env["DAGSTER_DATABASE_URL"])
+    with dg.DagsterInstance.from_config(str(tmp_path / "home" / "dagster")) as instance:
+        [run_id] = fail_dead_cli_runs(instance)
+        dead = instance.get_run_by_id(run_id)
+        assert dead.status == dg.DagsterRunStatus.FAILURE
+        # What the failure sensor does with it (sensors/failures.py), called directly: no daemon here.
+        _record_stopped_run(dead, "the run worker died", DeviceStore(database_url=cli_env["DATABASE_URL"]))
+    assert sync_log_rows(h)[-1]["status"] == "failed"
+
+    expected = bulk_edit_local(h, ids, "r2")  # newer local edits on every device, landed or not
+    h.project.clear_faults()
+    result = h.sync()
+    assert result.status == "success"
+    assert h.conflicts().empty, h.conflicts()[["field", "local_value", "remote_value"]].head()
+    remote, links = assert_no_duplicates(h), h.links().set_index("device_id")["golioth_device_id"]
+    assert {d: remote[links[d]]["name"] for d in ids} == expected
+    assert h.sync().plan.empty
