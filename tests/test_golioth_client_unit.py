@@ -454,7 +454,7 @@ def test_the_key_never_appears_in_repr_errors_or_logs(caplog):
         for text in (str(error), repr(error), repr(error.__dict__), str(error.__cause__)):
             assert KEY not in text
         assert KEY.encode() not in pickle.dumps(error)
-    assert "retry 1/4" in caplog.text  # logging did happen at DEBUG/WARNING
+    assert "retry 1/7" in caplog.text  # logging did happen at DEBUG/WARNING
     assert KEY not in caplog.text
 
 

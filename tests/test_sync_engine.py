@@ -308,3 +308,33 @@ def test_clearing_a_blueprint_locally_clears_it_in_golioth(harness):
     assert after["name"] == before["name"] and after["hardwareIds"] == before["hardwareIds"]
     assert after.get("tagIds", []) == before.get("tagIds", [])
     assert harness.sync().plan.empty
+
+
+def test_console_edit_after_the_plan_is_not_overwritten(harness):
+    """Golioth has no ETag, so each update re-reads the device first: a console edit made between
+    the inventory fetch and our PATCH is kept, and the next run records the conflict."""
+    from golioth_assets.engine import sync as engine
+
+    _first_sync(harness)
+    device_id = harness.local().index[0]
+    gid = harness.golioth_id_of(device_id)
+    harness.edit_local(device_id, name="local-edit")
+
+    db, service = harness.engine, harness.service
+    request = engine.SyncRequest(harness.org)
+    sync_log_id = engine.begin(db, service, request)
+    with engine.open_client(service) as client:
+        scope = engine.resolve_scope(db, service, None)
+        engine.fetch_step(db, service, client, scope, sync_log_id)
+        engine.plan_step(db, service, request, scope, sync_log_id)
+        harness.edit_remote(gid, name="console-edit")  # after the read, before the write
+        outcome = engine.remote_step(db, service, client, sync_log_id)
+    engine.local_step(db, service, sync_log_id)
+    engine.finish(db, sync_log_id)
+
+    assert outcome.counts["skipped"] == 1 and outcome.counts["updated_remote"] == 0
+    assert harness.remote()[gid]["name"] == "console-edit"
+    harness.sync()
+    conflict = harness.conflicts()
+    assert list(conflict["field"]) == ["name"]
+    assert (conflict["local_value"].item(), conflict["remote_value"].item()) == ("local-edit", "console-edit")

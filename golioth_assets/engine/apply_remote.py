@@ -15,7 +15,7 @@ import pandas as pd
 from golioth_assets.core.fields import DESIRED_PREFIX, enabled_fields
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
-from golioth_assets.golioth.models import DeviceCreate, DeviceUpdate
+from golioth_assets.golioth.models import Device, DeviceCreate, DeviceUpdate
 from golioth_assets.engine.golioth_frames import References
 from golioth_assets.store.services import Service
 
@@ -27,7 +27,7 @@ class RemoteOutcome:
     generated_hardware_ids: dict[str, str] = field(default_factory=dict)
     entries: list[dict] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=lambda: {"created_remote": 0, "updated_remote": 0,
-                                                            "deleted_remote": 0, "failures": 0})
+                                                            "deleted_remote": 0, "failures": 0, "skipped": 0})
     auth_error: str | None = None
 
 
@@ -35,8 +35,14 @@ class _DeviceFailure(Exception):
     """A device cannot be written for a reason we know before calling Golioth."""
 
 
+class ChangedInGolioth(Exception):
+    """Golioth's copy of a field we are about to write changed after the inventory was read.
+    Writing now would overwrite that edit silently, so the write is skipped; the next run sees both
+    edits and settles them (a conflict, under the manual policy)."""
+
+
 def _error_text(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, errors.GoliothError | _DeviceFailure) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, errors.GoliothError | _DeviceFailure | ChangedInGolioth) else f"{type(exc).__name__}: {exc}"
 
 
 class RemoteWriter:
@@ -101,16 +107,54 @@ class RemoteWriter:
                 body["enabled"] = bool(value)
         return DeviceUpdate(**body)
 
-    def replace_body(self, current: pd.Series, values: dict[str, Any]) -> DeviceUpdate:
+    def replace_body(self, current: Device, values: dict[str, Any]) -> DeviceUpdate:
         """A full PUT body: Golioth's current device with our changes, and no blueprint."""
         body = self.patch_body({k: v for k, v in values.items() if k != "blueprint"}).model_dump(exclude_unset=True)
-        body.setdefault("name", current["name"])
-        body.setdefault("hardware_ids", list(current["hardware_ids"]))
-        body.setdefault("tag_ids", list(current["tag_ids"]))
-        body.setdefault("enabled", bool(current["enabled"]))
-        if isinstance(current["cohort_id"], str) and current["cohort_id"]:
-            body.setdefault("cohort_id", current["cohort_id"])
+        body.setdefault("name", current.name)
+        body.setdefault("hardware_ids", list(current.hardware_ids))
+        body.setdefault("tag_ids", list(current.tag_ids))
+        body.setdefault("enabled", bool(current.enabled))
+        if current.cohort_id:
+            body.setdefault("cohort_id", current.cohort_id)
         return DeviceUpdate(**body)
+
+    # -- writes that check first ----------------------------------------------------------------------
+    # Golioth has no ETag or conditional write. So each update first re-reads the device and checks
+    # that the fields it is about to change still hold what the plan read; only then does it write.
+    # That shrinks the window in which a console edit can be overwritten from the whole sync (fetch
+    # to PATCH) to one round trip, for one extra GET per changed device.
+
+    def _current_fields(self, device: Device) -> dict[str, Any]:
+        return {
+            "name": device.name,
+            "hardware_ids": list(device.hardware_ids),
+            "tags": [self.refs.tags.get(t, t) for t in device.tag_ids],
+            "blueprint": self.refs.blueprints.get(device.blueprint_id, device.blueprint_id) if device.blueprint_id else None,
+            "cohort": self.refs.cohorts.get(device.cohort_id, device.cohort_id) if device.cohort_id else None,
+            "enabled": device.enabled,
+        }
+
+    def update(self, golioth_device_id: str, values: dict[str, Any], expected: dict[str, Any]) -> None:
+        current = self.client.get_device(golioth_device_id)
+        _check_unchanged(expected, self._current_fields(current))
+        if "blueprint" in values and not values["blueprint"]:
+            self.client.replace_device(golioth_device_id, self.replace_body(current, values))
+        else:
+            self.client.update_device(golioth_device_id, self.patch_body(values))
+
+    def update_state(self, golioth_device_id: str, keys: dict[str, Any], expected: dict[str, Any]) -> None:
+        """Merge changed desired-state keys into Golioth's current object (PUT replaces the object,
+        so keys edited meanwhile by someone else are kept as they are now)."""
+        current = self.client.get_state(golioth_device_id, self.service.desired_state_path)
+        current = current if isinstance(current, dict) else {}
+        _check_unchanged(expected, {DESIRED_PREFIX + k: v for k, v in current.items()})
+        merged = dict(current)
+        for key, value in keys.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        self.client.put_state(golioth_device_id, self.service.desired_state_path, merged)
 
     def create_body(self, local: pd.Series) -> DeviceCreate:
         body: dict[str, Any] = {"name": local["name"], "hardware_ids": list(local["hardware_ids"])}
@@ -192,21 +236,13 @@ def apply_remote(
         patch_rows, state_rows = rows[~is_desired], rows[is_desired]
         if not patch_rows.empty:
             values = dict(zip(patch_rows["field"], patch_rows["new_value"]))
-            if "blueprint" in values and not values["blueprint"] and gid in remote.index:
-                calls[("patch", gid)] = lambda g=gid, v=values: client.replace_device(g, writer.replace_body(remote.loc[g], v))
-            else:
-                calls[("patch", gid)] = lambda g=gid, v=values: client.update_device(g, writer.patch_body(v))
+            expected = dict(zip(patch_rows["field"], patch_rows["old_value"]))
+            calls[("patch", gid)] = lambda g=gid, v=values, e=expected: writer.update(g, v, e)
             rows_of[("patch", gid)] = patch_rows
         if not state_rows.empty:
-            current = remote.at[gid, "desired_state"] if gid in remote.index else {}
-            merged = dict(current if isinstance(current, dict) else {})
-            for f, v in zip(state_rows["field"], state_rows["new_value"]):
-                key = f[len(DESIRED_PREFIX):]
-                if v is None:
-                    merged.pop(key, None)
-                else:
-                    merged[key] = v
-            calls[("state", gid)] = lambda g=gid, m=merged: client.put_state(g, service.desired_state_path, m)
+            keys = {f[len(DESIRED_PREFIX):]: v for f, v in zip(state_rows["field"], state_rows["new_value"])}
+            expected = dict(zip(state_rows["field"], state_rows["old_value"]))
+            calls[("state", gid)] = lambda g=gid, k=keys, e=expected: writer.update_state(g, k, e)
             rows_of[("state", gid)] = state_rows
     for gid, rows in deletes.groupby("golioth_device_id", sort=False):
         calls[("delete", gid)] = lambda g=gid: _delete(client, g)
@@ -220,7 +256,8 @@ def apply_remote(
         error = _error_text(result) if failed else None
         if isinstance(result, errors.AuthenticationError):
             outcome.auth_error = error
-        status = "failed" if failed else "applied"
+        skipped = isinstance(result, ChangedInGolioth)
+        status = "skipped" if skipped else "failed" if failed else "applied"
         outcome.plan_status += [{"id": int(i), "status": status, "error": error} for i in rows["id"]]
         first = rows.iloc[0]
         device_id = first["device_id"]
@@ -240,7 +277,7 @@ def apply_remote(
             }
         )
         if failed:
-            outcome.counts["failures"] += 1
+            outcome.counts["skipped" if skipped else "failures"] += 1
             continue
         if kind == "create":
             outcome.counts["created_remote"] += 1
@@ -276,3 +313,13 @@ def _base_of(local: pd.Series, fields: tuple[str, ...]) -> dict[str, Any]:
         desired = local["desired_state"] if isinstance(local["desired_state"], dict) else {}
         base["desired_state"] = {k: v for k, v in desired.items() if v is not None}
     return base
+
+
+def _check_unchanged(expected: dict[str, Any], current: dict[str, Any]) -> None:
+    from golioth_assets.core.normalize import encode
+
+    moved = [f for f, old in expected.items() if encode(f, current.get(f)) != encode(f, old)]
+    if moved:
+        raise ChangedInGolioth(
+            f"{', '.join(sorted(moved))} changed in Golioth during the sync; not overwritten, the next run settles it"
+        )

@@ -31,7 +31,10 @@ MAYBE_SENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolEr
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 5
+    # Per request. Under rate limiting, 16 threads share one quota, so one page can meet several
+    # 429s in a row before its turn: 8 attempts ride that out; the per-client budget still bounds
+    # the total.
+    max_attempts: int = 8
     base_delay: float = 0.5
     max_delay: float = 30.0
     budget: int = 200
