@@ -6,9 +6,9 @@ the Golioth console. After the next sync, every edit must be accounted for: it i
 on both sides, or a later edit to the same field superseded it, or it sits in a recorded conflict.
 Nothing is silently overwritten...
 
-...except in one window that Golioth's API cannot close: it has no ETag or conditional PATCH, so a
-console edit made after the sync read the device and before its PATCH of the same field lands is
-overwritten by that PATCH. The random test classifies such losses precisely (the run had read the
+...except in one window that Golioth's API cannot close: it has no ETag or conditional PATCH. Each
+update re-reads the device first and skips a field that moved, so what remains is a console edit
+landing between that re-read and the PATCH of the same field. The random test classifies such losses precisely (the run had read the
 device before the edit, and pushed a value for that very field) and allows only those; a
 deterministic test demonstrates the window. docs/reliability.md documents it.
 """
@@ -175,8 +175,9 @@ def test_concurrent_edits_on_both_sides_during_a_sync_are_never_silently_lost(ma
 
 
 def test_known_limit_console_edit_between_read_and_patch_is_overwritten(make_harness, monkeypatch):
-    """Golioth has no ETag: a PATCH cannot say "only if the name is still what I read". A console
-    edit landing after the sync's inventory fetch and before its PATCH of the same field is lost.
+    """Golioth has no ETag: a PATCH cannot say "only if the name is still what I read". The sync
+    re-reads the device just before the PATCH; a console edit landing after that re-read and before
+    the PATCH is processed is lost (the PATCH is slowed by 1.5 s here to make that window hittable).
     This test pins the window down; if it ever fails, the limit is gone: update docs/reliability.md."""
     h = make_harness(devices=5, seed=72)
     assert h.sync().status == "success"
