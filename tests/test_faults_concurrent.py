@@ -86,6 +86,7 @@ def _run_sync_recording_fetch(h, monkeypatch) -> tuple[threading.Thread, dict]:
         return result
 
     def update_device(self, device_id, body):
+        seen.setdefault("patch_sent_at", time.monotonic())  # the re-read check has passed
         result = real_update(self, device_id, body)
         seen["patched_at"][device_id] = time.monotonic()
         return result
@@ -188,10 +189,10 @@ def test_known_limit_console_edit_between_read_and_patch_is_overwritten(make_har
 
     thread, seen = _run_sync_recording_fetch(h, monkeypatch)
     deadline = time.monotonic() + 30
-    while "fetched_at" not in seen:
+    while "patch_sent_at" not in seen:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    time.sleep(0.3)  # the plan is made, the PATCH is on its way
+    time.sleep(0.3)  # the re-read is done and the (slowed) PATCH is on its way
     h.edit_remote(gid, name="console-edit-in-the-window")
     thread.join(60)
     h.project.clear_faults()
