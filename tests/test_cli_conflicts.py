@@ -40,36 +40,14 @@ def dagster_env(db_env, tmp_path, monkeypatch):
     return tmp_path / "home" / "dagster"
 
 
-def make_conflict(h, device_id=None, *, local="local-name", remote="remote-name"):
-    """Both sides rename the same device; the next sync records a pending conflict on `name`."""
-    if h.links().empty:
-        assert h.sync().status == "success"
-    device_id = device_id or h.local().sort_index().index[0]
-    gid = h.golioth_id_of(device_id)
-    h.edit_local(device_id, name=local)
-    h.edit_remote(gid, name=remote)
-    h.sync()
-    pending = h.conflicts()
-    row = pending[(pending["device_id"].astype(str) == device_id) & (pending["field"] == "name")]
-    assert len(row) == 1
-    return int(row["id"].item()), device_id, gid
 
 
-def changed_by(h, device_id) -> list[str]:
-    with h.engine.connect() as conn:
-        return conn.execute(
-            sa.text("SELECT changed_by FROM golioth_sync_log_entries WHERE device_id = :d AND changed_by IS NOT NULL"),
-            {"d": device_id},
-        ).scalars().all()
 
 
-def status_of(h, conflict_id) -> dict:
-    with h.engine.connect() as conn:
-        return dict(conn.execute(sa.text("SELECT * FROM device_conflicts WHERE id = :i"), {"i": conflict_id}).mappings().one())
 
 
 def test_list_and_show_side_by_side(db_env, harness):
-    cid, device_id, gid = make_conflict(harness)
+    cid, device_id, gid = harness.make_conflict()
     listed = run("conflicts", "list", "--org", harness.org)
     assert listed.exit_code == 0, listed.output
     assert str(cid) in listed.output and '"local-name"' in listed.output and '"remote-name"' in listed.output
@@ -77,7 +55,7 @@ def test_list_and_show_side_by_side(db_env, harness):
     shown = run("conflicts", "show", str(cid))
     assert shown.exit_code == 0, shown.output
     assert "base (last agreed)" in shown.output and "remote (Golioth)" in shown.output
-    base = status_of(harness, cid)["base_value"]
+    base = harness.conflict(cid)["base_value"]
     header = next(line for line in shown.output.splitlines() if '"local-name"' in line)
     # One row, three columns: base, local, remote, in that order.
     assert header.index(f'"{base}"') < header.index('"local-name"') < header.index('"remote-name"')
@@ -91,36 +69,36 @@ def test_list_and_show_side_by_side(db_env, harness):
     [(["--use", "local"], "local-name"), (["--use", "remote"], "remote-name"), (["--value", '"operator-name"'], "operator-name")],
 )
 def test_resolution_by_cli_is_applied_by_the_next_sync(db_env, harness, args, chosen):
-    cid, device_id, gid = make_conflict(harness)
+    cid, device_id, gid = harness.make_conflict()
     result = run("conflicts", "resolve", str(cid), *args, "--by", "alice")
     assert result.exit_code == 0, result.output
     assert f"conflict {cid} resolved" in result.output and "by alice" in result.output
-    assert status_of(harness, cid)["status"] == "resolved"
+    assert harness.conflict(cid)["status"] == "resolved"
 
     harness.sync()
     assert harness.local().loc[device_id, "name"] == chosen
     assert harness.remote()[gid]["name"] == chosen
-    row = status_of(harness, cid)
+    row = harness.conflict(cid)
     assert (row["status"], row["resolved_by"]) == ("applied", "alice")
-    assert "alice" in changed_by(harness, device_id)
+    assert "alice" in harness.changed_by(device_id)
     assert harness.sync().plan.empty
 
 
 def test_a_resolution_is_applied_while_another_conflict_stays_pending(db_env, harness):
     # Regression: the plan then mixes rows with and without a conflict id (pandas makes it 3.0).
-    resolved, d1, g1 = make_conflict(harness, local="l1", remote="r1")
-    pending, d2, g2 = make_conflict(harness, harness.local().sort_index().index[1], local="l2", remote="r2")
+    resolved, d1, g1 = harness.make_conflict(local="l1", remote="r1")
+    pending, d2, g2 = harness.make_conflict(harness.local().sort_index().index[1], local="l2", remote="r2")
     assert run("conflicts", "resolve", str(resolved), "--use", "remote", "--by", "gil").exit_code == 0
     assert harness.sync().status == "success"
     assert (harness.local().loc[d1, "name"], harness.remote()[g1]["name"]) == ("r1", "r1")
-    assert (status_of(harness, resolved)["status"], status_of(harness, pending)["status"]) == ("applied", "pending")
+    assert (harness.conflict(resolved)["status"], harness.conflict(pending)["status"]) == ("applied", "pending")
     assert (harness.local().loc[d2, "name"], harness.remote()[g2]["name"]) == ("l2", "r2")
 
 
 def test_bulk_resolution_of_an_organization(db_env, harness):
-    first, d1, g1 = make_conflict(harness, local="l1", remote="r1")
+    first, d1, g1 = harness.make_conflict(local="l1", remote="r1")
     second_device = harness.local().sort_index().index[1]
-    second, d2, g2 = make_conflict(harness, second_device, local="l2", remote="r2")
+    second, d2, g2 = harness.make_conflict(second_device, local="l2", remote="r2")
     usage = run("conflicts", "resolve", "--all", "--use", "remote", "--by", "bob")
     assert usage.exit_code == 2 and "--all needs --org" in usage.output
 
@@ -132,12 +110,12 @@ def test_bulk_resolution_of_an_organization(db_env, harness):
     local = harness.local()
     assert (local.loc[d1, "name"], remote[g1]["name"]) == ("r1", "r1")
     assert (local.loc[d2, "name"], remote[g2]["name"]) == ("r2", "r2")
-    assert {status_of(harness, c)["status"] for c in (first, second)} == {"applied"}
-    assert "bob" in changed_by(harness, d1) and "bob" in changed_by(harness, d2)
+    assert {harness.conflict(c)["status"] for c in (first, second)} == {"applied"}
+    assert "bob" in harness.changed_by(d1) and "bob" in harness.changed_by(d2)
 
 
 def test_bad_input_gives_one_line_and_a_nonzero_exit(db_env, harness, make_harness):
-    cid, _, _ = make_conflict(harness)
+    cid, _, _ = harness.make_conflict()
     other = make_harness(devices=2)
 
     assert "no conflict with id 99999999" in one_line_error(run("conflicts", "resolve", "99999999", "--use", "local", "--by", "a"))
@@ -159,25 +137,25 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(db_env, harness, make_harne
     assert run("conflicts", "resolve", str(cid), "--use", "sideways", "--by", "a").exit_code == 2
 
     # None of it changed anything.
-    row = status_of(harness, cid)
+    row = harness.conflict(cid)
     assert (row["status"], row["resolved_by"], row["resolution"]) == ("pending", None, None)
 
 
 def test_explicit_ids_are_all_or_nothing(db_env, harness):
-    first, _, _ = make_conflict(harness, local="l1", remote="r1")
-    second, _, _ = make_conflict(harness, harness.local().sort_index().index[1], local="l2", remote="r2")
+    first, _, _ = harness.make_conflict(local="l1", remote="r1")
+    second, _, _ = harness.make_conflict(harness.local().sort_index().index[1], local="l2", remote="r2")
     assert run("conflicts", "resolve", str(second), "--use", "local", "--by", "ann").exit_code == 0
     both = run("conflicts", "resolve", str(first), str(second), "--use", "remote", "--by", "ben")
     assert f"conflict {second} is already resolved (local, by ann)" in one_line_error(both)
-    assert status_of(harness, first)["status"] == "pending"  # rolled back with the refusal
+    assert harness.conflict(first)["status"] == "pending"  # rolled back with the refusal
 
 
 def test_resolving_a_settled_conflict_says_so_and_changes_nothing(db_env, harness):
-    cid, device_id, gid = make_conflict(harness)
+    cid, device_id, gid = harness.make_conflict()
     assert run("conflicts", "resolve", str(cid), "--use", "local", "--by", "alice").exit_code == 0
     again = one_line_error(run("conflicts", "resolve", str(cid), "--use", "remote", "--by", "mallory"))
     assert again == f"Error: conflict {cid} is already resolved (local, by alice); the next sync applies it; nothing changed"
-    row = status_of(harness, cid)
+    row = harness.conflict(cid)
     assert (row["resolution"], row["resolved_by"], row["resolved_value"]) == ("local", "alice", "local-name")
 
     harness.sync()
@@ -185,17 +163,17 @@ def test_resolving_a_settled_conflict_says_so_and_changes_nothing(db_env, harnes
     assert f"conflict {cid} is already applied (local, by alice)" in applied
 
     # Superseded: the sides converge on their own before anyone decides.
-    cid2, device2, _ = make_conflict(harness, harness.local().sort_index().index[2], local="a", remote="b")
+    cid2, device2, _ = harness.make_conflict(harness.local().sort_index().index[2], local="a", remote="b")
     harness.edit_local(device2, name="b")
     harness.sync()
     superseded = one_line_error(run("conflicts", "resolve", str(cid2), "--use", "local", "--by", "alice"))
     assert f"conflict {cid2} was superseded" in superseded
-    assert status_of(harness, cid2)["resolved_by"] is None
+    assert harness.conflict(cid2)["resolved_by"] is None
 
 
 def test_concurrent_resolutions_exactly_one_wins(db_env, harness):
     """Eight operators resolve each conflict at once, each differently: one wins, seven are told."""
-    conflict_ids = [make_conflict(harness, d, local=f"l{i}", remote=f"r{i}")[0] for i, d in enumerate(harness.local().sort_index().index[:3])]
+    conflict_ids = [harness.make_conflict(d, local=f"l{i}", remote=f"r{i}")[0] for i, d in enumerate(harness.local().sort_index().index[:3])]
     for cid in conflict_ids:
         barrier = threading.Barrier(8)
         outcomes: dict[str, object] = {}
@@ -216,7 +194,7 @@ def test_concurrent_resolutions_exactly_one_wins(db_env, harness):
             t.join()
         winners = [name for name, outcome in outcomes.items() if outcome == "won"]
         assert len(outcomes) == 8 and len(winners) == 1, outcomes
-        row = status_of(harness, cid)
+        row = harness.conflict(cid)
         assert row["status"] == "resolved" and row["resolved_by"] == winners[0]
         losers = [o for o in outcomes.values() if o != "won"]
         assert all(f"already resolved ({row['resolution']}, by {winners[0]})" in str(o) for o in losers)
@@ -233,18 +211,18 @@ def test_identity_conflicts_cannot_take_a_side(db_env, harness):
     assert f"conflict {cid} is an identity conflict: fix the hardware ids" in line
     bulk = run("conflicts", "resolve", "--org", harness.org, "--all", "--use", "local", "--by", "a")
     assert bulk.exit_code == 0 and "resolved 0 conflict(s)" in bulk.output and f"skipped {cid}" in bulk.output
-    assert status_of(harness, cid)["status"] == "pending"
+    assert harness.conflict(cid)["status"] == "pending"
 
 
 @pytest.mark.slow
 def test_now_runs_a_targeted_sync_through_dagster(dagster_env, harness):
-    cid, device_id, gid = make_conflict(harness)
+    cid, device_id, gid = harness.make_conflict()
     result = run("conflicts", "resolve", str(cid), "--use", "remote", "--by", "dora", "--now")
     assert result.exit_code == 0, result.output
     assert f"applied to both sides: {cid}" in result.output
     assert harness.local().loc[device_id, "name"] == "remote-name"
     assert harness.remote()[gid]["name"] == "remote-name"
-    assert "dora" in changed_by(harness, device_id)
+    assert "dora" in harness.changed_by(device_id)
     with dg.DagsterInstance.from_config(str(dagster_env)) as instance:
         runs = instance.get_run_records(dg.RunsFilter(tags={"golioth-sync/org": harness.org}))
     assert len(runs) == 1 and runs[0].dagster_run.job_name == "golioth_targeted_sync"

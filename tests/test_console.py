@@ -80,31 +80,10 @@ def flash(client: httpx.Client, response: httpx.Response) -> str:
     return html.unescape(found.group(1)) if found else ""
 
 
-def make_conflict(h, index=0, local="local-name", remote="remote-name"):
-    if h.links().empty:
-        h.sync()
-    device_id = h.local().sort_index().index[index]
-    gid = h.golioth_id_of(device_id)
-    h.edit_local(device_id, name=local)
-    h.edit_remote(gid, name=remote)
-    h.sync()
-    pending = h.conflicts()
-    return int(pending[pending["device_id"].astype(str) == device_id]["id"].item()), device_id, gid
 
 
-def conflict_row(h, cid) -> dict:
-    with h.engine.connect() as conn:
-        return dict(conn.execute(sa.text("SELECT * FROM device_conflicts WHERE id = :i"), {"i": cid}).mappings().one())
 
 
-def changed_by(h, device_id) -> set[str]:
-    with h.engine.connect() as conn:
-        return set(
-            conn.execute(
-                sa.text("SELECT changed_by FROM golioth_sync_log_entries WHERE device_id = :d AND changed_by IS NOT NULL"),
-                {"d": device_id},
-            ).scalars()
-        )
 
 
 # -- pages ------------------------------------------------------------------------------------------
@@ -112,7 +91,7 @@ def changed_by(h, device_id) -> set[str]:
 
 def test_status_page_shows_last_sync_next_due_counts_and_dagster_link(harness, browser):
     harness.sync()
-    make_conflict(harness)
+    harness.make_conflict()
     with harness.engine.begin() as conn:
         conn.execute(sa.text("UPDATE golioth_sync_log SET dagster_run_id = 'abc-123' WHERE organization_id = :o"), {"o": harness.org})
         started = conn.execute(
@@ -130,11 +109,11 @@ def test_status_page_shows_last_sync_next_due_counts_and_dagster_link(harness, b
 
 
 def test_conflict_queue_shows_values_side_by_side(harness, browser):
-    cid, _, _ = make_conflict(harness)
+    cid, _, _ = harness.make_conflict()
     page = browser.get("/conflicts", params={"org": harness.org})
     assert page.status_code == 200
     card = re.search(rf'<article class="conflict" id="conflict-{cid}".*?</article>', page.text, re.S).group(0)
-    base = conflict_row(harness, cid)["base_value"]
+    base = harness.conflict(cid)["base_value"]
     sides = re.findall(r'<div class="side (\w+)"><h3>.*?</h3><pre>(.*?)</pre></div>', card, re.S)
     assert [(s, html.unescape(v)) for s, v in sides] == [("base", json.dumps(base)), ("local", '"local-name"'), ("remote", '"remote-name"')]
     for button in ("Use local", "Use Golioth", "Use this value"):
@@ -146,27 +125,27 @@ def test_conflict_queue_shows_values_side_by_side(harness, browser):
 
 @pytest.mark.parametrize(("form", "chosen"), [({"use": "remote"}, "remote-name"), ({"use": "value", "value": '"typed-in"'}, "typed-in")])
 def test_resolve_through_the_console_is_applied_by_the_next_sync(harness, browser, form, chosen):
-    cid, device_id, gid = make_conflict(harness)
-    other, _, _ = make_conflict(harness, 1, "l2", "r2")
+    cid, device_id, gid = harness.make_conflict()
+    other, _, _ = harness.make_conflict(1, "l2", "r2")
     back = f"/conflicts?org={harness.org}"
     response = post(browser, f"/conflicts/{cid}/resolve", {**form, "by": "carol", "back": back}, token_from=back)
     message = flash(browser, response)
     assert f"conflict {cid} resolved" in message and "by carol" in message
     assert response.headers["location"] == back
-    assert conflict_row(harness, cid)["status"] == "resolved"
+    assert harness.conflict(cid)["status"] == "resolved"
 
     harness.sync()
     assert harness.local().loc[device_id, "name"] == chosen
     assert harness.remote()[gid]["name"] == chosen
-    row = conflict_row(harness, cid)
+    row = harness.conflict(cid)
     assert (row["status"], row["resolved_by"]) == ("applied", "carol")
-    assert "carol" in changed_by(harness, device_id)
+    assert "carol" in harness.changed_by(device_id)
     # The name is remembered for the next form.
     assert 'name="by" value="carol"' in browser.get(f"/conflicts/{other}").text
 
 
 def test_console_refusals_change_nothing(harness, browser):
-    cid, _, _ = make_conflict(harness)
+    cid, _, _ = harness.make_conflict()
     page = f"/conflicts/{cid}"
     bad_json = flash(browser, post(browser, f"/conflicts/{cid}/resolve", {"use": "value", "value": "{nope", "by": "x"}, token_from=page))
     assert "the value is not valid JSON" in bad_json
@@ -177,7 +156,7 @@ def test_console_refusals_change_nothing(harness, browser):
         assert bounced.headers["location"] == f"/conflicts/{cid}"  # never an open redirect
         assert "choose local, remote or value" in flash(browser, bounced)
     assert 'name="by" value="Ada Lovelace"' in browser.get(page).text
-    assert conflict_row(harness, cid)["status"] == "pending"
+    assert harness.conflict(cid)["status"] == "pending"
     # Two operators had the page open; the first one's click wins, the second is told.
     with httpx.Client(base_url=browser.base_url) as second:
         token = csrf(second.get(page))  # the second operator's page, still showing the buttons
@@ -185,11 +164,11 @@ def test_console_refusals_change_nothing(harness, browser):
         late = second.post(f"/conflicts/{cid}/resolve", data={"csrf": token, "use": "remote", "by": "b"})
         again = flash(second, late)
     assert again == f"conflict {cid} is already resolved (local, by a); the next sync applies it; nothing changed"
-    assert conflict_row(harness, cid)["resolved_by"] == "a"
+    assert harness.conflict(cid)["resolved_by"] == "a"
 
 
 def test_posts_need_the_session_csrf_token_and_same_origin(harness, browser, console):
-    cid, _, _ = make_conflict(harness)
+    cid, _, _ = harness.make_conflict()
     page = browser.get(f"/conflicts/{cid}")
     token = csrf(page)
     # No token, a wrong token, another session's token, a cross-site origin: all refused.
@@ -205,7 +184,7 @@ def test_posts_need_the_session_csrf_token_and_same_origin(harness, browser, con
         f"/conflicts/{cid}/resolve", data={"csrf": token, "use": "local", "by": "eve"}, headers={"sec-fetch-site": "cross-site"}
     )
     assert cross_site.status_code == 403
-    assert conflict_row(harness, cid)["status"] == "pending"
+    assert harness.conflict(cid)["status"] == "pending"
     # DNS rebinding: a loopback console answers loopback host names only.
     assert browser.get("/", headers={"host": "evil.example"}).status_code == 421
     headers = browser.get("/").headers
@@ -269,7 +248,7 @@ def test_add_a_service_from_the_console(engine, browser, sim_project, monkeypatc
 
 
 def test_history_pages_show_the_device_audit_trail(harness, browser):
-    cid, device_id, gid = make_conflict(harness)
+    cid, device_id, gid = harness.make_conflict()
     with harness.engine.begin() as conn:
         from golioth_assets.store import conflicts as conflict_store
 

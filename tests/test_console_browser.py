@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from golioth_assets.console.app import create_app
 from golioth_assets.store import webhook_events as inbox
-from tests.test_console import ConsoleServer, make_conflict
+from tests.test_console import ConsoleServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -64,14 +64,6 @@ def console(engine, monkeypatch):
         server.stop()
 
 
-def _changed_by(h, device_id) -> set[str]:
-    with h.engine.connect() as conn:
-        return set(
-            conn.execute(
-                sa.text("SELECT changed_by FROM golioth_sync_log_entries WHERE device_id = :d AND changed_by IS NOT NULL"),
-                {"d": device_id},
-            ).scalars()
-        )
 
 
 def _status(h, cid) -> dict:
@@ -81,9 +73,9 @@ def _status(h, cid) -> dict:
 
 def test_resolve_conflicts_by_clicking_then_sync_applies_them(make_harness, console, chromium, shots):
     h = make_harness(devices=12)
-    use_golioth, d1, g1 = make_conflict(h, 0, "porch-sensor-local", "porch-sensor-golioth")
-    edited, d2, g2 = make_conflict(h, 1, "garage-local", "garage-golioth")
-    untouched, _, _ = make_conflict(h, 2, "attic-local", "attic-golioth")
+    use_golioth, d1, g1 = h.make_conflict(0, "porch-sensor-local", "porch-sensor-golioth")
+    edited, d2, g2 = h.make_conflict(1, "garage-local", "garage-golioth")
+    untouched, _, _ = h.make_conflict(2, "attic-local", "attic-golioth")
 
     page = chromium.new_page(viewport={"width": 1440, "height": 900})
     try:
@@ -124,7 +116,7 @@ def test_resolve_conflicts_by_clicking_then_sync_applies_them(make_harness, cons
         assert (h.local().loc[d1, "name"], h.remote()[g1]["name"]) == ("porch-sensor-golioth", "porch-sensor-golioth")
         assert (h.local().loc[d2, "name"], h.remote()[g2]["name"]) == ("garage-door-sensor", "garage-door-sensor")
         assert {_status(h, c)["status"] for c in (use_golioth, edited)} == {"applied"}
-        assert "grace" in _changed_by(h, d1) and "grace" in _changed_by(h, d2)
+        assert "grace" in h.changed_by(d1) and "grace" in h.changed_by(d2)
 
         # The audit trail in the console says who chose.
         page.goto(f"{console.url}/history?org={h.org}")

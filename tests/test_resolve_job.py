@@ -26,31 +26,10 @@ def launch(instance, db_url, **config):
     )
 
 
-def make_conflict(h, index=0, local="local-name", remote="remote-name"):
-    if h.links().empty:
-        h.sync()
-    device_id = h.local().sort_index().index[index]
-    gid = h.golioth_id_of(device_id)
-    h.edit_local(device_id, name=local)
-    h.edit_remote(gid, name=remote)
-    h.sync()
-    pending = h.conflicts()
-    return int(pending[pending["device_id"].astype(str) == device_id]["id"].item()), device_id, gid
 
 
-def conflict(h, cid) -> dict:
-    with h.engine.connect() as conn:
-        return dict(conn.execute(sa.text("SELECT * FROM device_conflicts WHERE id = :i"), {"i": cid}).mappings().one())
 
 
-def changed_by(h, device_id) -> set[str]:
-    with h.engine.connect() as conn:
-        return set(
-            conn.execute(
-                sa.text("SELECT changed_by FROM golioth_sync_log_entries WHERE device_id = :d AND changed_by IS NOT NULL"),
-                {"d": device_id},
-            ).scalars()
-        )
 
 
 def test_launchpad_config_offers_the_choices_by_name():
@@ -73,7 +52,7 @@ def test_registered_in_definitions():
     [("remote", None, "remote-name"), ("local", None, "local-name"), ("value", '"from-dagster"', "from-dagster")],
 )
 def test_resolve_job_then_sync_applies_the_choice(harness, instance, db_url, choice, value_json, chosen):
-    cid, device_id, gid = make_conflict(harness)
+    cid, device_id, gid = harness.make_conflict()
     config = {"conflict_ids": [cid], "choice": choice, "resolved_by": "dagster-dan"}
     if value_json is not None:
         config["value_json"] = value_json
@@ -83,22 +62,22 @@ def test_resolve_job_then_sync_applies_the_choice(harness, instance, db_url, cho
     metadata = materialization.event_specific_data.metadata
     assert metadata["resolved"].value == 1 and metadata["conflict_ids"].value == [cid]
     assert metadata["device_ids"].value == {harness.org: [device_id]}
-    assert conflict(harness, cid)["status"] == "resolved"
+    assert harness.conflict(cid)["status"] == "resolved"
 
     harness.sync()
     assert harness.local().loc[device_id, "name"] == chosen
     assert harness.remote()[gid]["name"] == chosen
-    row = conflict(harness, cid)
+    row = harness.conflict(cid)
     assert (row["status"], row["resolved_by"]) == ("applied", "dagster-dan")
-    assert "dagster-dan" in changed_by(harness, device_id)
+    assert "dagster-dan" in harness.changed_by(device_id)
 
 
 def test_all_pending_of_an_organization(harness, instance, db_url):
-    first, d1, _ = make_conflict(harness, 0, "a1", "b1")
-    second, d2, _ = make_conflict(harness, 1, "a2", "b2")
+    first, d1, _ = harness.make_conflict(0, "a1", "b1")
+    second, d2, _ = harness.make_conflict(1, "a2", "b2")
     result = launch(instance, db_url, organization_id=harness.org, all_pending=True, choice="local", resolved_by="ops")
     assert result.success
-    assert {conflict(harness, c)["resolution"] for c in (first, second)} == {"local"}
+    assert {harness.conflict(c)["resolution"] for c in (first, second)} == {"local"}
     harness.sync()
     remote = harness.remote()
     assert remote[harness.golioth_id_of(d1)]["name"] == "a1" and remote[harness.golioth_id_of(d2)]["name"] == "a2"
@@ -115,7 +94,7 @@ def test_all_pending_of_an_organization(harness, instance, db_url):
     ],
 )
 def test_refusals_fail_the_run_and_change_nothing(harness, instance, db_url, config, message):
-    cid, _, _ = make_conflict(harness)
+    cid, _, _ = harness.make_conflict()
     config = {"conflict_ids": [cid], "resolved_by": "x", **config}
     if config.get("all_pending"):
         config.pop("conflict_ids")
@@ -123,15 +102,15 @@ def test_refusals_fail_the_run_and_change_nothing(harness, instance, db_url, con
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert message in failure.step_failure_data.error.message or message in str(failure.step_failure_data.user_failure_data.description)
-    assert conflict(harness, cid)["status"] == "pending"
+    assert harness.conflict(cid)["status"] == "pending"
 
 
 def test_an_already_resolved_conflict_fails_the_run_saying_so(harness, instance, db_url):
-    cid, _, _ = make_conflict(harness)
+    cid, _, _ = harness.make_conflict()
     assert launch(instance, db_url, conflict_ids=[cid], choice="local", resolved_by="first").success
     again = launch(instance, db_url, conflict_ids=[cid], choice="remote", resolved_by="second")
     assert not again.success
     failure = next(e for e in again.all_events if e.is_step_failure)
     assert f"conflict {cid} is already resolved (local, by first)" in failure.step_failure_data.user_failure_data.description
-    row = conflict(harness, cid)
+    row = harness.conflict(cid)
     assert (row["resolution"], row["resolved_by"]) == ("local", "first")
