@@ -240,7 +240,7 @@ def test_add_a_service_from_the_console(engine, browser, sim_project, monkeypatc
         "conflict_policy": "manual", "desired_state_path": "desired", "webhook_secret_header": "x-golioth-sync-secret",
     }
     response = post(browser, "/services/new", [*form.items(), ("field_groups", "identity")], token_from="/services/new")
-    assert f"added service" in flash(browser, response)
+    assert "added service" in flash(browser, response)
     with engine.connect() as conn:
         added = service_store.service_for_org(conn, org)
     assert (added.direction, added.field_groups, added.api_key_env) == ("import", ["identity"], "GS_CONSOLE_ADD_KEY")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from golioth_assets.defs.resolve import Choice, ResolveConfig, resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore

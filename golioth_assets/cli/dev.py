@@ -141,7 +141,7 @@ def dev(
     from golioth_assets.cli.dagster_run import run_sync_job
     from golioth_assets.cli.render import summary_table
     from golioth_assets.cli.runtime import PROJECT_ROOT, WORKSPACE_YAML, prepare
-    from golioth_assets.simulator import EventsTarget, ProjectSpec, SimulatorServer, WebhookTarget
+    from golioth_assets.simulator import ProjectSpec, SimulatorServer
     from golioth_assets.store import sync_log
 
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from golioth_assets.core.fields import (
     SCALAR_FIELDS,
     enabled_fields,
 )
-from golioth_assets.core.match import Matching, match_devices
+from golioth_assets.core.match import match_devices
 from golioth_assets.core.normalize import (
     NO_BASE,
     NULL,
