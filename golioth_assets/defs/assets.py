@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from golioth_assets.defs.config import SyncRunConfig
-from golioth_assets.defs.metadata import counts, duration, preview
+from golioth_assets.defs.metadata import PREVIEW_ROWS, counts, duration, markdown_table, preview
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.engine import sync as engine
@@ -130,17 +130,34 @@ def golioth_device_inventory(
 def local_devices(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.MaterializeResult:
     started = time.perf_counter()
     db = store.migrated_engine()
+    org = context.partition_key
+    # Counts and a preview only: the reconciliation loads the devices itself (from PostgreSQL, maybe
+    # in another process), so loading all of them here (seconds at 100k) would be for nothing.
     with db.connect() as conn:
-        frame = devices.load_devices(conn, context.partition_key)
-    live = frame[frame["deleted_at"].isna()]
+        live, soft_deleted = conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) "
+                "FROM devices WHERE organization_id = :o"
+            ),
+            {"o": org},
+        ).one()
+        first = conn.execute(
+            sa.text(
+                "SELECT id::text FROM devices WHERE organization_id = :o AND deleted_at IS NULL "
+                "ORDER BY name, id LIMIT :n"
+            ),
+            {"o": org, "n": PREVIEW_ROWS},
+        ).scalars().all()
+        shown = devices.load_devices(conn, org, device_ids=first).sort_values(["name", "device_id"])
+    table = markdown_table(shown, ["name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"])
+    if live > len(shown):
+        table += f"\n\n_…and {live - len(shown)} more rows (see the table in PostgreSQL)_"
     return dg.MaterializeResult(
         metadata={
             "duration_seconds": duration(started),
-            "devices": dg.MetadataValue.int(len(live)),
-            "soft_deleted": dg.MetadataValue.int(len(frame) - len(live)),
-            "preview": preview(
-                live.sort_values("name"), ["name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"]
-            ),
+            "devices": dg.MetadataValue.int(live),
+            "soft_deleted": dg.MetadataValue.int(soft_deleted),
+            "preview": dg.MetadataValue.md(table),
         }
     )
 
@@ -278,21 +295,40 @@ def local_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, g
     )
 
 
-CONVERGENCE_SAMPLE = 500
+CONVERGENCE_PER_KIND = 10  # devices re-checked per kind of write (side, action, field)
+CONVERGENCE_SAMPLE = 200  # and at most this many in all
 
 
 def _left_to_do(db, service, sync_log_id: int, golioth: GoliothApi) -> int:
-    """Re-read the devices this run wrote (up to CONVERGENCE_SAMPLE) on both sides and diff again."""
+    """Diff again a sample of the devices this run wrote: up to CONVERGENCE_PER_KIND of each kind of
+    write (side, action, field), so every kind is covered however large the run.
+
+    Devices the run wrote in Golioth are re-read from it. Devices it wrote only locally are diffed
+    against the inventory this very run fetched, which their writes were planned from: re-reading
+    them from Golioth (a GET and a state GET each) would only cost requests. A sample, not every
+    device: the check is there to catch a kind of write that does not converge (a field that
+    doesn't round-trip), and failed writes have their own check."""
     with db.connect() as conn:
         plan = sync_log.load_plan(conn, sync_log_id)
     touched = plan[(plan["status"] == "applied") & plan["action"].isin(["create", "update", "delete"])]
-    ids = sorted(set(touched["golioth_device_id"].dropna()) | set(touched["device_id"].dropna()))[:CONVERGENCE_SAMPLE]
-    if not ids:
+    if touched.empty:
         return 0
+    touched = touched.assign(key=touched["device_id"].where(touched["device_id"].notna(), touched["golioth_device_id"]))
+    sample: dict[str, None] = {}
+    for _, rows in touched.groupby(["side", "action", touched["field"].fillna("")], sort=True):
+        sample.update(dict.fromkeys(sorted(set(rows["key"]))[:CONVERGENCE_PER_KIND]))
+    picked = touched[touched["key"].isin(list(sample)[:CONVERGENCE_SAMPLE])]
+
+    def ids_of(rows) -> list[str]:
+        return sorted(set(rows["golioth_device_id"].dropna()) | set(rows["device_id"].dropna()))
+
+    ids = ids_of(picked)
     request = engine.SyncRequest(service.organization_id, device_ids=ids, dry_run=True)
     scope = engine.resolve_scope(db, service, ids)
-    with golioth.client_for(service) as client:
-        engine.fetch_step(db, service, client, scope)
+    written_in_golioth = ids_of(picked[picked["side"] == "remote"])
+    if written_in_golioth:
+        with golioth.client_for(service) as client:
+            engine.fetch_step(db, service, client, engine.resolve_scope(db, service, written_in_golioth))
     fresh, _ = engine.build_plan(db, service, request, scope)
     return len(fresh.writes())
 

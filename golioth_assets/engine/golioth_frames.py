@@ -120,8 +120,13 @@ def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
 
 def _names(id_lists: pd.Series, names: dict[str, str]) -> pd.Series:
     """Lists of tag ids → lists of tag names (an unknown id stands for itself)."""
-    exploded = id_lists.explode().dropna()
-    mapped = exploded.map(names).astype(object)
-    mapped = mapped.where(mapped.notna(), exploded)
-    grouped = mapped.groupby(level=0).agg(list)
-    return grouped.reindex(id_lists.index).map(lambda v: v if isinstance(v, list) else [])
+    # A comprehension: explode + groupby took a second at 100k devices, for lists of 0-3 ids.
+    def name_of(tag_id: str) -> str:
+        name = names.get(tag_id)
+        return tag_id if name is None or name != name else name  # NaN too
+
+    return pd.Series(
+        [[name_of(i) for i in ids if i is not None and i == i] if isinstance(ids, list) else [] for ids in id_lists],
+        index=id_lists.index,
+        dtype=object,
+    )

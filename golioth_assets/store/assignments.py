@@ -34,6 +34,16 @@ def load_links(
     return read_frame(conn, sql, params, LINK_COLUMNS)
 
 
+def linked_golioth_ids(conn: Connection, service_id: int) -> set[str]:
+    """The Golioth ids of every link of the service (what a full listing is expected to contain),
+    without reading the base snapshots."""
+    rows = conn.exec_driver_sql(
+        "SELECT golioth_device_id FROM device_service_assignments WHERE service_id = %(service)s",
+        {"service": service_id},
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def insert_links(conn: Connection, service_id: int, records: Iterable[dict]) -> int:
     """New links: device_id, golioth_device_id, base_snapshot. A device's existing link is replaced
     (a device re-created in Golioth after an operator's choice gets a new Golioth id)."""
