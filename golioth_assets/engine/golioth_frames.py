@@ -9,7 +9,7 @@ import pandas as pd
 
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.models import Device
-from golioth_assets.store.inventory import REMOTE_COLUMNS
+from golioth_assets.store.inventory import REMOTE_COLUMNS, TIMESTAMP_COLUMNS
 from golioth_assets.store.services import Service
 
 
@@ -61,6 +61,11 @@ def _status(online, offline) -> str | None:
     return "offline"
 
 
+# What each device row holds straight from the API, in REMOTE_COLUMNS order; tags, blueprint and
+# cohort names are mapped from the ids afterwards.
+_PARSED_COLUMNS = [c for c in REMOTE_COLUMNS if c not in ("tags", "blueprint", "cohort")]
+
+
 def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
     """One row per device (parsing is per device anyway); id → name mapping is vectorized."""
     rows = []
@@ -88,32 +93,11 @@ def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
                 d.updated_at,
             )
         )
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "golioth_device_id",
-            "name",
-            "hardware_ids",
-            "tag_ids",
-            "blueprint_id",
-            "cohort_id",
-            "enabled",
-            "desired_state",
-            "status",
-            "last_seen_online",
-            "last_seen_offline",
-            "last_report",
-            "firmware_versions",
-            "settings_status",
-            "metadata",
-            "created_at",
-            "updated_at",
-        ],
-    )
+    frame = pd.DataFrame(rows, columns=_PARSED_COLUMNS)
     frame["tags"] = _names(frame["tag_ids"], refs.tags)
     frame["blueprint"] = frame["blueprint_id"].map(lambda i: refs.blueprints.get(i, i) if i else None)
     frame["cohort"] = frame["cohort_id"].map(lambda i: refs.cohorts.get(i, i) if i else None)
-    for column in ("last_seen_online", "last_seen_offline", "last_report", "created_at", "updated_at"):
+    for column in TIMESTAMP_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)
     return frame[REMOTE_COLUMNS]
 

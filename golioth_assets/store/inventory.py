@@ -36,7 +36,7 @@ REMOTE_COLUMNS = [
     "created_at",
     "updated_at",
 ]
-_TIMESTAMPS = ("last_seen_online", "last_seen_offline", "last_report", "created_at", "updated_at")
+TIMESTAMP_COLUMNS = ("last_seen_online", "last_seen_offline", "last_report", "created_at", "updated_at")
 
 _UPSERT = """
 INSERT INTO golioth_inventory (organization_id, golioth_device_id, name, hardware_ids, tag_ids, tags,
@@ -105,7 +105,7 @@ def load_inventory(
     if golioth_device_ids is not None:
         sql += " AND golioth_device_id = ANY(%(ids)s)"
         params["ids"] = list(golioth_device_ids)
-    return read_frame(conn, sql, params, [c for c in REMOTE_COLUMNS if c != "metadata"], _TIMESTAMPS)
+    return read_frame(conn, sql, params, [c for c in REMOTE_COLUMNS if c != "metadata"], TIMESTAMP_COLUMNS)
 
 
 def replace_references(conn: Connection, organization_id: str, references: pd.DataFrame) -> None:
