@@ -14,7 +14,6 @@ import uuid
 from datetime import timedelta
 
 import dagster as dg
-import sqlalchemy as sa
 
 from golioth_assets.defs.assets import CLAIM_TAG
 from golioth_assets.defs.jobs import run_tags, targeted_sync_job
@@ -58,10 +57,8 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
     last_id = int(context.cursor or 0)
     with db.begin() as conn:
         webhook_events.release_stale_claims(conn, STALE_CLAIM)
-        orgs = conn.execute(
-            sa.text("SELECT DISTINCT organization_id FROM webhook_events WHERE status IN ('pending', 'failed')")
-        ).scalars().all()
-    for org in sorted(orgs):
+        orgs = webhook_events.organizations_with_work(conn)
+    for org in orgs:
         if org not in partitions or time.monotonic() - started > TICK_BUDGET_SECONDS:
             continue
         token = f"claiming:{uuid.uuid4()}"
@@ -70,12 +67,10 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
             if not groups:
                 continue
             event_ids = [i for g in groups for i in g.event_ids]
-            attempt = conn.execute(
-                sa.text("SELECT max(attempts) FROM webhook_events WHERE claimed_by = :t"), {"t": token}
-            ).scalar_one()
-            key = _unused_run_key(context.instance, run_key_for(org, event_ids, int(attempt or 0)))
+            attempt = max(g.attempts for g in groups)
+            key = _unused_run_key(context.instance, run_key_for(org, event_ids, attempt))
             # The run's key is the claim: the run marks exactly these events processed (or failed).
-            conn.execute(sa.text("UPDATE webhook_events SET claimed_by = :k WHERE claimed_by = :t"), {"k": key, "t": token})
+            webhook_events.rename_claim(conn, token, key)
         device_ids = sorted({d for g in groups for d in g.golioth_device_ids})
         requests.append(
             dg.RunRequest(
