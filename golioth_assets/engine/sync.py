@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
-# _STEP_GC: the steps below run with the cyclic garbage collector paused (golioth.gcpause). At 100k
+# Garbage collection: the heavy steps below run with the cyclic garbage collector paused (golioth.gcpause). At 100k
 # devices a step holds millions of acyclic containers (parsed devices, frames of lists and dicts),
 # and each generation-2 collection rescanned all of them: 15 of them took 7 of a 25 s sync. The
 # collector runs again once the step is over, so a cycle made during a step is only collected late.
@@ -163,7 +163,7 @@ class FetchResult:
     retries: int = 0
 
 
-@gc_paused()  # see _STEP_GC
+@gc_paused()  # see "Garbage collection" at the top
 def fetch_step(
     db: Engine, service: services.Service, client: GoliothClient, scope: Scope, sync_log_id: int | None = None
 ) -> FetchResult:
@@ -348,7 +348,7 @@ def _confirm_landed_updates(
     return links.assign(base_snapshot=[bases[k] for k in zip(links["device_id"], links["golioth_device_id"])])
 
 
-@gc_paused()  # see _STEP_GC
+@gc_paused()  # see "Garbage collection" at the top
 def build_plan(db: Engine, service: services.Service, request: SyncRequest, scope: Scope) -> tuple[Plan, dict]:
     local, remote, links, open_conflicts = _load_inputs(db, service, scope)
     settings = settings_for(service, request)
@@ -367,7 +367,7 @@ def build_plan(db: Engine, service: services.Service, request: SyncRequest, scop
     return plan, {"fetched_local": len(local), "fetched_remote": len(remote), "local_versions": versions}
 
 
-@gc_paused()  # see _STEP_GC
+@gc_paused()  # see "Garbage collection" at the top
 def plan_step(
     db: Engine, service: services.Service, request: SyncRequest, scope: Scope, sync_log_id: int
 ) -> Plan:
@@ -394,7 +394,7 @@ def plan_step(
 # -- apply ------------------------------------------------------------------------------------------
 
 
-@gc_paused()  # see _STEP_GC
+@gc_paused()  # see "Garbage collection" at the top
 def remote_step(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int):
     before = client.stats.snapshot()
     with db.connect() as conn:
@@ -435,7 +435,7 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
     return outcome
 
 
-@gc_paused()  # see _STEP_GC
+@gc_paused()  # see "Garbage collection" at the top
 def local_step(db: Engine, service: services.Service, sync_log_id: int):
     with db.begin() as conn:
         plan = sync_log.load_plan(conn, sync_log_id)
