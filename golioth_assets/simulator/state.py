@@ -221,9 +221,11 @@ class SimState:
             changed = []
             for device in chosen:
                 kind = rng.randrange(3)
-                if kind == 0 and tag_ids:
-                    body: dict[str, Any] = {"tagIds": rng.sample(tag_ids, rng.randrange(1, min(3, len(tag_ids)) + 1))}
-                elif kind == 1 or not cohort_ids:
+                tags = rng.sample(tag_ids, rng.randrange(1, min(3, len(tag_ids)) + 1)) if tag_ids else []
+                # A mutation must change something: the same tag set again falls back to `enabled`.
+                if kind == 0 and tags and set(tags) != set(device.tag_ids):
+                    body: dict[str, Any] = {"tagIds": tags}
+                elif kind in (0, 1) or not cohort_ids:
                     body = {"enabled": not device.enabled}
                 else:
                     body = {"cohortId": "" if device.cohort_id else rng.choice(cohort_ids)}
