@@ -71,14 +71,18 @@ REPO = dg.Definitions(
 ).get_repository_def()
 
 
-def _context(instance, resources, at: datetime) -> dg.ScheduleEvaluationContext:
-    return dg.build_schedule_context(
+def _evaluate_tick(instance, resources, at: datetime):
+    # The context opens its own instance from the ref and makes it Dagster's current one; only
+    # `with` closes it in order. Left to the garbage collector, a later test's Definitions would
+    # find a dead instance there ("Attempted to resolve undefined DagsterInstance weakref").
+    with dg.build_schedule_context(
         instance=instance, scheduled_execution_time=at, resources=resources, repository_def=REPO
-    )
+    ) as context:
+        return golioth_sync_schedule.evaluate_tick(context)
 
 
 def _evaluate(instance, resources, at: datetime) -> dict[str, dg.RunRequest]:
-    data = golioth_sync_schedule.evaluate_tick(_context(instance, resources, at))
+    data = _evaluate_tick(instance, resources, at)
     if data.skip_message:
         assert not data.run_requests
     return {r.partition_key: r for r in data.run_requests or []}
@@ -190,7 +194,7 @@ def test_nothing_due_is_a_skip_with_a_reason(engine, resources):
     with dg.instance_for_test() as instance:  # only this test's organization
         org = _service(engine, instance, interval=3600)
         _synced(engine, org, T0 - timedelta(minutes=5))
-        data = golioth_sync_schedule.evaluate_tick(_context(instance, resources, T0))
+        data = _evaluate_tick(instance, resources, T0)
         assert not data.run_requests
         assert data.skip_message and "no organization due" in data.skip_message
 
