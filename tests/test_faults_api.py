@@ -234,8 +234,8 @@ def _assert_failed_fast_and_wrote_nothing(h, instance, db_url, *, expect: str, b
     stats = h.project.stats()
     restore()
     # Fast: the inventory step gave up at once (no backoff between attempts)...
-    assert _step_seconds(instance, result.run_id, "golioth_device_inventory") < 2.0
-    assert wall < 20  # ...and the whole Dagster run with it (generous: the machine is shared)
+    assert _step_seconds(instance, result.run_id, "golioth_device_inventory") < 5.0  # backoff would be far longer
+    assert wall < 45  # ...and the whole Dagster run with it (generous: the machine is shared)
     # ...with a handful of requests: no retry storm, and no writes at all.
     assert stats["total"] <= 3, stats["byRoute"]
     assert write_requests(stats) == 0
@@ -312,7 +312,7 @@ def test_project_deleted_between_fetch_and_writes_makes_no_retry_storm(make_harn
         client.close()
         h.project.control.set_project_deleted(h.project.project_id, False)
     stats = h.project.stats()
-    assert seconds < 2
+    assert seconds < 5  # no backoff: eight attempts would take far longer
     assert client.stats.retries == 0
     # A 401 stops the batch: only the writes already in flight (≤ the client's concurrency) go out.
     # A 404 is per device, so each write is tried once, and never repeated.

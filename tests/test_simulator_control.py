@@ -164,7 +164,7 @@ def test_activity_does_not_wait_for_slow_receivers(sim_project):
         sim_project.control.set_webhook(sim_project.project_id, f"http://127.0.0.1:{sink.getsockname()[1]}")
         started = time.perf_counter()
         sim_project.control.device_activity(sim_project.project_id, some_device(sim_project)["id"], {"x": 1})
-        assert time.perf_counter() - started < 0.5
+        assert time.perf_counter() - started < 2.0  # a delivery in line would wait out its 5 s timeout
     finally:
         sim_project.control.clear_webhook(sim_project.project_id)
         sink.close()
