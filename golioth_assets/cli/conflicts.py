@@ -12,9 +12,9 @@ from typing import Any
 import click
 import pandas as pd
 from rich.console import Console
-from rich import box
 from rich.table import Table
 
+from golioth_assets.cli.render import list_table, shorten
 from golioth_assets.cli.services import open_engine, operator_errors
 from golioth_assets.ops import OperationError
 from golioth_assets.ops import conflicts as ops
@@ -27,14 +27,14 @@ def show_value(value: Any, *, limit: int | None = None) -> str:
         return "∅ (none)"
     # JSON, strings quoted: what --value takes.
     text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    if limit and len(text) > limit:
-        return text[: limit - 3] + "..."
-    return text
+    return shorten(text, limit) if limit else text
 
 
 @click.group()
 def conflicts() -> None:
-    """Conflicts both sides made on the same field, and their resolution."""
+    """Review conflicts and choose which value wins.
+
+    A conflict is a field both sides changed since they last agreed."""
 
 
 @conflicts.command("list")
@@ -163,23 +163,25 @@ def _reload(engine, rows: list[dict]) -> list[dict]:
 
 
 def conflict_list_table(rows: list[dict], *, title: str, show_org: bool = True) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    columns = ("id", "org", "device", "field", "type", "local", "Golioth", "status", "detected", "resolved by")
-    for column in columns if show_org else [c for c in columns if c != "org"]:
-        table.add_column(column, overflow="fold", no_wrap=column in ("id", "detected", "status"))
+    # Pending conflicts have nobody in "resolved by": leave the column out rather than narrow the rest.
+    show_resolver = any(row["resolved_by"] for row in rows)
+    columns = ["id", "org", "device", "field", "type", "local", "Golioth", "status", "detected", "resolved by"]
+    columns = [c for c in columns if (c != "org" or show_org) and (c != "resolved by" or show_resolver)]
+    table = list_table(title, columns, wrap=("device", "field", "local", "Golioth", "resolved by"))
     for row in rows:
-        table.add_row(
-            str(row["id"]),
-            *([row["organization_id"]] if show_org else []),
-            row["device_name"] or row["device_id"] or row["golioth_device_id"] or "",
-            row["field"],
-            row["conflict_type"],
-            show_value(row["local_value"], limit=40),
-            show_value(row["remote_value"], limit=40),
-            row["status"],
-            row["detected_at"].strftime("%Y-%m-%d %H:%M"),
-            row["resolved_by"] or "",
-        )
+        cells = {
+            "id": str(row["id"]),
+            "org": row["organization_id"],
+            "device": row["device_name"] or row["device_id"] or row["golioth_device_id"] or "",
+            "field": row["field"],
+            "type": row["conflict_type"],
+            "local": show_value(row["local_value"], limit=40),
+            "Golioth": show_value(row["remote_value"], limit=40),
+            "status": row["status"],
+            "detected": row["detected_at"].strftime("%Y-%m-%d %H:%M"),
+            "resolved by": row["resolved_by"] or "",
+        }
+        table.add_row(*(cells[c] for c in columns))
     return table
 
 
@@ -208,9 +210,8 @@ def side_by_side(row: dict) -> Table:
 
 def dry_run_conflicts_table(frame: pd.DataFrame, *, limit: int = 50) -> Table:
     """The conflicts a dry run found (not recorded: a dry run writes nothing)."""
-    table = Table(title="conflicts (dry run: not recorded)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ("device", "field", "type", "base", "local", "Golioth"):
-        table.add_column(column, overflow="fold")
+    table = list_table("conflicts (dry run: not recorded)", ("device", "field", "type", "base", "local", "Golioth"),
+                       wrap=("device", "field", "base", "local", "Golioth"))
     for row in frame.head(limit).itertuples(index=False):
         device = getattr(row, "device_name", None) or row.device_id or row.golioth_device_id or ""
         table.add_row(

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -40,33 +41,84 @@ def _bin(name: str) -> str:
 
 
 class Children:
-    """The processes dev started; stopped together, politely first."""
+    """The processes dev started, each the leader of its own process group (so Ctrl-C reaches only
+    us, and stopping a child also stops what it started: the daemon's code server and run workers)."""
 
     def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, argv: list[str], cwd: Path) -> subprocess.Popen:
         log_dir = Path(os.environ["DAGSTER_HOME"]).parent / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
-        # Own process group: Ctrl-C reaches only us, and we stop children in order.
         proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append((name, proc))
+        self.procs[name] = proc
         return proc
 
     def dead(self) -> list[str]:
-        return [name for name, proc in self.procs if proc.poll() is not None]
+        return [name for name, proc in self.procs.items() if proc.poll() is not None]
 
-    def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    def stop(self, wait_for_runs: Callable[[], None]) -> None:
+        """The daemon first, so that nothing new is launched; then the runs it launched get to
+        finish (bounded); then every child with its whole process group, politely first."""
+        daemon = self.procs.get("dagster-daemon")
+        if daemon is not None:
+            _terminate(daemon)  # the leader only: its run workers carry on
+            wait_for_runs()
+        for proc in reversed(self.procs.values()):
+            _terminate_group(proc)
+
+
+def _terminate(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _terminate_group(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    def signal_group(signum: int) -> bool:
+        try:
+            os.killpg(proc.pid, signum)  # the group id is the leader's pid (start_new_session)
+            return True
+        except ProcessLookupError:
+            return False  # nobody left in the group
+
+    if not signal_group(signal.SIGTERM):
+        proc.poll()
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, or the group never empties
+        if not signal_group(0):
+            return
+        time.sleep(0.2)
+    signal_group(signal.SIGKILL)
+    proc.wait()
+
+
+def _wait_for_runs(timeout_s: float = 60.0) -> None:
+    """Let runs in progress finish, so that Ctrl-C doesn't leave a sync half-applied (it would
+    converge on the next run, but its log would say "failed"). A second Ctrl-C stops waiting."""
+    import dagster as dg
+
+    in_progress = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    try:
+        with dg.DagsterInstance.get() as instance:
+            deadline = time.monotonic() + timeout_s
+            announced = False
+            while (count := instance.get_runs_count(in_progress)) and time.monotonic() < deadline:
+                if not announced:
+                    console.print(f"waiting for {count} run(s) in progress to finish (Ctrl-C again to stop now)…")
+                    announced = True
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # the database may be what is failing; stopping must go on
+        console.print(f"[yellow]could not check runs in progress: {exc}[/]")
 
 
 def _wait_http(url: str, timeout_s: float = 90.0) -> bool:
@@ -152,6 +204,8 @@ def dev(
     runtime = prepare()
     console.print(f"[green]✓[/] database {runtime.describe()}")
 
+    # A key chosen by the user (exported before `make demo`) lets another shell's CLI reach the demo.
+    key_was_chosen = bool(os.environ.get(API_KEY_ENV))
     os.environ.setdefault(API_KEY_ENV, secrets.token_hex(24))
     os.environ.setdefault(WEBHOOK_SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
     simulator = SimulatorServer(
@@ -215,6 +269,11 @@ def dev(
         table.add_row("Database", runtime.describe())
         table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
         table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` every {interval} s")
+        if not key_was_chosen:
+            table.add_row(
+                "CLI in another shell",
+                f"needs ${API_KEY_ENV}: this run made one up; export one in both shells before `make demo`",
+            )
         console.print(table)
         while True:
             time.sleep(1)
@@ -225,8 +284,10 @@ def dev(
         console.print("stopping…")
     finally:
         stop_activity.set()
-        children.stop()
-        simulator.stop()
+        children.stop(wait_for_runs=_wait_for_runs)
+        simulator.stop()  # last: runs still finishing talk to it
+        if children.procs:
+            console.print("stopped")
 
 
 def _interrupt(signum, frame) -> None:

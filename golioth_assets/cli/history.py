@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich import box
 from rich.table import Table
 
+from golioth_assets.cli.render import SIDES, list_table, shorten, summary_table
 from golioth_assets.cli.services import open_engine, operator_errors
 from golioth_assets.ops import history as ops
 from golioth_assets.ops.status import dagster_run_url
@@ -26,8 +26,7 @@ console = Console()
 def _value(value: Any, limit: int = 60) -> str:
     if value is None:
         return "∅"
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(json.dumps(value, sort_keys=True, ensure_ascii=False), limit)
 
 
 def _when(value) -> str:
@@ -53,34 +52,38 @@ def history(organization_id: str, device: str | None, run_id: int | None, limit:
         return
     if run_id is not None:
         run, entries = ops.run_detail(engine, run_id, organization_id, limit=max(limit, 1))
-        console.print(runs_table([run], title=f"run {run_id}"))
+        console.print(run_table(run))
         console.print(entries_table(entries, title=f"devices changed by run {run_id}"))
         return
     rows = ops.runs(engine, organization_id, limit)
     console.print(runs_table(rows, title=f"sync runs of {organization_id} (newest first)"))
     if not rows:
         console.print(f"no runs yet: `golioth-sync sync --org {organization_id} --dry-run` plans one")
+    for r in rows:
+        if r.get("error"):
+            console.print(f"run {r['id']} {r['status']}: {shorten(r['error'])} (full text: --run {r['id']})")
+
+
+def _kind(run: dict) -> str:
+    kind = "dry run" if run["dry_run"] else ("targeted" if run["scope"] is not None else "full")
+    return kind if run["direction"] == "bidirectional" else f"{kind}, {run['direction']}"
 
 
 def runs_table(rows: list[dict], *, title: str) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ("run", "started", "took", "trigger", "kind", "status", "local", "Golioth", "confl", "fail", "Dagster"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("run", "started", "Dagster"))
+    # Errors are printed under the table and the duration and Dagster run are in `--run N`: with
+    # them the table no longer fits 80 columns.
+    table = list_table(title, ("run", "started", "trigger", "kind", "status", "local", "Golioth", "confl", "fail"), wrap=("kind",))
     for r in rows:
-        took = f"{(r['finished_at'] - r['started_at']).total_seconds():.1f} s" if r["finished_at"] else "running"
-        kind = "dry run" if r["dry_run"] else ("targeted" if r["scope"] is not None else "full")
         table.add_row(
             str(r["id"]),
             r["started_at"].strftime("%Y-%m-%d %H:%M"),
-            took,
             r["trigger"],
-            kind if r["direction"] == "bidirectional" else f"{kind}, {r['direction']}",
-            r["status"] + (f": {r['error'][:60]}" if r.get("error") else ""),
+            _kind(r),
+            r["status"],
             f"{r['created_local']}/{r['updated_local']}/{r['deleted_local']}",
             f"{r['created_remote']}/{r['updated_remote']}/{r['deleted_remote']}",
             str(r["conflicts"]),
             str(r["failures"]),
-            (r["dagster_run_id"] or "")[:8],
         )
     table.caption = "local / Golioth: created/updated/deleted"
     if rows and rows[0]["dagster_run_id"]:
@@ -88,39 +91,54 @@ def runs_table(rows: list[dict], *, title: str) -> Table:
     return table
 
 
+def run_table(run: dict) -> Table:
+    """One run in full: the summary a sync prints, with when, why and its Dagster run."""
+    details = [("Started", _when(run["started_at"])), ("Trigger / kind", f"{run['trigger']} / {_kind(run)}")]
+    if run["dagster_run_id"]:
+        details.append(("Dagster run", dagster_run_url(run["dagster_run_id"])))
+    seconds = (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None
+    return summary_table(run, seconds=seconds, details=details)
+
+
 def entries_table(entries: list[dict], *, title: str) -> Table:
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ("time", "device", "side", "action", "status", "changes", "changed by"):
-        table.add_column(column, overflow="fold")
+    table = list_table(title, ("time", "device", "side", "action", "status", "changes", "changed by"),
+                       wrap=("device", "changes", "changed by"))
     for e in entries:
         changes = "; ".join(
             f"{f}: {_value((c or {}).get('old'), 30)} → {_value((c or {}).get('new'), 30)}" for f, c in sorted((e["changes"] or {}).items())
         )
         table.add_row(
-            _when(e["created_at"]), e["device_name"] or e["device_id"] or e["golioth_device_id"] or "", e["side"],
+            _when(e["created_at"]), e["device_name"] or e["device_id"] or e["golioth_device_id"] or "", SIDES.get(e["side"], e["side"]),
             e["action"], e["status"], changes or (e["error"] or ""), e["changed_by"] or "",
         )
+    if not entries:
+        table.caption = "no device changes"
     return table
 
 
 def device_table(found: ops.DeviceHistory) -> Table:
-    table = Table(title=f"history of {found.label} in {found.organization_id} (newest first)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ("time", "run", "side", "action", "field", "old", "new", "status", "changed by"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("time", "run", "action", "field"))
     changes = found.changes()
+    columns = ["time", "run", "side", "action", "field", "old", "new", "status", "changed by"]
+    errors = any(c["error"] for c in changes)
+    if errors:
+        columns.append("error")
+    table = list_table(f"history of {found.label} in {found.organization_id} (newest first)", columns,
+                       wrap=("field", "old", "new", "changed by", "error"))
     for c in changes:
-        side = {"local": "local", "remote": "Golioth", "none": "link"}.get(c["side"], c["side"])
-        table.add_row(
+        row = [
             c["created_at"].strftime("%Y-%m-%d %H:%M"),
             str(c["sync_log_id"]),
-            side,
+            SIDES.get(c["side"], c["side"]),
             c["action"],
             c["field"],
             _value(c["old"]) if c["field"] != "*" else "",
             _value(c["new"]) if c["field"] != "*" else "",
-            c["status"] + (f": {c['error']}" if c["error"] else ""),
+            c["status"],
             c["changed_by"] or "sync",
-        )
+        ]
+        if errors:
+            row.append(shorten(c["error"] or ""))  # all of it: `history --run N`
+        table.add_row(*row)
     if not changes:
         table.caption = "no recorded changes yet"
     else:
@@ -131,12 +149,11 @@ def device_table(found: ops.DeviceHistory) -> Table:
 
 
 def device_conflicts_table(rows: list[dict]) -> Table:
-    table = Table(title="conflicts of this device", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ("id", "field", "status", "local", "Golioth", "chosen", "resolved by", "detected"):
-        table.add_column(column, overflow="fold")
+    table = list_table("conflicts of this device", ("id", "field", "status", "local", "Golioth", "chosen", "resolved by", "detected"),
+                       wrap=("field", "local", "Golioth", "chosen", "resolved by"))
     for c in rows:
         table.add_row(
             str(c["id"]), c["field"], c["status"], _value(c["local_value"], 40), _value(c["remote_value"], 40),
-            _value(c["resolved_value"], 40) if c["resolution"] else "", c["resolved_by"] or "", _when(c["detected_at"]),
+            _value(c["resolved_value"], 40) if c["resolution"] else "", c["resolved_by"] or "", f"{c['detected_at']:%Y-%m-%d %H:%M}",
         )
     return table

@@ -1,10 +1,12 @@
-"""Rich tables the CLI prints: a run's summary and a plan."""
+"""Rich tables the CLI prints: a run's summary and a plan, and the style of every list view."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable, Sequence
 
 import pandas as pd
+from rich import box
 from rich.table import Table
 
 SUMMARY_ROWS = [
@@ -23,12 +25,36 @@ SUMMARY_ROWS = [
     ("Retries", "api_retries"),
 ]
 
+# How the CLI names the two sides (the database says local/remote).
+SIDES = {"local": "local", "remote": "Golioth", "none": "link"}
 
-def summary_table(run: dict, *, seconds: float | None = None) -> Table:
-    table = Table(title=f"sync #{run['id']} of {run['organization_id']}: {run['status']}", show_header=False)
+
+def list_table(title: str, columns: Iterable[str], *, wrap: Collection[str] = ()) -> Table:
+    """A list view that stays readable at 80 columns or piped: ids, times, statuses and counts never
+    wrap; when space runs out only the `wrap` columns (free text) give way, wrapping at spaces and
+    ending a word that still does not fit with "…" rather than splitting it across lines."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for name in columns:
+        table.add_column(name, no_wrap=name not in wrap, overflow="ellipsis")
+    return table
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_title(run: dict) -> str:
+    # The id is global (golioth_sync_log), not a per-organization count: "run 10", as `history --run 10` takes it.
+    return f"run {run['id']} ({run['organization_id']})"
+
+
+def summary_table(run: dict, *, seconds: float | None = None, details: Sequence[tuple[str, str]] = ()) -> Table:
+    table = Table(title=f"{run_title(run)}: {run['status']}", show_header=False)
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("Direction / policy", f"{run['direction']} / {run['policy']}" + (" (dry run)" if run["dry_run"] else ""))
+    for label, value in details:
+        table.add_row(label, value)
     for label, key in SUMMARY_ROWS:
         table.add_row(label, str(run.get(key, 0)))
     if seconds is not None:
@@ -41,17 +67,17 @@ def summary_table(run: dict, *, seconds: float | None = None) -> Table:
 def _short(value) -> str:
     if value is None:
         return "∅"
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text if len(text) <= 48 else text[:45] + "..."
+    return shorten(value if isinstance(value, str) else json.dumps(value, sort_keys=True), 48)
 
 
-def plan_table(plan: pd.DataFrame, *, title: str, limit: int = 50) -> Table:
-    table = Table(title=title)
-    for column in ("device", "field", "action", "side", "old", "new", "status"):
-        table.add_column(column)
+def plan_table(plan: pd.DataFrame, *, title: str, limit: int = 50) -> Table | str:
+    """The plan's rows, or one line when it changes nothing."""
+    if plan.empty:
+        return "no changes planned"
+    table = list_table(title, ("device", "field", "action", "side", "old", "new", "status"), wrap=("device", "old", "new"))
     for row in plan.head(limit).itertuples(index=False):
         device = row.device_id or row.golioth_device_id or ""
-        table.add_row(str(device)[:36], row.field, row.action, row.side, _short(row.old_value), _short(row.new_value), row.status)
+        table.add_row(str(device), row.field, row.action, row.side, _short(row.old_value), _short(row.new_value), row.status)
     if len(plan) > limit:
         table.caption = f"{len(plan) - limit} more rows in sync_plan"
     return table

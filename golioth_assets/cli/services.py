@@ -16,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.cli.render import list_table
 from golioth_assets.ops import OperationError
 from golioth_assets.ops import services as ops
 from golioth_assets.store.schema import DIRECTIONS, FIELD_GROUPS, POLICIES
@@ -64,23 +65,36 @@ def operator_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _setting_options(fn: Callable) -> Callable:
-    """The options of `add` and `update`. All default to None: `update` changes only what is given."""
+def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
+    """The options of `add`, whose help gives the defaults it fills in, and of `update`, which changes
+    only what is given. Every option defaults to None, so both can tell given from omitted."""
+
+    def default(text: str) -> str:
+        return f" [default: {text}]" if adding else ""
+
     options = [
-        click.option("--name", help="A label for this connection."),
-        click.option("--project-id", help="The Golioth project id [add: env GOLIOTH_PROJECT_ID]."),
-        click.option("--base-url", help="Golioth API base URL [add: env GOLIOTH_BASE_URL, else https://api.golioth.io]."),
+        click.option("--name", required=adding, help="A label for this connection."),
+        click.option(
+            "--project-id",
+            envvar="GOLIOTH_PROJECT_ID" if adding else None,
+            help="The Golioth project id" + (" [required; default: env GOLIOTH_PROJECT_ID]" if adding else "") + ".",
+        ),
+        click.option(
+            "--base-url",
+            envvar="GOLIOTH_BASE_URL" if adding else None,
+            help="Golioth API base URL" + default("env GOLIOTH_BASE_URL, else https://api.golioth.io") + ".",
+        ),
         click.option("--golioth-org", "golioth_organization_id", help="Golioth organization id (needed for cohorts)."),
         click.option(
             "--api-key-env",
             metavar="NAME",
-            help="NAME of the environment variable holding the Golioth API key (never the key itself) "
-            "[default: GOLIOTH_API_KEY].",
+            help="NAME of the environment variable holding the Golioth API key (never the key itself)"
+            + default("GOLIOTH_API_KEY") + ".",
         ),
-        click.option("--enabled/--disabled", "sync_enabled", default=None, help="Whether scheduled syncs run."),
-        click.option("--interval", "interval_seconds", type=int, metavar="SECONDS", help="Seconds between full syncs (>= 60) [default: 300]."),
-        click.option("--direction", metavar="|".join(DIRECTIONS), help="Which way changes flow [default: bidirectional]."),
-        click.option("--policy", "conflict_policy", metavar="|".join(POLICIES), help="Who wins when both sides changed a field [default: manual]."),
+        click.option("--enabled/--disabled", "sync_enabled", default=None, help="Whether scheduled syncs run" + default("enabled") + "."),
+        click.option("--interval", "interval_seconds", type=int, metavar="SECONDS", help="Seconds between full syncs (>= 60)" + default("300") + "."),
+        click.option("--direction", metavar="|".join(DIRECTIONS), help="Which way changes flow" + default("bidirectional") + "."),
+        click.option("--policy", "conflict_policy", metavar="|".join(POLICIES), help="Who wins when both sides changed a field" + default("manual") + "."),
         click.option(
             "--override",
             "overrides",
@@ -88,16 +102,20 @@ def _setting_options(fn: Callable) -> Callable:
             metavar="GROUP=POLICY",
             help=f"Policy for one field group (repeatable); groups: {', '.join(FIELD_GROUPS)}.",
         ),
-        click.option("--groups", metavar="G1,G2", help=f"Field groups that sync [default: all: {','.join(FIELD_GROUPS)}]."),
-        click.option("--allow-deletes/--no-deletes", "allow_deletes", default=None, help="Propagate deletes [default: no]."),
-        click.option("--desired-state-path", help="LightDB State path of desired_state [default: desired]."),
-        click.option("--webhooks/--no-webhooks", "webhook_enabled", default=None, help="Accept Golioth webhooks for this service."),
+        click.option("--groups", metavar="G1,G2", help="Field groups that sync, comma-separated (names as for --override)" + default("all") + "."),
+        click.option("--allow-deletes/--no-deletes", "allow_deletes", default=None, help="Propagate deletes" + default("no") + "."),
+        click.option("--desired-state-path", help="LightDB State path of desired_state" + default("desired") + "."),
+        click.option("--webhooks/--no-webhooks", "webhook_enabled", default=None, help="Accept Golioth webhooks for this service" + default("no") + "."),
         click.option("--webhook-secret-env", metavar="NAME", help="NAME of the environment variable holding the webhook secret."),
-        click.option("--webhook-header", "webhook_secret_header", help="Header carrying the shared secret [default: x-golioth-sync-secret]."),
+        click.option("--webhook-header", "webhook_secret_header", help="Header carrying the shared secret" + default("x-golioth-sync-secret") + "."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def _settings_from(options: dict[str, Any], *, current_overrides: dict | None = None) -> dict[str, Any]:
@@ -133,17 +151,13 @@ def services() -> None:
 
 @services.command()
 @click.option("--org", "organization_id", required=True, help="The organization (a lowercase slug).")
-@_setting_options
+@_setting_options(adding=True)
 @operator_errors
 def add(organization_id: str, **options: Any) -> None:
     """Add a service: which Golioth project an organization syncs with, and how."""
-    for name, variable in (("project_id", "GOLIOTH_PROJECT_ID"), ("base_url", "GOLIOTH_BASE_URL")):
-        if options.get(name) is None and os.environ.get(variable):
-            options[name] = os.environ[variable]
     data = {"organization_id": organization_id, **_settings_from(options)}
-    missing = [LABELS[f] for f in ("name", "project_id") if f not in data]
-    if missing:
-        raise click.UsageError(f"missing {' and '.join(missing)}")
+    if "project_id" not in data:
+        raise click.UsageError("missing --project-id (or set GOLIOTH_PROJECT_ID)")
     service = ops.add_service(open_engine(), data, labels=LABELS)
     console.print(f"added service {service.id} for organization [bold]{service.organization_id}[/]")
     console.print(settings_table(service))
@@ -156,14 +170,11 @@ def add(organization_id: str, **options: Any) -> None:
 def list_() -> None:
     """Every service with its main settings."""
     rows = ops.list_services(open_engine())
-    table = Table(title="services")
-    for column in ("id", "org", "name", "project", "base url", "api key env", "enabled", "interval", "direction", "policy"):
-        table.add_column(column, overflow="fold")
+    # Base URL and key variable are in `services show`: with them the table no longer fits 80 columns.
+    table = list_table("services", ("id", "org", "project", "schedule", "direction", "policy", "name"), wrap=("name",))
     for s in rows:
-        table.add_row(
-            str(s.id), s.organization_id, s.name, s.project_id, s.base_url, _env_status(s.api_key_env),
-            "yes" if s.sync_enabled else "no", f"{s.interval_seconds} s", s.direction, s.conflict_policy,
-        )
+        schedule = f"every {s.interval_seconds} s" if s.sync_enabled else "disabled"
+        table.add_row(str(s.id), s.organization_id, s.project_id, schedule, s.direction, s.conflict_policy, s.name)
     console.print(table)
     if not rows:
         console.print("no services yet: add one with `golioth-sync services add --org ORG ...`")
@@ -179,11 +190,13 @@ def show(service: str) -> None:
 
 @services.command()
 @_service_ref
-@_setting_options
+@_setting_options(adding=False)
 @click.option("--clear-overrides", is_flag=True, help="Drop every per-group policy override first.")
 @operator_errors
 def update(service: str, **options: Any) -> None:
-    """Change settings of a service (SERVICE: its id or organization); the next run uses them."""
+    """Change settings of a service (SERVICE: its id or organization).
+
+    Only the options given change; every setting omitted stays unchanged. The next run uses them."""
     engine = open_engine()
     current = ops.get_service(engine, service)
     changes = _settings_from(options, current_overrides=current.policy_overrides)

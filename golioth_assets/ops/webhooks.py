@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy.engine import Engine
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
 
-from golioth_assets.ops.errors import InvalidInput
+from golioth_assets.ops.errors import InvalidInput, NotFound
 from golioth_assets.store import webhook_events as store
 
 
@@ -28,9 +29,33 @@ def inbox(
         )
 
 
-def replay(engine: Engine, ids: Sequence[int] | None = None, organization_id: str | None = None) -> int:
-    """Requeue dead letters: the given ids, or every dead event of one organization."""
-    if not ids and not organization_id:
+def replay(
+    engine: Engine, ids: Sequence[int] | None = None, organization_id: str | None = None, *, every_org: bool = False
+) -> int:
+    """Requeue dead letters: the given ids (all of them or none), every dead event of one
+    organization, or with `every_org` every dead event."""
+    if not (ids or organization_id or every_org):
         raise InvalidInput("say which dead events to replay: ids or an organization")
+    ids = [int(i) for i in ids] if ids else None
     with engine.begin() as conn:
-        return store.replay_dead(conn, ids=[int(i) for i in ids] if ids else None, organization_id=organization_id)
+        if ids:
+            _check_dead(conn, ids, organization_id)
+        return store.replay_dead(conn, ids=ids, organization_id=organization_id)
+
+
+def _check_dead(conn: Connection, ids: list[int], organization_id: str | None) -> None:
+    # An id that is not dead is a typo or someone else's replay: say so instead of "requeued 0".
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, status FROM webhook_events WHERE id = ANY(:ids) "
+            "AND (CAST(:org AS text) IS NULL OR organization_id = :org) FOR UPDATE"
+        ),
+        {"ids": ids, "org": organization_id},
+    ).all()
+    status = dict(rows)
+    missing = [str(i) for i in ids if i not in status]
+    if missing:
+        raise NotFound(f"no webhook event with id {', '.join(missing)}" + (f" in organization {organization_id!r}" if organization_id else ""))
+    alive = [f"{i} is {status[i]}" for i in ids if status[i] != "dead"]
+    if alive:
+        raise InvalidInput(f"only dead events can be replayed: event {', '.join(alive)}; nothing requeued")

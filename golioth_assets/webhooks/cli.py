@@ -9,6 +9,8 @@ from datetime import timedelta
 import click
 import sqlalchemy as sa
 
+from golioth_assets.ops import OperationError
+from golioth_assets.ops import webhooks as webhook_ops
 from golioth_assets.store import webhook_events as inbox
 from golioth_assets.webhooks.config import ReceiverConfig
 
@@ -144,8 +146,10 @@ def replay(ids: tuple[int, ...], organization_id: str | None, all_dead: bool) ->
     """Requeue dead letters as pending, with a fresh attempt count."""
     if not (ids or organization_id or all_dead):
         raise click.UsageError("say which dead events: --id, --org or --all")
-    with _engine().begin() as conn:
-        count = inbox.replay_dead(conn, ids=list(ids) or None, organization_id=organization_id)
+    try:
+        count = webhook_ops.replay(_engine(), ids, organization_id, every_org=all_dead)
+    except OperationError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"requeued {count} dead event(s)")
 
 

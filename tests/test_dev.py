@@ -1,0 +1,142 @@
+"""`golioth-sync dev`, the command behind `make demo`, run as a user runs it: a subprocess with its
+own database (on the system PostgreSQL here), simulator, Dagster webserver, daemon and receiver."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from golioth_assets.cli.runtime import PROJECT_ROOT
+from golioth_assets.store import database
+from tests.fixtures.database import drop_database
+
+pytestmark = pytest.mark.slow
+
+GOLIOTH_SYNC = str(Path(sys.executable).with_name("golioth-sync"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dev_env(db_url, tmp_path):
+    """A fresh app database and Dagster database on the test server, and a private GOLIOTH_SYNC_HOME."""
+    app = db_url.set(database=f"gs_dev_{uuid.uuid4().hex[:10]}")
+    dagster = app.set(database=app.database + "_dagster")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GOLIOTH_SYNC_DAGSTER_PG_URL")
+    } | {
+        "GOLIOTH_SYNC_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": app.render_as_string(hide_password=False),
+        "DAGSTER_DATABASE_URL": dagster.render_as_string(hide_password=False),
+        "COLUMNS": "120",
+    }
+    env.pop("GOLIOTH_DEMO_API_KEY", None)
+    yield env, app
+    database.engine_for(app).dispose()
+    drop_database(app)
+    drop_database(dagster)
+
+
+def _count(label: str, output: str) -> int:
+    match = re.search(rf"{label}\s*│?\s*([\d,]+)", output)
+    assert match, f"no {label!r} in:\n{output}"
+    return int(match.group(1).replace(",", ""))
+
+
+def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_env):
+    env, app = dev_env
+    argv = [GOLIOTH_SYNC, "dev", "--no-ui", "--devices", "300", "--simulator-port", str(_free_port())]
+
+    first = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert _count("Golioth devices fetched", first.stdout) == 300
+    assert _count("Created locally", first.stdout) == 300
+    with database.engine_for(app).connect() as conn:
+        rows = conn.execute(sa.text("SELECT count(*) FROM devices WHERE organization_id = 'demo'")).scalar_one()
+    assert rows == 300
+
+    # The simulator is seeded the same way, so a second demo finds both sides already in step.
+    argv[-1] = str(_free_port())
+    second = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert _count("Golioth devices fetched", second.stdout) == 300
+    for label in ("Created locally", "Updated locally", "Created in Golioth", "Updated in Golioth"):
+        assert _count(label, second.stdout) == 0, label
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The command name may hold spaces or parentheses: the fields after its last ')' are fixed.
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(dev_env, tmp_path):
+    env, _ = dev_env
+    ports = {name: _free_port() for name in ("dagster", "simulator", "webhook", "console")}
+    output = tmp_path / "dev.out"
+    argv = [
+        GOLIOTH_SYNC, "dev", "--devices", "200", "--no-activity",
+        "--dagster-port", str(ports["dagster"]), "--simulator-port", str(ports["simulator"]),
+        "--webhook-port", str(ports["webhook"]), "--console-port", str(ports["console"]),
+    ]
+    with output.open("w") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while "golioth-sync is running" not in output.read_text():
+            assert proc.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(1)
+        text = output.read_text()
+        assert "GOLIOTH_DEMO_API_KEY" in text  # it tells the user how another shell's CLI gets in
+        assert httpx.get(f"http://127.0.0.1:{ports['dagster']}/server_info", timeout=10).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{ports['webhook']}/healthz", timeout=10).status_code == 200
+        children = _descendants(proc.pid)
+        assert len(children) >= 4  # receiver, webserver, daemon, console (and their own children)
+
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+        assert proc.wait(180) == 0, output.read_text()
+        assert "stopped" in output.read_text()
+        time.sleep(1)
+        assert not {pid for pid in children if _alive(pid)}, "processes outlived `golioth-sync dev`"
+    finally:
+        if proc.poll() is None:  # the test failed part-way: leave nothing running
+            children |= _descendants(proc.pid)
+            proc.kill()
+            proc.wait()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
