@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 
-.PHONY: demo demo-headless test test-fast test-slow test-embedded bench install clean
+.PHONY: demo demo-headless test test-fast test-slow test-soak test-embedded bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -21,7 +21,33 @@ from golioth_assets.webhooks.cli import webhooks
 console = Console()
 
 
-@click.group()
+class _Cli(click.Group):
+    """Failures an operator fixes outside golioth-sync (a database that is down or unreachable, a
+    bad DATABASE_URL, an embedded server that won't start) are one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy import exc as sa_exc
+
+        from golioth_assets.store.database import DatabaseConfigError
+        from golioth_assets.store.embedded import EmbeddedPostgresError
+
+        try:
+            return super().invoke(ctx)
+        except (DatabaseConfigError, EmbeddedPostgresError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise click.ClickException(
+                f"cannot reach the database: {_first_line(exc)} (`golioth-sync db status` says which one)"
+            ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    # The driver's own message (psycopg2 names host and port, never the password), minus
+    # SQLAlchemy's wrapping and its "Background on this error" link.
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+@click.group(cls=_Cli)
 @click.option("-v", "--verbose", is_flag=True, help="Log more (never secrets).")
 def cli(verbose: bool) -> None:
     """Keep a PostgreSQL device table and the Golioth device registry in two-way sync."""
@@ -67,7 +93,7 @@ def status() -> None:
         engine = database.engine_for(url)
         console.print(f"schema revision: {migrate.current_revision(engine)} (head {migrate.head_revision()})")
     except Exception as exc:
-        raise click.ClickException(f"cannot reach the database: {exc}") from None
+        raise click.ClickException(f"cannot reach the database: {_first_line(exc)}") from None
 
 
 @db.command()
@@ -87,9 +113,14 @@ def env() -> None:
     import shlex
 
     from golioth_assets.cli.runtime import DAGSTER_PG_ENV, prepare
+    from golioth_assets.settings import get_settings
 
-    prepare()
-    for name in ("DATABASE_URL", "DAGSTER_HOME", DAGSTER_PG_ENV):
+    runtime = prepare()
+    # Embedded: export the data folder, not the server's socket URL, so that the shell keeps
+    # following the embedded server (a later command restarts it after `db stop`).
+    names = ["GOLIOTH_SYNC_HOME"] if runtime.embedded else ["DATABASE_URL", "DAGSTER_DATABASE_URL"]
+    os.environ["GOLIOTH_SYNC_HOME"] = str(get_settings().home)
+    for name in [*names, "DAGSTER_HOME", DAGSTER_PG_ENV]:
         click.echo(f"export {name}={shlex.quote(os.environ[name])}")
 
 

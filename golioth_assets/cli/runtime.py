@@ -45,6 +45,9 @@ def prepare(*, migrate_schema: bool = True, dagster: bool = True) -> Runtime:
     if migrate_schema:
         migrate.upgrade(engine)
     os.environ["DATABASE_URL"] = app_url.render_as_string(hide_password=False)
+    # Pinned too: with DATABASE_URL now set, resolving again (a child process, a second prepare())
+    # would otherwise pick the DATABASE_URL-style name for Dagster's database, not the embedded one.
+    os.environ["DAGSTER_DATABASE_URL"] = dagster_url.render_as_string(hide_password=False)
     dagster_home = settings.dagster_home
     if dagster:
         database.ensure_database_exists(dagster_url)
