@@ -3,6 +3,7 @@ PostgreSQL and the simulator over HTTP. Conflicts are made the real way: both si
 
 from __future__ import annotations
 
+import re
 import threading
 
 import dagster as dg
@@ -254,3 +255,26 @@ def test_dry_run_prints_the_plan_and_the_conflicts_it_would_record(dagster_env, 
     assert updated_remote.split("│")[2].strip() == "1"
     assert harness.conflicts(status=None).empty  # a dry run records nothing
     assert harness.remote()[gid].get("enabled", False) is was_enabled
+
+
+@pytest.mark.slow
+def test_dry_run_without_changes_says_so_in_one_line(dagster_env, harness):
+    harness.sync()
+    result = run("sync", "--org", harness.org, "--dry-run")
+    assert result.exit_code == 0, result.output
+    with harness.engine.connect() as conn:
+        last = conn.execute(sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}).scalar()
+    # The id is the run's everywhere: `history --run` takes the same number.
+    assert f"run {last} ({harness.org}): success" in result.output
+    assert "no changes planned" in result.output.splitlines()
+    assert "plan (dry run" not in result.output
+
+
+def test_list_keeps_ids_statuses_and_times_whole_at_80_columns(db_env, harness):
+    cid, _, _ = harness.make_conflict(local="a local name long enough to need shortening", remote="remote-name")
+    result = CliRunner().invoke(cli, ["conflicts", "list"], env={"COLUMNS": "80"})
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80, result.output
+    row = next(line for line in lines if line.startswith(f"{cid} "))
+    assert row.split()[1] == harness.org and "…" in row  # the long value is cut, `conflicts show` has it
+    assert re.search(r" pending +\d{4}-\d\d-\d\d \d\d:\d\d$", row.rstrip()), row

@@ -8,10 +8,28 @@ from click.testing import CliRunner
 from golioth_assets.cli.main import cli
 from golioth_assets.ops import history as ops
 from golioth_assets.store import conflicts as conflict_store
+from golioth_assets.store import sync_log
+
+ERROR = "ConnectError: [Errno 111] Connection refused [GET /v1/projects/p/tags; project 'p' at http://127.0.0.1:9]"
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "250"})
+def run(*args: str, width: int = 250):
+    return CliRunner().invoke(cli, list(args), env={"COLUMNS": str(width)})
+
+
+def _failed_run(h) -> int:
+    """A scheduled targeted import that failed, recorded as the engine records one."""
+    with h.engine.begin() as conn:
+        run_id = sync_log.start_run(conn, organization_id=h.org, service_id=h.service.id, direction="import",
+                                    policy="manual", trigger="schedule", scope=[h.local().index[0]])
+        sync_log.finish_run(conn, run_id, status="failed", error=ERROR)
+    return run_id
+
+
+def _fits(output: str, width: int = 80) -> list[str]:
+    lines = output.splitlines()
+    assert max(map(len, lines)) <= width, output
+    return lines
 
 
 def _resolved_rename(h, by="alice"):
@@ -66,7 +84,26 @@ def test_one_run_lists_its_device_entries(db_env, harness):
         last = conn.execute(sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}).scalar()
     result = run("history", "--org", harness.org, "--run", str(last))
     assert result.exit_code == 0, result.output
+    assert f"run {last} ({harness.org}): success" in result.output
     assert "kitchen-sensor" in result.output and "erin" in result.output
+    sides = {line.split()[3] for line in result.output.split(f"devices changed by run {last}", 1)[1].splitlines() if "erin" in line}
+    assert sides == {"local", "Golioth"}  # as in a device's history, not the database's "remote"
+
+
+def test_lists_stay_readable_at_80_columns(db_env, harness):
+    device_id, gid, _ = _resolved_rename(harness)
+    failed = _failed_run(harness)
+
+    runs = _fits(run("history", "--org", harness.org, width=80).output)
+    row = next(line for line in runs if line.startswith(f"{failed} "))
+    assert row.split()[3:6] == ["schedule", "targeted", "failed"]  # whole words; the error is not in the row
+    # The error is shortened under the table; `--run N` has all of it.
+    assert f"run {failed} failed: {ERROR[:39]}… (full text: --run {failed})" in runs
+    detail = run("history", "--org", harness.org, "--run", str(failed), width=80).output
+    assert ERROR in " ".join(line.strip(" │") for line in detail.splitlines())
+
+    device = _fits(run("history", "--org", harness.org, "--device", gid, width=80).output)
+    assert any(line.split()[3:5] == ["Golioth", "update"] and "applied" in line.split() for line in device)
 
 
 def test_unknown_org_device_or_run_is_one_line(db_env, harness):

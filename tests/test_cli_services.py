@@ -17,8 +17,8 @@ from golioth_assets.store import services as store
 SECRETS = ["Xq7Lr2Vb9Nc4Zt6Mw1Kp8Hs3Jd5Fg0Ya", "sk_live_9fA3xQ7mB2kL8pR4tV6w", "9f8e7d6c5b4a39281706f5e4d3c2b1a0"]
 
 
-def run(*args: str, input: str | None = None):
-    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "250"}, input=input)
+def run(*args: str, input: str | None = None, width: int = 250):
+    return CliRunner().invoke(cli, list(args), env={"COLUMNS": str(width)}, input=input)
 
 
 def one_line_error(result) -> str:
@@ -63,12 +63,13 @@ def test_add_list_show_update_disable_remove(db_env, engine, new_org, sim_projec
     assert service.api_key_env == key_env
 
     listed = run("services", "list")
-    assert listed.exit_code == 0 and new_org in listed.output and f"${key_env} (set)" in listed.output
+    assert listed.exit_code == 0 and new_org in listed.output
     assert sim_project.api_key not in listed.output
 
     shown = run("services", "show", new_org)
     assert shown.exit_code == 0
     assert "remote_wins" in shown.output and "identity, tags, enabled" in shown.output
+    assert f"${key_env} (set)" in shown.output and sim_project.url in shown.output
     assert sim_project.api_key not in shown.output
     assert run("services", "show", str(service.id)).exit_code == 0
     assert run("services", "show", "--org", new_org).output == shown.output
@@ -98,6 +99,43 @@ def test_add_list_show_update_disable_remove(db_env, engine, new_org, sim_projec
     with pytest.raises(store.ServiceNotFound):
         _service(engine, new_org)
     assert "no Golioth service" in one_line_error(run("services", "show", new_org))
+
+
+def test_list_is_one_line_per_service_at_80_columns(db_env, new_org, sim_project, key_env):
+    assert _add(new_org, sim_project, key_env).exit_code == 0
+    lines = run("services", "list", width=80).output.splitlines()
+    assert max(map(len, lines)) <= 80
+    row = next(line for line in lines if new_org in line).split()
+    # Ids and settings whole, each on the service's one line; base URL and key variable are in `show`.
+    assert row[1:6] == [new_org, sim_project.project_id, "every", "300", "s"] and row[6:8] == ["bidirectional", "manual"]
+    assert key_env not in "\n".join(lines) and sim_project.url not in "\n".join(lines)
+
+
+def _help(*args: str) -> str:
+    result = run(*args, "--help", width=80)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_update_help_shows_no_add_defaults():
+    update = " ".join(_help("services", "update").split())
+    assert "unchanged if its option is omitted" in update
+    assert "default" not in update and "GOLIOTH_PROJECT_ID" not in update
+    add = " ".join(_help("services", "add").split())
+    assert "--name TEXT A label for this connection. [required]" in add
+    assert "[default: 300]" in add and "[env var: GOLIOTH_PROJECT_ID; required]" in add
+    # The groups' default reads as words, not a comma list broken mid-name.
+    assert "Field groups that sync, comma-separated (names as for --override) [default: all]." in add
+
+
+def test_command_summaries_are_not_cut_short():
+    for group in (["services"], ["conflicts"]):
+        commands = _help(*group).split("Commands:", 1)[1]
+        assert "..." not in commands, commands
+    top = _help().split("Commands:", 1)[1].splitlines()
+    for name in ("conflicts", "console", "services", "history", "webhooks", "dev", "env", "sync", "db", "simulator"):
+        line = next(line for line in top if line.split()[:1] == [name])
+        assert not line.endswith("..."), line
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import timedelta
 
@@ -37,10 +38,8 @@ def dead_and_processed(engine, org) -> dict[str, int]:
     return ids
 
 
-def run(*args: str):
-    # Wide enough that rich does not fold cells across lines.
-    result = CliRunner().invoke(webhooks, list(args), catch_exceptions=False, env={"COLUMNS": "200"})
-    return result
+def run(*args: str, width: int = 200):
+    return CliRunner().invoke(webhooks, list(args), catch_exceptions=False, env={"COLUMNS": str(width)})
 
 
 def counts(engine, org) -> dict[str, int]:
@@ -62,6 +61,29 @@ def test_replay_requeues_by_id_then_by_org(db_env, engine, org, dead_and_process
     assert counts(engine, org) == {"pending": 1, "dead": 1, "processed": 1}
     assert "requeued 1 dead event(s)" in run("replay", "--org", org).output
     assert counts(engine, org) == {"pending": 2, "processed": 1}
+
+
+def test_list_keeps_ids_statuses_and_times_whole_at_80_columns(db_env, engine, org, dead_and_processed):
+    error = "golioth unreachable: ConnectError [Errno 111] Connection refused while listing devices"
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE webhook_events SET last_error = :e WHERE organization_id = :org AND status = 'dead'"),
+                     {"org": org, "e": error})
+    lines = run("list", width=80).output.splitlines()
+    assert max(map(len, lines)) <= 80
+    dead = next(line for line in lines if line.startswith(f"{dead_and_processed['dead']} "))
+    assert {"device.updated", "dead", "1"} <= set(dead.split())
+    assert re.search(r" \d{4}-\d\d-\d\d \d\d:\d\d ", dead), dead
+    # A list view shortens the error; all of it stays in webhook_events.last_error.
+    assert f"{error[:39]}…" in run("list", "--org", org, width=250).output
+
+
+def test_replay_of_an_id_that_is_not_dead_says_so(db_env, engine, org, dead_and_processed):
+    missing = run("replay", "--id", "987654321")
+    assert missing.exit_code == 1 and missing.output.strip() == "Error: no webhook event with id 987654321"
+    alive = run("replay", "--id", str(dead_and_processed["processed"]), "--id", str(dead_and_processed["dead"]))
+    assert alive.exit_code == 1
+    assert f"event {dead_and_processed['processed']} is processed; nothing requeued" in alive.output
+    assert counts(engine, org) == {"dead": 2, "processed": 1}  # all or nothing
 
 
 def test_replay_without_a_selection_is_refused(db_env):

@@ -67,7 +67,7 @@ def show(conflict_id: str, organization_id: str | None) -> None:
         )
 
 
-@conflicts.command()
+@conflicts.command(short_help="Choose which value wins, for one conflict or all.")
 @click.argument("conflict_ids", nargs=-1)
 @click.option("--use", type=click.Choice(["local", "remote"]), help="Keep this database's value (local) or Golioth's (remote).")
 @click.option("--value", "value_json", metavar="JSON", help="Write this value to both sides instead (JSON, e.g. '\"sensor-1\"').")
@@ -167,7 +167,8 @@ def conflict_list_table(rows: list[dict], *, title: str, show_org: bool = True) 
     show_resolver = any(row["resolved_by"] for row in rows)
     columns = ["id", "org", "device", "field", "type", "local", "Golioth", "status", "detected", "resolved by"]
     columns = [c for c in columns if (c != "org" or show_org) and (c != "resolved by" or show_resolver)]
-    table = list_table(title, columns, wrap=("device", "field", "local", "Golioth", "resolved by"))
+    # A long value ends in "…" rather than fold into fragments: `conflicts show ID` has all of it.
+    table = list_table(title, columns, cut=("device", "field", "type", "local", "Golioth", "resolved by"))
     for row in rows:
         cells = {
             "id": str(row["id"]),
@@ -211,7 +212,7 @@ def side_by_side(row: dict) -> Table:
 def dry_run_conflicts_table(frame: pd.DataFrame, *, limit: int = 50) -> Table:
     """The conflicts a dry run found (not recorded: a dry run writes nothing)."""
     table = list_table("conflicts (dry run: not recorded)", ("device", "field", "type", "base", "local", "Golioth"),
-                       wrap=("device", "field", "base", "local", "Golioth"))
+                       wrap=("base", "local", "Golioth"), cut=("device", "field", "type"))
     for row in frame.head(limit).itertuples(index=False):
         device = getattr(row, "device_name", None) or row.device_id or row.golioth_device_id or ""
         table.add_row(

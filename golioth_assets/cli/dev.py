@@ -170,7 +170,7 @@ def _activity(control, stop: threading.Event, device_ids: list[str]) -> None:
             pass  # the demo carries on; the simulator may be stopping
 
 
-@click.command()
+@click.command(short_help="Start everything on this machine for a first look.")
 @click.option("--devices", default=10_000, show_default=True, help="Devices in the simulated Golioth project.")
 @click.option("--no-ui", is_flag=True, help="Run one full sync headlessly, print the summary and exit.")
 @click.option("--interval", default=60, show_default=True, help="The demo service's sync interval, seconds.")

@@ -36,7 +36,7 @@ def _when(value) -> str:
 @click.command()
 @click.option("--org", "organization_id", required=True, help="The organization.")
 @click.option("--device", "device", help="A device's local id, Golioth id or exact name: its change history.")
-@click.option("--run", "run_id", type=int, help="One run's per-device entries.")
+@click.option("--run", "run_id", type=int, help="One run in full, with its per-device entries.")
 @click.option("--limit", default=20, show_default=True, type=int, help="Runs (or device changes) to show.")
 @operator_errors
 def history(organization_id: str, device: str | None, run_id: int | None, limit: int) -> None:
@@ -53,6 +53,8 @@ def history(organization_id: str, device: str | None, run_id: int | None, limit:
     if run_id is not None:
         run, entries = ops.run_detail(engine, run_id, organization_id, limit=max(limit, 1))
         console.print(run_table(run))
+        if run["dagster_run_id"]:
+            console.print(f"Dagster run: {dagster_run_url(run['dagster_run_id'])}")  # whole, to click or copy
         console.print(entries_table(entries, title=f"devices changed by run {run_id}"))
         return
     rows = ops.runs(engine, organization_id, limit)
@@ -66,17 +68,17 @@ def history(organization_id: str, device: str | None, run_id: int | None, limit:
 
 def _kind(run: dict) -> str:
     kind = "dry run" if run["dry_run"] else ("targeted" if run["scope"] is not None else "full")
-    return kind if run["direction"] == "bidirectional" else f"{kind}, {run['direction']}"
+    return kind if run["direction"] == "bidirectional" else f"{kind} ({run['direction']})"
 
 
 def runs_table(rows: list[dict], *, title: str) -> Table:
-    # Errors are printed under the table and the duration and Dagster run are in `--run N`: with
-    # them the table no longer fits 80 columns.
-    table = list_table(title, ("run", "started", "trigger", "kind", "status", "local", "Golioth", "confl", "fail"), wrap=("kind",))
+    # Errors are printed under the table, the duration and Dagster run are in `--run N`, and the
+    # year is left out: with them the table no longer fits 80 columns.
+    table = list_table(title, ("run", "started", "trigger", "kind", "status", "local", "Golioth", "confl", "fail"), cut=("kind",))
     for r in rows:
         table.add_row(
             str(r["id"]),
-            r["started_at"].strftime("%Y-%m-%d %H:%M"),
+            r["started_at"].strftime("%m-%d %H:%M"),
             r["trigger"],
             _kind(r),
             r["status"],
@@ -92,17 +94,15 @@ def runs_table(rows: list[dict], *, title: str) -> Table:
 
 
 def run_table(run: dict) -> Table:
-    """One run in full: the summary a sync prints, with when, why and its Dagster run."""
+    """One run in full: the summary a sync prints, with when and why it ran."""
     details = [("Started", _when(run["started_at"])), ("Trigger / kind", f"{run['trigger']} / {_kind(run)}")]
-    if run["dagster_run_id"]:
-        details.append(("Dagster run", dagster_run_url(run["dagster_run_id"])))
     seconds = (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None
     return summary_table(run, seconds=seconds, details=details)
 
 
 def entries_table(entries: list[dict], *, title: str) -> Table:
     table = list_table(title, ("time", "device", "side", "action", "status", "changes", "changed by"),
-                       wrap=("device", "changes", "changed by"))
+                       wrap=("changes",), cut=("device", "changed by"))
     for e in entries:
         changes = "; ".join(
             f"{f}: {_value((c or {}).get('old'), 30)} → {_value((c or {}).get('new'), 30)}" for f, c in sorted((e["changes"] or {}).items())
@@ -123,7 +123,7 @@ def device_table(found: ops.DeviceHistory) -> Table:
     if errors:
         columns.append("error")
     table = list_table(f"history of {found.label} in {found.organization_id} (newest first)", columns,
-                       wrap=("field", "old", "new", "changed by", "error"))
+                       wrap=("old", "new", "error"), cut=("field", "changed by"))
     for c in changes:
         row = [
             c["created_at"].strftime("%Y-%m-%d %H:%M"),
@@ -150,7 +150,7 @@ def device_table(found: ops.DeviceHistory) -> Table:
 
 def device_conflicts_table(rows: list[dict]) -> Table:
     table = list_table("conflicts of this device", ("id", "field", "status", "local", "Golioth", "chosen", "resolved by", "detected"),
-                       wrap=("field", "local", "Golioth", "chosen", "resolved by"))
+                       wrap=("local", "Golioth", "chosen"), cut=("field", "resolved by"))
     for c in rows:
         table.add_row(
             str(c["id"]), c["field"], c["status"], _value(c["local_value"], 40), _value(c["remote_value"], 40),

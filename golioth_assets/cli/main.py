@@ -106,7 +106,7 @@ def stop() -> None:
     console.print("stopped" if embedded.stop(pgdata) else f"no embedded server running in {pgdata}")
 
 
-@cli.command()
+@cli.command(short_help="Print shell exports for plain `dagster` commands.")
 def env() -> None:
     """Print shell exports for running plain `dagster` commands against this deployment:
     eval "$(golioth-sync env)" && dagster dev -w workspace.yaml"""
@@ -127,7 +127,7 @@ def env() -> None:
 # -- sync ---------------------------------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Run a sync through Dagster and print a summary.")
 @click.option("--org", "organization_id", required=True, help="The organization to sync.")
 @click.option("--direction", type=click.Choice(["import", "export", "bidirectional"]), help="Override for this run.")
 @click.option("--policy", type=click.Choice(["manual", "local_wins", "remote_wins", "newest_wins"]), help="Override for this run.")

@@ -8,6 +8,7 @@ from collections.abc import Collection, Iterable, Sequence
 import pandas as pd
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 SUMMARY_ROWS = [
     ("Golioth devices fetched", "fetched_remote"),
@@ -29,13 +30,14 @@ SUMMARY_ROWS = [
 SIDES = {"local": "local", "remote": "Golioth", "none": "link"}
 
 
-def list_table(title: str, columns: Iterable[str], *, wrap: Collection[str] = ()) -> Table:
+def list_table(title: str, columns: Iterable[str], *, wrap: Collection[str] = (), cut: Collection[str] = ()) -> Table:
     """A list view that stays readable at 80 columns or piped: ids, times, statuses and counts never
-    wrap; when space runs out only the `wrap` columns (free text) give way, wrapping at spaces and
-    ending a word that still does not fit with "…" rather than splitting it across lines."""
+    wrap. When space runs out only `wrap` columns (free text, values) give way, over several lines,
+    and `cut` columns (names, long ids) end in "…" rather than break into fragments."""
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for name in columns:
-        table.add_column(name, no_wrap=name not in wrap, overflow="ellipsis")
+        header = Text(name, overflow="ellipsis")  # a header is never split mid-word, even over a `wrap` column
+        table.add_column(header, no_wrap=name not in wrap and name not in cut, overflow="fold" if name in wrap else "ellipsis")
     return table
 
 
@@ -43,15 +45,12 @@ def shorten(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def run_title(run: dict) -> str:
-    # The id is global (golioth_sync_log), not a per-organization count: "run 10", as `history --run 10` takes it.
-    return f"run {run['id']} ({run['organization_id']})"
-
-
 def summary_table(run: dict, *, seconds: float | None = None, details: Sequence[tuple[str, str]] = ()) -> Table:
-    table = Table(title=f"{run_title(run)}: {run['status']}", show_header=False)
+    # The id is golioth_sync_log's, global rather than a count per organization: "run 10", as
+    # `history --run 10` takes it.
+    table = Table(title=f"run {run['id']} ({run['organization_id']}): {run['status']}", show_header=False)
     table.add_column("what")
-    table.add_column("count", justify="right")
+    table.add_column("value")
     table.add_row("Direction / policy", f"{run['direction']} / {run['policy']}" + (" (dry run)" if run["dry_run"] else ""))
     for label, value in details:
         table.add_row(label, value)
@@ -74,10 +73,11 @@ def plan_table(plan: pd.DataFrame, *, title: str, limit: int = 50) -> Table | st
     """The plan's rows, or one line when it changes nothing."""
     if plan.empty:
         return "no changes planned"
-    table = list_table(title, ("device", "field", "action", "side", "old", "new", "status"), wrap=("device", "old", "new"))
+    table = list_table(title, ("device", "field", "action", "side", "old", "new", "status"), wrap=("old", "new"), cut=("device",))
     for row in plan.head(limit).itertuples(index=False):
         device = row.device_id or row.golioth_device_id or ""
-        table.add_row(str(device), row.field, row.action, row.side, _short(row.old_value), _short(row.new_value), row.status)
+        side = SIDES.get(row.side, row.side)
+        table.add_row(str(device), row.field, row.action, side, _short(row.old_value), _short(row.new_value), row.status)
     if len(plan) > limit:
         table.caption = f"{len(plan) - limit} more rows in sync_plan"
     return table

@@ -77,12 +77,12 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
         click.option(
             "--project-id",
             envvar="GOLIOTH_PROJECT_ID" if adding else None,
-            help="The Golioth project id" + (" [required; default: env GOLIOTH_PROJECT_ID]" if adding else "") + ".",
+            help="The Golioth project id" + (" [env var: GOLIOTH_PROJECT_ID; required]" if adding else "") + ".",
         ),
         click.option(
             "--base-url",
             envvar="GOLIOTH_BASE_URL" if adding else None,
-            help="Golioth API base URL" + default("env GOLIOTH_BASE_URL, else https://api.golioth.io") + ".",
+            help="Golioth API base URL" + (" [env var: GOLIOTH_BASE_URL; default: https://api.golioth.io]" if adding else "") + ".",
         ),
         click.option("--golioth-org", "golioth_organization_id", help="Golioth organization id (needed for cohorts)."),
         click.option(
@@ -149,7 +149,7 @@ def services() -> None:
     """Golioth connections: one per organization (device_services)."""
 
 
-@services.command()
+@services.command(short_help="Connect an organization to a Golioth project.")
 @click.option("--org", "organization_id", required=True, help="The organization (a lowercase slug).")
 @_setting_options(adding=True)
 @operator_errors
@@ -171,7 +171,7 @@ def list_() -> None:
     """Every service with its main settings."""
     rows = ops.list_services(open_engine())
     # Base URL and key variable are in `services show`: with them the table no longer fits 80 columns.
-    table = list_table("services", ("id", "org", "project", "schedule", "direction", "policy", "name"), wrap=("name",))
+    table = list_table("services", ("id", "org", "project", "schedule", "direction", "policy", "name"), cut=("project", "name"))
     for s in rows:
         schedule = f"every {s.interval_seconds} s" if s.sync_enabled else "disabled"
         table.add_row(str(s.id), s.organization_id, s.project_id, schedule, s.direction, s.conflict_policy, s.name)
@@ -196,7 +196,7 @@ def show(service: str) -> None:
 def update(service: str, **options: Any) -> None:
     """Change settings of a service (SERVICE: its id or organization).
 
-    Only the options given change; every setting omitted stays unchanged. The next run uses them."""
+    Every setting is unchanged if its option is omitted. The next run uses the new settings."""
     engine = open_engine()
     current = ops.get_service(engine, service)
     changes = _settings_from(options, current_overrides=current.policy_overrides)
@@ -223,7 +223,7 @@ def enable(service: str) -> None:
     console.print(f"service {updated.id} ({updated.organization_id}) enabled")
 
 
-@services.command()
+@services.command(short_help="Delete a service with its links, conflicts and inbox.")
 @_service_ref
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @operator_errors
@@ -243,7 +243,7 @@ def remove(service: str, yes: bool) -> None:
     console.print(f"removed service {removed.id} ({removed.organization_id})")
 
 
-@services.command("test")
+@services.command("test", short_help="Check the key and the connection; count the devices.")
 @_service_ref
 @operator_errors
 def test_(service: str) -> None:

@@ -28,7 +28,7 @@ def console_settings(host: str) -> tuple[str | None, bool]:
     return token, loopback
 
 
-@click.command("console")
+@click.command("console", short_help="Serve the web console: status, conflicts, history, inbox.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (non-loopback needs a token).")
 @click.option("--port", default=8089, show_default=True, type=int)
 @click.option("--dagster-ui-url", envvar="DAGSTER_UI_URL", default="http://127.0.0.1:3000", show_default=True,

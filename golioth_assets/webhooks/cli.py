@@ -113,26 +113,29 @@ def serve(
 def list_(status: str | None, organization_id: str | None, limit: int) -> None:
     """Show the inbox, newest first, with per-status counts."""
     from rich.console import Console
-    from rich.table import Table
+
+    from golioth_assets.cli.render import list_table, shorten
 
     engine = _engine()
     with engine.connect() as conn:
         rows = inbox.list_events(conn, status=status, organization_id=organization_id, limit=limit)
         counts = inbox.count_by_status(conn, organization_id)
-    table = Table(title="webhook events", show_lines=False)
-    for column in ("id", "org", "type", "device", "status", "attempts", "received", "last error"):
-        table.add_column(column, overflow="fold")
+    columns = ["id", "org", "type", "device", "status", "attempts", "received", "last error"]
+    if organization_id:
+        columns.remove("org")
+    table = list_table("webhook events", columns, wrap=("last error",), cut=("org", "device"))
     for row in rows:
-        table.add_row(
-            str(row.id),
-            row.organization_id,
-            row.event_type,
-            row.golioth_device_id or "",
-            row.status,
-            str(row.attempts),
-            row.received_at.strftime("%Y-%m-%d %H:%M:%S"),
-            (row.last_error or "")[:80],
-        )
+        cells = {
+            "id": str(row.id),
+            "org": row.organization_id,
+            "type": row.event_type,
+            "device": row.golioth_device_id or "",
+            "status": row.status,
+            "attempts": str(row.attempts),
+            "received": row.received_at.strftime("%Y-%m-%d %H:%M"),
+            "last error": shorten(row.last_error or ""),
+        }
+        table.add_row(*(cells[c] for c in columns))
     console = Console()
     console.print(table)
     console.print("  ".join(f"{name}: {n}" for name, n in counts.items()))
