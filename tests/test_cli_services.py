@@ -106,8 +106,11 @@ def test_list_is_one_line_per_service_at_80_columns(db_env, new_org, sim_project
     lines = run("services", "list", width=80).output.splitlines()
     assert max(map(len, lines)) <= 80
     row = next(line for line in lines if new_org in line).split()
-    # Ids and settings whole, each on the service's one line; base URL and key variable are in `show`.
-    assert row[1:6] == [new_org, sim_project.project_id, "every", "300", "s"] and row[6:8] == ["bidirectional", "manual"]
+    # Org and settings whole, on the service's one line; base URL and key variable are in `show`.
+    assert row[1] == new_org and row[3:6] == ["every", "300", "s"] and row[6:8] == ["bidirectional", "manual"]
+    # The project id gives way first when other tests' longer ids share the table (`show` has it whole).
+    project = row[2]
+    assert project == sim_project.project_id or (project.endswith("…") and sim_project.project_id.startswith(project[:-1]))
     assert key_env not in "\n".join(lines) and sim_project.url not in "\n".join(lines)
 
 

@@ -1,4 +1,8 @@
-"""Scale: 100k seeded devices, paginated end to end. Slow: run with `-m slow`."""
+"""Scale: 100k seeded devices, paginated end to end. Slow: run with `-m slow`.
+
+The timings are printed, not asserted: speed targets live in benchmarks/ (sync_full.py measures
+the 1,000-page fetch), where a loaded CI machine cannot fail them.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,15 @@ DEVICES = 100_000
 
 
 @pytest.mark.slow
-def test_seeding_100k_devices_takes_seconds_at_most():
+def test_seeding_100k_devices_is_complete_and_repeatable():
     started = time.perf_counter()
     state = SimState([ProjectSpec("big", "big-key", devices=DEVICES, seed=42)])
-    elapsed = time.perf_counter() - started
-    print(f"\nseeded {DEVICES} devices in {elapsed:.2f}s")
-    assert len(state.projects["big"].devices) == DEVICES
-    assert elapsed < 3.0
+    print(f"\nseeded {DEVICES} devices in {time.perf_counter() - started:.2f}s")
+    devices = state.projects["big"].devices
+    assert len(devices) == DEVICES
+    # The same seed gives the same fleet: a restarted demo simulator matches the database it synced.
+    again = SimState([ProjectSpec("big", "big-key", devices=DEVICES, seed=42)]).projects["big"].devices
+    assert list(again) == list(devices)
 
 
 @pytest.mark.slow
@@ -47,4 +53,3 @@ def test_full_pagination_of_100k_devices():
     print(f"\nsubprocess start incl. seeding: {startup:.2f}s")
     print(f"1000 pages: cold {timings[0]:.2f}s, warm {timings[1]:.2f}s")
     assert stats["total"] == 2 * DEVICES // 100
-    assert timings[1] < 10.0
