@@ -317,7 +317,7 @@ def test_webhook_ingest_with_concurrent_senders_across_an_outage(private_pg, mon
     answers = set(flood.answers.values())
     assert answers <= {200, 202, 503}, answers  # never a 500, never a dropped connection
     assert flood.missing_retry_after == 0
-    assert all(status == 503 and seconds < 1.0 for status, seconds in health), health
+    assert all(status == 503 and seconds < 5.0 for status, seconds in health), health  # answers, not hangs
     assert set(retried.values()) <= {200, 202}, set(retried.values())
 
     with engine.connect() as conn:

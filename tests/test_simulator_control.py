@@ -147,6 +147,7 @@ def test_api_writes_do_not_emit_console_events(sim_project, webhook_receiver):
 
 def test_webhook_delivery_retries_server_errors(simulator, sim_project, webhook_receiver):
     webhook_receiver.status = 503
+    simulator.control.flush_webhooks()  # another test's deliveries still retrying would count here
     simulator.state.sender.reset_stats()
     sim_project.control.set_webhook(sim_project.project_id, webhook_receiver.url)
     sim_project.control.device_activity(sim_project.project_id, some_device(sim_project)["id"], {"x": 1})
@@ -168,6 +169,7 @@ def test_activity_does_not_wait_for_slow_receivers(sim_project):
     finally:
         sim_project.control.clear_webhook(sim_project.project_id)
         sink.close()
+        sim_project.control.flush_webhooks()  # its retries end here, not in a later test
 
 
 # ---- projects and reset ------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_unavailable_rate_answers_503(sim_project):
 
 def _wait_for_fresh_second() -> None:
     # The limiter counts per whole second of the (shared, in-process) monotonic clock.
-    while time.monotonic() % 1 > 0.8:
+    while time.monotonic() % 1 > 0.3:
         time.sleep(0.01)
 
 
@@ -69,11 +69,11 @@ def test_rate_limit_share(sim_project):
 
 def test_latency_and_spikes(sim_project):
     with sim_project.client() as c:
-        sim_project.set_faults(latency_ms=120)
+        sim_project.set_faults(latency_ms=1200)
         started = time.perf_counter()
         c.get(devices_url(sim_project), params={"perPage": 1})
         slow = time.perf_counter() - started
-        sim_project.set_faults(latency_ms=0, spike_ms=250, spike_probability=1.0)
+        sim_project.set_faults(latency_ms=0, spike_ms=1200, spike_probability=1.0)
         started = time.perf_counter()
         c.get(devices_url(sim_project), params={"perPage": 1})
         spiked = time.perf_counter() - started
@@ -81,8 +81,9 @@ def test_latency_and_spikes(sim_project):
         started = time.perf_counter()
         c.get(devices_url(sim_project), params={"perPage": 1})
         fast = time.perf_counter() - started
-    assert slow >= 0.12 and spiked >= 0.25
-    assert fast < 0.1
+    # Delays far above any stall a busy machine adds, so the bounds hold under load.
+    assert slow >= 1.2 and spiked >= 1.2
+    assert fast < 1.0
 
 
 def test_faults_can_target_methods(sim_project):
@@ -102,14 +103,14 @@ def test_project_faults_do_not_leak_to_other_projects(sim_project_factory):
 
 def test_global_faults_never_touch_the_control_api(simulator, sim_project):
     try:
-        simulator.set_global_faults(error_rate=1.0, latency_ms=150)
+        simulator.set_global_faults(error_rate=1.0, latency_ms=1500)
         started = time.perf_counter()
         health = simulator.control.health()
         control_time = time.perf_counter() - started
         api = statuses(sim_project, 1)
     finally:
         simulator.set_global_faults(FaultConfig())
-    assert health["ok"] is True and control_time < 0.15
+    assert health["ok"] is True and control_time < 1.0  # an API request would wait 1.5 s
     assert api == [500]
 
 
