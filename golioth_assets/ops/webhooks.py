@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from golioth_assets.ops.errors import InvalidInput, NotFound
@@ -45,14 +44,7 @@ def replay(
 
 def _check_dead(conn: Connection, ids: list[int], organization_id: str | None) -> None:
     # An id that is not dead is a typo or someone else's replay: say so instead of "requeued 0".
-    rows = conn.execute(
-        sa.text(
-            "SELECT id, status FROM webhook_events WHERE id = ANY(:ids) "
-            "AND (CAST(:org AS text) IS NULL OR organization_id = :org) FOR UPDATE"
-        ),
-        {"ids": ids, "org": organization_id},
-    ).all()
-    status = dict(rows)
+    status = store.lock_statuses(conn, ids, organization_id)
     missing = [str(i) for i in ids if i not in status]
     if missing:
         raise NotFound(f"no webhook event with id {', '.join(missing)}" + (f" in organization {organization_id!r}" if organization_id else ""))

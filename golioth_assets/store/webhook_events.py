@@ -466,6 +466,19 @@ def count_by_status(conn: Connection, organization_id: str | None = None) -> dic
     return counts
 
 
+def lock_statuses(conn: Connection, ids: Sequence[int], organization_id: str | None = None) -> dict[int, str]:
+    """Status of each of these events that exists (in that organization), locked until commit so
+    that a check made on them still holds when the transaction writes."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, status FROM webhook_events WHERE id = ANY(CAST(:ids AS bigint[])) "
+            "AND (CAST(:org AS text) IS NULL OR organization_id = :org) FOR UPDATE"
+        ),
+        {"ids": list(ids), "org": organization_id},
+    ).all()
+    return dict(rows)
+
+
 def replay_dead(conn: Connection, ids: Sequence[int] | None = None, organization_id: str | None = None) -> int:
     """Requeue dead letters (all, the given ids, or one organization's) with a fresh attempt count.
 
