@@ -9,7 +9,6 @@ downloads a browser here, it drives the system one. Screenshots go to $GOLIOTH_S
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, run_tags
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from tests.fixtures.database import drop_database
+from tests.fixtures.network import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -43,11 +43,6 @@ sync_playwright = pytest.importorskip(
     "playwright.sync_api", reason="the UI test needs `pip install playwright` (no browser download)"
 ).sync_playwright
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -100,7 +95,7 @@ def webserver(make_harness, db_url, tmp_path, monkeypatch):
             ).resolve_job_def(full_sync_job.name)
             result = job.execute_in_process(instance=instance, partition_key=h.org, tags=run_tags(h.org, "ui-test"))
             assert result.success
-        port = _free_port()
+        port = free_port()
         log = open(tmp_path / "webserver.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("dagster-webserver")), "-w", str(WORKSPACE_YAML),

@@ -4,7 +4,6 @@ own database (on the system PostgreSQL here), simulator, Dagster webserver, daem
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,12 @@ import sqlalchemy as sa
 from golioth_assets.cli.runtime import PROJECT_ROOT
 from golioth_assets.store import database
 from tests.fixtures.database import drop_database
+from tests.fixtures.network import free_port
 
 pytestmark = pytest.mark.slow
 
 GOLIOTH_SYNC = str(Path(sys.executable).with_name("golioth-sync"))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -58,7 +53,7 @@ def _count(label: str, output: str) -> int:
 
 def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_env):
     env, app = dev_env
-    argv = [GOLIOTH_SYNC, "dev", "--no-ui", "--devices", "300", "--simulator-port", str(_free_port())]
+    argv = [GOLIOTH_SYNC, "dev", "--no-ui", "--devices", "300", "--simulator-port", str(free_port())]
 
     first = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -69,7 +64,7 @@ def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_en
     assert rows == 300
 
     # The simulator is seeded the same way, so a second demo finds both sides already in step.
-    argv[-1] = str(_free_port())
+    argv[-1] = str(free_port())
     second = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert _count("Golioth devices fetched", second.stdout) == 300
@@ -104,7 +99,7 @@ def _alive(pid: int) -> bool:
 
 def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(dev_env, tmp_path):
     env, _ = dev_env
-    ports = {name: _free_port() for name in ("dagster", "simulator", "webhook", "console")}
+    ports = {name: free_port() for name in ("dagster", "simulator", "webhook", "console")}
     output = tmp_path / "dev.out"
     argv = [
         GOLIOTH_SYNC, "dev", "--devices", "200", "--no-activity",

@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from golioth_assets.simulator import ProjectSpec, SimulatorControlError, SimulatorServer
 from golioth_assets.simulator.cli import simulator_command
+from tests.fixtures.network import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"simulator-test-secret-0123456789").decode()
 
@@ -218,14 +219,9 @@ def test_cli_command_options():
         assert option in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_cli_runs_a_server_with_faults():
-    port = _free_port()
+    port = free_port()
     args = ["--devices", "20", "--port", str(port), "--api-key", "cli-key", "--project-id", "cli-p"]
     args += ["--fail-rate", "1.0", "--extra-projects", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "golioth_assets.simulator", *args], stderr=subprocess.PIPE)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections import Counter
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ import sqlalchemy as sa
 
 from golioth_assets.engine import sync as engine_sync
 from golioth_assets.engine.sync import SyncRequest, open_client, sync_organization
+from tests.fixtures.faults import assert_no_duplicates
 
 WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
 
@@ -75,21 +75,6 @@ def crashed_sync(h, writes: int) -> CrashAfterWrites:
         client.close()
     assert len(transport.sent) == writes, transport.sent
     return transport
-
-
-def assert_no_duplicates(h) -> dict[str, dict]:
-    """Golioth holds each device once: hardware ids and names unique, links one-to-one."""
-    remote = h.remote()
-    hw = Counter(hid for d in remote.values() for hid in d.get("hardwareIds", []))
-    assert not [k for k, n in hw.items() if n > 1], "a hardware id is on two Golioth devices"
-    names = Counter(d["name"] for d in remote.values())
-    assert not [k for k, n in names.items() if n > 1], "two Golioth devices share a name"
-    links = h.links()
-    assert links["device_id"].is_unique and links["golioth_device_id"].is_unique
-    assert set(links["golioth_device_id"]) == set(remote), "every Golioth device is linked to one local device"
-    live = h.local()
-    assert set(links["device_id"]) == set(live.index), "every local device is linked to one Golioth device"
-    return remote
 
 
 def edit_both_sides(h) -> dict:
