@@ -204,7 +204,7 @@ def test_known_limit_console_edit_between_read_and_patch_is_overwritten(make_har
     assert h.sync().plan.empty
 
 
-@pytest.mark.parametrize("late_edit", [{"name": "local-late-edit"}, {"enabled": False}])
+@pytest.mark.parametrize("late_edit", [{"name": "local-late-edit"}, {"enabled": "flipped"}])
 def test_local_edit_between_the_plan_and_the_local_write_is_kept(make_harness, late_edit):
     """Regression. Every local write of a sync is compare-and-set on the row's version, but the
     local step used to take the version it read itself, after the Golioth writes: a local edit
@@ -213,6 +213,10 @@ def test_local_edit_between_the_plan_and_the_local_write_is_kept(make_harness, l
     h = make_harness(devices=5, seed=73)
     assert h.sync().status == "success"
     device_id = h.local().sort_index().index[0]
+    if late_edit.get("enabled") == "flipped":
+        # Local ids are random UUIDs, so which device comes first (and whether the simulator seeded it
+        # enabled) varies by run; writing the value it already has would bump no version at all.
+        late_edit = {"enabled": not bool(h.local().loc[device_id, "enabled"])}
     gid = h.golioth_id_of(device_id)
     h.edit_remote(gid, name="console-name")  # the run will pull this...
 
@@ -241,5 +245,5 @@ def test_local_edit_between_the_plan_and_the_local_write_is_kept(make_harness, l
         # Different fields: both edits land on both sides, no conflict.
         assert h.conflicts().empty
         assert local["name"] == remote["name"] == "console-name"
-        assert local["enabled"] == False and remote.get("enabled", False) is False  # noqa: E712 - numpy bool
+        assert bool(local["enabled"]) is late_edit["enabled"] and remote.get("enabled", False) is late_edit["enabled"]
     assert all(h.sync().counts[k] == 0 for k in WRITE_COUNTS)

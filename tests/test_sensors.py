@@ -80,8 +80,8 @@ def _events(engine, ids) -> dict[int, dict]:
 
 
 def _tick(sensor, instance, resources, cursor=None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-    result = sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
