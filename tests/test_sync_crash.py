@@ -85,7 +85,8 @@ def edit_both_sides(h) -> dict:
     for i, device_id in enumerate(ids[:6]):
         columns = {"name": f"renamed-{i}", "tags": ["crash-tag", "production"] if i % 2 else ["beta"]}
         if i == 2:
-            columns["enabled"] = False
+            # The opposite of what the simulator seeded (some devices start disabled): a real edit.
+            columns["enabled"] = not bool(local.loc[device_id, "enabled"])
         if i == 3:
             columns["desired_state"] = {"led": "blink", "interval": 5}
         h.edit_local(device_id, **columns)
@@ -184,9 +185,11 @@ def test_crash_in_the_local_step_after_golioth_writes(make_harness, monkeypatch)
     """Golioth got the writes, the local transaction (pulls, base snapshots, audit) never committed."""
     h = make_harness(devices=6, seed=5)
     h.sync()
-    device_id = h.local().index[0]
+    # Both from one sorted read: rows come back in no fixed order, so two reads could pick one device twice.
+    ids = h.local().sort_index().index
+    device_id = ids[0]
     gid = h.golioth_id_of(device_id)
-    pulled_gid = h.golioth_id_of(h.local().index[1])
+    pulled_gid = h.golioth_id_of(ids[1])
     h.edit_local(device_id, name="pushed-before-crash")
     h.edit_remote(pulled_gid, name="pulled-before-crash")
 

@@ -32,7 +32,9 @@ def test_first_sync_imports_everything_and_second_changes_nothing(harness):
 
 def test_local_edits_are_pushed_and_tags_created_in_golioth(harness):
     _first_sync(harness)
-    device_id = harness.local().index[0]
+    local = harness.local()
+    # The simulator seeds some devices disabled: on one of those, enabled=False would push nothing.
+    device_id = local[local["enabled"]].index[0]
     gid = harness.golioth_id_of(device_id)
     harness.edit_local(device_id, name="renamed-locally", tags=["brand-new-tag", "x"], enabled=False)
 
@@ -47,11 +49,13 @@ def test_local_edits_are_pushed_and_tags_created_in_golioth(harness):
 
 def test_remote_edits_are_pulled(harness):
     _first_sync(harness)
-    gid = next(iter(harness.remote()))
+    # About half the seeded devices have no cohort, and clearing theirs would pull nothing.
+    gid = next(g for g, d in harness.remote().items() if d.get("cohortId"))
     harness.edit_remote(gid, name="renamed-in-golioth", cohortId="")
     result = harness.sync()
     assert result.counts["updated_local"] == 1
-    assert harness.local().loc[harness.device_id_of(gid), "name"] == "renamed-in-golioth"
+    row = harness.local().loc[harness.device_id_of(gid)]
+    assert row["name"] == "renamed-in-golioth" and pd.isna(row["cohort"])
     assert harness.sync().plan.empty
 
 
@@ -73,7 +77,9 @@ def test_desired_state_merges_key_by_key(harness):
 
 def test_manual_conflict_is_stored_and_the_field_left_alone(harness):
     _first_sync(harness)
-    device_id = harness.local().index[0]
+    local = harness.local()
+    # An enabled device, so that enabled=False is a real change for "the other field still synced".
+    device_id = local[local["enabled"]].index[0]
     gid = harness.golioth_id_of(device_id)
     harness.edit_local(device_id, name="local-name", enabled=False)
     harness.edit_remote(gid, name="remote-name")
