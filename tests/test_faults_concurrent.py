@@ -23,6 +23,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from golioth_assets.engine import apply_remote
 from golioth_assets.engine import sync as engine_sync
 from golioth_assets.engine.sync import SyncRequest
 from golioth_assets.golioth.client import GoliothClient
@@ -44,6 +45,7 @@ class Editors:
         self.counter = itertools.count()
         self.threads = [threading.Thread(target=self._run, args=(side, seed)) for side, seed in (("local", 1), ("remote", 2))]
         self.errors: list[BaseException] = []
+        self.changed = threading.Condition()  # notified on each logged edit, an error, and the stop
 
     def _run(self, side: str, seed: int) -> None:
         rng = random.Random(seed)
@@ -57,9 +59,13 @@ class Editors:
                 else:
                     self.h.edit_remote(self.gid[device_id], name=value)
                 self.log.append((time.monotonic(), side, device_id, value))  # once applied
+                with self.changed:
+                    self.changed.notify_all()
                 time.sleep(self.pause)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.errors.append(exc)
+            with self.changed:
+                self.changed.notify_all()
 
     def __enter__(self) -> Editors:
         for t in self.threads:
@@ -68,13 +74,17 @@ class Editors:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
+        with self.changed:
+            self.changed.notify_all()
         for t in self.threads:
             t.join(30)
 
 
-def _run_sync_recording_fetch(h, monkeypatch) -> tuple[threading.Thread, dict]:
+def _run_sync_recording_fetch(h, monkeypatch, before_patch=None) -> tuple[threading.Thread, dict]:
     """Start a sync in a thread; record (monotonic clock) when its inventory fetch started and
-    ended, and when each of its PATCHes got its answer (by Golioth device id)."""
+    ended, and when each of its PATCHes got its answer (by Golioth device id). `before_patch(id)`,
+    if given, runs in the sync's thread once an update's re-read check has passed, just before
+    its PATCH is sent."""
     seen: dict = {"patched_at": {}}
     real_fetch = engine_sync.fetch_step
     real_update = GoliothClient.update_device
@@ -87,6 +97,8 @@ def _run_sync_recording_fetch(h, monkeypatch) -> tuple[threading.Thread, dict]:
 
     def update_device(self, device_id, body):
         seen.setdefault("patch_sent_at", time.monotonic())  # the re-read check has passed
+        if before_patch is not None:
+            before_patch(device_id)
         result = real_update(self, device_id, body)
         seen["patched_at"][device_id] = time.monotonic()
         return result
@@ -126,6 +138,24 @@ def test_concurrent_edits_on_both_sides_during_a_sync_are_never_silently_lost(ma
     h.project.set_faults(**SLOW_WRITES)
 
     with Editors(h, ids) as editors:
+        # The n-th update of Golioth waits (if need be) until the editors have made n edits since
+        # the sync started: on a slow or loaded machine they might otherwise make few edits while
+        # the sync applies; this way edits always spread over the whole apply phase. It waits
+        # before the update's re-read, so the read-to-PATCH window stays what it is. (Once the
+        # editors have stopped, updates of later syncs no longer wait.)
+        started_with, updates = len(editors.log), itertools.count()
+        real_update = apply_remote.RemoteWriter.update
+
+        def keeping_pace(n: int) -> bool:
+            return len(editors.log) - started_with >= n or bool(editors.errors) or editors.stop.is_set()
+
+        def update_keeping_pace(self, *args, **kwargs):
+            n = next(updates)
+            with editors.changed:
+                editors.changed.wait_for(lambda: keeping_pace(n), timeout=30)
+            return real_update(self, *args, **kwargs)
+
+        monkeypatch.setattr(apply_remote.RemoteWriter, "update", update_keeping_pace)
         thread, seen = _run_sync_recording_fetch(h, monkeypatch)
         thread.join(120)
     assert not editors.errors, editors.errors
@@ -178,25 +208,27 @@ def test_concurrent_edits_on_both_sides_during_a_sync_are_never_silently_lost(ma
 def test_known_limit_console_edit_between_read_and_patch_is_overwritten(make_harness, monkeypatch):
     """Golioth has no ETag: a PATCH cannot say "only if the name is still what I read". The sync
     re-reads the device just before the PATCH; a console edit landing after that re-read and before
-    the PATCH is processed is lost (the PATCH is slowed by 1.5 s here to make that window hittable).
+    the PATCH is processed is lost. The edit is made exactly there: the sync's PATCH waits until
+    the console edit has been answered (no race with the clock: the window is always hit).
     This test pins the window down; if it ever fails, the limit is gone: update docs/reliability.md."""
     h = make_harness(devices=5, seed=72)
     assert h.sync().status == "success"
     device_id = h.local().sort_index().index[0]
     gid = h.golioth_id_of(device_id)
     h.edit_local(device_id, name="local-edit")
-    h.project.set_faults(latency_ms=1500, methods=["PATCH"])  # the PATCH is slow to land
 
-    thread, seen = _run_sync_recording_fetch(h, monkeypatch)
-    deadline = time.monotonic() + 30
-    while "patch_sent_at" not in seen:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(0.3)  # the re-read is done and the (slowed) PATCH is on its way
-    h.edit_remote(gid, name="console-edit-in-the-window")
+    in_window: list[str] = []
+
+    def console_edit_in_the_window(patched_gid: str) -> None:
+        assert patched_gid == gid
+        h.edit_remote(gid, name="console-edit-in-the-window")  # the re-read is done, the PATCH not sent
+        in_window.append(h.remote()[gid]["name"])
+
+    thread, seen = _run_sync_recording_fetch(h, monkeypatch, before_patch=console_edit_in_the_window)
     thread.join(60)
-    h.project.clear_faults()
+    assert not thread.is_alive() and "error" not in seen, seen
     assert seen["result"].status == "success"
+    assert in_window == ["console-edit-in-the-window"]  # the edit had landed when the PATCH went out
 
     # Lost: both sides say "local-edit", and no conflict was recorded.
     assert h.remote()[gid]["name"] == "local-edit" == h.local().loc[device_id, "name"]

@@ -28,14 +28,24 @@ import sqlalchemy as sa
 
 from golioth_assets.store import database
 from tests.fixtures.database import drop_database
-from tests.fixtures.faults import assert_no_duplicates, bulk_create_local, bulk_edit_local, sync_log_rows, write_requests
+from tests.fixtures.faults import (
+    assert_no_duplicates,
+    bulk_create_local,
+    bulk_edit_local,
+    successful_writes,
+    sync_log_rows,
+    write_requests,
+)
 
 pytestmark = pytest.mark.slow
 
 CLI = str(Path(sys.executable).with_name("golioth-sync"))
-# Writes take 120 ms each in the simulator (reads stay fast), so at the client's 16 concurrent
-# requests the apply phase lasts a few seconds and the kill lands inside it.
-WRITE_LATENCY = {"latency_ms": 120, "methods": ["POST", "PATCH", "PUT", "DELETE"]}
+WRITES = ["POST", "PATCH", "PUT", "DELETE"]
+# Writes take 500 ms each in the simulator (reads stay fast). The client has at most 16 requests in
+# flight, so at most 16 writes complete per 500 ms whatever the machine's speed: the apply phase
+# lasts many seconds, and what completes between the watcher's look at the counters and the kill is
+# a few writes (up to one batch of 16, more only if the watcher stalls for a whole latency).
+WRITE_LATENCY = {"latency_ms": 500, "methods": WRITES}
 
 
 @pytest.fixture
@@ -61,7 +71,9 @@ def cli_env(db_url, tmp_path, make_harness):
 
 def run_cli(h, env: dict, tmp_path: Path, *, kill_after_writes: int | None, timeout: float = 180) -> dict:
     """`golioth-sync sync --org …` in its own process group. With kill_after_writes, SIGKILL it
-    as soon as the simulator has answered that many write requests of this run."""
+    as soon as the simulator has answered that many write requests of this run. Returns once the
+    simulator has answered every request the process sent (see `_drained_stats`)."""
+    _drained_stats(h)  # nothing an earlier run sent can still be counted as this run's
     h.project.reset_stats()
     log = tmp_path / f"cli-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as out:
@@ -89,13 +101,26 @@ def run_cli(h, env: dict, tmp_path: Path, *, kill_after_writes: int | None, time
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(30)
-    time.sleep(0.3)  # writes already on the wire when the process died still land; count them
+    stats = _drained_stats(h)
     return {
         "returncode": proc.returncode,
         "killed_at": killed_at,
-        "writes": write_requests(h.project.stats()),
+        "writes": write_requests(stats),  # any status: those in flight at the kill end as 499s
+        "successful_writes": successful_writes(stats),
         "output": log.read_text(),
     }
+
+
+def _drained_stats(h, timeout: float = 60) -> dict:
+    """The project's request stats once no request is in flight. Writes still sleeping out their
+    latency when the process died are answered 499 (the simulator finds the client gone when it
+    reads the body, and applies nothing) and counted then; waiting for that, instead of a fixed
+    sleep, makes the counts final, and keeps them out of the next run's counts."""
+    deadline = time.monotonic() + timeout
+    while (stats := h.project.stats())["inFlight"]:
+        assert time.monotonic() < deadline, f"requests still in flight after {timeout}s: {stats}"
+        time.sleep(0.05)
+    return stats
 
 
 def _edit_tags(h, device_ids: list[str], tags: list[str]) -> None:
@@ -110,31 +135,37 @@ def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_har
     ids = list(h.local().sort_index().index)
     h.project.set_faults(**WRITE_LATENCY)
 
-    # Round 1: 200 renames (60 of them with a new tag), 30 creates (half without a hardware id,
-    # which the sync generates and stores before the create), 20 console renames to pull.
-    expected = bulk_edit_local(h, ids[:200], "r1")
+    # Round 1: 260 renames (60 of them with a new tag), 30 creates (half without a hardware id,
+    # which the sync generates and stores before the create), 20 console renames to pull. About
+    # 300 writes in all: the four kills take about 190 of them plus what lands meanwhile, which
+    # leaves round 4 plenty to die in the middle of.
+    expected = bulk_edit_local(h, ids[:260], "r1")
     _edit_tags(h, ids[:60], ["killed-1"])
     expected.update(bulk_create_local(h, 30, "born-r1", with_hardware_ids=False))
     pulled = {h.golioth_id_of(d): f"console-{d[:8]}" for d in ids[280:300]}
     for gid, name in pulled.items():
         h.edit_remote(gid, name=name)
+    kill_points = [25]
     killed = [run_cli(h, cli_env, tmp_path, kill_after_writes=25)]
 
     # Round 2: re-edit 50 devices of round 1 (their first edit may be half-applied), 10 more creates.
     expected.update(bulk_edit_local(h, ids[150:200], "r2"))
     _edit_tags(h, ids[40:60], ["killed-2"])
     expected.update(bulk_create_local(h, 10, "born-r2"))
+    kill_points.append(120)
     killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=120))
 
     # Rounds 3 and 4: no new edits; die part-way through what is left each time. Four kills: as
     # many as the golioth_api pool has slots, each killed run holding one (see below).
-    killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=35))
-    killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=8))
+    for kill_after in (35, 8):
+        kill_points.append(kill_after)
+        killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=kill_after))
 
-    for run in killed:
+    for run, kill_after in zip(killed, kill_points):
+        # Killed (not finished) after that many writes: the kills really interrupted the writes.
         assert run["returncode"] == -signal.SIGKILL, run["output"][-3000:]
-        assert run["killed_at"] is not None
-    assert sum(run["writes"] for run in killed) > 200  # the kills really interrupted the writes
+        assert run["killed_at"] is not None and run["killed_at"] >= kill_after, run["killed_at"]
+    assert sum(run["writes"] for run in killed) >= sum(kill_points)
     runs = sync_log_rows(h)
     assert [r["status"] for r in runs[-4:]] == ["running"] * 4  # nobody finished their log rows
     killed_run_ids = [r["dagster_run_id"] for r in runs[-4:]]
@@ -188,11 +219,16 @@ def test_killed_run_failed_by_dagster_then_newer_local_edits_win(make_harness, c
     h = make_harness(devices=100, seed=32)
     assert h.sync().status == "success"
     ids = list(h.local().sort_index().index)
-    h.project.set_faults(**WRITE_LATENCY)
+    # Slower writes than the other test: at most 16 complete per second, so from the 40th to the
+    # 100th the watcher would have to stall for seconds.
+    h.project.set_faults(latency_ms=1000, methods=WRITES)
     bulk_edit_local(h, ids, "r1")
     killed = run_cli(h, cli_env, tmp_path, kill_after_writes=40)
-    assert killed["returncode"] == -signal.SIGKILL and 40 <= killed["writes"] < 100
+    counts = {k: killed[k] for k in ("returncode", "killed_at", "writes", "successful_writes")}
+    assert killed["returncode"] == -signal.SIGKILL and killed["killed_at"] >= 40 and killed["writes"] < 100, counts
     landed = [d for d in h.remote().values() if d["name"].endswith("-r1")]
+    # Each answered PATCH renamed one device; those in flight at the kill renamed none.
+    assert len(landed) == killed["successful_writes"]
     assert 40 <= len(landed) < 100
 
     monkeypatch.setenv("GOLIOTH_SYNC_DAGSTER_PG_URL", cli_env["DAGSTER_DATABASE_URL"])

@@ -522,9 +522,16 @@ class FaultsAndStats:
         if scope["type"] != "http" or scope["path"].startswith("/_sim"):
             await self.app(scope, receive, send)
             return
-        path, method = scope["path"], scope["method"]
-        match = _PROJECT_IN_PATH.match(path)
+        match = _PROJECT_IN_PATH.match(scope["path"])
         project_id = match.group(1) if match else None
+        self.state.stats.started(project_id)
+        try:
+            await self._faulty(scope, receive, send, project_id)
+        finally:
+            self.state.stats.finished(project_id)
+
+    async def _faulty(self, scope: dict, receive: Any, send: Any, project_id: str | None) -> None:
+        path, method = scope["path"], scope["method"]
         decision = self.state.faults.decide(project_id, method)
         if decision.delay_s:
             await asyncio.sleep(decision.delay_s)

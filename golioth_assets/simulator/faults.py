@@ -137,11 +137,25 @@ class FaultRegistry:
 
 
 class RequestStats:
-    """HTTP request counts by project, method, route template and status."""
+    """HTTP request counts by project, method, route template and status, and how many requests
+    are in flight (received, not yet answered and counted: e.g. sleeping out injected latency)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str, str, int]] = Counter()
+        self._in_flight: Counter[str] = Counter()
+
+    def started(self, project_id: str | None) -> None:
+        with self._lock:
+            self._in_flight[project_id or ""] += 1
+
+    def finished(self, project_id: str | None) -> None:
+        """After `record` (if the request got that far): at inFlight 0, every request is counted."""
+        with self._lock:
+            key = project_id or ""
+            self._in_flight[key] -= 1
+            if self._in_flight[key] <= 0:
+                del self._in_flight[key]
 
     def record(self, project_id: str | None, method: str, route: str, status: int) -> None:
         key = (project_id or "", method, route, status)
@@ -151,6 +165,7 @@ class RequestStats:
     def snapshot(self, project_id: str | None = None) -> dict[str, Any]:
         with self._lock:
             items = [(k, n) for k, n in self._counts.items() if project_id is None or k[0] == project_id]
+            in_flight = sum(n for p, n in self._in_flight.items() if project_id is None or p == project_id)
         by_method: Counter[str] = Counter()
         by_status: Counter[str] = Counter()
         rows = []
@@ -163,9 +178,11 @@ class RequestStats:
             "byMethod": dict(by_method),
             "byStatus": dict(by_status),
             "byRoute": rows,
+            "inFlight": in_flight,
         }
 
     def reset(self, project_id: str | None = None) -> None:
+        """Forget the counts (requests in flight stay in flight, and are counted when answered)."""
         with self._lock:
             if project_id is None:
                 self._counts.clear()
