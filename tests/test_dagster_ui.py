@@ -44,7 +44,6 @@ sync_playwright = pytest.importorskip(
 ).sync_playwright
 
 
-
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

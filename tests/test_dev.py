@@ -24,7 +24,6 @@ pytestmark = pytest.mark.slow
 GOLIOTH_SYNC = str(Path(sys.executable).with_name("golioth-sync"))
 
 
-
 @pytest.fixture
 def dev_env(db_url, tmp_path):
     """A fresh app database and Dagster database on the test server, and a private GOLIOTH_SYNC_HOME."""

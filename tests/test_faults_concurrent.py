@@ -27,11 +27,11 @@ from golioth_assets.engine import apply_remote
 from golioth_assets.engine import sync as engine_sync
 from golioth_assets.engine.sync import SyncRequest
 from golioth_assets.golioth.client import GoliothClient
-from tests.fixtures.faults import WRITE_COUNTS, assert_no_duplicates, bulk_edit_local
+from tests.fixtures.faults import WRITE_COUNTS, WRITE_METHODS, assert_no_duplicates, bulk_edit_local
 
 pytestmark = pytest.mark.slow
 
-SLOW_WRITES = {"latency_ms": 250, "methods": ["POST", "PATCH", "PUT", "DELETE"]}
+SLOW_WRITES = {"latency_ms": 250, "methods": list(WRITE_METHODS)}
 
 
 class Editors:

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from golioth_assets.store import database
 from tests.fixtures.database import drop_database
 from tests.fixtures.faults import (
+    WRITE_METHODS,
     assert_no_duplicates,
     bulk_create_local,
     bulk_edit_local,
@@ -40,12 +41,11 @@ from tests.fixtures.faults import (
 pytestmark = pytest.mark.slow
 
 CLI = str(Path(sys.executable).with_name("golioth-sync"))
-WRITES = ["POST", "PATCH", "PUT", "DELETE"]
 # Writes take 500 ms each in the simulator (reads stay fast). The client has at most 16 requests in
 # flight, so at most 16 writes complete per 500 ms whatever the machine's speed: the apply phase
 # lasts many seconds, and what completes between the watcher's look at the counters and the kill is
 # a few writes (up to one batch of 16, more only if the watcher stalls for a whole latency).
-WRITE_LATENCY = {"latency_ms": 500, "methods": WRITES}
+WRITE_LATENCY = {"latency_ms": 500, "methods": list(WRITE_METHODS)}
 
 
 @pytest.fixture
@@ -221,7 +221,7 @@ def test_killed_run_failed_by_dagster_then_newer_local_edits_win(make_harness, c
     ids = list(h.local().sort_index().index)
     # Slower writes than the other test: at most 16 complete per second, so from the 40th to the
     # 100th the watcher would have to stall for seconds.
-    h.project.set_faults(latency_ms=1000, methods=WRITES)
+    h.project.set_faults(latency_ms=1000, methods=list(WRITE_METHODS))
     bulk_edit_local(h, ids, "r1")
     killed = run_cli(h, cli_env, tmp_path, kill_after_writes=40)
     counts = {k: killed[k] for k in ("returncode", "killed_at", "writes", "successful_writes")}

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from golioth_assets.engine import apply_local as apply_local_module
 from golioth_assets.engine.sync import SyncRequest, sync_organization
 from tests.fixtures.faults import (
+    WRITE_METHODS,
     assert_no_duplicates,
     bulk_create_local,
     bulk_edit_local,
@@ -114,7 +115,7 @@ def test_database_stops_while_golioth_writes_are_in_flight(pg_harness, private_p
     edits = _edits(h)
     before_rows, before_links = _device_rows(h), _links(h)
     # ~120 writes at 200 ms and 16 at a time: the apply phase outlasts the server's shutdown.
-    h.project.set_faults(latency_ms=200, methods=["POST", "PATCH", "PUT", "DELETE"])
+    h.project.set_faults(latency_ms=200, methods=list(WRITE_METHODS))
     h.project.reset_stats()
 
     outcome: dict = {}

@@ -219,7 +219,6 @@ def test_cli_command_options():
         assert option in result.output
 
 
-
 def test_cli_runs_a_server_with_faults():
     port = free_port()
     args = ["--devices", "20", "--port", str(port), "--api-key", "cli-key", "--project-id", "cli-p"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -84,6 +85,22 @@ def test_latency_and_spikes(sim_project):
     # Delays far above any stall a busy machine adds, so the bounds hold under load.
     assert slow >= 1.2 and spiked >= 1.2
     assert fast < 1.0
+
+
+def test_stats_count_a_request_in_flight_until_it_is_answered(sim_project):
+    # The crash tests wait for inFlight 0 before reading counts: a slowed request must show here.
+    sim_project.set_faults(latency_ms=1500)
+    sim_project.reset_stats()
+    worker = threading.Thread(target=statuses, args=(sim_project, 1))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while (during := sim_project.stats())["inFlight"] == 0:
+        assert worker.is_alive() and time.monotonic() < deadline, "the request never showed as in flight"
+        time.sleep(0.02)
+    worker.join(10)
+    after = sim_project.stats()
+    assert during["inFlight"] == 1 and during["total"] == 0  # received, not yet counted
+    assert after["inFlight"] == 0 and after["total"] == 1
 
 
 def test_faults_can_target_methods(sim_project):

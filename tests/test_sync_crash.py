@@ -23,9 +23,7 @@ import sqlalchemy as sa
 
 from golioth_assets.engine import sync as engine_sync
 from golioth_assets.engine.sync import SyncRequest, open_client, sync_organization
-from tests.fixtures.faults import assert_no_duplicates
-
-WRITE_METHODS = {"POST", "PATCH", "PUT", "DELETE"}
+from tests.fixtures.faults import WRITE_METHODS, assert_no_duplicates
 
 
 class Crash(BaseException):
