@@ -74,7 +74,11 @@ def _processes_of(home: Path, exclude: set[int]) -> list:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if proc.pid != os.getpid() and proc.pid not in exclude and proc.environ().get("GOLIOTH_SYNC_HOME") == str(home):
+            if (
+                proc.pid != os.getpid()
+                and proc.pid not in exclude
+                and proc.environ().get("GOLIOTH_SYNC_HOME") == str(home)
+            ):
                 found.append(proc)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
@@ -134,34 +138,52 @@ def run(args: argparse.Namespace) -> dict:
 
         server = database.normalize_url(args.database_url)
         os.environ["DATABASE_URL"] = server.set(database=name).render_as_string(hide_password=False)
-        os.environ["DAGSTER_DATABASE_URL"] = server.set(database=f"{name}_dagster").render_as_string(hide_password=False)
+        os.environ["DAGSTER_DATABASE_URL"] = server.set(database=f"{name}_dagster").render_as_string(
+            hide_password=False
+        )
     orgs = [f"tenant-{i:03d}" for i in range(args.orgs)]
-    keys = {org: (f"BENCH_TENANT_KEY_{i:03d}", f"tenant-key-{i:03d}-{uuid.uuid4().hex[:8]}") for i, org in enumerate(orgs)}
+    keys = {
+        org: (f"BENCH_TENANT_KEY_{i:03d}", f"tenant-key-{i:03d}-{uuid.uuid4().hex[:8]}") for i, org in enumerate(orgs)
+    }
     for env, key in keys.values():
         os.environ[env] = key
 
     sim = daemon = runtime = None
-    result: dict = {"orgs": args.orgs, "devices_per_org": args.devices, "dagster_yaml": str(args.dagster_yaml or "project"),
-                    "postgres": "embedded" if args.embedded else "system"}
+    result: dict = {
+        "orgs": args.orgs,
+        "devices_per_org": args.devices,
+        "dagster_yaml": str(args.dagster_yaml or "project"),
+        "postgres": "embedded" if args.embedded else "system",
+    }
     try:
         t = time.perf_counter()
         runtime = prepare()  # databases, migrations, DAGSTER_HOME with the project's dagster.yaml
         engine = runtime.engine
         sim = SimulatorServer(
-            projects=[ProjectSpec(f"proj-{org}", keys[org][1], devices=args.devices, seed=i) for i, org in enumerate(orgs)]
+            projects=[
+                ProjectSpec(f"proj-{org}", keys[org][1], devices=args.devices, seed=i) for i, org in enumerate(orgs)
+            ]
         ).start_subprocess()
         with engine.begin() as conn:
             for org in orgs:
                 services.upsert_service(
                     conn,
                     services.ServiceSettings(
-                        organization_id=org, name=f"fleet of {org}", project_id=f"proj-{org}", base_url=sim.url,
-                        golioth_organization_id="sim-org", api_key_env=keys[org][0], interval_seconds=60,
+                        organization_id=org,
+                        name=f"fleet of {org}",
+                        project_id=f"proj-{org}",
+                        base_url=sim.url,
+                        golioth_organization_id="sim-org",
+                        api_key_env=keys[org][0],
+                        interval_seconds=60,
                     ),
                 )
         instance = dg.DagsterInstance.get()
         instance.add_dynamic_partitions(organizations.name, orgs)
-        print(f"setup: {args.orgs} organizations × {args.devices:,} devices in {time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"setup: {args.orgs} organizations × {args.devices:,} devices in {time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
 
         logs = home / "logs"
         logs.mkdir()
@@ -175,22 +197,31 @@ def run(args: argparse.Namespace) -> dict:
             if not daemon.alive():
                 raise SystemExit(f"dagster-daemon exited early; see {logs}")
             if time.time() - started > args.timeout:
-                raise SystemExit(f"only {len(done)}/{len(orgs)} organizations synced within {args.timeout:.0f} s; see {logs}")
+                raise SystemExit(
+                    f"only {len(done)}/{len(orgs)} organizations synced within {args.timeout:.0f} s; see {logs}"
+                )
             time.sleep(1.0)
             done = {o: n for o, n in _successes(engine).items() if o in keys}
             if time.time() - last_print >= 15:
                 last_print = time.time()
                 load_samples.append(os.getloadavg()[0])
-                print(f"  {time.time() - started:6.0f} s: {len(done)}/{len(orgs)} organizations synced, "
-                      f"load average {os.getloadavg()[0]:.1f}", flush=True)
+                print(
+                    f"  {time.time() - started:6.0f} s: {len(done)}/{len(orgs)} organizations synced, "
+                    f"load average {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
         finished = time.time()
         print(f"all {len(orgs)} organizations synced {finished - started:.1f} s after the daemon started", flush=True)
 
         # Wind down: no new requests, queued runs cancelled, running ones allowed to finish.
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE device_services SET interval_seconds = 86400"))
-        in_flight = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-                     dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+        in_flight = [
+            dg.DagsterRunStatus.QUEUED,
+            dg.DagsterRunStatus.NOT_STARTED,
+            dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED,
+        ]
         deadline = time.time() + 180
         while time.time() < deadline:
             open_runs = instance.get_run_records(dg.RunsFilter(statuses=in_flight))
@@ -209,10 +240,16 @@ def run(args: argparse.Namespace) -> dict:
         runs = []
         for r in records:
             run_ = r.dagster_run
-            runs.append({
-                "run_id": run_.run_id, "org": run_.tags.get("dagster/partition"), "status": run_.status.value,
-                "created": r.create_timestamp.timestamp(), "start": r.start_time, "end": r.end_time,
-            })
+            runs.append(
+                {
+                    "run_id": run_.run_id,
+                    "org": run_.tags.get("dagster/partition"),
+                    "status": run_.status.value,
+                    "created": r.create_timestamp.timestamp(),
+                    "start": r.start_time,
+                    "end": r.end_time,
+                }
+            )
         ran = [r for r in runs if r["start"] is not None]
         unfinished = [r for r in ran if r["end"] is None]
         overlaps = []
@@ -238,7 +275,9 @@ def run(args: argparse.Namespace) -> dict:
                 if event.event_type == dg.DagsterEventType.STEP_START:
                     begun[event.step_key] = rec.event_log_entry.timestamp
                 elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
-                    pool_steps.append((begun.pop(event.step_key, rec.event_log_entry.timestamp), rec.event_log_entry.timestamp))
+                    pool_steps.append(
+                        (begun.pop(event.step_key, rec.event_log_entry.timestamp), rec.event_log_entry.timestamp)
+                    )
         max_pool = _max_overlap(pool_steps)
         # The run queue's limit counts a run from its dequeue (launch, process start-up) to its end.
         max_runs = _max_overlap([(r.get("dequeued", r["start"]), r["end"] or time.time()) for r in ran])
@@ -256,17 +295,28 @@ def run(args: argparse.Namespace) -> dict:
             total_from_daemon_s=finished - started,
             total_from_first_run_s=last_first_success - first_created,
             first_run_created_after_s=first_created - started,
-            runs=len(runs), runs_started=len(ran), runs_succeeded=len(successes),
+            runs=len(runs),
+            runs_started=len(ran),
+            runs_succeeded=len(successes),
             runs_failed=sum(r["status"] == "FAILURE" for r in ran),
             runs_canceled=sum(r["status"] == "CANCELED" for r in runs),
             unfinished=len(unfinished),
-            run_s_p50=statistics.median(durations), run_s_max=max(durations),
-            queue_wait_s_p50=statistics.median(waits), queue_wait_s_max=max(waits),
-            overlapping_runs_of_one_org=overlaps, max_concurrent_runs=max_runs, max_executing_runs=max_executing,
-            max_concurrent_pool_steps=max_pool, startup_s_p50=statistics.median(startups), startup_s_max=max(startups),
+            run_s_p50=statistics.median(durations),
+            run_s_max=max(durations),
+            queue_wait_s_p50=statistics.median(waits),
+            queue_wait_s_max=max(waits),
+            overlapping_runs_of_one_org=overlaps,
+            max_concurrent_runs=max_runs,
+            max_executing_runs=max_executing,
+            max_concurrent_pool_steps=max_pool,
+            startup_s_p50=statistics.median(startups),
+            startup_s_max=max(startups),
             first_success_after_first_run_s=sorted(r["end"] - first_created for r in first_success.values()),
-            pool_steps=len(pool_steps), orgs_with_success=len(first_success),
-            load_before=load_start, load_during=load_samples, load_after=os.getloadavg(),
+            pool_steps=len(pool_steps),
+            orgs_with_success=len(first_success),
+            load_before=load_start,
+            load_during=load_samples,
+            load_after=os.getloadavg(),
             stragglers_ended=stragglers,
         )
         problems = []
@@ -316,29 +366,45 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for every organization")
     parser.add_argument("--json", metavar="PATH", help="also write every figure here")
     args = parser.parse_args()
-    print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; PostgreSQL: {'embedded' if args.embedded else 'system'}")
+    print(
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}; PostgreSQL: {'embedded' if args.embedded else 'system'}"
+    )
     r = run(args)
     print(f"\n{r['orgs']} organizations × {r['devices_per_org']:,} devices, synced by the scheduler:")
-    print(f"  total: {r['total_from_daemon_s']:.1f} s from the daemon's start "
-          f"({r['total_from_first_run_s']:.1f} s from the first run's creation, {r['first_run_created_after_s']:.1f} s "
-          f"after the start: the first schedule tick)")
-    print(f"  runs: {r['runs']} created, {r['runs_started']} started, {r['runs_succeeded']} succeeded, "
-          f"{r['runs_failed']} failed, {r['runs_canceled']} cancelled while queued at the end")
-    print(f"  per run: queue wait (created → dequeued) p50 {r['queue_wait_s_p50']:.1f} s, max {r['queue_wait_s_max']:.1f} s; "
-          f"launch and run-worker start-up (dequeued → started) p50 {r['startup_s_p50']:.1f} s, max {r['startup_s_max']:.1f} s; "
-          f"the sync (started → ended) p50 {r['run_s_p50']:.1f} s, max {r['run_s_max']:.1f} s")
+    print(
+        f"  total: {r['total_from_daemon_s']:.1f} s from the daemon's start "
+        f"({r['total_from_first_run_s']:.1f} s from the first run's creation, {r['first_run_created_after_s']:.1f} s "
+        f"after the start: the first schedule tick)"
+    )
+    print(
+        f"  runs: {r['runs']} created, {r['runs_started']} started, {r['runs_succeeded']} succeeded, "
+        f"{r['runs_failed']} failed, {r['runs_canceled']} cancelled while queued at the end"
+    )
+    print(
+        f"  per run: queue wait (created → dequeued) p50 {r['queue_wait_s_p50']:.1f} s, max {r['queue_wait_s_max']:.1f} s; "
+        f"launch and run-worker start-up (dequeued → started) p50 {r['startup_s_p50']:.1f} s, max {r['startup_s_max']:.1f} s; "
+        f"the sync (started → ended) p50 {r['run_s_p50']:.1f} s, max {r['run_s_max']:.1f} s"
+    )
     firsts = r["first_success_after_first_run_s"]
-    print(f"  each organization's first success, s after the first run was created: 10th {firsts[len(firsts) // 10]:.0f}, "
-          f"median {firsts[len(firsts) // 2]:.0f}, last {firsts[-1]:.0f}")
+    print(
+        f"  each organization's first success, s after the first run was created: 10th {firsts[len(firsts) // 10]:.0f}, "
+        f"median {firsts[len(firsts) // 2]:.0f}, last {firsts[-1]:.0f}"
+    )
     print(f"  overlapping runs of one organization: {len(r['overlapping_runs_of_one_org'])}")
-    print(f"  most runs at once: {r['max_concurrent_runs']} dequeued and not ended (limit {RUN_LIMIT}), "
-          f"{r['max_executing_runs']} executing; most {POOL} steps at once: "
-          f"{r['max_concurrent_pool_steps']} (limit {POOL_LIMIT}, over {r['pool_steps']} steps)")
-    print(f"  load average before {r['load_before'][0]:.2f}, during {', '.join(f'{x:.1f}' for x in r['load_during'])}, "
-          f"after {r['load_after'][0]:.2f}")
-    print(f"  after the daemon stopped: {len(r['stragglers_ended'])} processes still running after 15 s, ended by pid "
-          f"{r['stragglers_ended'] or ''}; at the very end: {r['left_at_the_end'] or 'none left'}")
+    print(
+        f"  most runs at once: {r['max_concurrent_runs']} dequeued and not ended (limit {RUN_LIMIT}), "
+        f"{r['max_executing_runs']} executing; most {POOL} steps at once: "
+        f"{r['max_concurrent_pool_steps']} (limit {POOL_LIMIT}, over {r['pool_steps']} steps)"
+    )
+    print(
+        f"  load average before {r['load_before'][0]:.2f}, during {', '.join(f'{x:.1f}' for x in r['load_during'])}, "
+        f"after {r['load_after'][0]:.2f}"
+    )
+    print(
+        f"  after the daemon stopped: {len(r['stragglers_ended'])} processes still running after 15 s, ended by pid "
+        f"{r['stragglers_ended'] or ''}; at the very end: {r['left_at_the_end'] or 'none left'}"
+    )
     print("  " + ("OK" if not r["problems"] else "PROBLEMS: " + "; ".join(r["problems"])))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2, default=str))

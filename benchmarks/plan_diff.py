@@ -263,7 +263,11 @@ def main() -> None:
         result = run(n, repeat, settings)
         check(result)
         target = targets.get(n)
-        verdict = "" if target is None else (" (target ≤ %d ms: %s)" % (target, "met" if result["median_ms"] <= target else "MISSED"))
+        verdict = (
+            ""
+            if target is None
+            else f" (target ≤ {target:d} ms: {'met' if result['median_ms'] <= target else 'MISSED'})"
+        )
         print(
             f"{n:>9,} devices: plan_sync median {result['median_ms']:.1f} ms "
             f"(min {result['min_ms']:.1f}, max {result['max_ms']:.1f}, {repeat} runs){verdict}; "

@@ -56,7 +56,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 ORG = "bench-org"
 # Engine functions the Dagster assets call through module attributes; the child times each.
-ENGINE_STEPS = ("begin", "resolve_scope", "fetch_step", "build_plan", "plan_step", "remote_step", "local_step", "finish")
+ENGINE_STEPS = (
+    "begin",
+    "resolve_scope",
+    "fetch_step",
+    "build_plan",
+    "plan_step",
+    "remote_step",
+    "local_step",
+    "finish",
+)
 
 
 # -- the run process -----------------------------------------------------------------------------
@@ -65,17 +74,16 @@ ENGINE_STEPS = ("begin", "resolve_scope", "fetch_step", "build_plan", "plan_step
 def child(args: argparse.Namespace) -> None:
     """Run one full sync through Dagster, in this process, and write the figures as JSON."""
     started = time.perf_counter()
+    import threading
+
     import dagster as dg
+    import psutil
     from rich.console import Console
 
     from golioth_assets.cli.dagster_run import run_sync_job
     from golioth_assets.defs import assets
     from golioth_assets.engine import sync as engine_sync
     from golioth_assets.golioth.client import GoliothClient
-
-    import threading
-
-    import psutil
 
     seconds: Counter[str] = Counter()
     calls: Counter[str] = Counter()
@@ -143,7 +151,9 @@ def child(args: argparse.Namespace) -> None:
             finally:
                 profiler.stop()
                 path = Path(args.profile)
-                path.write_text(profiler.output_html() if path.suffix == ".html" else profiler.output_text(unicode=True))
+                path.write_text(
+                    profiler.output_html() if path.suffix == ".html" else profiler.output_text(unicode=True)
+                )
                 Path(str(path) + ".txt").write_text(profiler.output_text(unicode=True, color=False, show_all=False))
 
         dg.JobDefinition.execute_in_process = profiled
@@ -167,7 +177,10 @@ def child(args: argparse.Namespace) -> None:
             launched.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
         ).records:
             data = record.event_log_entry.dagster_event.event_specific_data
-            checks[data.check_name] = {"passed": data.passed, "metadata": {k: v.value for k, v in data.metadata.items()}}
+            checks[data.check_name] = {
+                "passed": data.passed,
+                "metadata": {k: v.value for k, v in data.metadata.items()},
+            }
     Path(args.child_out).write_text(
         json.dumps(
             {
@@ -213,11 +226,11 @@ def _requests(stats: dict) -> tuple[int, Counter]:
 
 def run_size(n: int, args: argparse.Namespace) -> dict:
     import sqlalchemy as sa
-
     import sync_full  # the edit generator of the engine benchmark (benchmarks/sync_full.py)
+
     from golioth_assets.cli.runtime import prepare
-    from golioth_assets.engine.sync import SyncRequest, sync_organization
     from golioth_assets.core.plan import WRITE_ACTIONS
+    from golioth_assets.engine.sync import SyncRequest, sync_organization
     from golioth_assets.golioth.client import MAX_PER_PAGE
     from golioth_assets.simulator import ProjectSpec, SimulatorServer
     from golioth_assets.store import database, embedded, services, sync_log
@@ -233,22 +246,34 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
     else:
         server = database.normalize_url(args.database_url)
         os.environ["DATABASE_URL"] = server.set(database=name).render_as_string(hide_password=False)
-        os.environ["DAGSTER_DATABASE_URL"] = server.set(database=f"{name}_dagster").render_as_string(hide_password=False)
+        os.environ["DAGSTER_DATABASE_URL"] = server.set(database=f"{name}_dagster").render_as_string(
+            hide_password=False
+        )
     sim = None
     runtime = None
-    result: dict = {"devices": n, "mode": "no-change" if args.no_change else "edits",
-                    "postgres": "embedded" if args.embedded else "system"}
+    result: dict = {
+        "devices": n,
+        "mode": "no-change" if args.no_change else "edits",
+        "postgres": "embedded" if args.embedded else "system",
+    }
     try:
         t = time.perf_counter()
         runtime = prepare()  # databases, migrations, DAGSTER_HOME with the project's dagster.yaml
         engine = runtime.engine
-        sim = SimulatorServer(projects=[ProjectSpec(sync_full.PROJECT, sync_full.KEY, devices=n, seed=sync_full.SEED)]).start_subprocess()
+        sim = SimulatorServer(
+            projects=[ProjectSpec(sync_full.PROJECT, sync_full.KEY, devices=n, seed=sync_full.SEED)]
+        ).start_subprocess()
         with engine.begin() as conn:
             services.upsert_service(
                 conn,
                 services.ServiceSettings(
-                    organization_id=ORG, name="scale benchmark", project_id=sync_full.PROJECT, base_url=sim.url,
-                    golioth_organization_id="sim-org", api_key_env=sync_full.KEY_ENV, allow_deletes=True,
+                    organization_id=ORG,
+                    name="scale benchmark",
+                    project_id=sync_full.PROJECT,
+                    base_url=sim.url,
+                    golioth_organization_id="sim-org",
+                    api_key_env=sync_full.KEY_ENV,
+                    allow_deletes=True,
                     interval_seconds=3600,
                 ),
             )
@@ -276,9 +301,20 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
         if args.profile:
             argv += ["--profile", args.profile]
         if args.py_spy:  # samples every thread of the run process, GIL holders and waiters alike
-            argv = [str(Path(sys.executable).with_name("py-spy")), "record", "--threads", "--rate", "200",
-                    *(["--gil"] if args.py_spy_gil else []),
-                    "--format", "raw" if args.py_spy.endswith(".txt") else "flamegraph", "-o", args.py_spy, "--", *argv]
+            argv = [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--threads",
+                "--rate",
+                "200",
+                *(["--gil"] if args.py_spy_gil else []),
+                "--format",
+                "raw" if args.py_spy.endswith(".txt") else "flamegraph",
+                "-o",
+                args.py_spy,
+                "--",
+                *argv,
+            ]
         wall = time.perf_counter()
         proc = subprocess.run(argv, cwd=ROOT, env=os.environ.copy())
         wall = time.perf_counter() - wall
@@ -290,10 +326,14 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
         total, by_route = _requests(stats)
 
         with engine.connect() as conn:
-            log_row = conn.execute(
-                sa.text("SELECT * FROM golioth_sync_log WHERE organization_id = :o AND dagster_run_id = :r"),
-                {"o": ORG, "r": run["run_id"]},
-            ).mappings().one()
+            log_row = (
+                conn.execute(
+                    sa.text("SELECT * FROM golioth_sync_log WHERE organization_id = :o AND dagster_run_id = :r"),
+                    {"o": ORG, "r": run["run_id"]},
+                )
+                .mappings()
+                .one()
+            )
         counts = {k: int(log_row[k] or 0) for k in sync_log.COUNT_COLUMNS}
         remote_devices = n - done.get("remote_delete", 0) + done.get("remote_create", 0)
         list_pages = math.ceil(remote_devices / MAX_PER_PAGE)
@@ -302,8 +342,17 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
         new_tags = by_route.get("POST /v1/projects/{projectId}/tags", 0)
         minimum = list_pages + 3 + writes + new_tags
         result.update(
-            run=run, wall_s=wall, requests=total, by_route=dict(by_route), minimum=minimum, list_pages=list_pages,
-            writes=writes, golioth_writes=golioth_writes, counts=counts, done=done, load_before=load_before,
+            run=run,
+            wall_s=wall,
+            requests=total,
+            by_route=dict(by_route),
+            minimum=minimum,
+            list_pages=list_pages,
+            writes=writes,
+            golioth_writes=golioth_writes,
+            counts=counts,
+            done=done,
+            load_before=load_before,
             load_after=os.getloadavg(),
         )
 
@@ -337,8 +386,10 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             # nothing to do but the conflicts left pending under the manual policy.
             check = sync_organization(engine, SyncRequest(ORG, dry_run=True, trigger="benchmark"))
             plan = check.plan
-            left = 0 if plan is None or plan.empty else int(
-                (plan["action"].isin(WRITE_ACTIONS) & (plan["status"] != "blocked")).sum()
+            left = (
+                0
+                if plan is None or plan.empty
+                else int((plan["action"].isin(WRITE_ACTIONS) & (plan["status"] != "blocked")).sum())
             )
             result["left_after"] = left
             if left:
@@ -357,7 +408,9 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
                 embedded.stop(home / "pgdata")
             else:
                 for url in (runtime.app_url, runtime.dagster_url):
-                    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+                    admin = sa.create_engine(
+                        url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool
+                    )
                     with admin.connect() as conn:
                         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
                     admin.dispose()
@@ -370,15 +423,20 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
 def report(r: dict) -> None:
     run = r["run"]
     n = r["devices"]
-    print(f"\n{n:,} devices ({r['mode']}, {r['postgres']} PostgreSQL): run {run['run_s']:.2f} s "
-          f"(run record {run['run_record_s']:.2f} s; run process end to end {r['wall_s']:.2f} s, "
-          f"of which imports {run['import_s']:.2f} s), peak RSS of the run process {run['max_rss_mib']:.0f} MiB")
+    print(
+        f"\n{n:,} devices ({r['mode']}, {r['postgres']} PostgreSQL): run {run['run_s']:.2f} s "
+        f"(run record {run['run_record_s']:.2f} s; run process end to end {r['wall_s']:.2f} s, "
+        f"of which imports {run['import_s']:.2f} s), peak RSS of the run process {run['max_rss_mib']:.0f} MiB"
+    )
     print(f"  load average before/after: {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}")
     print("  Dagster steps:")
     for step, s in run["steps"].items():
         print(f"    {step:<26} {s:6.2f} s")
     gc_info = run.get("gc", {})
-    print("  cyclic GC: " + ", ".join(f"gen{g} {gc_info.get(f'gen{g}', 0):.2f} s ({gc_info.get(f'gen{g}_count', 0)}x)" for g in range(3)))
+    print(
+        "  cyclic GC: "
+        + ", ".join(f"gen{g} {gc_info.get(f'gen{g}', 0):.2f} s ({gc_info.get(f'gen{g}_count', 0)}x)" for g in range(3))
+    )
     print("  peak RSS while each engine function ran (psutil, every 20 ms):")
     for name, mib in sorted(run["peak_rss_by_function_mib"].items(), key=lambda kv: -kv[1])[:8]:
         print(f"    {mib:7.0f} MiB  {name}")
@@ -386,10 +444,14 @@ def report(r: dict) -> None:
     for name, s in sorted(run["engine"].items(), key=lambda kv: -kv[1]):
         print(f"    {name:<26} {s:6.2f} s  ({run['engine_calls'][name]} calls)")
     inventory = run["steps"].get("golioth_device_inventory", 0.0)
-    print(f"  beyond the inventory step: {run['run_s'] - inventory:.2f} s "
-          f"(beyond the HTTP listing alone: {run['run_s'] - run['engine'].get('http_list_devices', 0):.2f} s)")
-    print(f"  HTTP requests: {r['requests']} (minimum {r['minimum']} = {r['list_pages']} list pages + 3 reference lists + "
-          f"{r['writes']} device writes + {r['minimum'] - r['list_pages'] - 3 - r['writes']} new tags); Golioth writes: {r['golioth_writes']}")
+    print(
+        f"  beyond the inventory step: {run['run_s'] - inventory:.2f} s "
+        f"(beyond the HTTP listing alone: {run['run_s'] - run['engine'].get('http_list_devices', 0):.2f} s)"
+    )
+    print(
+        f"  HTTP requests: {r['requests']} (minimum {r['minimum']} = {r['list_pages']} list pages + 3 reference lists + "
+        f"{r['writes']} device writes + {r['minimum'] - r['list_pages'] - 3 - r['writes']} new tags); Golioth writes: {r['golioth_writes']}"
+    )
     for route, count in sorted(r["by_route"].items(), key=lambda kv: -kv[1]):
         print(f"    {count:7d}  {route}")
     print(f"  counts: {json.dumps({k: v for k, v in r['counts'].items() if v})}")
@@ -411,10 +473,16 @@ def main() -> None:
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
         help="a server to create the benchmark databases on (default: the system server)",
     )
-    parser.add_argument("--profile", metavar="PATH", help="profile the run with pyinstrument (.html or text; also PATH.txt)")
-    parser.add_argument("--py-spy", metavar="PATH", help="record the run process with py-spy (PATH.txt: collapsed stacks, else SVG)")
+    parser.add_argument(
+        "--profile", metavar="PATH", help="profile the run with pyinstrument (.html or text; also PATH.txt)"
+    )
+    parser.add_argument(
+        "--py-spy", metavar="PATH", help="record the run process with py-spy (PATH.txt: collapsed stacks, else SVG)"
+    )
     parser.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only samples holding the GIL (CPU)")
-    parser.add_argument("--keep", action="store_true", help="keep the databases and GOLIOTH_SYNC_HOME (for a look afterwards)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the databases and GOLIOTH_SYNC_HOME (for a look afterwards)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write every figure here")
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -422,8 +490,10 @@ def main() -> None:
         child(args)
         return
     sizes = args.devices or ([10_000] if args.no_change else [10_000, 100_000])
-    print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; PostgreSQL: {'embedded' if args.embedded else 'system'}")
+    print(
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}; PostgreSQL: {'embedded' if args.embedded else 'system'}"
+    )
     results = []
     for n in sizes:
         print(f"\n== {n:,} devices {'(no change)' if args.no_change else ''}", flush=True)

@@ -124,17 +124,24 @@ def _edit(engine, org: str, sim: SimulatorServer, n: int, rng_seed: int = 7) -> 
         "remote_create": round(0.005 * n),
     }
     taken = iter(links)
-    picked = {name: [next(taken) for _ in range(k[name])] for name in ("conflict", "local_edit", "remote_edit", "local_delete", "remote_delete")}
+    picked = {
+        name: [next(taken) for _ in range(k[name])]
+        for name in ("conflict", "local_edit", "remote_edit", "local_delete", "remote_delete")
+    }
 
     local_edit = picked["local_edit"]
     half = len(local_edit) // 2
     with engine.begin() as conn:
         conn.execute(
-            sa.text("UPDATE devices SET name = name || '-local', tags = ARRAY['production', 'bench-new-tag'] WHERE id = ANY(CAST(:ids AS uuid[]))"),
+            sa.text(
+                "UPDATE devices SET name = name || '-local', tags = ARRAY['production', 'bench-new-tag'] WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
             {"ids": [d for d, _ in local_edit[:half]]},
         )
         conn.execute(
-            sa.text("UPDATE devices SET desired_state = desired_state || '{\"interval\": 5}'::jsonb WHERE id = ANY(CAST(:ids AS uuid[]))"),
+            sa.text(
+                "UPDATE devices SET desired_state = desired_state || '{\"interval\": 5}'::jsonb WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
             {"ids": [d for d, _ in local_edit[half:]]},
         )
         conn.execute(
@@ -147,7 +154,9 @@ def _edit(engine, org: str, sim: SimulatorServer, n: int, rng_seed: int = 7) -> 
         )
         for i in range(k["local_create"]):
             conn.execute(
-                sa.text("INSERT INTO devices (organization_id, name, hardware_ids, tags) VALUES (:org, :name, :hw, :tags)"),
+                sa.text(
+                    "INSERT INTO devices (organization_id, name, hardware_ids, tags) VALUES (:org, :name, :hw, :tags)"
+                ),
                 {"org": org, "name": f"bench-local-{i:05d}", "hw": [f"bench-local-hw-{i:05d}"], "tags": ["beta"]},
             )
 
@@ -192,8 +201,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
     args = parser.parse_args()
     n = args.devices
-    print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; {n:,} devices; "
-          f"PostgreSQL: {'embedded' if args.embedded else args.database_url.rsplit('@', 1)[-1]}")
+    print(
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; {n:,} devices; "
+        f"PostgreSQL: {'embedded' if args.embedded else args.database_url.rsplit('@', 1)[-1]}"
+    )
 
     started = time.perf_counter()
     sim = SimulatorServer(projects=[ProjectSpec(PROJECT, KEY, devices=n, seed=SEED)]).start_subprocess()
@@ -239,20 +250,34 @@ def main() -> None:
         references = 3  # one page each of tags, blueprints, cohorts
         writes = c["created_remote"] + c["updated_remote"] + c["deleted_remote"]
         minimum = list_pages + references + writes
-        print(f"\nHTTP requests: {total} (minimum {minimum} = {list_pages} list pages + {references} reference "
-              f"lists + {writes} writes, one per changed Golioth device)")
+        print(
+            f"\nHTTP requests: {total} (minimum {minimum} = {list_pages} list pages + {references} reference "
+            f"lists + {writes} writes, one per changed Golioth device)"
+        )
         for route, count in sorted(by_route.items(), key=lambda kv: -kv[1]):
             print(f"  {count:6d}  {route}")
 
         second = sync_organization(engine, SyncRequest(org, trigger="benchmark"))
         writes_planned = second.plan[second.plan["action"] != "agree"] if not second.plan.empty else second.plan
-        print(f"\nsecond sync: {second.seconds:.2f} s, {len(writes_planned)} plan rows, {second.counts['conflicts']} "
-              f"conflicts still open (expected {done['conflict']})")
+        print(
+            f"\nsecond sync: {second.seconds:.2f} s, {len(writes_planned)} plan rows, {second.counts['conflicts']} "
+            f"conflicts still open (expected {done['conflict']})"
+        )
         if args.json:
-            print(json.dumps({
-                "devices": n, "sync_s": result.seconds, "steps": dict(timer.seconds), "requests": total,
-                "minimum": minimum, "by_route": dict(by_route), "counts": c, "second_sync_s": second.seconds,
-            }))
+            print(
+                json.dumps(
+                    {
+                        "devices": n,
+                        "sync_s": result.seconds,
+                        "steps": dict(timer.seconds),
+                        "requests": total,
+                        "minimum": minimum,
+                        "by_route": dict(by_route),
+                        "counts": c,
+                        "second_sync_s": second.seconds,
+                    }
+                )
+            )
     finally:
         sim.stop()
         drop()

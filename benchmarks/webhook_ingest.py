@@ -93,9 +93,11 @@ class CpuMeter:
             pids += frontier
         pids += [int(p) for p, _, comm in rows if comm.strip() == "wrk"]
         with self.engine.connect() as conn:
-            pids += conn.execute(
-                sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
-            ).scalars().all()
+            pids += (
+                conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+                .scalars()
+                .all()
+            )
         return pids
 
     def start(self) -> None:
@@ -151,8 +153,19 @@ def prepare_database(server: str, devices: int) -> tuple[sa.engine.URL, int, str
 class Receiver:
     def __init__(self, url: sa.engine.URL, port: int, workers: int, extra: list[str]):
         env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False), SECRET_ENV: SECRET}
-        cmd = [sys.executable, "-c", "from golioth_assets.webhooks.cli import webhooks; webhooks()", "serve",
-               "--port", str(port), "--workers", str(workers), "--log-level", "warning", *extra]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from golioth_assets.webhooks.cli import webhooks; webhooks()",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            *extra,
+        ]
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, start_new_session=True)
         self.base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -177,16 +190,32 @@ class Receiver:
                 self.proc.wait()
 
 
-def run_wrk(base: str, service_id: int, *, connections: int, duration: int, prefix: str, devices: int,
-            rate: float = 0, signed_file: str | None = None) -> dict:
-    env = {**os.environ, "BENCH_SERVICE": str(service_id), "BENCH_SECRET": SECRET, "BENCH_PREFIX": prefix,
-           "BENCH_DEVICES": str(devices), "BENCH_RATE": str(rate), "BENCH_THREADS": "1"}
+def run_wrk(
+    base: str,
+    service_id: int,
+    *,
+    connections: int,
+    duration: int,
+    prefix: str,
+    devices: int,
+    rate: float = 0,
+    signed_file: str | None = None,
+) -> dict:
+    env = {
+        **os.environ,
+        "BENCH_SERVICE": str(service_id),
+        "BENCH_SECRET": SECRET,
+        "BENCH_PREFIX": prefix,
+        "BENCH_DEVICES": str(devices),
+        "BENCH_RATE": str(rate),
+        "BENCH_THREADS": "1",
+    }
     if signed_file:
         env["BENCH_SIGNED"] = signed_file
     # One wrk thread: wrk is C and LuaJIT, one core's slice is plenty and leaves the rest to the receiver.
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(LUA), base]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    line = next(l for l in out.splitlines() if l.startswith("BENCH_RESULT "))
+    line = next(x for x in out.splitlines() if x.startswith("BENCH_RESULT "))
     result = json.loads(line.removeprefix("BENCH_RESULT "))
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["accepted"] = sum(n for code, n in result["statuses"].items() if code.startswith("2"))
@@ -209,8 +238,9 @@ def presign(path: Path, prefix: str, count: int, devices: int) -> None:
         for i in range(count):
             msg_id = f"{prefix}-{i}"
             kind = ("device.data", "device.online", "device.offline")[i % 3]
-            body = json.dumps({"type": kind, "device_id": f"bench-{i % devices}", "data": {"battery": i % 100}},
-                              separators=(",", ":")).encode()
+            body = json.dumps(
+                {"type": kind, "device_id": f"bench-{i % devices}", "data": {"battery": i % 100}}, separators=(",", ":")
+            ).encode()
             f.write(f"{msg_id}\t{now}\t{sign(body, msg_id, now, SECRET)}\t{body.decode()}\n")
 
 
@@ -223,9 +253,14 @@ def probe_visibility(base: str, service_id: int, engine: sa.engine.Engine, probe
     with httpx.Client(base_url=base, timeout=10) as client:
         for k in range(samples):
             body = json.dumps({"data": {"probe": k}, "device_id": "bench-probe", "project_id": "bench"}).encode()
-            headers = {"content-type": "application/json", "ce-source": "bench-probe", "ce-subject": "bench",
-                       "ce-type": "io.golioth.data.v1/.s/", "ce-id": f"probe-{uuid.uuid4().hex}",
-                       "x-golioth-sync-secret": SECRET}
+            headers = {
+                "content-type": "application/json",
+                "ce-source": "bench-probe",
+                "ce-subject": "bench",
+                "ce-type": "io.golioth.data.v1/.s/",
+                "ce-id": f"probe-{uuid.uuid4().hex}",
+                "x-golioth-sync-secret": SECRET,
+            }
             start = time.perf_counter()
             response = client.post(f"/webhooks/golioth/{service_id}", content=body, headers=headers)
             acked = time.perf_counter()
@@ -240,8 +275,13 @@ def probe_visibility(base: str, service_id: int, engine: sa.engine.Engine, probe
             visible.append((seen - start) * 1000)
             time.sleep(0.05)
     raw.close()
-    return {"samples": len(visible), "ack_p50_ms": pct(ack, 50), "visible_p50_ms": pct(visible, 50),
-            "visible_p95_ms": pct(visible, 95), "visible_max_ms": max(visible)}
+    return {
+        "samples": len(visible),
+        "ack_p50_ms": pct(ack, 50),
+        "visible_p50_ms": pct(visible, 50),
+        "visible_p95_ms": pct(visible, 95),
+        "visible_max_ms": max(visible),
+    }
 
 
 def pct(values: list[float], p: float) -> float:
@@ -253,9 +293,11 @@ def fmt_phase(name: str, r: dict, rows: int, load: float) -> str:
     statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
     cut_off = r["sent"] - r["requests"]
     consistent = r["accepted"] <= rows <= r["accepted"] + cut_off
-    return (f"| {name} | {load:.1f} | {r['rps']:.0f} | {r['accepted_rps']:.0f} | {r['p50_us'] / 1000:.1f} "
-            f"| {r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.0f} | {statuses} | {rows} | {cut_off} "
-            f"| {'yes' if consistent else 'NO'} | {sum(r['errors'].values())} | {r['missing_retry_after']} |")
+    return (
+        f"| {name} | {load:.1f} | {r['rps']:.0f} | {r['accepted_rps']:.0f} | {r['p50_us'] / 1000:.1f} "
+        f"| {r['p99_us'] / 1000:.1f} | {r['max_us'] / 1000:.0f} | {statuses} | {rows} | {cut_off} "
+        f"| {'yes' if consistent else 'NO'} | {sum(r['errors'].values())} | {r['missing_retry_after']} |"
+    )
 
 
 def main() -> None:
@@ -303,22 +345,37 @@ def main() -> None:
                 sustainable = rate
             sustainable = sustainable or 2000
         results["sustainable_rps"] = sustainable
-        phase(f"paced 2×S = {2 * sustainable}/s, 200 connections", connections=200, duration=args.duration,
-              rate=2 * sustainable)
+        phase(
+            f"paced 2×S = {2 * sustainable}/s, 200 connections",
+            connections=200,
+            duration=args.duration,
+            rate=2 * sustainable,
+        )
 
         with tempfile.TemporaryDirectory() as tmp:
             signed = Path(tmp) / "signed.tsv"
             prefix = f"signed-{uuid.uuid4().hex[:6]}"
             presign(signed, prefix, int(sustainable * args.duration * 1.3), args.devices)
-            phase(f"signed events, paced {sustainable}/s, 200 connections", signed_file=str(signed), prefix=prefix,
-                  connections=200, duration=args.duration, rate=sustainable)
+            phase(
+                f"signed events, paced {sustainable}/s, 200 connections",
+                signed_file=str(signed),
+                prefix=prefix,
+                connections=200,
+                duration=args.duration,
+                rate=sustainable,
+            )
 
         # Visibility under background load at half the sustainable rate.
         background = threading.Thread(
             target=run_wrk,
             args=(receiver.base, service_id),
-            kwargs={"connections": 100, "duration": max(10, args.probe_samples // 10), "prefix": "background",
-                    "devices": args.devices, "rate": sustainable // 2},
+            kwargs={
+                "connections": 100,
+                "duration": max(10, args.probe_samples // 10),
+                "prefix": "background",
+                "devices": args.devices,
+                "rate": sustainable // 2,
+            },
         )
         background.start()
         time.sleep(1)
@@ -331,15 +388,21 @@ def main() -> None:
 
     v = results["visibility"]
     print()
-    print(f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), workers: {args.workers}, "
-          f"server args: {' '.join(args.server_arg) or '(defaults)'}")
-    print("| phase | other tenants' CPU (cores) | answered/s | accepted/s | p50 ms | p99 ms | max ms | answers | rows "
-          "| cut off in flight | 2xx ≤ rows ≤ 2xx + cut off | socket errors | 503 without Retry-After |")
+    print(
+        f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), workers: {args.workers}, "
+        f"server args: {' '.join(args.server_arg) or '(defaults)'}"
+    )
+    print(
+        "| phase | other tenants' CPU (cores) | answered/s | accepted/s | p50 ms | p99 ms | max ms | answers | rows "
+        "| cut off in flight | 2xx ≤ rows ≤ 2xx + cut off | socket errors | 503 without Retry-After |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
-    print(f"\ndelivery → visible in devices (under {results['sustainable_rps'] // 2}/s background): "
-          f"p50 {v['visible_p50_ms']:.1f} ms, p95 {v['visible_p95_ms']:.1f} ms, max {v['visible_max_ms']:.1f} ms "
-          f"({v['samples']} samples; ack p50 {v['ack_p50_ms']:.1f} ms)")
+    print(
+        f"\ndelivery → visible in devices (under {results['sustainable_rps'] // 2}/s background): "
+        f"p50 {v['visible_p50_ms']:.1f} ms, p95 {v['visible_p95_ms']:.1f} ms, max {v['visible_max_ms']:.1f} ms "
+        f"({v['samples']} samples; ack p50 {v['ack_p50_ms']:.1f} ms)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

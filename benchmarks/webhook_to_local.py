@@ -137,14 +137,18 @@ def _local_name(engine, service_id: int, golioth_id: str) -> str | None:
 
 def _event(engine, golioth_id: str, after_id: int) -> dict | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                "SELECT id, extract(epoch FROM received_at) AS received, extract(epoch FROM claimed_at) AS claimed, "
-                "claimed_by, status FROM webhook_events WHERE organization_id = :o AND golioth_device_id = :g "
-                "AND event_type = 'device.updated' AND id > :a ORDER BY id DESC LIMIT 1"
-            ),
-            {"o": ORG, "g": golioth_id, "a": after_id},
-        ).mappings().first()
+        row = (
+            conn.execute(
+                sa.text(
+                    "SELECT id, extract(epoch FROM received_at) AS received, extract(epoch FROM claimed_at) AS claimed, "
+                    "claimed_by, status FROM webhook_events WHERE organization_id = :o AND golioth_device_id = :g "
+                    "AND event_type = 'device.updated' AND id > :a ORDER BY id DESC LIMIT 1"
+                ),
+                {"o": ORG, "g": golioth_id, "a": after_id},
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
@@ -203,9 +207,15 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
             service = services.upsert_service(
                 conn,
                 services.ServiceSettings(
-                    organization_id=ORG, name="benchmark fleet", project_id=PROJECT, base_url=simulator.url,
-                    golioth_organization_id="sim-org", api_key_env=KEY_ENV, interval_seconds=3600,
-                    webhook_enabled=True, webhook_secret_env=SECRET_ENV,
+                    organization_id=ORG,
+                    name="benchmark fleet",
+                    project_id=PROJECT,
+                    base_url=simulator.url,
+                    golioth_organization_id="sim-org",
+                    api_key_env=KEY_ENV,
+                    interval_seconds=3600,
+                    webhook_enabled=True,
+                    webhook_secret_env=SECRET_ENV,
                 ),
             )
         # The first full sync links every device (and keeps the hourly schedule quiet meanwhile).
@@ -220,10 +230,14 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
         children.append(receiver)
         children.append(Child("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs))
         _wait_http(f"http://127.0.0.1:{port}/healthz", receiver, 60)
-        simulator.control.set_events(PROJECT, f"http://127.0.0.1:{port}/webhooks/golioth/{service.id}", os.environ[SECRET_ENV])
+        simulator.control.set_events(
+            PROJECT, f"http://127.0.0.1:{port}/webhooks/golioth/{service.id}", os.environ[SECRET_ENV]
+        )
 
         with httpx.Client(base_url=simulator.url, headers={"x-api-key": os.environ[KEY_ENV]}) as client:
-            ids = [d["id"] for d in client.get(f"/v1/projects/{PROJECT}/devices", params={"perPage": 100}).json()["list"]]
+            ids = [
+                d["id"] for d in client.get(f"/v1/projects/{PROJECT}/devices", params={"perPage": 100}).json()["list"]
+            ]
         random.seed(args.seed)
         devices = random.sample(ids, args.events + 1)
 
@@ -253,9 +267,11 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
                     run_s=run_end - run_start,
                 )
                 label = "warm-up" if i == 0 else f"event {i}"
-                print(f"{label:>9}: {sample.total_s:6.2f} s  (inbox {sample.to_inbox_s:.2f}, claim {sample.to_claim_s:.2f}, "
-                      f"run start {sample.to_run_start_s:.2f}, visible {sample.to_visible_s:.2f}; run {sample.run_s:.2f})",
-                      flush=True)
+                print(
+                    f"{label:>9}: {sample.total_s:6.2f} s  (inbox {sample.to_inbox_s:.2f}, claim {sample.to_claim_s:.2f}, "
+                    f"run start {sample.to_run_start_s:.2f}, visible {sample.to_visible_s:.2f}; run {sample.run_s:.2f})",
+                    flush=True,
+                )
                 if i:  # the first event pays for the daemon's code server start-up
                     samples.append(sample)
                 # Wait for the run to be over and a random part of the sensor's 5 s interval.
@@ -281,12 +297,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the samples here")
     parser.add_argument(
-        "--database-url", default=os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
     )
     args = parser.parse_args()
     samples, info = measure(args)
 
-    print(f"\n{info['events']} events, {info['devices']} devices, load average {info['loadavg'][0]:.1f} on {info['cpus']} CPUs")
+    print(
+        f"\n{info['events']} events, {info['devices']} devices, load average {info['loadavg'][0]:.1f} on {info['cpus']} CPUs"
+    )
     print("| segment | p50 s | p95 s | max s |\n|---|---|---|---|")
     for field, label in [
         ("total_s", "**console edit → local table**"),

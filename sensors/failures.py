@@ -1,7 +1,6 @@
 """When a sync run fails or is cancelled, say so in golioth_sync_log and give its webhook events
 back to the queue (counting an attempt: after N, they become dead letters)."""
 
-
 import dagster as dg
 
 from golioth_assets.defs.assets import CLAIM_TAG
@@ -55,7 +54,11 @@ def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> N
             except services.ServiceNotFound:
                 service = None
             if service is not None:
-                row = {"id": engine.begin(db, service, engine.SyncRequest(org, dagster_run_id=run.run_id, trigger="failure"))}
+                row = {
+                    "id": engine.begin(
+                        db, service, engine.SyncRequest(org, dagster_run_id=run.run_id, trigger="failure")
+                    )
+                }
         if row is not None and row.get("status", "running") == "running":
             engine.finish(db, row["id"], error=error)
     claim = run.tags.get(CLAIM_TAG)

@@ -9,7 +9,6 @@ it (queue, run worker start-up). So "within its interval" allows LAUNCH_SLACK_SE
 strictly, a 60 s interval would find its last sync 57 s old at the next tick and run every 2 minutes.
 """
 
-
 import dagster as dg
 import sqlalchemy as sa
 
@@ -84,4 +83,3 @@ def golioth_sync_schedule(context: dg.ScheduleEvaluationContext, store: DeviceSt
     if not requests:
         return dg.SkipReason(f"no organization due ({len(due)} due but busy or not yet partitioned)")
     return requests
-

@@ -7,7 +7,6 @@ deduplicated forever, so the same events never start two runs. The run marks its
 when it finishes; the failure sensor puts them back (or, after N attempts, makes them dead letters).
 """
 
-
 import hashlib
 import time
 import uuid

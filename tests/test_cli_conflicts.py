@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from golioth_assets.actions import AlreadySettled
+from golioth_assets.actions import conflicts as actions
 from golioth_assets.cli.main import cli
-from golioth_assets.ops import AlreadySettled
-from golioth_assets.ops import conflicts as ops
 
 
 def run(*args: str):
@@ -41,12 +41,6 @@ def dagster_env(db_env, tmp_path, monkeypatch):
     return tmp_path / "home" / "dagster"
 
 
-
-
-
-
-
-
 def test_list_and_show_side_by_side(db_env, harness):
     cid, device_id, gid = harness.make_conflict()
     listed = run("conflicts", "list", "--org", harness.org)
@@ -67,7 +61,11 @@ def test_list_and_show_side_by_side(db_env, harness):
 
 @pytest.mark.parametrize(
     ("args", "chosen"),
-    [(["--use", "local"], "local-name"), (["--use", "remote"], "remote-name"), (["--value", '"operator-name"'], "operator-name")],
+    [
+        (["--use", "local"], "local-name"),
+        (["--use", "remote"], "remote-name"),
+        (["--value", '"operator-name"'], "operator-name"),
+    ],
 )
 def test_resolution_by_cli_is_applied_by_the_next_sync(db_env, harness, args, chosen):
     cid, device_id, gid = harness.make_conflict()
@@ -119,7 +117,9 @@ def test_bad_input_gives_one_line_and_a_nonzero_exit(db_env, harness, make_harne
     cid, _, _ = harness.make_conflict()
     other = make_harness(devices=2)
 
-    assert "no conflict with id 99999999" in one_line_error(run("conflicts", "resolve", "99999999", "--use", "local", "--by", "a"))
+    assert "no conflict with id 99999999" in one_line_error(
+        run("conflicts", "resolve", "99999999", "--use", "local", "--by", "a")
+    )
     assert "no conflict with id 99999999" in one_line_error(run("conflicts", "show", "99999999"))
     assert "conflict id must be a positive integer" in one_line_error(run("conflicts", "show", "twelve"))
     wrong_org = one_line_error(run("conflicts", "resolve", str(cid), "--use", "local", "--by", "a", "--org", other.org))
@@ -155,7 +155,10 @@ def test_resolving_a_settled_conflict_says_so_and_changes_nothing(db_env, harnes
     cid, device_id, gid = harness.make_conflict()
     assert run("conflicts", "resolve", str(cid), "--use", "local", "--by", "alice").exit_code == 0
     again = one_line_error(run("conflicts", "resolve", str(cid), "--use", "remote", "--by", "mallory"))
-    assert again == f"Error: conflict {cid} is already resolved (local, by alice); the next sync applies it; nothing changed"
+    assert (
+        again
+        == f"Error: conflict {cid} is already resolved (local, by alice); the next sync applies it; nothing changed"
+    )
     row = harness.conflict(cid)
     assert (row["resolution"], row["resolved_by"], row["resolved_value"]) == ("local", "alice", "local-name")
 
@@ -174,16 +177,21 @@ def test_resolving_a_settled_conflict_says_so_and_changes_nothing(db_env, harnes
 
 def test_concurrent_resolutions_exactly_one_wins(db_env, harness):
     """Eight operators resolve each conflict at once, each differently: one wins, seven are told."""
-    conflict_ids = [harness.make_conflict(d, local=f"l{i}", remote=f"r{i}")[0] for i, d in enumerate(harness.local().sort_index().index[:3])]
+    conflict_ids = [
+        harness.make_conflict(d, local=f"l{i}", remote=f"r{i}")[0]
+        for i, d in enumerate(harness.local().sort_index().index[:3])
+    ]
     for cid in conflict_ids:
         barrier = threading.Barrier(8)
         outcomes: dict[str, object] = {}
 
-        def attempt(n: int, cid=cid) -> None:
+        def attempt(n: int, cid=cid, barrier=barrier, outcomes=outcomes) -> None:
             use = ("local", "remote", "value")[n % 3]
             barrier.wait()
             try:
-                ops.resolve(harness.engine, [cid], use=use, value=f"v{n}" if use == "value" else None, resolved_by=f"op{n}")
+                actions.resolve(
+                    harness.engine, [cid], use=use, value=f"v{n}" if use == "value" else None, resolved_by=f"op{n}"
+                )
                 outcomes[f"op{n}"] = "won"
             except AlreadySettled as exc:
                 outcomes[f"op{n}"] = exc
@@ -248,7 +256,9 @@ def test_dry_run_prints_the_plan_and_the_conflicts_it_would_record(dagster_env, 
     assert "plan (dry run: nothing was written)" in result.output
     assert "enabled" in result.output  # the non-conflicting change, in the plan
     assert "conflicts (dry run: not recorded)" in result.output
-    conflict_line = next(line for line in result.output.splitlines() if '"dry-local"' in line and '"dry-remote"' in line)
+    conflict_line = next(
+        line for line in result.output.splitlines() if '"dry-local"' in line and '"dry-remote"' in line
+    )
     assert conflict_line.split()[:3] == ["dry-local", "name", "field"]  # device (by name), field, type
     # The summary counts what the plan would do, although a dry run writes nothing.
     updated_remote = next(line for line in result.output.splitlines() if "Updated in Golioth" in line)
@@ -263,7 +273,9 @@ def test_dry_run_without_changes_says_so_in_one_line(dagster_env, harness):
     result = run("sync", "--org", harness.org, "--dry-run")
     assert result.exit_code == 0, result.output
     with harness.engine.connect() as conn:
-        last = conn.execute(sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}).scalar()
+        last = conn.execute(
+            sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}
+        ).scalar()
     # The id is the run's everywhere: `history --run` takes the same number.
     assert f"run {last} ({harness.org}): success" in result.output
     assert "no changes planned" in result.output.splitlines()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from golioth_assets.actions import history as actions
 from golioth_assets.cli.main import cli
-from golioth_assets.ops import history as ops
 from golioth_assets.store import conflicts as conflict_store
 from golioth_assets.store import sync_log
 
@@ -20,8 +20,15 @@ def run(*args: str, width: int = 250):
 def _failed_run(h) -> int:
     """A scheduled targeted import that failed, recorded as the engine records one."""
     with h.engine.begin() as conn:
-        run_id = sync_log.start_run(conn, organization_id=h.org, service_id=h.service.id, direction="import",
-                                    policy="manual", trigger="schedule", scope=[h.local().index[0]])
+        run_id = sync_log.start_run(
+            conn,
+            organization_id=h.org,
+            service_id=h.service.id,
+            direction="import",
+            policy="manual",
+            trigger="schedule",
+            scope=[h.local().index[0]],
+        )
         sync_log.finish_run(conn, run_id, status="failed", error=ERROR)
     return run_id
 
@@ -55,7 +62,16 @@ def test_runs_with_counts_and_status(db_env, harness):
     rows = [line for line in result.output.splitlines() if "success" in line]
     assert len(rows) == 2
     assert "dry run" in rows[0] and "20/0/0" in rows[1] and "full" in rows[1]
-    assert len([line for line in run("history", "--org", harness.org, "--limit", "1").output.splitlines() if "success" in line]) == 1
+    assert (
+        len(
+            [
+                line
+                for line in run("history", "--org", harness.org, "--limit", "1").output.splitlines()
+                if "success" in line
+            ]
+        )
+        == 1
+    )
 
 
 def test_device_history_shows_every_change_with_who_chose_it(db_env, harness):
@@ -72,7 +88,7 @@ def test_device_history_shows_every_change_with_who_chose_it(db_env, harness):
         conflicts = result.output.split("conflicts of this device", 1)[1]
         assert any(line.split()[:3] == [str(cid), "name", "applied"] for line in conflicts.splitlines() if line.strip())
 
-    found = ops.device_history(harness.engine, harness.org, gid)
+    found = actions.device_history(harness.engine, harness.org, gid)
     changes = found.changes()
     assert {c["side"] for c in changes if c["changed_by"] == "alice"} == {"local", "remote"}
     assert all(c["sync_log_id"] and c["created_at"] for c in changes)
@@ -81,12 +97,18 @@ def test_device_history_shows_every_change_with_who_chose_it(db_env, harness):
 def test_one_run_lists_its_device_entries(db_env, harness):
     device_id, _, _ = _resolved_rename(harness, by="erin")
     with harness.engine.connect() as conn:
-        last = conn.execute(sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}).scalar()
+        last = conn.execute(
+            sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}
+        ).scalar()
     result = run("history", "--org", harness.org, "--run", str(last))
     assert result.exit_code == 0, result.output
     assert f"run {last} ({harness.org}): success" in result.output
     assert "kitchen-sensor" in result.output and "erin" in result.output
-    sides = {line.split()[3] for line in result.output.split(f"devices changed by run {last}", 1)[1].splitlines() if "erin" in line}
+    sides = {
+        line.split()[3]
+        for line in result.output.split(f"devices changed by run {last}", 1)[1].splitlines()
+        if "erin" in line
+    }
     assert sides == {"local", "Golioth"}  # as in a device's history, not the database's "remote"
 
 
@@ -110,7 +132,10 @@ def test_unknown_org_device_or_run_is_one_line(db_env, harness):
     harness.sync()
     for args, expected in (
         (["--org", "nobody-here"], "unknown organization 'nobody-here'"),
-        (["--org", harness.org, "--device", "no-such-device"], f"no device 'no-such-device' in organization {harness.org!r}"),
+        (
+            ["--org", harness.org, "--device", "no-such-device"],
+            f"no device 'no-such-device' in organization {harness.org!r}",
+        ),
         (["--org", harness.org, "--run", "999999999"], f"no run 999999999 in organization {harness.org!r}"),
         (["--org", harness.org, "--limit", "0"], "limit must be between 1 and 10000"),
     ):

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from golioth_assets.actions import InvalidInput
+from golioth_assets.actions import services as actions
 from golioth_assets.cli.main import cli
-from golioth_assets.ops import InvalidInput
-from golioth_assets.ops import services as ops
 from golioth_assets.store import services as store
 
 # Shaped like real secrets: a Golioth-style key, a key with separators, a hex token.
@@ -48,13 +48,34 @@ def key_env(monkeypatch, sim_project) -> str:
 
 def _add(org, sim_project, key_env, *extra):
     return run(
-        "services", "add", "--org", org, "--name", "Fleet A", "--project-id", sim_project.project_id,
-        "--base-url", sim_project.url, "--api-key-env", key_env, *extra,
+        "services",
+        "add",
+        "--org",
+        org,
+        "--name",
+        "Fleet A",
+        "--project-id",
+        sim_project.project_id,
+        "--base-url",
+        sim_project.url,
+        "--api-key-env",
+        key_env,
+        *extra,
     )
 
 
 def test_add_list_show_update_disable_remove(db_env, engine, new_org, sim_project, key_env):
-    result = _add(new_org, sim_project, key_env, "--interval", "120", "--override", "tags=remote_wins", "--groups", "identity,tags,enabled")
+    result = _add(
+        new_org,
+        sim_project,
+        key_env,
+        "--interval",
+        "120",
+        "--override",
+        "tags=remote_wins",
+        "--groups",
+        "identity,tags,enabled",
+    )
     assert result.exit_code == 0, result.output
     service = _service(engine, new_org)
     assert service.interval_seconds == 120
@@ -110,7 +131,9 @@ def test_list_is_one_line_per_service_at_80_columns(db_env, new_org, sim_project
     assert row[1] == new_org and row[3:6] == ["every", "300", "s"] and row[6:8] == ["bidirectional", "manual"]
     # The project id gives way first when other tests' longer ids share the table (`show` has it whole).
     project = row[2]
-    assert project == sim_project.project_id or (project.endswith("…") and sim_project.project_id.startswith(project[:-1]))
+    assert project == sim_project.project_id or (
+        project.endswith("…") and sim_project.project_id.startswith(project[:-1])
+    )
     assert key_env not in "\n".join(lines) and sim_project.url not in "\n".join(lines)
 
 
@@ -144,7 +167,10 @@ def test_command_summaries_are_not_cut_short():
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--policy", "first_wins"], "--policy: Input should be 'manual', 'local_wins', 'remote_wins' or 'newest_wins'"),
+        (
+            ["--policy", "first_wins"],
+            "--policy: Input should be 'manual', 'local_wins', 'remote_wins' or 'newest_wins'",
+        ),
         (["--interval", "59"], "--interval: Input should be greater than or equal to 60"),
         (["--direction", "sideways"], "--direction: Input should be 'import', 'export' or 'bidirectional'"),
         (["--override", "tags=sometimes"], "unknown policy 'sometimes'"),
@@ -152,11 +178,18 @@ def test_command_summaries_are_not_cut_short():
         (["--base-url", "ftp://golioth"], "--base-url: base_url must start with http:// or https://"),
     ],
 )
-def test_invalid_settings_give_one_clear_line_and_store_nothing(db_env, engine, new_org, sim_project, key_env, args, expected):
+def test_invalid_settings_give_one_clear_line_and_store_nothing(
+    db_env, engine, new_org, sim_project, key_env, args, expected
+):
     line = one_line_error(_add(new_org, sim_project, key_env, *args))
     assert expected in line
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM device_services WHERE organization_id = :o"), {"o": new_org}).scalar() == 0
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM device_services WHERE organization_id = :o"), {"o": new_org}
+            ).scalar()
+            == 0
+        )
 
 
 def test_api_key_env_must_be_a_set_variable(db_env, new_org, sim_project, monkeypatch):
@@ -171,7 +204,9 @@ def test_a_literal_key_is_refused_and_never_echoed(db_env, engine, new_org, sim_
     assert "NAME of an environment variable" in line
     assert secret not in line
     with engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT count(*) FROM device_services WHERE api_key_env = :k"), {"k": secret}).scalar()
+        stored = conn.execute(
+            sa.text("SELECT count(*) FROM device_services WHERE api_key_env = :k"), {"k": secret}
+        ).scalar()
     assert stored == 0
 
 
@@ -186,7 +221,9 @@ def test_webhook_secret_env_is_checked_like_the_key(db_env, new_org, sim_project
     monkeypatch.setenv("GS_CLI_WEBHOOK_SECRET", "whsec_" + "a" * 30)
     line = one_line_error(_add(new_org, sim_project, key_env, "--webhooks"))
     assert "webhook_enabled needs webhook_secret_env" in line
-    line = one_line_error(_add(new_org, sim_project, key_env, "--webhooks", "--webhook-secret-env", "whsec_" + "a" * 30))
+    line = one_line_error(
+        _add(new_org, sim_project, key_env, "--webhooks", "--webhook-secret-env", "whsec_" + "a" * 30)
+    )
     assert "that is the value of $GS_CLI_WEBHOOK_SECRET" in line and "aaaaaaaa" not in line
     ok = _add(new_org, sim_project, key_env, "--webhooks", "--webhook-secret-env", "GS_CLI_WEBHOOK_SECRET")
     assert ok.exit_code == 0, ok.output
@@ -194,8 +231,14 @@ def test_webhook_secret_env_is_checked_like_the_key(db_env, new_org, sim_project
 
 def test_validation_messages_never_contain_input_values():
     with pytest.raises(InvalidInput) as caught:
-        ops.validate_settings(
-            {"organization_id": "Not A Slug", "name": "x", "project_id": "p", "api_key_env": "PATH", "interval_seconds": 1}
+        actions.validate_settings(
+            {
+                "organization_id": "Not A Slug",
+                "name": "x",
+                "project_id": "p",
+                "api_key_env": "PATH",
+                "interval_seconds": 1,
+            }
         )
     message = str(caught.value)
     assert "\n" not in message
@@ -209,7 +252,9 @@ def test_update_refuses_unknown_service_and_empty_change(db_env, harness):
     assert "nothing to change" in one_line_error(run("services", "update", harness.org))
 
 
-def test_services_test_checks_key_reachability_and_counts_devices(db_env, engine, new_org, sim_project, key_env, monkeypatch):
+def test_services_test_checks_key_reachability_and_counts_devices(
+    db_env, engine, new_org, sim_project, key_env, monkeypatch
+):
     monkeypatch.setenv("GOLIOTH_PROJECT_ID", sim_project.project_id)  # the README's defaults for `add`
     monkeypatch.setenv("GOLIOTH_BASE_URL", sim_project.url)
     added = run("services", "add", "--org", new_org, "--name", "From env", "--api-key-env", key_env)

@@ -80,12 +80,6 @@ def flash(client: httpx.Client, response: httpx.Response) -> str:
     return html.unescape(found.group(1)) if found else ""
 
 
-
-
-
-
-
-
 # -- pages ------------------------------------------------------------------------------------------
 
 
@@ -93,7 +87,10 @@ def test_status_page_shows_last_sync_next_due_counts_and_dagster_link(harness, b
     harness.sync()
     harness.make_conflict()
     with harness.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE golioth_sync_log SET dagster_run_id = 'abc-123' WHERE organization_id = :o"), {"o": harness.org})
+        conn.execute(
+            sa.text("UPDATE golioth_sync_log SET dagster_run_id = 'abc-123' WHERE organization_id = :o"),
+            {"o": harness.org},
+        )
         started = conn.execute(
             sa.text("SELECT max(started_at) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}
         ).scalar()
@@ -115,7 +112,11 @@ def test_conflict_queue_shows_values_side_by_side(harness, browser):
     card = re.search(rf'<article class="conflict" id="conflict-{cid}".*?</article>', page.text, re.S).group(0)
     base = harness.conflict(cid)["base_value"]
     sides = re.findall(r'<div class="side (\w+)"><h3>.*?</h3><pre>(.*?)</pre></div>', card, re.S)
-    assert [(s, html.unescape(v)) for s, v in sides] == [("base", json.dumps(base)), ("local", '"local-name"'), ("remote", '"remote-name"')]
+    assert [(s, html.unescape(v)) for s, v in sides] == [
+        ("base", json.dumps(base)),
+        ("local", '"local-name"'),
+        ("remote", '"remote-name"'),
+    ]
     for button in ("Use local", "Use Golioth", "Use this value"):
         assert button in card
     assert browser.get(f"/conflicts/{cid}").status_code == 200
@@ -123,7 +124,9 @@ def test_conflict_queue_shows_values_side_by_side(harness, browser):
     assert browser.get("/conflicts", params={"org": "nobody-here"}).status_code == 404
 
 
-@pytest.mark.parametrize(("form", "chosen"), [({"use": "remote"}, "remote-name"), ({"use": "value", "value": '"typed-in"'}, "typed-in")])
+@pytest.mark.parametrize(
+    ("form", "chosen"), [({"use": "remote"}, "remote-name"), ({"use": "value", "value": '"typed-in"'}, "typed-in")]
+)
 def test_resolve_through_the_console_is_applied_by_the_next_sync(harness, browser, form, chosen):
     cid, device_id, gid = harness.make_conflict()
     other, _, _ = harness.make_conflict(1, "l2", "r2")
@@ -147,12 +150,20 @@ def test_resolve_through_the_console_is_applied_by_the_next_sync(harness, browse
 def test_console_refusals_change_nothing(harness, browser):
     cid, _, _ = harness.make_conflict()
     page = f"/conflicts/{cid}"
-    bad_json = flash(browser, post(browser, f"/conflicts/{cid}/resolve", {"use": "value", "value": "{nope", "by": "x"}, token_from=page))
+    bad_json = flash(
+        browser,
+        post(browser, f"/conflicts/{cid}/resolve", {"use": "value", "value": "{nope", "by": "x"}, token_from=page),
+    )
     assert "the value is not valid JSON" in bad_json
     nobody = flash(browser, post(browser, f"/conflicts/{cid}/resolve", {"use": "local", "by": ""}, token_from=page))
     assert "say who decides" in nobody
     for elsewhere in ("//evil.example/", "/\\evil.example", "https://evil.example/"):
-        bounced = post(browser, f"/conflicts/{cid}/resolve", {"use": "sideways", "by": "Ada Lovelace", "back": elsewhere}, token_from=page)
+        bounced = post(
+            browser,
+            f"/conflicts/{cid}/resolve",
+            {"use": "sideways", "by": "Ada Lovelace", "back": elsewhere},
+            token_from=page,
+        )
         assert bounced.headers["location"] == f"/conflicts/{cid}"  # never an open redirect
         assert "choose local, remote or value" in flash(browser, bounced)
     assert 'name="by" value="Ada Lovelace"' in browser.get(page).text
@@ -160,7 +171,9 @@ def test_console_refusals_change_nothing(harness, browser):
     # Two operators had the page open; the first one's click wins, the second is told.
     with httpx.Client(base_url=browser.base_url) as second:
         token = csrf(second.get(page))  # the second operator's page, still showing the buttons
-        assert "resolved" in flash(browser, post(browser, f"/conflicts/{cid}/resolve", {"use": "local", "by": "a"}, token_from=page))
+        assert "resolved" in flash(
+            browser, post(browser, f"/conflicts/{cid}/resolve", {"use": "local", "by": "a"}, token_from=page)
+        )
         late = second.post(f"/conflicts/{cid}/resolve", data={"csrf": token, "use": "remote", "by": "b"})
         again = flash(second, late)
     assert again == f"conflict {cid} is already resolved (local, by a); the next sync applies it; nothing changed"
@@ -173,22 +186,35 @@ def test_posts_need_the_session_csrf_token_and_same_origin(harness, browser, con
     token = csrf(page)
     # No token, a wrong token, another session's token, a cross-site origin: all refused.
     assert browser.post(f"/conflicts/{cid}/resolve", data={"use": "local", "by": "eve"}).status_code == 403
-    assert browser.post(f"/conflicts/{cid}/resolve", data={"csrf": "0" * 64, "use": "local", "by": "eve"}).status_code == 403
+    assert (
+        browser.post(f"/conflicts/{cid}/resolve", data={"csrf": "0" * 64, "use": "local", "by": "eve"}).status_code
+        == 403
+    )
     with httpx.Client(base_url=console.url) as stranger:
-        assert stranger.post(f"/conflicts/{cid}/resolve", data={"csrf": token, "use": "local", "by": "eve"}).status_code == 403
+        assert (
+            stranger.post(f"/conflicts/{cid}/resolve", data={"csrf": token, "use": "local", "by": "eve"}).status_code
+            == 403
+        )
     evil = browser.post(
-        f"/conflicts/{cid}/resolve", data={"csrf": token, "use": "local", "by": "eve"}, headers={"origin": "http://evil.example"}
+        f"/conflicts/{cid}/resolve",
+        data={"csrf": token, "use": "local", "by": "eve"},
+        headers={"origin": "http://evil.example"},
     )
     assert evil.status_code == 403
     cross_site = browser.post(
-        f"/conflicts/{cid}/resolve", data={"csrf": token, "use": "local", "by": "eve"}, headers={"sec-fetch-site": "cross-site"}
+        f"/conflicts/{cid}/resolve",
+        data={"csrf": token, "use": "local", "by": "eve"},
+        headers={"sec-fetch-site": "cross-site"},
     )
     assert cross_site.status_code == 403
     assert harness.conflict(cid)["status"] == "pending"
     # DNS rebinding: a loopback console answers loopback host names only.
     assert browser.get("/", headers={"host": "evil.example"}).status_code == 421
     headers = browser.get("/").headers
-    assert "script-src" not in headers["content-security-policy"] and "default-src 'none'" in headers["content-security-policy"]
+    assert (
+        "script-src" not in headers["content-security-policy"]
+        and "default-src 'none'" in headers["content-security-policy"]
+    )
     assert headers["x-frame-options"] == "DENY"
 
 
@@ -197,10 +223,17 @@ def test_services_page_edits_with_the_cli_validation(harness, browser):
     page = browser.get(f"/services/{sid}")
     assert page.status_code == 200 and harness.service.api_key_env in page.text
     form = {
-        "name": harness.service.name, "project_id": harness.service.project_id, "base_url": harness.service.base_url,
-        "golioth_organization_id": harness.service.golioth_organization_id or "", "api_key_env": harness.service.api_key_env,
-        "sync_enabled": "on", "interval_seconds": "45", "direction": "bidirectional", "conflict_policy": "manual",
-        "desired_state_path": "desired", "webhook_secret_header": "x-golioth-sync-secret",
+        "name": harness.service.name,
+        "project_id": harness.service.project_id,
+        "base_url": harness.service.base_url,
+        "golioth_organization_id": harness.service.golioth_organization_id or "",
+        "api_key_env": harness.service.api_key_env,
+        "sync_enabled": "on",
+        "interval_seconds": "45",
+        "direction": "bidirectional",
+        "conflict_policy": "manual",
+        "desired_state_path": "desired",
+        "webhook_secret_header": "x-golioth-sync-secret",
     }
     groups = [("field_groups", g) for g in harness.service.field_groups]
     refused = post(browser, f"/services/{sid}", [*form.items(), *groups], token_from=f"/services/{sid}")
@@ -208,22 +241,40 @@ def test_services_page_edits_with_the_cli_validation(harness, browser):
     assert "interval_seconds: Input should be greater than or equal to 60" in html.unescape(refused.text)
 
     secret = "Xq7Lr2Vb9Nc4Zt6Mw1Kp8Hs3Jd5Fg0Ya"
-    leaked = post(browser, f"/services/{sid}", [*{**form, "interval_seconds": "300", "api_key_env": secret}.items(), *groups], token_from=f"/services/{sid}")
+    leaked = post(
+        browser,
+        f"/services/{sid}",
+        [*{**form, "interval_seconds": "300", "api_key_env": secret}.items(), *groups],
+        token_from=f"/services/{sid}",
+    )
     assert leaked.status_code == 400 and "NAME of an environment variable" in leaked.text
     assert secret not in leaked.text  # neither in the message nor refilled into the form
     with harness.engine.connect() as conn:
         assert service_store.get_service(conn, sid).interval_seconds == harness.service.interval_seconds
 
     ok = post(
-        browser, f"/services/{sid}",
-        [*{**form, "interval_seconds": "900", "conflict_policy": "remote_wins", "override_tags": "local_wins"}.items(),
-         ("field_groups", "identity"), ("field_groups", "tags")],
+        browser,
+        f"/services/{sid}",
+        [
+            *{
+                **form,
+                "interval_seconds": "900",
+                "conflict_policy": "remote_wins",
+                "override_tags": "local_wins",
+            }.items(),
+            ("field_groups", "identity"),
+            ("field_groups", "tags"),
+        ],
         token_from=f"/services/{sid}",
     )
     assert "the next run uses the new settings" in flash(browser, ok)
     with harness.engine.connect() as conn:
         saved = service_store.get_service(conn, sid)
-    assert (saved.interval_seconds, saved.conflict_policy, saved.policy_overrides) == (900, "remote_wins", {"tags": "local_wins"})
+    assert (saved.interval_seconds, saved.conflict_policy, saved.policy_overrides) == (
+        900,
+        "remote_wins",
+        {"tags": "local_wins"},
+    )
     assert saved.field_groups == ["identity", "tags"]
 
     tested = post(browser, f"/services/{sid}/test", {}, token_from=f"/services/{sid}")
@@ -235,9 +286,17 @@ def test_add_a_service_from_the_console(engine, browser, sim_project, monkeypatc
     monkeypatch.setenv("GS_CONSOLE_ADD_KEY", sim_project.api_key)
     org = f"web-{uuid.uuid4().hex[:8]}"
     form = {
-        "organization_id": org, "name": "Web fleet", "project_id": sim_project.project_id, "base_url": sim_project.url,
-        "api_key_env": "GS_CONSOLE_ADD_KEY", "sync_enabled": "on", "interval_seconds": "300", "direction": "import",
-        "conflict_policy": "manual", "desired_state_path": "desired", "webhook_secret_header": "x-golioth-sync-secret",
+        "organization_id": org,
+        "name": "Web fleet",
+        "project_id": sim_project.project_id,
+        "base_url": sim_project.url,
+        "api_key_env": "GS_CONSOLE_ADD_KEY",
+        "sync_enabled": "on",
+        "interval_seconds": "300",
+        "direction": "import",
+        "conflict_policy": "manual",
+        "desired_state_path": "desired",
+        "webhook_secret_header": "x-golioth-sync-secret",
     }
     response = post(browser, "/services/new", [*form.items(), ("field_groups", "identity")], token_from="/services/new")
     assert "added service" in flash(browser, response)
@@ -265,7 +324,9 @@ def test_history_pages_show_the_device_audit_trail(harness, browser):
     missing = browser.get(f"/history/{harness.org}/device", params={"device": "nope"})
     assert missing.status_code == 303 and "no device" in flash(browser, missing)
     with harness.engine.connect() as conn:
-        last = conn.execute(sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}).scalar()
+        last = conn.execute(
+            sa.text("SELECT max(id) FROM golioth_sync_log WHERE organization_id = :o"), {"o": harness.org}
+        ).scalar()
     run_page = browser.get(f"/history/{harness.org}/runs/{last}")
     assert run_page.status_code == 200 and "frank" in run_page.text
     assert browser.get(f"/history/{harness.org}/runs/999999999").status_code == 404
@@ -274,7 +335,15 @@ def test_history_pages_show_the_device_audit_trail(harness, browser):
 def test_webhook_inbox_shows_dead_letters_and_replays_them(engine, org, browser):
     service = make_webhook_service(engine, org, "GS_CONSOLE_WEBHOOK_SECRET")
     events = [
-        inbox.NewEvent(service, org, f"console-{i}-{uuid.uuid4().hex[:6]}", "signed", "device.updated", f"dev-{i}", json.dumps({"i": i}))
+        inbox.NewEvent(
+            service,
+            org,
+            f"console-{i}-{uuid.uuid4().hex[:6]}",
+            "signed",
+            "device.updated",
+            f"dev-{i}",
+            json.dumps({"i": i}),
+        )
         for i in range(2)
     ]
     with engine.begin() as conn:
@@ -315,7 +384,10 @@ def test_token_is_required_on_every_request(guarded):
         assert anonymous.get("/", headers={"authorization": "Bearer wrong-token-wrong-token"}).status_code == 401
         assert anonymous.get("/", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
         # Any Host is fine here: the token is the guard.
-        assert anonymous.get("/", headers={"authorization": f"Bearer {TOKEN}", "host": "console.example"}).status_code == 200
+        assert (
+            anonymous.get("/", headers={"authorization": f"Bearer {TOKEN}", "host": "console.example"}).status_code
+            == 200
+        )
 
     with httpx.Client(base_url=guarded.url) as person:
         login = person.get("/login")

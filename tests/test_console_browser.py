@@ -38,7 +38,9 @@ LAUNCH_ARGS = [
 def chromium():
     if not CHROMIUM.exists():
         pytest.skip("Debian's Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install playwright)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is not installed (pip install playwright)"
+    )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         try:
@@ -62,8 +64,6 @@ def console(engine, monkeypatch):
         yield server
     finally:
         server.stop()
-
-
 
 
 def _status(h, cid) -> dict:
@@ -139,8 +139,15 @@ def test_resolve_conflicts_by_clicking_then_sync_applies_them(make_harness, cons
             inbox.store_events(
                 conn,
                 [
-                    inbox.NewEvent(h.service.id, h.org, f"shot-{i}-{uuid.uuid4().hex[:6]}", "signed", "device.updated",
-                                   g1, json.dumps({"i": i}))
+                    inbox.NewEvent(
+                        h.service.id,
+                        h.org,
+                        f"shot-{i}-{uuid.uuid4().hex[:6]}",
+                        "signed",
+                        "device.updated",
+                        g1,
+                        json.dumps({"i": i}),
+                    )
                     for i in range(2)
                 ],
             )

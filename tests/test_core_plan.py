@@ -59,7 +59,9 @@ def remote_row(golioth_device_id: str = "G1", *, updated: pd.Timestamp = T0, **v
     return {"golioth_device_id": golioth_device_id, **BASE, **OBSERVED, "updated_at": updated, **values}
 
 
-def link(device_id: str = "L1", golioth_device_id: str = "G1", base: dict | None = None, status: str = "linked") -> dict:
+def link(
+    device_id: str = "L1", golioth_device_id: str = "G1", base: dict | None = None, status: str = "linked"
+) -> dict:
     return {
         "device_id": device_id,
         "golioth_device_id": golioth_device_id,
@@ -195,7 +197,11 @@ def _match(local_hw: dict, remote_hw: dict, links: list[dict] | None = None, del
 
 
 def test_match_prefers_the_stored_link_over_hardware_ids():
-    m = _match({"L1": ["x"]}, {"G1": ["y"], "G2": ["x"]}, [{"device_id": "L1", "golioth_device_id": "G1", "link_status": "linked"}])
+    m = _match(
+        {"L1": ["x"]},
+        {"G1": ["y"], "G2": ["x"]},
+        [{"device_id": "L1", "golioth_device_id": "G1", "link_status": "linked"}],
+    )
     assert m.links[["device_id", "golioth_device_id"]].values.tolist() == [["L1", "G1"]]
     # G2 shares L1's hardware id, but L1 is linked elsewhere: ambiguous, never guessed.
     assert m.new_links.empty
@@ -306,7 +312,14 @@ def test_remote_change_is_pulled(field, value):
 
 @pytest.mark.parametrize(("field", "value"), FIELD_VALUES)
 def test_both_changed_differently_is_a_conflict_left_alone(field, value):
-    other = {"name": "other", "hardware_ids": ["hw-3"], "tags": [], "blueprint": "bp-2", "cohort": None, "enabled": None}
+    other = {
+        "name": "other",
+        "hardware_ids": ["hw-3"],
+        "tags": [],
+        "blueprint": "bp-2",
+        "cohort": None,
+        "enabled": None,
+    }
     p = one_pair(local={field: value, "desired_state": {"led": "off", "interval": 60}}, remote={field: other[field]})
     conflict = conflicts_table(p)
     assert conflict[["field", "conflict_type"]].values.tolist() == [[field, "field"]]
@@ -466,7 +479,9 @@ def test_delete_vs_modify_is_a_conflict_and_nothing_is_deleted(deleted_side):
     if deleted_side == "remote":
         p = plan([local_row(name="edited")], [], [link()], allow_deletes=True, policy="local_wins")
     else:
-        p = plan([local_row(deleted=True)], [remote_row(tags=["z"])], [link()], allow_deletes=True, policy="remote_wins")
+        p = plan(
+            [local_row(deleted=True)], [remote_row(tags=["z"])], [link()], allow_deletes=True, policy="remote_wins"
+        )
     assert p.conflicts["conflict_type"].tolist() == ["delete_vs_modify"]
     assert p.writes().empty
     table = conflicts_table(p)
@@ -485,7 +500,9 @@ def test_a_field_never_agreed_on_does_not_count_as_a_modification():
     assert writes(p) == [("delete", "local", "*")]
 
 
-def _resolution(conflict_type: str, resolution: str, field: str = "*", chosen: str | None = None, **ids) -> pd.DataFrame:
+def _resolution(
+    conflict_type: str, resolution: str, field: str = "*", chosen: str | None = None, **ids
+) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
@@ -504,7 +521,11 @@ def _resolution(conflict_type: str, resolution: str, field: str = "*", chosen: s
 
 def test_delete_vs_modify_resolved_for_the_deleted_side_deletes_the_survivor():
     p = plan(
-        [local_row(name="edited")], [], [link()], resolutions=_resolution("delete_vs_modify", "remote"), allow_deletes=True
+        [local_row(name="edited")],
+        [],
+        [link()],
+        resolutions=_resolution("delete_vs_modify", "remote"),
+        allow_deletes=True,
     )
     delete = rows(p, action="delete")
     assert delete[["side", "conflict_id", "changed_by"]].values.tolist() == [["local", 41, "alice"]]
@@ -607,7 +628,9 @@ def test_desired_state_key_removed_locally_is_removed_in_golioth():
 
 def test_desired_state_values_keep_their_json_types():
     # Regression: decoding [0, None] through Series.map gave [0.0, NaN].
-    p = one_pair(local={"desired_state": {"led": "on", "interval": 60, "zero": 0}}, remote={"desired_state": {"led": "on"}})
+    p = one_pair(
+        local={"desired_state": {"led": "on", "interval": 60, "zero": 0}}, remote={"desired_state": {"led": "on"}}
+    )
     update = rows(p, action="update")
     assert sorted(zip(update["field"], update["side"])) == [
         ("desired_state.interval", "local"),
@@ -621,7 +644,10 @@ def test_desired_state_values_keep_their_json_types():
 def test_decoded_values_of_one_field_keep_their_types_across_devices():
     # Regression: one key set to 0 on one device and removed on another decoded as [0.0, NaN].
     p = plan(
-        [local_row("L1", desired_state={"led": "on", "interval": 0}), local_row("L2", hardware_ids=["hw-2"], desired_state={"led": "on"})],
+        [
+            local_row("L1", desired_state={"led": "on", "interval": 0}),
+            local_row("L2", hardware_ids=["hw-2"], desired_state={"led": "on"}),
+        ],
         [remote_row("G1"), remote_row("G2", hardware_ids=["hw-2"])],
         [link("L1", "G1"), link("L2", "G2", base={**BASE, "hardware_ids": ["hw-2"]})],
     )
@@ -736,9 +762,17 @@ def test_counts_and_noop():
 
 def test_changes_table_columns_and_statuses():
     table = changes_table(one_pair(local={"name": "x"}, direction="import"))
-    assert {"device_id", "golioth_device_id", "field", "action", "side", "old_value", "new_value", "reason", "status"} <= set(
-        table.columns
-    )
+    assert {
+        "device_id",
+        "golioth_device_id",
+        "field",
+        "action",
+        "side",
+        "old_value",
+        "new_value",
+        "reason",
+        "status",
+    } <= set(table.columns)
     assert table["status"].tolist() == ["blocked"]
 
 
@@ -750,7 +784,10 @@ def test_a_device_an_unfinished_run_created_finishes_its_create_instead_of_confl
     ordinary = plan(local, remote, [])
     assert sorted(ordinary.conflicts["field"]) == ["desired_state.k", "enabled"]  # strangers: never guessed
     ours = plan_sync(
-        _frame(local, LOCAL_COLUMNS), _frame(remote, REMOTE_COLUMNS), _frame([], LINK_COLUMNS), SyncSettings(),
+        _frame(local, LOCAL_COLUMNS),
+        _frame(remote, REMOTE_COLUMNS),
+        _frame([], LINK_COLUMNS),
+        SyncSettings(),
         unconfirmed_creates=pd.Series(["L1"]),
     )
     assert ours.conflicts.empty

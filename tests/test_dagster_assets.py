@@ -20,7 +20,10 @@ def _materialize(h, instance, db_url, run_config=None, tags=None):
         sync_assets,
         partition_key=h.org,
         instance=instance,
-        resources={"store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)), "golioth": GoliothApi()},
+        resources={
+            "store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)),
+            "golioth": GoliothApi(),
+        },
         run_config=run_config,
         tags=tags,
     )
@@ -57,7 +60,9 @@ def test_full_graph_imports_and_second_run_changes_nothing(make_harness, instanc
 def test_dry_run_from_launchpad_config_writes_nothing(make_harness, instance, db_url):
     h = make_harness(devices=10)
     result = _materialize(
-        h, instance, db_url,
+        h,
+        instance,
+        db_url,
         run_config={"ops": {"golioth_device_inventory": {"config": {"dry_run": True, "direction": "import"}}}},
     )
     assert result.success
@@ -69,13 +74,20 @@ def test_dry_run_from_launchpad_config_writes_nothing(make_harness, instance, db
 def test_bad_api_key_fails_fast_and_logs_why(make_harness, instance, db_url, monkeypatch):
     h = make_harness(devices=5)
     monkeypatch.setenv(h.service.api_key_env, "definitely-not-the-key")
-    result = dg.materialize(
-        sync_assets,
-        partition_key=h.org,
-        instance=instance,
-        resources={"store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)), "golioth": GoliothApi()},
-        raise_on_error=False,
-    ) if instance.add_dynamic_partitions(organizations.name, [h.org]) is None else None
+    result = (
+        dg.materialize(
+            sync_assets,
+            partition_key=h.org,
+            instance=instance,
+            resources={
+                "store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)),
+                "golioth": GoliothApi(),
+            },
+            raise_on_error=False,
+        )
+        if instance.add_dynamic_partitions(organizations.name, [h.org]) is None
+        else None
+    )
     assert not result.success
     with h.engine.connect() as conn:
         row = conn.exec_driver_sql(

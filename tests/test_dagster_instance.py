@@ -67,7 +67,11 @@ def test_definitions_validate(tmp_path):
     # project root it would read dagster.yaml there, which needs GOLIOTH_SYNC_DAGSTER_PG_URL).
     proc = subprocess.run(
         [DAGSTER, "definitions", "validate", "-m", "golioth_assets.definitions"],
-        cwd=tmp_path, env=_clean_env(PYTHONPATH=str(PROJECT_ROOT)), capture_output=True, text=True, timeout=180,
+        cwd=tmp_path,
+        env=_clean_env(PYTHONPATH=str(PROJECT_ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -79,8 +83,11 @@ def test_workspace_validates_against_the_project_instance(dagster_home):
     """What the webserver and daemon load (workspace.yaml), with the real dagster.yaml instance."""
     proc = subprocess.run(
         [DAGSTER, "definitions", "validate", "-w", str(WORKSPACE_YAML)],
-        cwd=PROJECT_ROOT, env=_clean_env(DAGSTER_HOME=str(dagster_home), **{DAGSTER_PG_ENV: os.environ[DAGSTER_PG_ENV]}),
-        capture_output=True, text=True, timeout=180,
+        cwd=PROJECT_ROOT,
+        env=_clean_env(DAGSTER_HOME=str(dagster_home), **{DAGSTER_PG_ENV: os.environ[DAGSTER_PG_ENV]}),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output

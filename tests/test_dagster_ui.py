@@ -31,14 +31,20 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path(os.environ.get("GOLIOTH_SYNC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ASSETS = [a.key.to_user_string() for a in sync_assets]
 
 if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (Debian) to run the UI test",
-                allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (Debian) to run the UI test", allow_module_level=True
+    )
 sync_playwright = pytest.importorskip(
     "playwright.sync_api", reason="the UI test needs `pip install playwright` (no browser download)"
 ).sync_playwright
@@ -89,7 +95,8 @@ def webserver(make_harness, db_url, tmp_path, monkeypatch):
         with dg.DagsterInstance.get() as instance:
             instance.add_dynamic_partitions(organizations.name, [h.org])
             job = dg.Definitions(
-                assets=sync_assets, jobs=[full_sync_job],
+                assets=sync_assets,
+                jobs=[full_sync_job],
                 resources={"store": DeviceStore(database_url=os.environ["DATABASE_URL"]), "golioth": GoliothApi()},
             ).resolve_job_def(full_sync_job.name)
             result = job.execute_in_process(instance=instance, partition_key=h.org, tags=run_tags(h.org, "ui-test"))
@@ -97,9 +104,20 @@ def webserver(make_harness, db_url, tmp_path, monkeypatch):
         port = free_port()
         log = open(tmp_path / "webserver.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-webserver")), "-w", str(WORKSPACE_YAML),
-             "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(Path(sys.executable).with_name("dagster-webserver")),
+                "-w",
+                str(WORKSPACE_YAML),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=PROJECT_ROOT,
+            env=dict(os.environ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         _wait_http(f"{url}/server_info", proc, 180)

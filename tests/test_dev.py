@@ -29,9 +29,7 @@ def dev_env(db_url, tmp_path):
     """A fresh app database and Dagster database on the test server, and a private GOLIOTH_SYNC_HOME."""
     app = db_url.set(database=f"gs_dev_{uuid.uuid4().hex[:10]}")
     dagster = app.set(database=app.database + "_dagster")
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GOLIOTH_SYNC_DAGSTER_PG_URL")
-    } | {
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "GOLIOTH_SYNC_DAGSTER_PG_URL")} | {
         "GOLIOTH_SYNC_HOME": str(tmp_path / "home"),
         "DATABASE_URL": app.render_as_string(hide_password=False),
         "DAGSTER_DATABASE_URL": dagster.render_as_string(hide_password=False),
@@ -101,9 +99,19 @@ def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(
     ports = {name: free_port() for name in ("dagster", "simulator", "webhook", "console")}
     output = tmp_path / "dev.out"
     argv = [
-        GOLIOTH_SYNC, "dev", "--devices", "200", "--no-activity",
-        "--dagster-port", str(ports["dagster"]), "--simulator-port", str(ports["simulator"]),
-        "--webhook-port", str(ports["webhook"]), "--console-port", str(ports["console"]),
+        GOLIOTH_SYNC,
+        "dev",
+        "--devices",
+        "200",
+        "--no-activity",
+        "--dagster-port",
+        str(ports["dagster"]),
+        "--simulator-port",
+        str(ports["simulator"]),
+        "--webhook-port",
+        str(ports["webhook"]),
+        "--console-port",
+        str(ports["console"]),
     ]
     with output.open("w") as out:
         proc = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)

@@ -25,8 +25,8 @@ from tests.fixtures.faults import (
     harness_on,
     materialize,
     metadata,
-    sync_log_rows,
     successful_writes,
+    sync_log_rows,
     write_requests,
 )
 
@@ -102,7 +102,10 @@ def _run_under_faults(h, instance, db_url, devices: int, work_size: tuple[int, i
         assert meta["golioth_retries"] <= BUDGET, (asset, meta)
         # Retry-After honoured: every 429 was followed by a wait of retry_after_s (the run succeeded,
         # so each was retried), on top of the jittered backoff after the 500s.
-        assert meta["golioth_backoff_seconds"] >= meta.get("golioth_status_429", 0) * faults.retry_after_s, (asset, meta)
+        assert meta["golioth_backoff_seconds"] >= meta.get("golioth_status_429", 0) * faults.retry_after_s, (
+            asset,
+            meta,
+        )
     assert sum(metadata(first, a).get("golioth_status_429", 0) for a in GOLIOTH_ASSETS) > 0
     assert sum(retries.values()) > 0, retries
     writes = metadata(first, "golioth_device_writes")
@@ -130,8 +133,9 @@ def test_api_faults_1000_devices_converge_with_retries_in_metadata(make_harness,
     # 6 % of the devices edited locally, 1.2 % created locally, 2 % edited in the console. Besides
     # the 60 requests/s limit, 5 % of requests are answered 429: with seed 7 the 11th request is one
     # (unless the limit answered one before), so the client meets 429s on any machine.
-    _run_under_faults(h, instance, db_url, 1000, (60, 12, 20),
-                      api_faults(seed=7, rate_limit_rps=60, rate_limit_share=0.05))
+    _run_under_faults(
+        h, instance, db_url, 1000, (60, 12, 20), api_faults(seed=7, rate_limit_rps=60, rate_limit_share=0.05)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,14 +149,18 @@ def own_simulator():
 
 
 @pytest.mark.soak
-def test_api_faults_10000_devices_converge_with_retries_in_metadata(own_simulator, engine, instance, db_url, monkeypatch):
+def test_api_faults_10000_devices_converge_with_retries_in_metadata(
+    own_simulator, engine, instance, db_url, monkeypatch
+):
     h = harness_on(own_simulator.url, own_simulator.control, engine, monkeypatch, devices=10_000, seed=12)
     try:
         # The 1 % edits and 0.5 % creates per side (console creates arrive as local creates).
         out = _run_under_faults(h, instance, db_url, 10_000, (100, 50, 100), api_faults(seed=8, rate_limit_rps=100))
     finally:
         own_simulator.control.remove_project(h.project.project_id)
-    print(f"\n10k under faults: first run {out['first_seconds']:.1f}s, retries {out['retries']}, statuses {out['statuses']}")
+    print(
+        f"\n10k under faults: first run {out['first_seconds']:.1f}s, retries {out['retries']}, statuses {out['statuses']}"
+    )
 
 
 def test_api_that_keeps_failing_spends_the_retry_budget_then_stops(make_harness):
@@ -169,8 +177,13 @@ def test_api_that_keeps_failing_spends_the_retry_budget_then_stops(make_harness)
     h.project.reset_stats()
     budget = 40
     policy = RetryPolicy(base_delay=0.01, max_delay=0.05, budget=budget)  # the default delays, shrunk
-    client = GoliothClient(h.project.api_key, h.project.project_id, base_url=h.project.url,
-                           organization_id=h.project.organization_id, retry=policy)
+    client = GoliothClient(
+        h.project.api_key,
+        h.project.project_id,
+        base_url=h.project.url,
+        organization_id=h.project.organization_id,
+        retry=policy,
+    )
     with client:
         result = sync_organization(h.engine, SyncRequest(h.org), client=client)
     patches = h.project.stats()["byMethod"].get("PATCH", 0)
@@ -181,8 +194,12 @@ def test_api_that_keeps_failing_spends_the_retry_budget_then_stops(make_harness)
     # Each PATCH started costs 1 + its retries; the ones not started cost nothing.
     assert patches <= budget + client.max_concurrency + budget // (policy.max_attempts - 1) + 1
     with h.engine.connect() as conn:
-        errors = [e for (e,) in conn.exec_driver_sql(
-            "SELECT error FROM sync_plan WHERE sync_log_id = %(r)s AND side = 'remote'", {"r": result.sync_log_id})]
+        errors = [
+            e
+            for (e,) in conn.exec_driver_sql(
+                "SELECT error FROM sync_plan WHERE sync_log_id = %(r)s AND side = 'remote'", {"r": result.sync_log_id}
+            )
+        ]
     assert any("retry budget of 40 spent" in e for e in errors)
     assert any("not attempted: batch stopped after RetryBudgetExceeded" in e for e in errors)
     assert (h.links()["sync_status"] == "failed").all()
@@ -268,7 +285,10 @@ def test_invalid_api_key_fails_fast_writes_nothing_and_logs_why(make_harness, in
     h = make_harness(devices=30, seed=21)
     _pending_work(h)
     error = _assert_failed_fast_and_wrote_nothing(
-        h, instance, db_url, expect="401",
+        h,
+        instance,
+        db_url,
+        expect="401",
         breakage=lambda: monkeypatch.setenv(h.service.api_key_env, "not-the-key-" + "x" * 20),
     )
     assert "rejected the API key" in error and h.service.api_key_env in error
@@ -281,7 +301,10 @@ def test_deleted_project_fails_fast_writes_nothing_and_logs_why(make_harness, in
     _pending_work(h)
     control, project = h.project.control, h.project.project_id
     error = _assert_failed_fast_and_wrote_nothing(
-        h, instance, db_url, expect=status,
+        h,
+        instance,
+        db_url,
+        expect=status,
         breakage=lambda: control.set_project_deleted(project, True, mode=mode),
         restore=lambda: control.set_project_deleted(project, False),
     )
@@ -375,8 +398,9 @@ def _scripted_client(*answers):
         return answer
 
     policy = RetryPolicy(sleep=lambda s: None, random=lambda: 0.0)
-    client = GoliothClient("k" * 30, "p1", base_url="https://golioth.test", retry=policy,
-                           transport=httpx.MockTransport(handler))
+    client = GoliothClient(
+        "k" * 30, "p1", base_url="https://golioth.test", retry=policy, transport=httpx.MockTransport(handler)
+    )
     return client, seen
 
 

@@ -43,7 +43,9 @@ class Editors:
         self.log: list[tuple[float, str, str, str]] = []
         self.stop = threading.Event()
         self.counter = itertools.count()
-        self.threads = [threading.Thread(target=self._run, args=(side, seed)) for side, seed in (("local", 1), ("remote", 2))]
+        self.threads = [
+            threading.Thread(target=self._run, args=(side, seed)) for side, seed in (("local", 1), ("remote", 2))
+        ]
         self.errors: list[BaseException] = []
         self.changed = threading.Condition()  # notified on each logged edit, an error, and the stop
 
@@ -55,7 +57,9 @@ class Editors:
                 value = f"{side[0].upper()}{next(self.counter)}-{device_id[:6]}"
                 if side == "local":
                     with self.h.engine.begin() as conn:
-                        conn.execute(sa.text("UPDATE devices SET name = :n WHERE id = :id"), {"n": value, "id": device_id})
+                        conn.execute(
+                            sa.text("UPDATE devices SET name = :n WHERE id = :id"), {"n": value, "id": device_id}
+                        )
                 else:
                     self.h.edit_remote(self.gid[device_id], name=value)
                 self.log.append((time.monotonic(), side, device_id, value))  # once applied
@@ -121,8 +125,11 @@ def _pushed_names(h, sync_log_id: int) -> dict[str, str]:
     """device_id -> the name this run wrote to Golioth."""
     with h.engine.connect() as conn:
         rows = conn.execute(
-            sa.text("SELECT device_id::text, new_value FROM sync_plan WHERE sync_log_id = :r AND side = 'remote' "
-                    "AND action = 'update' AND field = 'name' AND status = 'applied'"), {"r": sync_log_id}
+            sa.text(
+                "SELECT device_id::text, new_value FROM sync_plan WHERE sync_log_id = :r AND side = 'remote' "
+                "AND action = 'update' AND field = 'name' AND status = 'applied'"
+            ),
+            {"r": sync_log_id},
         ).all()
     return {d: v for d, v in rows}
 
@@ -182,7 +189,7 @@ def test_concurrent_edits_on_both_sides_during_a_sync_are_never_silently_lost(ma
     pushed = _pushed_names(h, concurrent.sync_log_id)
     lost, raced = [], []
     for i, (at, side, device_id, value) in enumerate(edits):
-        superseded = any(d == device_id for _, _, d, _ in edits[i + 1:])
+        superseded = any(d == device_id for _, _, d, _ in edits[i + 1 :])
         final = local[device_id] == value == remote[device_id]
         if superseded or final or value in in_conflict.get(device_id, set()):
             continue
@@ -197,8 +204,10 @@ def test_concurrent_edits_on_both_sides_during_a_sync_are_never_silently_lost(ma
         else:
             lost.append((side, device_id, value, local[device_id], remote[device_id]))
     assert not lost, f"edits silently overwritten: {lost[:10]}"
-    print(f"\n{len(edits)} concurrent edits, {len(conflicts)} conflicts recorded, "
-          f"{len(raced)} console edits lost in the known read-to-PATCH window: {raced[:3]}")
+    print(
+        f"\n{len(edits)} concurrent edits, {len(conflicts)} conflicts recorded, "
+        f"{len(raced)} console edits lost in the known read-to-PATCH window: {raced[:3]}"
+    )
 
     # And nothing is left to do but the recorded conflicts.
     after = h.sync()
@@ -271,7 +280,11 @@ def test_local_edit_between_the_plan_and_the_local_write_is_kept(make_harness, l
     if "name" in late_edit:
         # Both sides renamed it since they last agreed: a conflict for the operator, both values kept.
         [conflict] = h.conflicts().to_dict("records")
-        assert (conflict["field"], conflict["local_value"], conflict["remote_value"]) == ("name", "local-late-edit", "console-name")
+        assert (conflict["field"], conflict["local_value"], conflict["remote_value"]) == (
+            "name",
+            "local-late-edit",
+            "console-name",
+        )
         assert local["name"] == "local-late-edit" and remote["name"] == "console-name"
     else:
         # Different fields: both edits land on both sides, no conflict.

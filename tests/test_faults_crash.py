@@ -78,8 +78,11 @@ def run_cli(h, env: dict, tmp_path: Path, *, kill_after_writes: int | None, time
     log = tmp_path / f"cli-{uuid.uuid4().hex[:6]}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [CLI, "sync", "--org", h.org], env={**env, h.service.api_key_env: h.project.api_key},
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [CLI, "sync", "--org", h.org],
+            env={**env, h.service.api_key_env: h.project.api_key},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         killed_at = None
         deadline = time.monotonic() + timeout
@@ -125,8 +128,9 @@ def _drained_stats(h, timeout: float = 60) -> dict:
 
 def _edit_tags(h, device_ids: list[str], tags: list[str]) -> None:
     with h.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE devices SET tags = :t WHERE id = ANY(CAST(:ids AS uuid[]))"),
-                     {"t": tags, "ids": device_ids})
+        conn.execute(
+            sa.text("UPDATE devices SET tags = :t WHERE id = ANY(CAST(:ids AS uuid[]))"), {"t": tags, "ids": device_ids}
+        )
 
 
 def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_harness, cli_env, tmp_path):

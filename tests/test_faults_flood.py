@@ -67,10 +67,20 @@ def flood_db(db_url):
         conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES ('bench', 'bench')"))
     service_id = make_webhook_service(engine, "bench", SECRET_ENV, project_id="bench")
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO devices (organization_id, name) "
-                             "SELECT 'bench', 'bench-' || g FROM generate_series(0, :n - 1) g"), {"n": DEVICES})
-        conn.execute(sa.text("INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id) "
-                             "SELECT :s, id, name FROM devices WHERE organization_id = 'bench'"), {"s": service_id})
+        conn.execute(
+            sa.text(
+                "INSERT INTO devices (organization_id, name) "
+                "SELECT 'bench', 'bench-' || g FROM generate_series(0, :n - 1) g"
+            ),
+            {"n": DEVICES},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id) "
+                "SELECT :s, id, name FROM devices WHERE organization_id = 'bench'"
+            ),
+            {"s": service_id},
+        )
     try:
         yield url, engine, service_id
     finally:
@@ -87,9 +97,20 @@ def receiver(flood_db):
         port = s.getsockname()[1]
     env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False), SECRET_ENV: SECRET}
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("golioth-sync")), "webhooks", "serve", "--port", str(port),
-         "--workers", "2", "--log-level", "warning"],
-        env=env, cwd=ROOT, start_new_session=True,
+        [
+            str(Path(sys.executable).with_name("golioth-sync")),
+            "webhooks",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -113,8 +134,15 @@ def receiver(flood_db):
 
 
 def run_wrk(base: str, service_id: int, prefix: str) -> dict:
-    env = {**os.environ, "BENCH_SERVICE": str(service_id), "BENCH_SECRET": SECRET, "BENCH_PREFIX": prefix,
-           "BENCH_DEVICES": str(DEVICES), "BENCH_RATE": str(FLOOD_RATE), "BENCH_THREADS": "2"}
+    env = {
+        **os.environ,
+        "BENCH_SERVICE": str(service_id),
+        "BENCH_SECRET": SECRET,
+        "BENCH_PREFIX": prefix,
+        "BENCH_DEVICES": str(DEVICES),
+        "BENCH_RATE": str(FLOOD_RATE),
+        "BENCH_THREADS": "2",
+    }
     # wrk sends one request per connection at a time: 400 connections are needed to offer 20k/s
     # while answers take ~20 ms.
     cmd = ["wrk", "-t2", "-c400", f"-d{FLOOD_SECONDS}s", "--timeout", "10s", "-s", str(LUA), base]
@@ -162,7 +190,9 @@ class WitnessSender(threading.Thread):
                 body = json.dumps({"type": kind, "device_id": f"bench-{n % DEVICES}", "data": {"n": n}}).encode()
                 for _ in range(20):
                     try:
-                        response = client.post(self.url, content=body, headers=signed_headers(body, SECRET, msg_id=msg_id))
+                        response = client.post(
+                            self.url, content=body, headers=signed_headers(body, SECRET, msg_id=msg_id)
+                        )
                         status = response.status_code
                     except httpx.TransportError as exc:
                         status, response = type(exc).__name__, None
@@ -176,7 +206,10 @@ class WitnessSender(threading.Thread):
                     time.sleep(min(1.0, float(retry_after or 1)))
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install -y wrk), the load generator the ingest benchmark uses")
+@pytest.mark.skipif(
+    shutil.which("wrk") is None,
+    reason="needs wrk (apt-get install -y wrk), the load generator the ingest benchmark uses",
+)
 def test_webhook_flood_at_ten_times_the_sustainable_rate(flood_db, receiver):
     _, engine, service_id = flood_db
     prefix = f"flood-{uuid.uuid4().hex[:6]}"
@@ -205,10 +238,12 @@ def test_webhook_flood_at_ten_times_the_sustainable_rate(flood_db, receiver):
     cut_off = result["sent"] - result["requests"]
     offered = result["sent"] / (result["duration_us"] / 1e6)
     health_ms = sorted(seconds * 1000 for _, seconds in prober.samples)
-    print(f"\nflood: offered {offered:.0f}/s, answers {statuses}, cut off {cut_off}, errors {result['errors']}, "
-          f"p99 {result['p99_us'] / 1000:.0f} ms; /healthz p50 {health_ms[len(health_ms) // 2]:.0f} ms, "
-          f"p95 {health_ms[int(0.95 * (len(health_ms) - 1))]:.0f} ms, max {health_ms[-1]:.0f} ms "
-          f"({len(health_ms)} probes); witnesses: {len(witness.final)} events, {witness.refusals} refusals")
+    print(
+        f"\nflood: offered {offered:.0f}/s, answers {statuses}, cut off {cut_off}, errors {result['errors']}, "
+        f"p99 {result['p99_us'] / 1000:.0f} ms; /healthz p50 {health_ms[len(health_ms) // 2]:.0f} ms, "
+        f"p95 {health_ms[int(0.95 * (len(health_ms) - 1))]:.0f} ms, max {health_ms[-1]:.0f} ms "
+        f"({len(health_ms)} probes); witnesses: {len(witness.final)} events, {witness.refusals} refusals"
+    )
 
     # It really was a flood, and the receiver shed it rather than falling over.
     # wrk paces at 20,000/s, but a connection waits for its answer before its next request: on 2
@@ -229,12 +264,23 @@ def test_webhook_flood_at_ten_times_the_sustainable_rate(flood_db, receiver):
     assert latencies[-1] < 5.0
 
     with engine.connect() as conn:
-        flood_rows = dict(conn.execute(
-            sa.text("SELECT status, count(*) FROM webhook_events WHERE service_id = :s AND event_id LIKE :p "
-                    "GROUP BY status"), {"s": service_id, "p": prefix + "-%"}).all())
-        witness_rows = dict(conn.execute(
-            sa.text("SELECT event_id, status FROM webhook_events WHERE service_id = :s AND event_id LIKE 'witness-%'"),
-            {"s": service_id}).all())
+        flood_rows = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT status, count(*) FROM webhook_events WHERE service_id = :s AND event_id LIKE :p "
+                    "GROUP BY status"
+                ),
+                {"s": service_id, "p": prefix + "-%"},
+            ).all()
+        )
+        witness_rows = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT event_id, status FROM webhook_events WHERE service_id = :s AND event_id LIKE 'witness-%'"
+                ),
+                {"s": service_id},
+            ).all()
+        )
     # Every event wrk saw acknowledged is stored, and processed (their devices are linked).
     rows = sum(flood_rows.values())
     assert accepted <= rows <= accepted + cut_off, (accepted, rows, cut_off)
@@ -252,6 +298,7 @@ def test_webhook_flood_at_ten_times_the_sustainable_rate(flood_db, receiver):
     with engine.begin() as conn:
         claimed = inbox.claim_pending(conn, limit=100_000, claimed_by="flood-test", organization_id="bench")
         assert {e for g in claimed for e in g.event_ids} and sum(len(g.event_ids) for g in claimed) == len(
-            [k for k in witness_rows if witness.kinds.get(k) == "device.updated"])
+            [k for k in witness_rows if witness.kinds.get(k) == "device.updated"]
+        )
         inbox.mark_processed(conn, "flood-test")
         assert inbox.count_by_status(conn, "bench")["pending"] == 0

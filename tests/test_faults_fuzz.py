@@ -70,10 +70,14 @@ class Target:
 
     def stored(self, event_id: str) -> dict | None:
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.text("SELECT payload, status FROM webhook_events WHERE service_id = :s AND event_id = :e"),
-                {"s": self.service_id, "e": event_id},
-            ).mappings().first()
+            row = (
+                conn.execute(
+                    sa.text("SELECT payload, status FROM webhook_events WHERE service_id = :s AND event_id = :e"),
+                    {"s": self.service_id, "e": event_id},
+                )
+                .mappings()
+                .first()
+            )
         return dict(row) if row else None
 
 
@@ -96,7 +100,9 @@ def target(engine) -> Iterator[Target]:
         os.environ.pop(SECRET_ENV, None)
 
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+)
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -108,7 +114,9 @@ hostile_text = st.one_of(
 )
 # Number literals JSON's grammar allows but Python reads as inf (and PostgreSQL refuses), and
 # integers beyond Python's int parsing limit.
-nasty_numbers = st.sampled_from(["1e999", "-1e999", "1E400", "9" * 5000, "-0", "1.5e-400", "123456789012345678901234567890"])
+nasty_numbers = st.sampled_from(
+    ["1e999", "-1e999", "1E400", "9" * 5000, "-0", "1.5e-400", "123456789012345678901234567890"]
+)
 timestamps = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False),
@@ -145,14 +153,21 @@ def bodies(draw, golioth_id: str) -> bytes:
     if kind == "event":
         text = json.dumps(draw(event_dicts(golioth_id)), ensure_ascii=draw(st.booleans()))
         # Lone surrogates can't be UTF-8 encoded: send them escaped, as a hostile sender would.
-        return text.encode("utf-8", "surrogatepass") if draw(st.booleans()) else text.encode("utf-8", "backslashreplace")
+        return (
+            text.encode("utf-8", "surrogatepass") if draw(st.booleans()) else text.encode("utf-8", "backslashreplace")
+        )
     if kind == "event-with-nasty-number":
         number = draw(nasty_numbers)
         where = draw(st.sampled_from(['"data": {"v": %s}', '"timestamp": %s', '"data": [%s]']))
-        return ('{"type": "device.data", "device_id": "%s", %s}' % (golioth_id, where % number)).encode()
+        return (f'{{"type": "device.data", "device_id": "{golioth_id}", {where % number}}}').encode()
     if kind == "pipeline":
-        return json.dumps({"data": draw(json_values), "device_id": draw(st.sampled_from([golioth_id]) | hostile_text),
-                           "timestamp": draw(timestamps)}).encode("utf-8", "surrogatepass")
+        return json.dumps(
+            {
+                "data": draw(json_values),
+                "device_id": draw(st.sampled_from([golioth_id]) | hostile_text),
+                "timestamp": draw(timestamps),
+            }
+        ).encode("utf-8", "surrogatepass")
     size = draw(st.sampled_from([MAX_BODY - 1, MAX_BODY, MAX_BODY + 1, 3 * MAX_BODY]))
     prefix = b'{"type": "device.data", "device_id": "%s", "data": {"pad": "' % golioth_id.encode()
     return prefix + b"a" * max(0, size - len(prefix) - 3) + b'"}}'
@@ -165,11 +180,22 @@ header_values = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint
 @st.composite
 def requests(draw, target: Target) -> tuple[str, bytes, dict[str, str]]:
     body = draw(bodies(target.golioth_id))
-    content_types = st.sampled_from(["application/json"] * 6 + ["application/json; charset=utf-8", "APPLICATION/JSON",
-                                                               "text/plain", "application/cbor", "", "application/jsonx"])
+    content_types = st.sampled_from(
+        ["application/json"] * 6
+        + [
+            "application/json; charset=utf-8",
+            "APPLICATION/JSON",
+            "text/plain",
+            "application/cbor",
+            "",
+            "application/jsonx",
+        ]
+    )
     headers = {"content-type": draw(content_types if draw(st.integers(0, 4)) else header_values)}
     # Weighted towards requests that get past authentication, where the parsing and storing are.
-    auth = draw(st.sampled_from(["signed"] * 4 + ["static"] * 3 + ["signed-bad", "signed-partial", "static-bad", "none"]))
+    auth = draw(
+        st.sampled_from(["signed"] * 4 + ["static"] * 3 + ["signed-bad", "signed-partial", "static-bad", "none"])
+    )
     msg_id = draw(st.sampled_from([f"msg_{uuid.uuid4().hex}"]) | header_values)
     if auth == "signed" and msg_id.strip() == msg_id and msg_id:
         try:
@@ -178,8 +204,13 @@ def requests(draw, target: Target) -> tuple[str, bytes, dict[str, str]]:
             headers.update(signed_headers(b"{}", SECRET, msg_id=msg_id))
         headers["content-type"] = draw(st.sampled_from(["application/json", headers["content-type"]]))
     elif auth == "signed-bad":
-        headers.update({"webhook-id": msg_id, "webhook-timestamp": draw(header_values | st.just(str(int(time.time())))),
-                        "webhook-signature": draw(header_values | st.just("v1," + base64.b64encode(os.urandom(32)).decode()))})
+        headers.update(
+            {
+                "webhook-id": msg_id,
+                "webhook-timestamp": draw(header_values | st.just(str(int(time.time())))),
+                "webhook-signature": draw(header_values | st.just("v1," + base64.b64encode(os.urandom(32)).decode())),
+            }
+        )
     elif auth == "signed-partial":
         headers[draw(st.sampled_from(["webhook-id", "webhook-timestamp", "webhook-signature"]))] = draw(header_values)
     elif auth == "static":
@@ -221,16 +252,22 @@ def test_webhook_endpoint_answers_4xx_or_a_clean_2xx_to_anything(target, data):
 def test_numbers_beyond_float_range_are_refused_with_400_not_500(target, number, where):
     """Found by the fuzzer: valid JSON, read by Python as inf, refused by jsonb inside the group
     commit, answered 500. Now a 400 at parse time."""
-    body = ('{"type": "device.data", "device_id": "%s", %s}' % (target.golioth_id, where % number)).encode()
-    for headers in (signed_headers(body, SECRET), {"content-type": "application/json", STATIC_HEADER: SECRET,
-                                                    "ce-source": target.golioth_id}):
+    body = (f'{{"type": "device.data", "device_id": "{target.golioth_id}", {where % number}}}').encode()
+    for headers in (
+        signed_headers(body, SECRET),
+        {"content-type": "application/json", STATIC_HEADER: SECRET, "ce-source": target.golioth_id},
+    ):
         response = _check_answer(target, f"/webhooks/golioth/{target.service_id}", body, headers)
         assert response.status_code == 400 and response.json()["error"] in ("number out of range", "malformed JSON")
 
 
 valid_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
 valid_json = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63) | st.floats(allow_nan=False, allow_infinity=False) | valid_text,
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | valid_text,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(valid_text, inner, max_size=4),
     max_leaves=12,
 )
@@ -239,9 +276,13 @@ valid_json = st.recursive(
 @FUZZ
 @given(event_type=st.sampled_from(EVENT_TYPES), data=valid_json, ensure_ascii=st.booleans())
 def test_valid_signed_events_are_always_acknowledged_and_stored_as_sent(target, event_type, data, ensure_ascii):
-    body = json.dumps({"type": event_type, "device_id": target.golioth_id, "data": data}, ensure_ascii=ensure_ascii).encode()
+    body = json.dumps(
+        {"type": event_type, "device_id": target.golioth_id, "data": data}, ensure_ascii=ensure_ascii
+    ).encode()
     msg_id = f"msg_{uuid.uuid4().hex}"
-    response = target.client.post(f"/webhooks/golioth/{target.service_id}", content=body, headers=signed_headers(body, SECRET, msg_id=msg_id))
+    response = target.client.post(
+        f"/webhooks/golioth/{target.service_id}", content=body, headers=signed_headers(body, SECRET, msg_id=msg_id)
+    )
     assert response.status_code == 202, response.text
     with target.engine.connect() as conn:
         stored = conn.execute(
@@ -273,8 +314,16 @@ device_like = st.fixed_dictionaries(
         "blueprintId": any_json,
         "cohortId": any_json,
         "createdAt": any_json | st.sampled_from(["2025-01-01T00:00:00Z", "not a date"]),
-        "metadata": any_json | st.fixed_dictionaries({}, optional={"lastSeenOnline": any_json, "status": any_json,
-                                                                  "update": any_json, "lastSettingsStatus": any_json}),
+        "metadata": any_json
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "lastSeenOnline": any_json,
+                "status": any_json,
+                "update": any_json,
+                "lastSettingsStatus": any_json,
+            },
+        ),
         "data": any_json,
     },
 )
@@ -284,7 +333,9 @@ page_like = st.fixed_dictionaries(
         "list": any_json | st.lists(device_like, max_size=4),
         "page": any_json,
         "perPage": st.integers(min_value=-5, max_value=300) | any_json,
-        "total": st.integers(min_value=-5, max_value=500) | st.sampled_from([10**6 + 1, 10**7, 2**63, "12", "x"]) | any_json,
+        "total": st.integers(min_value=-5, max_value=500)
+        | st.sampled_from([10**6 + 1, 10**7, 2**63, "12", "x"])
+        | any_json,
     },
 )
 answers = st.one_of(
@@ -292,9 +343,11 @@ answers = st.one_of(
     st.tuples(st.just(200), st.fixed_dictionaries({"data": device_like | any_json}).map(json.dumps)),
     st.tuples(st.just(200), any_json.map(json.dumps)),
     st.tuples(st.just(200), st.binary(max_size=64).map(lambda b: b.decode("latin-1"))),
-    st.tuples(st.sampled_from([400, 401, 403, 404, 409, 418, 429, 500, 502, 503]),
-              (st.fixed_dictionaries({"code": any_json, "message": any_json}) | any_json).map(json.dumps)
-              | st.text(max_size=40)),
+    st.tuples(
+        st.sampled_from([400, 401, 403, 404, 409, 418, 429, 500, 502, 503]),
+        (st.fixed_dictionaries({"code": any_json, "message": any_json}) | any_json).map(json.dumps)
+        | st.text(max_size=40),
+    ),
 )
 
 CALLS = {
@@ -319,12 +372,21 @@ def test_client_turns_any_answer_into_a_model_or_a_golioth_error(call, script):
         status, text = script[min(len(served), len(script) - 1)]
         served.append(request)
         assert len(served) < 2_000, "the client keeps asking: an absurd total or page size was trusted"
-        return httpx.Response(status, content=text.encode("utf-8", "surrogatepass"),
-                              headers={"content-type": "application/json", "retry-after": "0"})
+        return httpx.Response(
+            status,
+            content=text.encode("utf-8", "surrogatepass"),
+            headers={"content-type": "application/json", "retry-after": "0"},
+        )
 
     policy = RetryPolicy(max_attempts=2, sleep=lambda s: None, random=lambda: 0.0)
-    client = GoliothClient("k" * 30, "p1", base_url="https://golioth.test", organization_id="o1", retry=policy,
-                           transport=httpx.MockTransport(handler))
+    client = GoliothClient(
+        "k" * 30,
+        "p1",
+        base_url="https://golioth.test",
+        organization_id="o1",
+        retry=policy,
+        transport=httpx.MockTransport(handler),
+    )
     started = time.monotonic()
     with client:
         try:

@@ -72,8 +72,11 @@ def _device_rows(h) -> dict:
     committed on purpose before its Golioth create is sent (so a half-done create is found again)."""
     with h.engine.connect() as conn:
         rows = conn.execute(
-            sa.text("SELECT id::text, name, cardinality(hardware_ids) > 0 OR name LIKE 'born-%', tags, enabled, "
-                    "desired_state, deleted_at FROM devices WHERE organization_id = :o"), {"o": h.org}
+            sa.text(
+                "SELECT id::text, name, cardinality(hardware_ids) > 0 OR name LIKE 'born-%', tags, enabled, "
+                "desired_state, deleted_at FROM devices WHERE organization_id = :o"
+            ),
+            {"o": h.org},
         ).all()
     return {r[0]: tuple(r[1:]) for r in rows}
 
@@ -223,7 +226,9 @@ class Flood:
         from golioth_assets.webhooks.testing import signed_headers
 
         try:
-            response = await client.post(self.url, content=body, headers=signed_headers(body, WEBHOOK_SECRET, msg_id=msg_id))
+            response = await client.post(
+                self.url, content=body, headers=signed_headers(body, WEBHOOK_SECRET, msg_id=msg_id)
+            )
         except httpx.TransportError:
             return 0
         if response.status_code == 503 and not response.headers.get("retry-after"):
@@ -322,9 +327,11 @@ def test_webhook_ingest_with_concurrent_senders_across_an_outage(private_pg, mon
     assert set(retried.values()) <= {200, 202}, set(retried.values())
 
     with engine.connect() as conn:
-        stored = dict(conn.execute(
-            sa.text("SELECT event_id, status FROM webhook_events WHERE service_id = :s"), {"s": service_id}
-        ).all())
+        stored = dict(
+            conn.execute(
+                sa.text("SELECT event_id, status FROM webhook_events WHERE service_id = :s"), {"s": service_id}
+            ).all()
+        )
     acknowledged = {k for k, v in flood.answers.items() if v in (200, 202)} | set(retried)
     assert acknowledged <= set(stored), "an event answered 2xx is missing from the inbox"
     assert set(stored) == set(flood.answers)  # and nothing was stored that nobody sent

@@ -38,13 +38,14 @@ def test_list_100k_devices_and_1000_patches(big_simulator):
         targets = devices[:1000]
         started = time.perf_counter()
         results = client.run_many(
-            (d.id, lambda d=d: client.update_device(d.id, DeviceUpdate(enabled=not d.enabled)))
-            for d in targets
+            (d.id, lambda d=d: client.update_device(d.id, DeviceUpdate(enabled=not d.enabled))) for d in targets
         )
         patch_time = time.perf_counter() - started
         stats = client.stats.as_metadata()
-    print(f"\nlist 100k (1000 pages, 16 threads): cold {cold:.2f}s, warm {warm:.2f}s; "
-          f"serial pages {serial_time:.2f}s; 1000 PATCHes: {patch_time:.2f}s; {stats}")
+    print(
+        f"\nlist 100k (1000 pages, 16 threads): cold {cold:.2f}s, warm {warm:.2f}s; "
+        f"serial pages {serial_time:.2f}s; 1000 PATCHes: {patch_time:.2f}s; {stats}"
+    )
     assert len(devices) == DEVICES == serial and len({d.id for d in devices}) == DEVICES
     assert not any(isinstance(r, Exception) for r in results.values())
     assert stats["golioth_retries"] == 0 and stats["golioth_status_200"] == 3000 + 1000
@@ -67,7 +68,9 @@ def test_concurrency_hides_network_latency(big_simulator):
             concurrent = time.perf_counter() - started
     finally:
         big_simulator.control.clear_faults("big")
-    print(f"\n20ms latency: serial {serial_100:.2f}s per 100 pages (~{serial_100 * 10:.0f}s for "
-          f"1000); concurrent list of 1000 pages {concurrent:.2f}s")
+    print(
+        f"\n20ms latency: serial {serial_100:.2f}s per 100 pages (~{serial_100 * 10:.0f}s for "
+        f"1000); concurrent list of 1000 pages {concurrent:.2f}s"
+    )
     assert len(devices) == DEVICES
     assert concurrent < serial_100 * 10 / 2  # at least 2x better than serial; typically ~5x+

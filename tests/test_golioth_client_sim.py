@@ -14,8 +14,16 @@ import httpx
 import pytest
 
 from golioth_assets.golioth import (
-    AlreadyExistsError, AuthenticationError, BatchAborted, DeviceCreate, DeviceUpdate,
-    GoliothClient, InvalidArgumentError, NotFoundError, RetryBudgetExceeded, RetryPolicy,
+    AlreadyExistsError,
+    AuthenticationError,
+    BatchAborted,
+    DeviceCreate,
+    DeviceUpdate,
+    GoliothClient,
+    InvalidArgumentError,
+    NotFoundError,
+    RetryBudgetExceeded,
+    RetryPolicy,
 )
 
 
@@ -41,8 +49,9 @@ class NoSleep:
 
 def client_for(project, **kwargs) -> GoliothClient:
     kwargs.setdefault("retry", RetryPolicy(sleep=NoSleep(), random=lambda: 0.0))
-    return GoliothClient(project.api_key, project.project_id, base_url=project.url,
-                         organization_id=project.organization_id, **kwargs)
+    return GoliothClient(
+        project.api_key, project.project_id, base_url=project.url, organization_id=project.organization_id, **kwargs
+    )
 
 
 @pytest.fixture
@@ -57,6 +66,7 @@ def client(project):
 
 
 # -- listing --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("per_page", [100, 7])
 def test_serial_pagination_returns_every_device_once(client, per_page):
@@ -124,14 +134,20 @@ def test_state_path_puts_lightdb_state_into_each_devices_data(client):
 
 # -- device CRUD ----------------------------------------------------------------------------------
 
+
 def test_create_get_patch_delete(client):
     tags, blueprints, cohorts = client.tag_maps(), client.blueprint_maps(), client.cohort_maps()
     tag_ids = [tags.by_name["beta"], tags.by_name["indoor"]]
     cohort_id = next(iter(cohorts.by_id))
-    created = client.create_device(DeviceCreate(
-        name="sensor-new", hardware_ids=["hw-new-1"], tag_ids=tag_ids,
-        blueprint_id=next(iter(blueprints.by_id)), cohort_id=cohort_id,
-    ))
+    created = client.create_device(
+        DeviceCreate(
+            name="sensor-new",
+            hardware_ids=["hw-new-1"],
+            tag_ids=tag_ids,
+            blueprint_id=next(iter(blueprints.by_id)),
+            cohort_id=cohort_id,
+        )
+    )
     assert created.id and created.hardware_ids == ["hw-new-1"] and created.enabled is True
     fetched = client.get_device(created.id)
     assert fetched.tag_ids == tag_ids and fetched.cohort_id == cohort_id
@@ -139,7 +155,10 @@ def test_create_get_patch_delete(client):
     renamed = client.update_device(created.id, DeviceUpdate(name="sensor-renamed"))
     assert renamed.name == "sensor-renamed"
     assert (renamed.tag_ids, renamed.cohort_id, renamed.blueprint_id) == (
-        fetched.tag_ids, fetched.cohort_id, fetched.blueprint_id)  # unsent fields kept
+        fetched.tag_ids,
+        fetched.cohort_id,
+        fetched.blueprint_id,
+    )  # unsent fields kept
 
     client.delete_device(created.id)
     with pytest.raises(NotFoundError):
@@ -156,14 +175,12 @@ def test_patch_sends_only_set_fields_and_empty_cohort_clears(project):
         assert updated.cohort_id is None
         assert updated.tag_ids == device.tag_ids and updated.name == device.name
         assert updated.enabled == device.enabled and updated.blueprint_id == device.blueprint_id
-        client.update_device(device.id, DeviceUpdate(enabled=not device.enabled,
-                                                     remove_tag_id=[device.tag_ids[0]]))
+        client.update_device(device.id, DeviceUpdate(enabled=not device.enabled, remove_tag_id=[device.tag_ids[0]]))
         after = client.get_device(device.id)
     assert after.enabled is (not device.enabled) and device.tag_ids[0] not in after.tag_ids
     assert after.cohort_id is None
     patches = [json.loads(body) for method, _, body in transport.sent if method == "PATCH"]
-    assert patches == [{"cohortId": ""},
-                       {"enabled": not device.enabled, "removeTagId": [device.tag_ids[0]]}]
+    assert patches == [{"cohortId": ""}, {"enabled": not device.enabled, "removeTagId": [device.tag_ids[0]]}]
 
 
 def test_duplicate_device_name_is_already_exists(client):
@@ -180,6 +197,7 @@ def test_malformed_id_is_invalid_argument_with_goliths_message(client):
 
 
 # -- tags, blueprints, cohorts --------------------------------------------------------------------
+
 
 def test_tags_and_blueprints_create_list_and_map(client):
     before = client.tag_maps()
@@ -210,6 +228,7 @@ def test_cohorts_are_listed_under_the_organization(client):
 
 # -- LightDB State --------------------------------------------------------------------------------
 
+
 def test_lightdb_put_get_and_missing_path(client):
     device = client.list_devices(per_page=1)[0]
     client.put_state(device.id, "config/net", {"apn": "iot", "band": 20})
@@ -221,6 +240,7 @@ def test_lightdb_put_get_and_missing_path(client):
 
 
 # -- authentication and secrets -------------------------------------------------------------------
+
 
 def test_bad_key_fails_fast_with_project_and_url_and_no_key(project):
     bad_key = "sk-definitely-wrong-8d1e"
@@ -256,6 +276,7 @@ def test_key_never_reaches_logs_over_real_http(project, caplog):
 
 # -- retries over real HTTP -----------------------------------------------------------------------
 
+
 def test_injected_429_and_500_are_retried_and_counted(project):
     project.set_faults(rate_limit_share=0.2, error_rate=0.2, retry_after_s=3, seed=9)
     sleep = NoSleep()
@@ -289,13 +310,13 @@ def test_retry_budget_exhaustion_stops_retrying(project):
 
 # -- bulk writes ----------------------------------------------------------------------------------
 
+
 def test_run_many_patches_all_devices_despite_faults(project):
     project.set_faults(error_rate=0.1, unavailable_rate=0.05, methods=["PATCH"], seed=4)
     with client_for(project, retry=RetryPolicy(max_attempts=8, sleep=NoSleep())) as client:
         devices = client.list_devices()
         results = client.run_many(
-            (d.id, lambda d=d: client.update_device(d.id, DeviceUpdate(name=f"{d.name}-x")))
-            for d in devices
+            (d.id, lambda d=d: client.update_device(d.id, DeviceUpdate(name=f"{d.name}-x"))) for d in devices
         )
         assert all(not isinstance(r, Exception) for r in results.values())
         assert client.stats.retries > 0
@@ -307,8 +328,7 @@ def test_run_many_patches_all_devices_despite_faults(project):
 def test_run_many_reports_per_item_failures_and_applies_the_rest(client):
     devices = client.list_devices(per_page=5)[:5]
     taken = devices[0].name
-    calls = {d.id: (lambda d=d: client.update_device(d.id, DeviceUpdate(name=f"n-{d.id}")))
-             for d in devices[1:]}
+    calls = {d.id: (lambda d=d: client.update_device(d.id, DeviceUpdate(name=f"n-{d.id}"))) for d in devices[1:]}
     calls["clash"] = lambda: client.update_device(devices[1].id, DeviceUpdate(name=taken))
     results = client.run_many(calls)
     assert isinstance(results["clash"], AlreadyExistsError)
@@ -321,8 +341,7 @@ def test_run_many_stops_the_batch_on_a_revoked_key(project, simulator):
         simulator.control.set_project_deleted(project.project_id, True)  # keys die with it
         project.reset_stats()
         results = client.run_many(
-            (d.id, lambda d=d: client.update_device(d.id, DeviceUpdate(enabled=True)))
-            for d in devices
+            (d.id, lambda d=d: client.update_device(d.id, DeviceUpdate(enabled=True))) for d in devices
         )
     kinds = [type(r) for r in results.values()]
     assert kinds.count(AuthenticationError) <= 4 and kinds.count(BatchAborted) >= 246

@@ -10,27 +10,39 @@ import logging
 import pickle
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
 from golioth_assets.golioth import (
-    AlreadyExistsError, AuthenticationError, BatchAborted, ConfigurationError, Device,
-    DeviceCreate, DeviceUpdate, GoliothClient, GoliothError, InconsistentListingError,
-    InvalidArgumentError, NotFoundError, RateLimitedError, RetryBudgetExceeded, RetryPolicy,
-    ServerError, TransportError,
+    AlreadyExistsError,
+    AuthenticationError,
+    BatchAborted,
+    ConfigurationError,
+    Device,
+    DeviceCreate,
+    DeviceUpdate,
+    GoliothClient,
+    GoliothError,
+    InconsistentListingError,
+    InvalidArgumentError,
+    NotFoundError,
+    RateLimitedError,
+    RetryBudgetExceeded,
+    RetryPolicy,
+    ServerError,
+    TransportError,
 )
-from golioth_assets.golioth.models import DEVICE_PAGE, COHORT_PAGE
+from golioth_assets.golioth.models import COHORT_PAGE, DEVICE_PAGE
 
 KEY = "sk-unit-test-secret-4f2a9c"
 BASE = "https://golioth.test"
 
 
 def err(status: int, code: int, message: str, **headers: str) -> httpx.Response:
-    return httpx.Response(status, json={"code": code, "message": message, "details": []},
-                          headers=headers)
+    return httpx.Response(status, json={"code": code, "message": message, "details": []}, headers=headers)
 
 
 class Recorder:
@@ -58,8 +70,7 @@ class FakeSleep:
 
 def make_client(handler, *, policy: RetryPolicy | None = None, **kwargs) -> GoliothClient:
     policy = policy or RetryPolicy(sleep=FakeSleep(), random=lambda: 0.5)
-    return GoliothClient(KEY, "proj-1", base_url=BASE, retry=policy,
-                         transport=httpx.MockTransport(handler), **kwargs)
+    return GoliothClient(KEY, "proj-1", base_url=BASE, retry=policy, transport=httpx.MockTransport(handler), **kwargs)
 
 
 def device(i: int) -> dict:
@@ -85,7 +96,7 @@ def pages_handler(n_devices: int, *, delay: float = 0.0, shift_after_first: int 
                 devices = [device(100_000 + i) for i in range(shift_after_first)] + devices
             with lock:
                 state["served"] += 1
-            chunk = devices[page * per_page:(page + 1) * per_page]
+            chunk = devices[page * per_page : (page + 1) * per_page]
             body = {"list": chunk, "page": page, "perPage": per_page, "total": str(len(devices))}
             return httpx.Response(200, json=body)
         finally:
@@ -98,13 +109,22 @@ def pages_handler(n_devices: int, *, delay: float = 0.0, shift_after_first: int 
 # -- models ---------------------------------------------------------------------------------------
 
 LIVE_DEVICE = {
-    "id": "68bf1cc5425dd2ea93f248a3", "hardwareIds": ["20250908181325-c253700003"],
-    "name": "C253700003", "createdAt": "2025-09-08T18:13:25.775Z",
-    "updatedAt": "2025-09-08T18:13:25.775Z", "lastReport": "2025-11-09T23:35:06.957Z",
-    "status": "-", "enabled": True, "cohortId": "nrf9151-cell-gateways",
-    "metadata": {"lastSeenOnline": "2025-11-09T20:23:38.628Z", "lastSeenOffline": None,
-                 "update": {"main": {"package": "main", "version": "1.0.0", "state": "IDLE",
-                                     "time": "2025-11-09T20:23:39.113864458Z"}}},
+    "id": "68bf1cc5425dd2ea93f248a3",
+    "hardwareIds": ["20250908181325-c253700003"],
+    "name": "C253700003",
+    "createdAt": "2025-09-08T18:13:25.775Z",
+    "updatedAt": "2025-09-08T18:13:25.775Z",
+    "lastReport": "2025-11-09T23:35:06.957Z",
+    "status": "-",
+    "enabled": True,
+    "cohortId": "nrf9151-cell-gateways",
+    "metadata": {
+        "lastSeenOnline": "2025-11-09T20:23:38.628Z",
+        "lastSeenOffline": None,
+        "update": {
+            "main": {"package": "main", "version": "1.0.0", "state": "IDLE", "time": "2025-11-09T20:23:39.113864458Z"}
+        },
+    },
     "someFutureField": {"x": 1},
 }
 
@@ -113,7 +133,7 @@ def test_device_parses_the_live_sample_with_missing_and_unknown_fields():
     d = Device.model_validate(LIVE_DEVICE)
     assert d.tag_ids == [] and d.blueprint_id is None and d.data is None
     assert d.cohort_id == "nrf9151-cell-gateways"
-    assert d.metadata.last_seen_online == datetime(2025, 11, 9, 20, 23, 38, 628000, timezone.utc)
+    assert d.metadata.last_seen_online == datetime(2025, 11, 9, 20, 23, 38, 628000, UTC)
     assert d.metadata.update["main"]["version"] == "1.0.0"
 
 
@@ -123,8 +143,7 @@ def test_omitted_enabled_means_disabled_and_blank_ids_mean_none():
 
 
 def test_list_page_accepts_int64_as_strings_and_missing_counters():
-    page = DEVICE_PAGE.validate_json(json.dumps(
-        {"list": [LIVE_DEVICE], "perPage": "100", "total": "250"}))
+    page = DEVICE_PAGE.validate_json(json.dumps({"list": [LIVE_DEVICE], "perPage": "100", "total": "250"}))
     assert (page.page, page.per_page, page.total, len(page.list)) == (0, 100, 250, 1)
     cohorts = COHORT_PAGE.validate_json(b'{"list":[{"cohortId":"c1","deviceCount":"7"}]}')
     assert cohorts.list[0].cohort_id == "c1" and cohorts.list[0].device_count == 7
@@ -132,8 +151,7 @@ def test_list_page_accepts_int64_as_strings_and_missing_counters():
 
 def test_device_update_sends_only_fields_explicitly_set():
     assert DeviceUpdate(cohort_id="").to_body() == {"cohortId": ""}
-    assert DeviceUpdate(enabled=False, add_tag_id=["t1"]).to_body() == {
-        "enabled": False, "addTagId": ["t1"]}
+    assert DeviceUpdate(enabled=False, add_tag_id=["t1"]).to_body() == {"enabled": False, "addTagId": ["t1"]}
     assert DeviceUpdate().to_body() == {}
     with pytest.raises(ValueError, match="cohort_id=None"):
         DeviceUpdate(cohort_id=None)
@@ -142,13 +160,11 @@ def test_device_update_sends_only_fields_explicitly_set():
 
 
 def test_device_create_omits_absent_optional_fields():
-    assert DeviceCreate(name="n", hardware_ids=["h"]).to_body() == {"name": "n",
-                                                                    "hardwareIds": ["h"]}
+    assert DeviceCreate(name="n", hardware_ids=["h"]).to_body() == {"name": "n", "hardwareIds": ["h"]}
 
 
 def test_parsing_100k_devices_from_raw_page_bytes_is_fast():
-    raw = json.dumps({"list": [LIVE_DEVICE] * 1000, "page": 0, "perPage": 100,
-                      "total": 1000}).encode()
+    raw = json.dumps({"list": [LIVE_DEVICE] * 1000, "page": 0, "perPage": 100, "total": 1000}).encode()
     started = time.process_time()  # CPU time: a busy machine slows the wall clock, not this
     for _ in range(100):
         DEVICE_PAGE.validate_json(raw)
@@ -156,6 +172,7 @@ def test_parsing_100k_devices_from_raw_page_bytes_is_fast():
 
 
 # -- retry policy ---------------------------------------------------------------------------------
+
 
 def test_backoff_is_exponential_with_full_jitter_and_capped():
     policy = RetryPolicy(base_delay=0.5, max_delay=3.0, random=lambda: 1.0)
@@ -168,8 +185,7 @@ def test_retry_after_seconds_and_http_date_are_honoured_and_capped():
     now = 1_700_000_000.0
     policy = RetryPolicy(max_delay=10.0, now=lambda: now)
     assert policy.parse_retry_after("3") == 3.0
-    date = format_datetime(datetime.fromtimestamp(now, timezone.utc) + timedelta(seconds=7),
-                           usegmt=True)
+    date = format_datetime(datetime.fromtimestamp(now, UTC) + timedelta(seconds=7), usegmt=True)
     assert policy.parse_retry_after(date) == pytest.approx(7.0)
     assert policy.parse_retry_after("soon") is None
     assert policy.delay(1, retry_after=120.0) == 10.0
@@ -187,10 +203,16 @@ def test_idempotent_calls_retry_transient_statuses(status):
     assert client.stats.backoff_seconds == 0.5
 
 
-@pytest.mark.parametrize("status,cls", [
-    (400, InvalidArgumentError), (401, AuthenticationError), (403, AuthenticationError),
-    (404, NotFoundError), (409, AlreadyExistsError),
-])
+@pytest.mark.parametrize(
+    "status,cls",
+    [
+        (400, InvalidArgumentError),
+        (401, AuthenticationError),
+        (403, AuthenticationError),
+        (404, NotFoundError),
+        (409, AlreadyExistsError),
+    ],
+)
 def test_client_errors_are_never_retried(status, cls):
     handler = Recorder(err(status, 3, "nope"))
     with make_client(handler) as client, pytest.raises(cls) as info:
@@ -207,10 +229,15 @@ def test_invalid_argument_carries_goliaths_message():
     assert info.value.code_name == "INVALID_ARGUMENT"
 
 
-@pytest.mark.parametrize("failure", [
-    err(500, 13, "boom"), err(502, 14, "bad gateway"), err(504, 4, "deadline"),
-    httpx.ReadTimeout("read timed out"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        err(500, 13, "boom"),
+        err(502, 14, "bad gateway"),
+        err(504, 4, "deadline"),
+        httpx.ReadTimeout("read timed out"),
+    ],
+)
 def test_create_is_not_retried_when_the_server_may_have_acted(failure):
     handler = Recorder(failure, httpx.Response(200, json={"data": device(1)}))
     with make_client(handler) as client, pytest.raises((ServerError, TransportError)):
@@ -218,9 +245,14 @@ def test_create_is_not_retried_when_the_server_may_have_acted(failure):
     assert len(handler.requests) == 1
 
 
-@pytest.mark.parametrize("failure", [
-    err(429, 8, "slow down"), err(503, 14, "unavailable"), httpx.ConnectError("refused"),
-])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        err(429, 8, "slow down"),
+        err(503, 14, "unavailable"),
+        httpx.ConnectError("refused"),
+    ],
+)
 def test_create_is_retried_when_the_server_cannot_have_acted(failure):
     handler = Recorder(failure, httpx.Response(200, json={"data": device(1)}))
     with make_client(handler) as client:
@@ -266,13 +298,18 @@ def test_stats_as_metadata_is_flat():
     with make_client(handler) as client:
         client.get_device("d1")
     assert client.stats.as_metadata() == {
-        "golioth_requests": 2, "golioth_retries": 1, "golioth_pages": 0,
-        "golioth_transport_errors": 0, "golioth_backoff_seconds": 0.25,
-        "golioth_status_200": 1, "golioth_status_500": 1,
+        "golioth_requests": 2,
+        "golioth_retries": 1,
+        "golioth_pages": 0,
+        "golioth_transport_errors": 0,
+        "golioth_backoff_seconds": 0.25,
+        "golioth_status_200": 1,
+        "golioth_status_500": 1,
     }
 
 
 # -- requests on the wire -------------------------------------------------------------------------
+
 
 def test_key_goes_only_in_the_x_api_key_header():
     handler = Recorder(httpx.Response(200, json={"data": device(1)}))
@@ -289,8 +326,11 @@ def test_key_goes_only_in_the_x_api_key_header():
 def test_filters_and_state_path_become_spec_query_params():
     handler = Recorder(httpx.Response(200, json={"list": [], "total": 0}))
     with make_client(handler) as client:
-        list(client.iter_device_pages(per_page=7, state_path="config", enabled=False,
-                                      tags=["t1", "t2"], hardware_id="hw-1"))
+        list(
+            client.iter_device_pages(
+                per_page=7, state_path="config", enabled=False, tags=["t1", "t2"], hardware_id="hw-1"
+            )
+        )
         with pytest.raises(TypeError, match="unknown device filter"):
             client.iter_device_pages(colour="red")
         with pytest.raises(ValueError):
@@ -312,8 +352,7 @@ def test_state_path_keeps_its_slashes_and_404_reads_as_none():
 
 
 def test_cohorts_need_an_organization_id():
-    handler = Recorder(httpx.Response(200, json={"list": [{"cohortId": "c1", "name": "Gw"}],
-                                                 "total": 1}))
+    handler = Recorder(httpx.Response(200, json={"list": [{"cohortId": "c1", "name": "Gw"}], "total": 1}))
     with make_client(handler) as client, pytest.raises(ConfigurationError, match="organization"):
         client.list_cohorts()
     assert handler.requests == []
@@ -323,6 +362,7 @@ def test_cohorts_need_an_organization_id():
 
 
 # -- pagination -----------------------------------------------------------------------------------
+
 
 def test_iter_pages_stops_on_an_empty_page_even_if_total_says_more():
     handler = Recorder(
@@ -361,14 +401,16 @@ def test_list_devices_gives_up_when_the_list_never_settles():
     def handler(request):
         total = 30 + next(counter)  # every page sees a different total
         page = int(request.url.params["page"])
-        return httpx.Response(200, json={"list": [device(page * 10 + i) for i in range(10)],
-                                         "page": page, "perPage": 10, "total": total})
+        return httpx.Response(
+            200, json={"list": [device(page * 10 + i) for i in range(10)], "page": page, "perPage": 10, "total": total}
+        )
 
     with make_client(handler) as client, pytest.raises(InconsistentListingError):
         client.list_devices(per_page=10, attempts=2)
 
 
 # -- run_many -------------------------------------------------------------------------------------
+
 
 def test_run_many_isolates_failures_and_keeps_keys():
     def handler(request):
@@ -405,8 +447,7 @@ def test_run_many_stops_fast_on_authentication_error():
     handler = Recorder(err(401, 16, "error identifying user"))
     with make_client(handler, max_concurrency=2) as client:
         results = client.run_many(
-            (i, lambda i=i: client.update_device(f"d{i}", DeviceUpdate(enabled=True)))
-            for i in range(500)
+            (i, lambda i=i: client.update_device(f"d{i}", DeviceUpdate(enabled=True))) for i in range(500)
         )
     assert len(results) == 500
     assert len(handler.requests) <= 2  # the in-flight ones; nothing retried, nothing queued ran
@@ -415,6 +456,7 @@ def test_run_many_stops_fast_on_authentication_error():
 
 
 # -- secrets --------------------------------------------------------------------------------------
+
 
 def every_error(client: GoliothClient) -> list[GoliothError]:
     found = []
@@ -425,13 +467,11 @@ def every_error(client: GoliothClient) -> list[GoliothError]:
                 c.get_device("d1")
             except GoliothError as exc:
                 found.append(exc)
-    with make_client(Recorder(httpx.ConnectError("refused")),
-                     policy=RetryPolicy(max_attempts=1)) as c:
+    with make_client(Recorder(httpx.ConnectError("refused")), policy=RetryPolicy(max_attempts=1)) as c:
         with pytest.raises(TransportError) as info:
             c.get_device("d1")
         found.append(info.value)
-    with make_client(Recorder(err(503, 14, "x")),
-                     policy=RetryPolicy(budget=0, sleep=FakeSleep())) as c:
+    with make_client(Recorder(err(503, 14, "x")), policy=RetryPolicy(budget=0, sleep=FakeSleep())) as c:
         with pytest.raises(RetryBudgetExceeded) as info:
             c.get_device("d1")
         found.append(info.value)
@@ -487,8 +527,7 @@ def test_run_many_stops_when_the_retry_budget_is_spent():
 def test_ensure_tag_returns_the_existing_tag_on_409():
     handler = Recorder(
         err(409, 6, "tag name already being used"),
-        httpx.Response(200, json={"list": [{"id": "t1", "name": "other"},
-                                           {"id": "t2", "name": "prod"}], "total": 2}),
+        httpx.Response(200, json={"list": [{"id": "t1", "name": "other"}, {"id": "t2", "name": "prod"}], "total": 2}),
     )
     with make_client(handler) as client:
         assert client.ensure_tag("prod").id == "t2"
@@ -497,6 +536,7 @@ def test_ensure_tag_returns_the_existing_tag_on_409():
 
 def test_gc_pause_is_reference_counted_across_overlapping_calls():
     import gc
+
     from golioth_assets.golioth.gcpause import gc_paused
 
     assert gc.isenabled()

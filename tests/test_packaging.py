@@ -1,9 +1,9 @@
 """The install itself: the Dagster trio resolves to the pinned versions, and the console script exists."""
 
-from importlib.metadata import version
-from pathlib import Path
 import shutil
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 from click.testing import CliRunner
 

@@ -25,16 +25,12 @@ def launch(instance, db_url, **config):
     )
 
 
-
-
-
-
-
-
 def test_launchpad_config_offers_the_choices_by_name():
     schema = resolve_conflicts_job.run_config_schema.config_type.fields["ops"].config_type.fields["resolve_conflicts"]
     config = schema.config_type.fields["config"].config_type
-    assert {"conflict_ids", "choice", "value_json", "resolved_by", "organization_id", "all_pending"} <= set(config.fields)
+    assert {"conflict_ids", "choice", "value_json", "resolved_by", "organization_id", "all_pending"} <= set(
+        config.fields
+    )
     choice = config.fields["choice"].config_type
     assert [v.config_value for v in choice.enum_values] == ["local", "remote", "value"]
     assert ResolveConfig(conflict_ids=[1], choice=Choice.remote, resolved_by="x").choice is Choice.remote
@@ -100,7 +96,9 @@ def test_refusals_fail_the_run_and_change_nothing(harness, instance, db_url, con
     result = launch(instance, db_url, **config)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert message in failure.step_failure_data.error.message or message in str(failure.step_failure_data.user_failure_data.description)
+    assert message in failure.step_failure_data.error.message or message in str(
+        failure.step_failure_data.user_failure_data.description
+    )
     assert harness.conflict(cid)["status"] == "pending"
 
 
@@ -110,6 +108,9 @@ def test_an_already_resolved_conflict_fails_the_run_saying_so(harness, instance,
     again = launch(instance, db_url, conflict_ids=[cid], choice="remote", resolved_by="second")
     assert not again.success
     failure = next(e for e in again.all_events if e.is_step_failure)
-    assert f"conflict {cid} is already resolved (local, by first)" in failure.step_failure_data.user_failure_data.description
+    assert (
+        f"conflict {cid} is already resolved (local, by first)"
+        in failure.step_failure_data.user_failure_data.description
+    )
     row = harness.conflict(cid)
     assert (row["resolution"], row["resolved_by"]) == ("local", "first")

@@ -52,7 +52,10 @@ def test_no_change_sync_through_dagster_writes_nothing(make_harness, instance, d
         sync_assets,
         partition_key=h.org,
         instance=instance,
-        resources={"store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)), "golioth": GoliothApi()},
+        resources={
+            "store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)),
+            "golioth": GoliothApi(),
+        },
     )
     assert result.success
     assert all(e.passed for e in result.get_asset_check_evaluations())
@@ -71,13 +74,17 @@ def test_no_change_sync_through_dagster_writes_nothing(make_harness, instance, d
 
     # The run's log agrees: nothing planned, nothing written.
     with h.engine.connect() as conn:
-        row = conn.execute(
-            sa.text(
-                "SELECT created_local, updated_local, deleted_local, created_remote, updated_remote, deleted_remote, "
-                "conflicts, failures, status FROM golioth_sync_log WHERE organization_id = :o AND dagster_run_id = :r"
-            ),
-            {"o": h.org, "r": result.run_id},
-        ).mappings().one()
+        row = (
+            conn.execute(
+                sa.text(
+                    "SELECT created_local, updated_local, deleted_local, created_remote, updated_remote, deleted_remote, "
+                    "conflicts, failures, status FROM golioth_sync_log WHERE organization_id = :o AND dagster_run_id = :r"
+                ),
+                {"o": h.org, "r": result.run_id},
+            )
+            .mappings()
+            .one()
+        )
     assert row["status"] == "success"
     assert all(row[k] == 0 for k in row if k != "status"), dict(row)
     assert h.conflicts().empty

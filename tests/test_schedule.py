@@ -6,7 +6,7 @@ instance per test holds only that test's partitions (the session database has ot
 """
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -20,7 +20,7 @@ from golioth_assets.store import services
 from sensors.schedule import golioth_sync_schedule
 
 # A tick on the minute grid, a little in the past so "now()" rows sit after it when needed.
-T0 = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(hours=3)
+T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,13 @@ def _service(engine, instance, *, interval, enabled=True, partition=True) -> str
         services.upsert_service(
             conn,
             services.ServiceSettings(
-                organization_id=org, name=org, project_id=f"p-{org}", base_url="http://127.0.0.1:9",
-                api_key_env="GS_SCHEDULE_TEST_KEY", interval_seconds=interval, sync_enabled=enabled,
+                organization_id=org,
+                name=org,
+                project_id=f"p-{org}",
+                base_url="http://127.0.0.1:9",
+                api_key_env="GS_SCHEDULE_TEST_KEY",
+                interval_seconds=interval,
+                sync_enabled=enabled,
             ),
         )
     if partition:
@@ -66,7 +71,9 @@ def _synced(engine, org, started_at, *, dry_run=False, scope=None, status="succe
 # The repository lets evaluate_tick resolve the target job and check each requested partition key.
 # Built once, at import: building it needs no instance (the resources that run are the context's).
 REPO = dg.Definitions(
-    assets=sync_assets, jobs=[full_sync_job], schedules=[golioth_sync_schedule],
+    assets=sync_assets,
+    jobs=[full_sync_job],
+    schedules=[golioth_sync_schedule],
     resources={"store": DeviceStore(), "golioth": GoliothApi()},
 ).get_repository_def()
 
@@ -170,14 +177,21 @@ def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, instance, 
     runs = [
         # A scheduled full sync in progress, and one starting from the launchpad (which carries
         # only Dagster's partition tag).
-        instance.create_run_for_job(job_def=full, tags={**full.tags, ORG_TAG: scheduled, "dagster/partition": scheduled},
-                                    status=dg.DagsterRunStatus.STARTED),
-        instance.create_run_for_job(job_def=full, tags={**full.tags, "dagster/partition": from_ui},
-                                    status=dg.DagsterRunStatus.STARTING),
+        instance.create_run_for_job(
+            job_def=full,
+            tags={**full.tags, ORG_TAG: scheduled, "dagster/partition": scheduled},
+            status=dg.DagsterRunStatus.STARTED,
+        ),
+        instance.create_run_for_job(
+            job_def=full, tags={**full.tags, "dagster/partition": from_ui}, status=dg.DagsterRunStatus.STARTING
+        ),
         # A webhook's targeted sync does not hold the schedule back (with steady webhook traffic
         # one is nearly always in flight); the per-organization run limit queues the full sync.
-        instance.create_run_for_job(job_def=targeted, tags={**targeted.tags, ORG_TAG: webhook, "dagster/partition": webhook},
-                                    status=dg.DagsterRunStatus.STARTED),
+        instance.create_run_for_job(
+            job_def=targeted,
+            tags={**targeted.tags, ORG_TAG: webhook, "dagster/partition": webhook},
+            status=dg.DagsterRunStatus.STARTED,
+        ),
     ]
 
     requests = _evaluate(instance, resources, T0)

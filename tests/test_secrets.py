@@ -31,7 +31,10 @@ def test_api_key_is_nowhere_after_a_run(make_harness, db_url, caplog):
             sync_assets,
             partition_key=h.org,
             instance=instance,
-            resources={"store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)), "golioth": GoliothApi()},
+            resources={
+                "store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)),
+                "golioth": GoliothApi(),
+            },
         )
         assert result.success
         events = instance.all_logs(result.run_id)
@@ -55,7 +58,10 @@ def test_a_failing_key_is_not_echoed_anywhere(make_harness, db_url, monkeypatch,
             sync_assets,
             partition_key=h.org,
             instance=instance,
-            resources={"store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)), "golioth": GoliothApi()},
+            resources={
+                "store": DeviceStore(database_url=db_url.render_as_string(hide_password=False)),
+                "golioth": GoliothApi(),
+            },
             raise_on_error=False,
         )
         event_text = "\n".join(str(e) for e in instance.all_logs(result.run_id))

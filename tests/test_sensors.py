@@ -41,8 +41,13 @@ def _new_service(engine, *, enabled=True, interval=300, base_url="http://127.0.0
         return services.upsert_service(
             conn,
             services.ServiceSettings(
-                organization_id=org, name=org, project_id=f"p-{org}", base_url=base_url,
-                api_key_env="GS_SENSOR_TEST_KEY", sync_enabled=enabled, interval_seconds=interval,
+                organization_id=org,
+                name=org,
+                project_id=f"p-{org}",
+                base_url=base_url,
+                api_key_env="GS_SENSOR_TEST_KEY",
+                sync_enabled=enabled,
+                interval_seconds=interval,
             ),
         )
 
@@ -63,19 +68,27 @@ def _store_events(engine, service, device_ids, event_type="device.updated") -> l
     ]
     with engine.begin() as conn:
         assert all(webhook_events.store_events(conn, events))
-        rows = conn.execute(
-            sa.text("SELECT id FROM webhook_events WHERE service_id = :s AND event_id = ANY(:e) ORDER BY id"),
-            {"s": service.id, "e": [e.event_id for e in events]},
-        ).scalars().all()
+        rows = (
+            conn.execute(
+                sa.text("SELECT id FROM webhook_events WHERE service_id = :s AND event_id = ANY(:e) ORDER BY id"),
+                {"s": service.id, "e": [e.event_id for e in events]},
+            )
+            .scalars()
+            .all()
+        )
     return list(rows)
 
 
 def _events(engine, ids) -> dict[int, dict]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text("SELECT id, status, attempts, claimed_by, last_error FROM webhook_events WHERE id = ANY(:i)"),
-            {"i": list(ids)},
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text("SELECT id, status, attempts, claimed_by, last_error FROM webhook_events WHERE id = ANY(:i)"),
+                {"i": list(ids)},
+            )
+            .mappings()
+            .all()
+        )
     return {r["id"]: dict(r) for r in rows}
 
 
@@ -149,12 +162,18 @@ def test_stale_claims_are_released_and_retried_under_a_new_key(engine, instance,
     with engine.begin() as conn:
         webhook_events.claim_pending(conn, limit=10, claimed_by="vanished-run", organization_id=org)
         # The run that claimed them died without a failure event (worker killed, instance lost).
-        conn.execute(sa.text("UPDATE webhook_events SET claimed_at = now() - interval '2 hours' WHERE id = ANY(:i)"),
-                     {"i": ids})
+        conn.execute(
+            sa.text("UPDATE webhook_events SET claimed_at = now() - interval '2 hours' WHERE id = ANY(:i)"), {"i": ids}
+        )
     fresh = _store_events(engine, _new_service(engine), ["x"])  # a fresh claim elsewhere is not touched
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE webhook_events SET status = 'claimed', claimed_by = 'live-run', "
-                             "claimed_at = now() WHERE id = ANY(:i)"), {"i": fresh})
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_events SET status = 'claimed', claimed_by = 'live-run', "
+                "claimed_at = now() WHERE id = ANY(:i)"
+            ),
+            {"i": fresh},
+        )
 
     result = _tick(webhook_inbox_sensor, instance, resources)
 
@@ -302,7 +321,8 @@ def test_failure_sensor_records_a_run_that_died_before_its_first_step(engine, in
     ids = _store_events(engine, service, ["dev-1"])
     [request] = _tick(webhook_inbox_sensor, instance, resources).run_requests
     run = instance.create_run_for_job(
-        job_def=_job(resources), run_config=request.run_config,
+        job_def=_job(resources),
+        run_config=request.run_config,
         tags={**request.tags, "dagster/partition": org},
     )
     instance.report_run_failed(run, message="the run worker exited unexpectedly")
@@ -310,7 +330,8 @@ def test_failure_sensor_records_a_run_that_died_before_its_first_step(engine, in
     context = dg.build_run_status_sensor_context(
         sensor_name=sync_failure_sensor.name,
         dagster_event=instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-        .records[0].event_log_entry.dagster_event,
+        .records[0]
+        .event_log_entry.dagster_event,
         dagster_instance=instance,
         dagster_run=instance.get_run_by_id(run.run_id),
         resources=resources,

@@ -182,9 +182,7 @@ def test_add_project_with_chosen_id_and_key(simulator):
         assert info["devices"] == 12 and info["apiKey"] == "tenant-fixed-key"
         with pytest.raises(SimulatorControlError, match="409"):
             simulator.control.add_project("tenant-fixed", "other-key")
-        r = httpx.get(
-            f"{simulator.url}/v1/projects/tenant-fixed/devices", headers={"x-api-key": "tenant-fixed-key"}
-        )
+        r = httpx.get(f"{simulator.url}/v1/projects/tenant-fixed/devices", headers={"x-api-key": "tenant-fixed-key"})
         assert r.json()["total"] == 12
         assert "tenant-fixed" in {p["projectId"] for p in simulator.control.projects()}
     finally:

@@ -94,7 +94,9 @@ def test_observed_updates_do_not_bump_the_version(engine, org):
         devices.update_observed(
             conn,
             org,
-            pd.DataFrame({"device_id": frame["device_id"], "status": ["online"], "last_seen_online": ["2026-01-01T00:00:00Z"]}),
+            pd.DataFrame(
+                {"device_id": frame["device_id"], "status": ["online"], "last_seen_online": ["2026-01-01T00:00:00Z"]}
+            ),
         )
     with engine.connect() as conn:
         row = devices.load_devices(conn, org).iloc[0]
@@ -111,9 +113,28 @@ def test_merge_bases_sets_fields_and_desired_keys(engine, org):
         )
         devices.insert_devices(conn, org, frame)
         d = frame["device_id"].item()
-        assignments.insert_links(conn, service.id, [{"device_id": d, "golioth_device_id": "g1", "base_snapshot": {"name": "old", "desired_state": {"a": 1, "b": 2}}}])
+        assignments.insert_links(
+            conn,
+            service.id,
+            [
+                {
+                    "device_id": d,
+                    "golioth_device_id": "g1",
+                    "base_snapshot": {"name": "old", "desired_state": {"a": 1, "b": 2}},
+                }
+            ],
+        )
         assignments.merge_bases(
-            conn, service.id, [{"device_id": d, "golioth_device_id": "g1", "fields": {"name": "new"}, "desired_keys": {"a": None, "c": 3}}]
+            conn,
+            service.id,
+            [
+                {
+                    "device_id": d,
+                    "golioth_device_id": "g1",
+                    "fields": {"name": "new"},
+                    "desired_keys": {"a": None, "c": 3},
+                }
+            ],
         )
         base = assignments.load_links(conn, service.id)["base_snapshot"].item()
     assert base == {"name": "new", "desired_state": {"b": 2, "c": 3}}

@@ -92,7 +92,10 @@ def edit_both_sides(h) -> dict:
     new_ids = {
         h.create_local(name="born-local-a", hardware_ids=["born-a"], tags=["crash-tag"]): {"name": "born-local-a"},
         h.create_local(name="born-local-b"): {"name": "born-local-b"},  # no hardware id: one is generated first
-        h.create_local(name="born-local-c", hardware_ids=["born-c"], enabled=False): {"name": "born-local-c", "enabled": False},
+        h.create_local(name="born-local-c", hardware_ids=["born-c"], enabled=False): {
+            "name": "born-local-c",
+            "enabled": False,
+        },
     }
     with h.engine.begin() as conn:
         conn.execute(

@@ -107,10 +107,14 @@ def test_manual_conflict_is_stored_and_the_field_left_alone(harness):
     resolved = harness.conflicts(status=None)
     assert list(resolved["status"]) == ["applied"] and list(resolved["resolved_by"]) == ["alice"]
     with harness.engine.connect() as conn:
-        changed_by = conn.execute(
-            sa.text("SELECT changed_by FROM golioth_sync_log_entries WHERE device_id = :d AND side = 'remote'"),
-            {"d": device_id},
-        ).scalars().all()
+        changed_by = (
+            conn.execute(
+                sa.text("SELECT changed_by FROM golioth_sync_log_entries WHERE device_id = :d AND side = 'remote'"),
+                {"d": device_id},
+            )
+            .scalars()
+            .all()
+        )
     assert "alice" in changed_by
     assert harness.sync().plan.empty
 
@@ -129,9 +133,7 @@ def test_pending_conflict_is_superseded_when_sides_converge(harness):
     assert list(harness.conflicts(status="superseded")["field"]) == ["name"]
 
 
-@pytest.mark.parametrize(
-    ("policy", "winner"), [("local_wins", "local-name"), ("remote_wins", "remote-name")]
-)
+@pytest.mark.parametrize(("policy", "winner"), [("local_wins", "local-name"), ("remote_wins", "remote-name")])
 def test_policies_settle_conflicts(make_harness, policy, winner):
     h = make_harness(conflict_policy=policy)
     _first_sync(h)

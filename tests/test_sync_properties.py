@@ -63,7 +63,12 @@ class World:
         )
         links = pd.DataFrame(
             [
-                {"device_id": d, "golioth_device_id": link["gid"], "base_snapshot": link["base"], "link_status": link["status"]}
+                {
+                    "device_id": d,
+                    "golioth_device_id": link["gid"],
+                    "base_snapshot": link["base"],
+                    "link_status": link["status"],
+                }
                 for d, link in self.links.items()
             ],
             columns=["device_id", "golioth_device_id", "base_snapshot", "link_status"],
@@ -456,7 +461,13 @@ def test_pure_direction_blocks_writes_but_keeps_them_visible(direction, data):
     # The blocked rows are planned again next time: nothing was silently dropped.
     again = s.world.plan(s.settings)
     blocked_keys = lambda p: sorted(  # noqa: E731
-        map(tuple, p.changes.loc[p.changes["blocked"], ["device_id", "golioth_device_id", "field", "action"]].fillna("").astype(str).to_numpy())
+        map(
+            tuple,
+            p.changes.loc[p.changes["blocked"], ["device_id", "golioth_device_id", "field", "action"]]
+            .fillna("")
+            .astype(str)
+            .to_numpy(),
+        )
     )
     assert blocked_keys(again) == blocked_keys(plan)
     assert again.writes().empty
@@ -481,7 +492,9 @@ def _remote_views(h) -> dict[str, dict]:
     with h.http() as client:
         blueprints = {
             b["id"]: b["name"]
-            for b in client.get(f"/v1/projects/{h.project.project_id}/blueprints", params={"perPage": 100}).json()["list"]
+            for b in client.get(f"/v1/projects/{h.project.project_id}/blueprints", params={"perPage": 100}).json()[
+                "list"
+            ]
         }
     out = {}
     for gid, d in h.remote().items():
@@ -517,17 +530,23 @@ def stack_edits(draw, side: str, index: int) -> dict:
     """Edits for one device on one side, as column values in that side's vocabulary. Names and
     hardware ids stay unique per device (Golioth refuses duplicates)."""
     out: dict[str, Any] = {}
-    for f in draw(st.sets(st.sampled_from(["name", "tags", "enabled", "cohort", "desired_state"]), min_size=1, max_size=3)):
+    for f in draw(
+        st.sets(st.sampled_from(["name", "tags", "enabled", "cohort", "desired_state"]), min_size=1, max_size=3)
+    ):
         if f == "name":
             out["name"] = f"dev{index}-{draw(st.sampled_from(['x', side]))}"  # "x": both sides may agree
         elif f == "tags":
-            out["tags"] = draw(st.lists(st.sampled_from(LOCAL_TAGS[:2] if side == "remote" else LOCAL_TAGS), max_size=2, unique=True))
+            out["tags"] = draw(
+                st.lists(st.sampled_from(LOCAL_TAGS[:2] if side == "remote" else LOCAL_TAGS), max_size=2, unique=True)
+            )
         elif f == "enabled":
             out["enabled"] = draw(st.booleans())
         elif f == "cohort":
             out["cohort"] = draw(st.sampled_from([None, *COHORTS]))
         elif f == "desired_state":
-            out["desired_state"] = draw(st.dictionaries(st.sampled_from(["led", "interval"]), st.sampled_from([0, 1, "on"]), max_size=2))
+            out["desired_state"] = draw(
+                st.dictionaries(st.sampled_from(["led", "interval"]), st.sampled_from([0, 1, "on"]), max_size=2)
+            )
     return out
 
 
@@ -608,7 +627,7 @@ def _prepare(make_harness, case: StackCase, policy: str):
     links = h.links().sort_values("golioth_device_id").reset_index(drop=True)
     pairs = [(links.loc[i, "device_id"], links.loc[i, "golioth_device_id"]) for i in range(STACK_DEVICES)]
     # Give every device a distinct base name so that name edits never collide across devices.
-    for i, (d, g) in enumerate(pairs):
+    for i, (d, _g) in enumerate(pairs):
         h.edit_local(d, name=f"dev{i}")
     assert h.sync().status == "success"
     before_local, before_remote = _local_views(h), _remote_views(h)

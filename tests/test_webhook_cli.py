@@ -21,8 +21,15 @@ def dead_and_processed(engine, org) -> dict[str, int]:
     """Two dead events and one old processed event for this organization."""
     service = make_webhook_service(engine, org, "GS_TEST_CLI_SECRET")
     events = [
-        inbox.NewEvent(service, org, f"cli-{i}-{uuid.uuid4().hex[:6]}", "signed", "device.updated", f"dev-{i}",
-                       json.dumps({"i": i}))
+        inbox.NewEvent(
+            service,
+            org,
+            f"cli-{i}-{uuid.uuid4().hex[:6]}",
+            "signed",
+            "device.updated",
+            f"dev-{i}",
+            json.dumps({"i": i}),
+        )
         for i in range(3)
     ]
     with engine.begin() as conn:
@@ -31,10 +38,19 @@ def dead_and_processed(engine, org) -> dict[str, int]:
         inbox.release_failed(conn, f"{org}/run", "golioth unreachable", max_attempts=1)
         inbox.claim_pending(conn, limit=1, claimed_by=f"{org}/run2", organization_id=org)
         inbox.mark_processed(conn, f"{org}/run2")
-        conn.execute(sa.text("UPDATE webhook_events SET processed_at = now() - interval '10 days' "
-                             "WHERE organization_id = :org AND status = 'processed'"), {"org": org})
-        ids = dict(conn.execute(sa.text("SELECT status, max(id) FROM webhook_events WHERE organization_id = :org "
-                                        "GROUP BY status"), {"org": org}).all())
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_events SET processed_at = now() - interval '10 days' "
+                "WHERE organization_id = :org AND status = 'processed'"
+            ),
+            {"org": org},
+        )
+        ids = dict(
+            conn.execute(
+                sa.text("SELECT status, max(id) FROM webhook_events WHERE organization_id = :org GROUP BY status"),
+                {"org": org},
+            ).all()
+        )
     return ids
 
 
@@ -66,8 +82,10 @@ def test_replay_requeues_by_id_then_by_org(db_env, engine, org, dead_and_process
 def test_list_keeps_ids_statuses_and_times_whole_at_80_columns(db_env, engine, org, dead_and_processed):
     error = "golioth unreachable: ConnectError [Errno 111] Connection refused while listing devices"
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE webhook_events SET last_error = :e WHERE organization_id = :org AND status = 'dead'"),
-                     {"org": org, "e": error})
+        conn.execute(
+            sa.text("UPDATE webhook_events SET last_error = :e WHERE organization_id = :org AND status = 'dead'"),
+            {"org": org, "e": error},
+        )
     lines = run("list", width=80).output.splitlines()
     assert max(map(len, lines)) <= 80
     dead = next(line for line in lines if line.startswith(f"{dead_and_processed['dead']} "))
@@ -99,13 +117,22 @@ def test_prune_honours_the_retention(db_env, engine, org, dead_and_processed):
     assert counts(engine, org) == {"dead": 2}
 
 
-@pytest.mark.parametrize(("text", "expected"), [("30m", timedelta(minutes=30)), ("7d", timedelta(days=7)),
-                                                ("2w", timedelta(weeks=2)), ("45s", timedelta(seconds=45))])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30m", timedelta(minutes=30)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+        ("45s", timedelta(seconds=45)),
+    ],
+)
 def test_durations(text, expected):
     assert parse_duration(text) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [("1MiB", 1048576), ("512KiB", 524288), ("65536", 65536), ("2mb", 2000000)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("1MiB", 1048576), ("512KiB", 524288), ("65536", 65536), ("2mb", 2000000)]
+)
 def test_sizes(text, expected):
     assert parse_size(text) == expected
 

@@ -121,11 +121,12 @@ def test_database_stopped_mid_test_503_and_nothing_accepted_is_missing(own_serve
     assert sender.retry_after == {"5"}
     assert set(retried.values()) <= {200, 202}
     with engine.connect() as conn:
-        stored = conn.execute(
-            sa.text("SELECT event_id FROM webhook_events WHERE service_id = :s"), {"s": service_id}
-        ).scalars().all()
+        stored = (
+            conn.execute(sa.text("SELECT event_id FROM webhook_events WHERE service_id = :s"), {"s": service_id})
+            .scalars()
+            .all()
+        )
         reported = conn.execute(sa.text("SELECT reported_state FROM devices WHERE id = :id"), {"id": local}).scalar()
     assert sender.accepted() <= set(stored), "an event answered 2xx is missing"
     assert len(stored) == len(set(stored)) == len(sender.answers)
     assert reported["seq"] in set(stored)
-

@@ -10,7 +10,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -124,8 +124,12 @@ def test_pipeline_without_ce_id_dedupes_on_a_hash_of_device_type_and_body(client
     golioth_id, _ = device
     url = f"/webhooks/golioth/{service}"
     body = json.dumps(
-        {"data": {"temp": 3}, "device_id": golioth_id, "project_id": "proj-test",
-         "timestamp": {"seconds": 1700000000, "nanos": 0}}
+        {
+            "data": {"temp": 3},
+            "device_id": golioth_id,
+            "project_id": "proj-test",
+            "timestamp": {"seconds": 1700000000, "nanos": 0},
+        }
     ).encode()
     answers = [client.post(url, content=body, headers=pipeline_headers(golioth_id)).status_code for _ in range(2)]
     other = client.post(url, content=body.replace(b'"temp": 3', b'"temp": 4'), headers=pipeline_headers(golioth_id))
@@ -140,7 +144,7 @@ def test_pipeline_without_ce_id_dedupes_on_a_hash_of_device_type_and_body(client
 def test_pipeline_inject_metadata_updates_observed_fields_in_the_same_transaction(client, engine, service, device):
     golioth_id, local_id = device
     before = device_row(engine, local_id)
-    sent_at = datetime.now(timezone.utc) - timedelta(seconds=5)
+    sent_at = datetime.now(UTC) - timedelta(seconds=5)
     body = json.dumps(
         {
             "data": {"battery": 87, "rssi": -71},
@@ -159,7 +163,7 @@ def test_pipeline_inject_metadata_updates_observed_fields_in_the_same_transactio
     after = device_row(engine, local_id)
     assert after["reported_state"] == {"env": {"battery": 87, "rssi": -71}}
     assert after["status"] == "online"
-    assert after["last_report"] == datetime.fromtimestamp(int(sent_at.timestamp()) + 0.25, tz=timezone.utc)
+    assert after["last_report"] == datetime.fromtimestamp(int(sent_at.timestamp()) + 0.25, tz=UTC)
     assert after["observed_at"] is not None
     # Observed fields are not versioned: the sync must not see this as a local edit.
     assert (after["version"], after["updated_at"]) == (before["version"], before["updated_at"])
@@ -181,7 +185,7 @@ def test_pipeline_delivery_for_unknown_device_stays_pending_for_the_sensor(clien
 def test_signed_online_and_offline_events_update_status(client, engine, service, device):
     golioth_id, local_id = device
     url = f"/webhooks/golioth/{service}"
-    t0 = datetime.now(timezone.utc) - timedelta(seconds=30)
+    t0 = datetime.now(UTC) - timedelta(seconds=30)
     online = signed_body("device.online", golioth_id, timestamp=t0.isoformat())
     offline = signed_body("device.offline", golioth_id, timestamp=(t0 + timedelta(seconds=10)).isoformat())
 
@@ -246,13 +250,19 @@ def _signed_variants(golioth_id: str) -> dict[str, tuple[bytes, dict[str, str]]]
     good = signed_headers(body, SECRET)
     now = int(time.time())
     wrong_secret = "whsec_" + base64.b64encode(b"w" * 32).decode()
-    missing = {name: {k: v for k, v in good.items() if k != name} for name in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+    missing = {
+        name: {k: v for k, v in good.items() if k != name}
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+    }
     return {
         "wrong secret": (body, signed_headers(body, wrong_secret)),
         "body tampered by one byte": (body.replace(b"device.created", b"device.createD"), good),
         "too old": (body, signed_headers(body, SECRET, timestamp=now - 400)),
         "too new": (body, signed_headers(body, SECRET, timestamp=now + 400)),
-        "unknown signature version": (body, {**good, "webhook-signature": good["webhook-signature"].replace("v1,", "v2,")}),
+        "unknown signature version": (
+            body,
+            {**good, "webhook-signature": good["webhook-signature"].replace("v1,", "v2,")},
+        ),
         "garbage signature": (body, {**good, "webhook-signature": "v1,@@@ nonsense"}),
         "non-numeric timestamp": (body, {**good, "webhook-timestamp": "yesterday"}),
         **{f"missing {name}": (body, headers) for name, headers in missing.items()},
@@ -261,9 +271,18 @@ def _signed_variants(golioth_id: str) -> dict[str, tuple[bytes, dict[str, str]]]
 
 @pytest.mark.parametrize(
     "case",
-    ["wrong secret", "body tampered by one byte", "too old", "too new", "unknown signature version",
-     "garbage signature", "non-numeric timestamp", "missing webhook-id", "missing webhook-timestamp",
-     "missing webhook-signature"],
+    [
+        "wrong secret",
+        "body tampered by one byte",
+        "too old",
+        "too new",
+        "unknown signature version",
+        "garbage signature",
+        "non-numeric timestamp",
+        "missing webhook-id",
+        "missing webhook-timestamp",
+        "missing webhook-signature",
+    ],
 )
 def test_forged_signed_events_are_401_and_not_stored(client, engine, service, device, case):
     body, headers = _signed_variants(device[0])[case]
@@ -294,7 +313,11 @@ def _bad_requests(service_id: int, golioth_id: str) -> dict[str, tuple[int, str,
         "control character in device id": (400, url, b'{"temp": 1}', {**ok, "ce-source": "a\tb"}),
         "other project": (400, url, b'{"temp": 1}', {**ok, "ce-subject": "someone-elses-project"}),
         "bad injected timestamp": (
-            400, url, json.dumps({"data": {}, "device_id": golioth_id, "timestamp": "soon"}).encode(), ok),
+            400,
+            url,
+            json.dumps({"data": {}, "device_id": golioth_id, "timestamp": "soon"}).encode(),
+            ok,
+        ),
         "signed event fails validation": (400, url, invalid_signed, signed_headers(invalid_signed, SECRET)),
         "signed event not an object": (400, url, b"[1, 2]", signed_headers(b"[1, 2]", SECRET)),
         "signed event of another project": (400, url, other_project, signed_headers(other_project, SECRET)),
@@ -309,10 +332,26 @@ def _bad_requests(service_id: int, golioth_id: str) -> dict[str, tuple[int, str,
 
 @pytest.mark.parametrize(
     "case",
-    ["malformed JSON", "NaN is not JSON", "not UTF-8", "NUL character", "unpaired surrogate", "missing device id",
-     "control character in device id", "other project", "bad injected timestamp", "signed event fails validation",
-     "signed event not an object", "signed event of another project", "unknown service", "non-numeric service", "body above the limit",
-     "wrong content type", "CBOR", "no content type"],
+    [
+        "malformed JSON",
+        "NaN is not JSON",
+        "not UTF-8",
+        "NUL character",
+        "unpaired surrogate",
+        "missing device id",
+        "control character in device id",
+        "other project",
+        "bad injected timestamp",
+        "signed event fails validation",
+        "signed event not an object",
+        "signed event of another project",
+        "unknown service",
+        "non-numeric service",
+        "body above the limit",
+        "wrong content type",
+        "CBOR",
+        "no content type",
+    ],
 )
 def test_bad_input_gets_a_precise_answer_and_writes_nothing(client, engine, service, device, case):
     status, url, body, headers = _bad_requests(service, device[0])[case]
@@ -442,10 +481,17 @@ def test_the_simulators_deliveries_are_accepted(client, receiver, engine, servic
     golioth_id, local_id = device
     url = f"{receiver.url}/webhooks/golioth/{service}"
     now_ns = time.time_ns()
-    data = data_delivery(WebhookTarget(url, {PIPELINE_SECRET_HEADER: SECRET}), "proj-test", golioth_id, "env",
-                         {"battery": 5}, now_ns=now_ns)
-    offline = event_delivery(EventsTarget(url, SECRET), "device.offline", "proj-test", golioth_id, {},
-                             now_ms=now_ns // 1_000_000 + 1000)
+    data = data_delivery(
+        WebhookTarget(url, {PIPELINE_SECRET_HEADER: SECRET}),
+        "proj-test",
+        golioth_id,
+        "env",
+        {"battery": 5},
+        now_ns=now_ns,
+    )
+    offline = event_delivery(
+        EventsTarget(url, SECRET), "device.offline", "proj-test", golioth_id, {}, now_ms=now_ns // 1_000_000 + 1000
+    )
     for delivery in (data, offline):
         response = client.post(delivery.url, content=delivery.body, headers=delivery.headers)
         assert response.status_code == 202, response.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +15,7 @@ from golioth_assets.store import webhook_events as inbox
 from golioth_assets.store.webhook_events import NewEvent, ObservedUpdate, fold_observed
 from golioth_assets.webhooks.testing import make_linked_device, make_webhook_service
 
-T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -76,7 +76,10 @@ def test_fast_path_applies_observed_fields_and_marks_events_processed(engine, or
     local = make_linked_device(engine, org, service, "dev-1")
     before = device_row(engine, local)
     data = ObservedUpdate(
-        at=T0, status="online", last_report=T0, reported={"battery": 80, "fw": {"main": "1.0"}},
+        at=T0,
+        status="online",
+        last_report=T0,
+        reported={"battery": 80, "fw": {"main": "1.0"}},
         firmware={"main": "1.0.0"},
     )
     assert store(engine, [event(service, org, "d1", event_type="device.data", observed=data)]) == [True]
@@ -92,8 +95,9 @@ def test_fast_path_applies_observed_fields_and_marks_events_processed(engine, or
 
 def test_fast_path_never_goes_back_in_time(engine, org, service):
     local = make_linked_device(engine, org, service, "dev-1")
-    newer = ObservedUpdate(at=T0 + timedelta(minutes=1), status="online", last_report=T0 + timedelta(minutes=1),
-                           reported={"battery": 40})
+    newer = ObservedUpdate(
+        at=T0 + timedelta(minutes=1), status="online", last_report=T0 + timedelta(minutes=1), reported={"battery": 40}
+    )
     older = ObservedUpdate(at=T0, status="offline", last_seen_offline=T0, last_report=T0, reported={"battery": 90})
     store(engine, [event(service, org, "new", event_type="device.data", observed=newer)])
     store(engine, [event(service, org, "old", event_type="device.offline", observed=older)])
@@ -108,14 +112,36 @@ def test_fast_path_never_goes_back_in_time(engine, org, service):
 def test_one_batch_with_several_events_of_one_device(engine, org, service):
     local = make_linked_device(engine, org, service, "dev-1")
     batch = [
-        event(service, org, "3", event_type="device.offline",
-              observed=ObservedUpdate(at=T0 + timedelta(seconds=3), status="offline", last_seen_offline=T0 + timedelta(seconds=3))),
-        event(service, org, "1", event_type="device.data",
-              observed=ObservedUpdate(at=T0 + timedelta(seconds=1), status="online", last_report=T0 + timedelta(seconds=1),
-                                      reported={"a": 1, "b": 1})),
-        event(service, org, "2", event_type="device.data",
-              observed=ObservedUpdate(at=T0 + timedelta(seconds=2), status="online", last_report=T0 + timedelta(seconds=2),
-                                      reported={"b": 2})),
+        event(
+            service,
+            org,
+            "3",
+            event_type="device.offline",
+            observed=ObservedUpdate(
+                at=T0 + timedelta(seconds=3), status="offline", last_seen_offline=T0 + timedelta(seconds=3)
+            ),
+        ),
+        event(
+            service,
+            org,
+            "1",
+            event_type="device.data",
+            observed=ObservedUpdate(
+                at=T0 + timedelta(seconds=1),
+                status="online",
+                last_report=T0 + timedelta(seconds=1),
+                reported={"a": 1, "b": 1},
+            ),
+        ),
+        event(
+            service,
+            org,
+            "2",
+            event_type="device.data",
+            observed=ObservedUpdate(
+                at=T0 + timedelta(seconds=2), status="online", last_report=T0 + timedelta(seconds=2), reported={"b": 2}
+            ),
+        ),
     ]
     store(engine, batch)
     row = device_row(engine, local)
@@ -126,12 +152,19 @@ def test_one_batch_with_several_events_of_one_device(engine, org, service):
 
 def test_a_duplicate_does_not_replay_old_data(engine, org, service):
     local = make_linked_device(engine, org, service, "dev-1")
-    first = event(service, org, "e1", event_type="device.data",
-                  observed=ObservedUpdate(at=T0, last_report=T0, reported={"battery": 90}))
+    first = event(
+        service,
+        org,
+        "e1",
+        event_type="device.data",
+        observed=ObservedUpdate(at=T0, last_report=T0, reported={"battery": 90}),
+    )
     store(engine, [first])
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE devices SET reported_state = '{\"battery\": 10}', last_report = NULL WHERE id = :id"),
-                     {"id": local})
+        conn.execute(
+            sa.text("UPDATE devices SET reported_state = '{\"battery\": 10}', last_report = NULL WHERE id = :id"),
+            {"id": local},
+        )
     assert store(engine, [first]) == [False]
     assert device_row(engine, local)["reported_state"] == {"battery": 10}
 
@@ -141,10 +174,13 @@ def test_deleted_and_unknown_devices_leave_events_pending(engine, org, service):
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE devices SET deleted_at = now() WHERE id = :id"), {"id": deleted})
     obs = ObservedUpdate(at=T0, status="online", last_seen_online=T0)
-    store(engine, [
-        event(service, org, "gone", event_type="device.online", device="dev-gone", observed=obs),
-        event(service, org, "stranger", event_type="device.online", device="dev-unknown", observed=obs),
-    ])
+    store(
+        engine,
+        [
+            event(service, org, "gone", event_type="device.online", device="dev-gone", observed=obs),
+            event(service, org, "stranger", event_type="device.online", device="dev-unknown", observed=obs),
+        ],
+    )
     assert statuses(engine, service) == {"gone": "pending", "stranger": "pending"}
     assert device_row(engine, deleted)["status"] is None
 
@@ -153,8 +189,15 @@ def test_deleted_and_unknown_devices_leave_events_pending(engine, org, service):
 @given(st.permutations(list(range(6))), st.lists(st.sampled_from(["online", "offline", None]), min_size=6, max_size=6))
 def test_fold_is_independent_of_arrival_order(order, kinds):
     updates = [
-        ((1, "d"), ObservedUpdate(at=T0 + timedelta(seconds=i), status=kinds[i], reported={"k": i, f"only{i}": i},
-                                  last_report=T0 + timedelta(seconds=i)))
+        (
+            (1, "d"),
+            ObservedUpdate(
+                at=T0 + timedelta(seconds=i),
+                status=kinds[i],
+                reported={"k": i, f"only{i}": i},
+                last_report=T0 + timedelta(seconds=i),
+            ),
+        )
         for i in range(6)
     ]
     folded = fold_observed([updates[i] for i in order])[(1, "d")]
@@ -174,12 +217,11 @@ def _pending(engine, org, service, n, device_prefix="dev"):
 
 def test_claim_groups_by_organization_and_skips_locked_rows(engine, org, service):
     _pending(engine, org, service, 5)
-    with engine.connect() as first:
-        with first.begin():
-            groups = inbox.claim_pending(first, limit=3, claimed_by=f"{org}/run-a", organization_id=org)
-            # While run-a's claim is uncommitted, a second claimer skips its rows instead of waiting.
-            with engine.begin() as second:
-                other = inbox.claim_pending(second, limit=10, claimed_by=f"{org}/run-b", organization_id=org)
+    with engine.connect() as first, first.begin():
+        groups = inbox.claim_pending(first, limit=3, claimed_by=f"{org}/run-a", organization_id=org)
+        # While run-a's claim is uncommitted, a second claimer skips its rows instead of waiting.
+        with engine.begin() as second:
+            other = inbox.claim_pending(second, limit=10, claimed_by=f"{org}/run-b", organization_id=org)
     assert len(groups) == 1
     group = groups[0]
     assert (group.organization_id, group.service_id, len(group.event_ids)) == (org, service, 3)
@@ -252,8 +294,10 @@ def test_stale_claims_count_as_a_failed_attempt(engine, org, service):
     _pending(engine, org, service, 1)
     with engine.begin() as conn:
         inbox.claim_pending(conn, limit=1, claimed_by=f"{org}/crashed-run", organization_id=org)
-        conn.execute(sa.text("UPDATE webhook_events SET claimed_at = now() - interval '2 hours' "
-                             "WHERE organization_id = :org"), {"org": org})
+        conn.execute(
+            sa.text("UPDATE webhook_events SET claimed_at = now() - interval '2 hours' WHERE organization_id = :org"),
+            {"org": org},
+        )
         assert inbox.release_stale_claims(conn, timedelta(hours=1)) == (1, 0)
         [row] = inbox.list_events(conn, organization_id=org)
     assert (row.status, row.attempts) == ("failed", 1)
@@ -264,8 +308,13 @@ def test_prune_deletes_only_old_processed_events(engine, org, service):
     with engine.begin() as conn:
         inbox.claim_pending(conn, limit=2, claimed_by=f"{org}/run-a", organization_id=org)
         inbox.mark_processed(conn, f"{org}/run-a")
-        conn.execute(sa.text("UPDATE webhook_events SET processed_at = now() - interval '8 days' "
-                             "WHERE organization_id = :org AND event_id = 'e0'"), {"org": org})
+        conn.execute(
+            sa.text(
+                "UPDATE webhook_events SET processed_at = now() - interval '8 days' "
+                "WHERE organization_id = :org AND event_id = 'e0'"
+            ),
+            {"org": org},
+        )
         assert inbox.prune_processed(conn, timedelta(days=7)) == 1
     assert statuses(engine, service) == {"e1": "processed", "e2": "pending"}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -76,9 +76,21 @@ def test_every_single_byte_tampering_is_detected():
         {"hdrs": headers() | {"webhook-timestamp": "1614265330.0"}},
         {"body": b"\xff" + VECTOR_BODY},
     ],
-    ids=["wrong secret", "no secret configured", "other id", "other timestamp", "empty signature", "no comma",
-         "not base64", "unknown version", "missing signature", "missing id", "missing timestamp",
-         "fractional timestamp", "not UTF-8"],
+    ids=[
+        "wrong secret",
+        "no secret configured",
+        "other id",
+        "other timestamp",
+        "empty signature",
+        "no comma",
+        "not base64",
+        "unknown version",
+        "missing signature",
+        "missing id",
+        "missing timestamp",
+        "fractional timestamp",
+        "not UTF-8",
+    ],
 )
 def test_anything_else_is_unauthorized(bad):
     with pytest.raises(Unauthorized):
@@ -105,14 +117,18 @@ def test_unauthorized_carries_no_detail():
 
 @pytest.mark.parametrize(
     ("ce_type", "path"),
-    [("io.golioth.data.v1/.s/env", ["env"]), ("io.golioth.data.v1/.s/env/temp", ["env", "temp"]),
-     ("io.golioth.data.v1/.s/", []), ("io.golioth.data.v1", [])],
+    [
+        ("io.golioth.data.v1/.s/env", ["env"]),
+        ("io.golioth.data.v1/.s/env/temp", ["env", "temp"]),
+        ("io.golioth.data.v1/.s/", []),
+        ("io.golioth.data.v1", []),
+    ],
 )
 def test_pipeline_path(ce_type, path):
     assert pipeline_path(ce_type) == path
 
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -122,8 +138,10 @@ def test_signed_event_timestamps_in_every_accepted_shape(stamp):
     body = {"type": "device.online", "device_id": "d", "timestamp": stamp}
     import json
 
-    event = signed_event(service_id=1, organization_id="o", webhook_id="m", body=json.dumps(body).encode(), received_at=NOW)
-    assert event.observed.last_seen_online == datetime(2025, 6, 1, 11, 0, tzinfo=timezone.utc)
+    event = signed_event(
+        service_id=1, organization_id="o", webhook_id="m", body=json.dumps(body).encode(), received_at=NOW
+    )
+    assert event.observed.last_seen_online == datetime(2025, 6, 1, 11, 0, tzinfo=UTC)
 
 
 def test_future_device_clock_is_clamped_to_arrival():
@@ -141,5 +159,10 @@ def test_firmware_versions_are_read_from_golioth_metadata():
 
 def test_overlong_webhook_id_is_refused():
     with pytest.raises(BadRequest):
-        signed_event(service_id=1, organization_id="o", webhook_id="m" * 201,
-                     body=b'{"type": "device.online", "device_id": "d"}', received_at=NOW)
+        signed_event(
+            service_id=1,
+            organization_id="o",
+            webhook_id="m" * 201,
+            body=b'{"type": "device.online", "device_id": "d"}',
+            received_at=NOW,
+        )

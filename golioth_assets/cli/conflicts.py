@@ -14,10 +14,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.actions import OperationError
+from golioth_assets.actions import conflicts as actions
 from golioth_assets.cli.render import list_table, shorten
 from golioth_assets.cli.services import open_engine, operator_errors
-from golioth_assets.ops import OperationError
-from golioth_assets.ops import conflicts as ops
 
 console = Console()
 
@@ -39,15 +39,21 @@ def conflicts() -> None:
 
 @conflicts.command("list")
 @click.option("--org", "organization_id", help="Only this organization's conflicts.")
-@click.option("--status", type=click.Choice(ops.STATUSES), default="pending", show_default=True)
+@click.option("--status", type=click.Choice(actions.STATUSES), default="pending", show_default=True)
 @click.option("--all-statuses", is_flag=True, help="Every status (overrides --status).")
 @click.option("--limit", default=200, show_default=True, type=int)
 @operator_errors
 def list_(organization_id: str | None, status: str, all_statuses: bool, limit: int) -> None:
     """Conflicts, newest first."""
-    rows = ops.list_conflicts(open_engine(), organization_id, None if all_statuses else status, limit)
-    console.print(conflict_list_table(rows, title=f"{'all' if all_statuses else status} conflicts"
-                                      + (f" of {organization_id}" if organization_id else ""), show_org=not organization_id))
+    rows = actions.list_conflicts(open_engine(), organization_id, None if all_statuses else status, limit)
+    console.print(
+        conflict_list_table(
+            rows,
+            title=f"{'all' if all_statuses else status} conflicts"
+            + (f" of {organization_id}" if organization_id else ""),
+            show_org=not organization_id,
+        )
+    )
     if not rows:
         console.print("no conflicts" + ("" if all_statuses else f" with status {status}"))
 
@@ -58,7 +64,7 @@ def list_(organization_id: str | None, status: str, all_statuses: bool, limit: i
 @operator_errors
 def show(conflict_id: str, organization_id: str | None) -> None:
     """One conflict: base, local and Golioth values side by side."""
-    row = ops.get_conflict(open_engine(), conflict_id, organization_id)
+    row = actions.get_conflict(open_engine(), conflict_id, organization_id)
     console.print(side_by_side(row))
     if row["status"] == "pending":
         console.print(
@@ -69,10 +75,16 @@ def show(conflict_id: str, organization_id: str | None) -> None:
 
 @conflicts.command(short_help="Choose which value wins, for one conflict or all.")
 @click.argument("conflict_ids", nargs=-1)
-@click.option("--use", type=click.Choice(["local", "remote"]), help="Keep this database's value (local) or Golioth's (remote).")
-@click.option("--value", "value_json", metavar="JSON", help="Write this value to both sides instead (JSON, e.g. '\"sensor-1\"').")
+@click.option(
+    "--use", type=click.Choice(["local", "remote"]), help="Keep this database's value (local) or Golioth's (remote)."
+)
+@click.option(
+    "--value", "value_json", metavar="JSON", help="Write this value to both sides instead (JSON, e.g. '\"sensor-1\"')."
+)
 @click.option("--by", "resolved_by", required=True, metavar="NAME", help="Who decides (recorded as resolved_by).")
-@click.option("--org", "organization_id", help="Fail unless the conflicts belong to this organization; with --all, whose.")
+@click.option(
+    "--org", "organization_id", help="Fail unless the conflicts belong to this organization; with --all, whose."
+)
 @click.option("--all", "all_pending", is_flag=True, help="Every pending conflict of --org (bulk; needs --use).")
 @click.option("--now", is_flag=True, help="Run a targeted sync of the affected devices right away.")
 @operator_errors
@@ -99,7 +111,7 @@ def resolve(
             raise click.UsageError("--all needs --org ORG")
         if value_json is not None:
             raise click.UsageError("--all takes --use local|remote (a value fits one field, not all)")
-        result = ops.resolve_all(engine, organization_id, use=use, resolved_by=resolved_by)
+        result = actions.resolve_all(engine, organization_id, use=use, resolved_by=resolved_by)
         rows = result.resolved
         console.print(f"resolved {len(rows)} conflict(s) of {organization_id} with {use}, by {resolved_by}")
         for cid, reason in result.skipped:
@@ -107,7 +119,7 @@ def resolve(
     else:
         if not conflict_ids:
             raise click.UsageError("give at least one conflict id (or --org ORG --all)")
-        rows = ops.resolve(
+        rows = actions.resolve(
             engine,
             conflict_ids,
             use=use or "value",
@@ -135,7 +147,7 @@ def _sync_now(engine, rows: list[dict]) -> None:
 
     prepare()  # Dagster's instance and storage
     failures = []
-    for org, device_ids in ops.sync_targets(rows).items():
+    for org, device_ids in actions.sync_targets(rows).items():
         launched = run_sync_job(org, device_ids=device_ids, trigger="cli", console=console)
         with engine.connect() as conn:
             run = sync_log.latest_run(conn, org, dagster_run_id=launched.run_id)
@@ -156,7 +168,7 @@ def _sync_now(engine, rows: list[dict]) -> None:
 
 
 def _reload(engine, rows: list[dict]) -> list[dict]:
-    return [ops.get_conflict(engine, r["id"]) for r in rows]
+    return [actions.get_conflict(engine, r["id"]) for r in rows]
 
 
 # -- rendering -----------------------------------------------------------------------------------------
@@ -204,20 +216,29 @@ def side_by_side(row: dict) -> Table:
         table.add_row(
             f"resolved: {row['resolution']}",
             f"value: {show_value(row['resolved_value'])}",
-            f"by {row['resolved_by']}" + (f" · applied {row['applied_at']:%Y-%m-%d %H:%M:%S}" if row["applied_at"] else ""),
+            f"by {row['resolved_by']}"
+            + (f" · applied {row['applied_at']:%Y-%m-%d %H:%M:%S}" if row["applied_at"] else ""),
         )
     return table
 
 
 def dry_run_conflicts_table(frame: pd.DataFrame, *, limit: int = 50) -> Table:
     """The conflicts a dry run found (not recorded: a dry run writes nothing)."""
-    table = list_table("conflicts (dry run: not recorded)", ("device", "field", "type", "base", "local", "Golioth"),
-                       wrap=("base", "local", "Golioth"), cut=("device", "field", "type"))
+    table = list_table(
+        "conflicts (dry run: not recorded)",
+        ("device", "field", "type", "base", "local", "Golioth"),
+        wrap=("base", "local", "Golioth"),
+        cut=("device", "field", "type"),
+    )
     for row in frame.head(limit).itertuples(index=False):
         device = getattr(row, "device_name", None) or row.device_id or row.golioth_device_id or ""
         table.add_row(
-            str(device), row.field, row.conflict_type, show_value(row.base_value, limit=40),
-            show_value(row.local_value, limit=40), show_value(row.remote_value, limit=40),
+            str(device),
+            row.field,
+            row.conflict_type,
+            show_value(row.base_value, limit=40),
+            show_value(row.local_value, limit=40),
+            show_value(row.remote_value, limit=40),
         )
     if len(frame) > limit:
         table.caption = f"{len(frame) - limit} more"

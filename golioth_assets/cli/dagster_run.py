@@ -47,8 +47,10 @@ def run_sync_job(
     console = console or Console()
     instance = dg.DagsterInstance.get()
     for run_id in fail_dead_cli_runs(instance):
-        console.print(f"[yellow]Dagster run {run_id} was still marked as started, but the process running it "
-                      "is gone: marked it failed and freed its golioth_api pool slots[/yellow]")
+        console.print(
+            f"[yellow]Dagster run {run_id} was still marked as started, but the process running it "
+            "is gone: marked it failed and freed its golioth_api pool slots[/yellow]"
+        )
     if organization_id not in instance.get_dynamic_partitions(organizations.name):
         instance.add_dynamic_partitions(organizations.name, [organization_id])
     job_name = "golioth_targeted_sync" if device_ids else "golioth_full_sync"
@@ -99,7 +101,11 @@ def run_sync_job(
                 for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records:
                     done.add(record.event_log_entry.step_key)
                 finished = [s for s in STEP_NAMES if s in done]
-                progress.update(task, completed=len(finished), description=f"{job_name} [{organization_id}] {finished[-1] if finished else 'starting'}")
+                progress.update(
+                    task,
+                    completed=len(finished),
+                    description=f"{job_name} [{organization_id}] {finished[-1] if finished else 'starting'}",
+                )
         progress.update(task, completed=len(done & set(STEP_NAMES)))
     if "error" in outcome:
         raise outcome["error"]

@@ -178,7 +178,9 @@ def _activity(control, stop: threading.Event, device_ids: list[str]) -> None:
 @click.option("--simulator-port", default=8765, show_default=True)
 @click.option("--webhook-port", default=8088, show_default=True)
 @click.option("--console-port", default=8089, show_default=True)
-@click.option("--activity/--no-activity", default=True, show_default=True, help="Simulate device traffic and console edits.")
+@click.option(
+    "--activity/--no-activity", default=True, show_default=True, help="Simulate device traffic and console edits."
+)
 def dev(
     devices: int,
     no_ui: bool,

@@ -15,10 +15,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.actions import history as actions
+from golioth_assets.actions.status import dagster_run_url
 from golioth_assets.cli.render import SIDES, list_table, shorten, summary_table
 from golioth_assets.cli.services import open_engine, operator_errors
-from golioth_assets.ops import history as ops
-from golioth_assets.ops.status import dagster_run_url
 
 console = Console()
 
@@ -45,19 +45,19 @@ def history(organization_id: str, device: str | None, run_id: int | None, limit:
     if device and run_id:
         raise click.UsageError("give --device or --run, not both")
     if device:
-        found = ops.device_history(engine, organization_id, device, limit=limit)
+        found = actions.device_history(engine, organization_id, device, limit=limit)
         console.print(device_table(found))
         if found.conflicts:
             console.print(device_conflicts_table(found.conflicts))
         return
     if run_id is not None:
-        run, entries = ops.run_detail(engine, run_id, organization_id, limit=max(limit, 1))
+        run, entries = actions.run_detail(engine, run_id, organization_id, limit=max(limit, 1))
         console.print(run_table(run))
         if run["dagster_run_id"]:
             console.print(f"Dagster run: {dagster_run_url(run['dagster_run_id'])}")  # whole, to click or copy
         console.print(entries_table(entries, title=f"devices changed by run {run_id}"))
         return
-    rows = ops.runs(engine, organization_id, limit)
+    rows = actions.runs(engine, organization_id, limit)
     console.print(runs_table(rows, title=f"sync runs of {organization_id} (newest first)"))
     if not rows:
         console.print(f"no runs yet: `golioth-sync sync --org {organization_id} --dry-run` plans one")
@@ -74,7 +74,9 @@ def _kind(run: dict) -> str:
 def runs_table(rows: list[dict], *, title: str) -> Table:
     # Errors are printed under the table, the duration and Dagster run are in `--run N`, and the
     # year is left out: with them the table no longer fits 80 columns.
-    table = list_table(title, ("run", "started", "trigger", "kind", "status", "local", "Golioth", "confl", "fail"), cut=("kind",))
+    table = list_table(
+        title, ("run", "started", "trigger", "kind", "status", "local", "Golioth", "confl", "fail"), cut=("kind",)
+    )
     for r in rows:
         table.add_row(
             str(r["id"]),
@@ -101,29 +103,43 @@ def run_table(run: dict) -> Table:
 
 
 def entries_table(entries: list[dict], *, title: str) -> Table:
-    table = list_table(title, ("time", "device", "side", "action", "status", "changes", "changed by"),
-                       wrap=("changes",), cut=("device", "changed by"))
+    table = list_table(
+        title,
+        ("time", "device", "side", "action", "status", "changes", "changed by"),
+        wrap=("changes",),
+        cut=("device", "changed by"),
+    )
     for e in entries:
         changes = "; ".join(
-            f"{f}: {_value((c or {}).get('old'), 30)} → {_value((c or {}).get('new'), 30)}" for f, c in sorted((e["changes"] or {}).items())
+            f"{f}: {_value((c or {}).get('old'), 30)} → {_value((c or {}).get('new'), 30)}"
+            for f, c in sorted((e["changes"] or {}).items())
         )
         table.add_row(
-            _when(e["created_at"]), e["device_name"] or e["device_id"] or e["golioth_device_id"] or "", SIDES.get(e["side"], e["side"]),
-            e["action"], e["status"], changes or (e["error"] or ""), e["changed_by"] or "",
+            _when(e["created_at"]),
+            e["device_name"] or e["device_id"] or e["golioth_device_id"] or "",
+            SIDES.get(e["side"], e["side"]),
+            e["action"],
+            e["status"],
+            changes or (e["error"] or ""),
+            e["changed_by"] or "",
         )
     if not entries:
         table.caption = "no device changes"
     return table
 
 
-def device_table(found: ops.DeviceHistory) -> Table:
+def device_table(found: actions.DeviceHistory) -> Table:
     changes = found.changes()
     columns = ["time", "run", "side", "action", "field", "old", "new", "status", "changed by"]
     errors = any(c["error"] for c in changes)
     if errors:
         columns.append("error")
-    table = list_table(f"history of {found.label} in {found.organization_id} (newest first)", columns,
-                       wrap=("old", "new", "error"), cut=("field", "changed by"))
+    table = list_table(
+        f"history of {found.label} in {found.organization_id} (newest first)",
+        columns,
+        wrap=("old", "new", "error"),
+        cut=("field", "changed by"),
+    )
     for c in changes:
         row = [
             c["created_at"].strftime("%Y-%m-%d %H:%M"),
@@ -149,11 +165,21 @@ def device_table(found: ops.DeviceHistory) -> Table:
 
 
 def device_conflicts_table(rows: list[dict]) -> Table:
-    table = list_table("conflicts of this device", ("id", "field", "status", "local", "Golioth", "chosen", "resolved by", "detected"),
-                       wrap=("local", "Golioth", "chosen"), cut=("field", "resolved by"))
+    table = list_table(
+        "conflicts of this device",
+        ("id", "field", "status", "local", "Golioth", "chosen", "resolved by", "detected"),
+        wrap=("local", "Golioth", "chosen"),
+        cut=("field", "resolved by"),
+    )
     for c in rows:
         table.add_row(
-            str(c["id"]), c["field"], c["status"], _value(c["local_value"], 40), _value(c["remote_value"], 40),
-            _value(c["resolved_value"], 40) if c["resolution"] else "", c["resolved_by"] or "", f"{c['detected_at']:%Y-%m-%d %H:%M}",
+            str(c["id"]),
+            c["field"],
+            c["status"],
+            _value(c["local_value"], 40),
+            _value(c["remote_value"], 40),
+            _value(c["resolved_value"], 40) if c["resolution"] else "",
+            c["resolved_by"] or "",
+            f"{c['detected_at']:%Y-%m-%d %H:%M}",
         )
     return table

@@ -51,7 +51,9 @@ def _first_line(exc: Exception) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Log more (never secrets).")
 def cli(verbose: bool) -> None:
     """Keep a PostgreSQL device table and the Golioth device registry in two-way sync."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 # -- database ---------------------------------------------------------------------------------------
@@ -130,10 +132,14 @@ def env() -> None:
 @cli.command(short_help="Run a sync through Dagster and print a summary.")
 @click.option("--org", "organization_id", required=True, help="The organization to sync.")
 @click.option("--direction", type=click.Choice(["import", "export", "bidirectional"]), help="Override for this run.")
-@click.option("--policy", type=click.Choice(["manual", "local_wins", "remote_wins", "newest_wins"]), help="Override for this run.")
+@click.option(
+    "--policy", type=click.Choice(["manual", "local_wins", "remote_wins", "newest_wins"]), help="Override for this run."
+)
 @click.option("--dry-run", is_flag=True, help="Plan only: print what would change, write nothing.")
 @click.option("--device", "device_ids", multiple=True, help="Local or Golioth device id (repeatable): a targeted sync.")
-def sync(organization_id: str, direction: str | None, policy: str | None, dry_run: bool, device_ids: tuple[str, ...]) -> None:
+def sync(
+    organization_id: str, direction: str | None, policy: str | None, dry_run: bool, device_ids: tuple[str, ...]
+) -> None:
     """Run a sync through Dagster (it appears in the UI's run history) and print a summary."""
     from golioth_assets.cli.dagster_run import run_sync_job
     from golioth_assets.cli.render import plan_table, summary_table
@@ -147,7 +153,12 @@ def sync(organization_id: str, direction: str | None, policy: str | None, dry_ru
         except services.ServiceNotFound as exc:
             raise click.ClickException(f"{exc}; add one with `golioth-sync services add`") from None
     launched = run_sync_job(
-        organization_id, direction=direction, dry_run=dry_run, policy=policy, device_ids=list(device_ids), console=console
+        organization_id,
+        direction=direction,
+        dry_run=dry_run,
+        policy=policy,
+        device_ids=list(device_ids),
+        console=console,
     )
     with runtime.engine.connect() as conn:
         run = sync_log.latest_run(conn, organization_id, dagster_run_id=launched.run_id)
@@ -160,8 +171,8 @@ def sync(organization_id: str, direction: str | None, policy: str | None, dry_ru
         visible = plan[plan["action"] != "agree"]
         console.print(plan_table(visible, title="plan (dry run: nothing was written)"))
         if launched.success:
+            from golioth_assets.actions.sync import dry_run_conflicts
             from golioth_assets.cli.conflicts import dry_run_conflicts_table
-            from golioth_assets.ops.sync import dry_run_conflicts
 
             found = dry_run_conflicts(runtime.engine, run["id"])
             console.print(dry_run_conflicts_table(found) if not found.empty else "no conflicts")

@@ -37,7 +37,9 @@ def list_table(title: str, columns: Iterable[str], *, wrap: Collection[str] = ()
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     for name in columns:
         header = Text(name, overflow="ellipsis")  # a header is never split mid-word, even over a `wrap` column
-        table.add_column(header, no_wrap=name not in wrap and name not in cut, overflow="fold" if name in wrap else "ellipsis")
+        table.add_column(
+            header, no_wrap=name not in wrap and name not in cut, overflow="fold" if name in wrap else "ellipsis"
+        )
     return table
 
 
@@ -51,7 +53,9 @@ def summary_table(run: dict, *, seconds: float | None = None, details: Sequence[
     table = Table(title=f"run {run['id']} ({run['organization_id']}): {run['status']}", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    table.add_row("Direction / policy", f"{run['direction']} / {run['policy']}" + (" (dry run)" if run["dry_run"] else ""))
+    table.add_row(
+        "Direction / policy", f"{run['direction']} / {run['policy']}" + (" (dry run)" if run["dry_run"] else "")
+    )
     for label, value in details:
         table.add_row(label, value)
     for label, key in SUMMARY_ROWS:
@@ -73,11 +77,15 @@ def plan_table(plan: pd.DataFrame, *, title: str, limit: int = 50) -> Table | st
     """The plan's rows, or one line when it changes nothing."""
     if plan.empty:
         return "no changes planned"
-    table = list_table(title, ("device", "field", "action", "side", "old", "new", "status"), wrap=("old", "new"), cut=("device",))
+    table = list_table(
+        title, ("device", "field", "action", "side", "old", "new", "status"), wrap=("old", "new"), cut=("device",)
+    )
     for row in plan.head(limit).itertuples(index=False):
         device = row.device_id or row.golioth_device_id or ""
         side = SIDES.get(row.side, row.side)
-        table.add_row(str(device), row.field, row.action, side, _short(row.old_value), _short(row.new_value), row.status)
+        table.add_row(
+            str(device), row.field, row.action, side, _short(row.old_value), _short(row.new_value), row.status
+        )
     if len(plan) > limit:
         table.caption = f"{len(plan) - limit} more rows in sync_plan"
     return table

@@ -16,9 +16,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.actions import OperationError
+from golioth_assets.actions import services as actions
 from golioth_assets.cli.render import list_table
-from golioth_assets.ops import OperationError
-from golioth_assets.ops import services as ops
 from golioth_assets.store.schema import DIRECTIONS, FIELD_GROUPS, POLICIES
 
 console = Console()
@@ -82,19 +82,40 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
         click.option(
             "--base-url",
             envvar="GOLIOTH_BASE_URL" if adding else None,
-            help="Golioth API base URL" + (" [env var: GOLIOTH_BASE_URL; default: https://api.golioth.io]" if adding else "") + ".",
+            help="Golioth API base URL"
+            + (" [env var: GOLIOTH_BASE_URL; default: https://api.golioth.io]" if adding else "")
+            + ".",
         ),
         click.option("--golioth-org", "golioth_organization_id", help="Golioth organization id (needed for cohorts)."),
         click.option(
             "--api-key-env",
             metavar="NAME",
             help="NAME of the environment variable holding the Golioth API key (never the key itself)"
-            + default("GOLIOTH_API_KEY") + ".",
+            + default("GOLIOTH_API_KEY")
+            + ".",
         ),
-        click.option("--enabled/--disabled", "sync_enabled", default=None, help="Whether scheduled syncs run" + default("enabled") + "."),
-        click.option("--interval", "interval_seconds", type=int, metavar="SECONDS", help="Seconds between full syncs (>= 60)" + default("300") + "."),
-        click.option("--direction", metavar="|".join(DIRECTIONS), help="Which way changes flow" + default("bidirectional") + "."),
-        click.option("--policy", "conflict_policy", metavar="|".join(POLICIES), help="Who wins when both sides changed a field" + default("manual") + "."),
+        click.option(
+            "--enabled/--disabled",
+            "sync_enabled",
+            default=None,
+            help="Whether scheduled syncs run" + default("enabled") + ".",
+        ),
+        click.option(
+            "--interval",
+            "interval_seconds",
+            type=int,
+            metavar="SECONDS",
+            help="Seconds between full syncs (>= 60)" + default("300") + ".",
+        ),
+        click.option(
+            "--direction", metavar="|".join(DIRECTIONS), help="Which way changes flow" + default("bidirectional") + "."
+        ),
+        click.option(
+            "--policy",
+            "conflict_policy",
+            metavar="|".join(POLICIES),
+            help="Who wins when both sides changed a field" + default("manual") + ".",
+        ),
         click.option(
             "--override",
             "overrides",
@@ -102,12 +123,32 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
             metavar="GROUP=POLICY",
             help=f"Policy for one field group (repeatable); groups: {', '.join(FIELD_GROUPS)}.",
         ),
-        click.option("--groups", metavar="G1,G2", help="Field groups that sync, comma-separated (names as for --override)" + default("all") + "."),
-        click.option("--allow-deletes/--no-deletes", "allow_deletes", default=None, help="Propagate deletes" + default("no") + "."),
+        click.option(
+            "--groups",
+            metavar="G1,G2",
+            help="Field groups that sync, comma-separated (names as for --override)" + default("all") + ".",
+        ),
+        click.option(
+            "--allow-deletes/--no-deletes",
+            "allow_deletes",
+            default=None,
+            help="Propagate deletes" + default("no") + ".",
+        ),
         click.option("--desired-state-path", help="LightDB State path of desired_state" + default("desired") + "."),
-        click.option("--webhooks/--no-webhooks", "webhook_enabled", default=None, help="Accept Golioth webhooks for this service" + default("no") + "."),
-        click.option("--webhook-secret-env", metavar="NAME", help="NAME of the environment variable holding the webhook secret."),
-        click.option("--webhook-header", "webhook_secret_header", help="Header carrying the shared secret" + default("x-golioth-sync-secret") + "."),
+        click.option(
+            "--webhooks/--no-webhooks",
+            "webhook_enabled",
+            default=None,
+            help="Accept Golioth webhooks for this service" + default("no") + ".",
+        ),
+        click.option(
+            "--webhook-secret-env", metavar="NAME", help="NAME of the environment variable holding the webhook secret."
+        ),
+        click.option(
+            "--webhook-header",
+            "webhook_secret_header",
+            help="Header carrying the shared secret" + default("x-golioth-sync-secret") + ".",
+        ),
     ]
 
     def decorate(fn: Callable) -> Callable:
@@ -122,8 +163,8 @@ def _settings_from(options: dict[str, Any], *, current_overrides: dict | None = 
     data = {k: v for k, v in options.items() if v is not None and k not in ("overrides", "groups", "clear_overrides")}
     if options.get("overrides") or options.get("clear_overrides"):
         base = {} if options.get("clear_overrides") else dict(current_overrides or {})
-        data["policy_overrides"] = {**base, **ops.parse_overrides(",".join(options.get("overrides") or ()))}
-    groups = ops.parse_groups(options.get("groups"))
+        data["policy_overrides"] = {**base, **actions.parse_overrides(",".join(options.get("overrides") or ()))}
+    groups = actions.parse_groups(options.get("groups"))
     if groups is not None:
         data["field_groups"] = groups
     return data
@@ -158,20 +199,24 @@ def add(organization_id: str, **options: Any) -> None:
     data = {"organization_id": organization_id, **_settings_from(options)}
     if "project_id" not in data:
         raise click.UsageError("missing --project-id (or set GOLIOTH_PROJECT_ID)")
-    service = ops.add_service(open_engine(), data, labels=LABELS)
+    service = actions.add_service(open_engine(), data, labels=LABELS)
     console.print(f"added service {service.id} for organization [bold]{service.organization_id}[/]")
     console.print(settings_table(service))
-    console.print(f"Next: `golioth-sync services test {service.organization_id}`, then "
-                  f"`golioth-sync sync --org {service.organization_id} --dry-run`.")
+    console.print(
+        f"Next: `golioth-sync services test {service.organization_id}`, then "
+        f"`golioth-sync sync --org {service.organization_id} --dry-run`."
+    )
 
 
 @services.command("list")
 @operator_errors
 def list_() -> None:
     """Every service with its main settings."""
-    rows = ops.list_services(open_engine())
+    rows = actions.list_services(open_engine())
     # Base URL and key variable are in `services show`: with them the table no longer fits 80 columns.
-    table = list_table("services", ("id", "org", "project", "schedule", "direction", "policy", "name"), cut=("project", "name"))
+    table = list_table(
+        "services", ("id", "org", "project", "schedule", "direction", "policy", "name"), cut=("project", "name")
+    )
     for s in rows:
         schedule = f"every {s.interval_seconds} s" if s.sync_enabled else "disabled"
         table.add_row(str(s.id), s.organization_id, s.project_id, schedule, s.direction, s.conflict_policy, s.name)
@@ -185,7 +230,7 @@ def list_() -> None:
 @operator_errors
 def show(service: str) -> None:
     """All settings of one service (SERVICE: its id or organization)."""
-    console.print(settings_table(ops.get_service(open_engine(), service)))
+    console.print(settings_table(actions.get_service(open_engine(), service)))
 
 
 @services.command()
@@ -198,9 +243,9 @@ def update(service: str, **options: Any) -> None:
 
     Every setting is unchanged if its option is omitted. The next run uses the new settings."""
     engine = open_engine()
-    current = ops.get_service(engine, service)
+    current = actions.get_service(engine, service)
     changes = _settings_from(options, current_overrides=current.policy_overrides)
-    updated = ops.update_service(engine, current.id, changes, labels=LABELS)
+    updated = actions.update_service(engine, current.id, changes, labels=LABELS)
     console.print(f"updated service {updated.id} ({updated.organization_id}): {', '.join(sorted(changes))}")
     console.print(settings_table(updated))
 
@@ -210,7 +255,7 @@ def update(service: str, **options: Any) -> None:
 @operator_errors
 def disable(service: str) -> None:
     """Stop scheduled syncs of a service (settings and links stay)."""
-    updated = ops.set_enabled(open_engine(), service, False)
+    updated = actions.set_enabled(open_engine(), service, False)
     console.print(f"service {updated.id} ({updated.organization_id}) disabled: the schedule skips it")
 
 
@@ -219,7 +264,7 @@ def disable(service: str) -> None:
 @operator_errors
 def enable(service: str) -> None:
     """Resume scheduled syncs of a service."""
-    updated = ops.set_enabled(open_engine(), service, True)
+    updated = actions.set_enabled(open_engine(), service, True)
     console.print(f"service {updated.id} ({updated.organization_id}) enabled")
 
 
@@ -232,14 +277,14 @@ def remove(service: str, yes: bool) -> None:
 
     The organization's devices and its sync history stay."""
     engine = open_engine()
-    current = ops.get_service(engine, service)
+    current = actions.get_service(engine, service)
     if not yes:
         click.confirm(
             f"Remove service {current.id} ({current.organization_id} → project {current.project_id}) with its links, "
             "conflicts and webhook events?",
             abort=True,
         )
-    removed = ops.remove_service(engine, current.id)
+    removed = actions.remove_service(engine, current.id)
     console.print(f"removed service {removed.id} ({removed.organization_id})")
 
 
@@ -248,7 +293,7 @@ def remove(service: str, yes: bool) -> None:
 @operator_errors
 def test_(service: str) -> None:
     """Check the connection: the key is set and accepted, the project reachable; print the device count."""
-    report = ops.check_connection(open_engine(), service)
+    report = actions.check_connection(open_engine(), service)
     s = report.service
     console.print(f"service {s.id} ({s.organization_id}) → project {s.project_id} at {s.base_url}")
     for check in report.checks:

@@ -1,1 +1,1 @@
-"""The web console (`golioth-sync console`): server-rendered pages over golioth_assets.ops."""
+"""The web console (`golioth-sync console`): server-rendered pages over golioth_assets.actions."""

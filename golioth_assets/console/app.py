@@ -2,7 +2,7 @@
 
 Pages: organization status, services (editable), the conflict queue, sync history with each
 device's audit trail, and the webhook inbox with dead-letter replay. Every write goes through
-golioth_assets.ops, the same functions the CLI and the Dagster resolve job use.
+golioth_assets.actions, the same functions the CLI and the Dagster resolve job use.
 
     create_app(engine)                        # loopback use, no token
     create_app(engine, token="...", loopback_only=False)
@@ -28,13 +28,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from golioth_assets.actions import OperationError
+from golioth_assets.actions import conflicts as conflict_ops
+from golioth_assets.actions import history as history_ops
+from golioth_assets.actions import services as service_ops
+from golioth_assets.actions import status as status_ops
+from golioth_assets.actions import webhooks as webhook_ops
 from golioth_assets.console.security import AUTH_COOKIE, Guard, auth_cookie_value, first, read_form
-from golioth_assets.ops import OperationError
-from golioth_assets.ops import conflicts as conflict_ops
-from golioth_assets.ops import history as history_ops
-from golioth_assets.ops import services as service_ops
-from golioth_assets.ops import status as status_ops
-from golioth_assets.ops import webhooks as webhook_ops
 from golioth_assets.store.schema import DIRECTIONS, FIELD_GROUPS, POLICIES
 from golioth_assets.store.webhook_events import STATUSES as EVENT_STATUSES
 
@@ -53,7 +53,11 @@ def _json(value: Any) -> str:
 def _pretty(value: Any) -> str:
     if value is None:
         return "∅ none"
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, indent=1) if isinstance(value, (dict, list)) else _json(value)
+    return (
+        json.dumps(value, sort_keys=True, ensure_ascii=False, indent=1)
+        if isinstance(value, (dict, list))
+        else _json(value)
+    )
 
 
 def _when(value) -> str:
@@ -108,7 +112,9 @@ class Console:
     def redirect(url: str, message: str | None = None, *, kind: str = "ok") -> RedirectResponse:
         response = RedirectResponse(url, status_code=303)
         if message:
-            response.set_cookie(FLASH_COOKIE, quote(f"{kind}:{message}"[:600]), httponly=True, samesite="strict", path="/")
+            response.set_cookie(
+                FLASH_COOKIE, quote(f"{kind}:{message}"[:600]), httponly=True, samesite="strict", path="/"
+            )
         return response
 
     async def call(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
@@ -149,11 +155,22 @@ class Console:
 
     async def service_new(self, request: Request) -> Response:
         values = {
-            "organization_id": "", "name": "", "project_id": "", "base_url": "https://api.golioth.io",
-            "golioth_organization_id": None, "api_key_env": "GOLIOTH_API_KEY", "sync_enabled": True,
-            "interval_seconds": 300, "direction": "bidirectional", "conflict_policy": "manual",
-            "policy_overrides": {}, "field_groups": list(FIELD_GROUPS), "allow_deletes": False,
-            "desired_state_path": "desired", "webhook_enabled": False, "webhook_secret_env": None,
+            "organization_id": "",
+            "name": "",
+            "project_id": "",
+            "base_url": "https://api.golioth.io",
+            "golioth_organization_id": None,
+            "api_key_env": "GOLIOTH_API_KEY",
+            "sync_enabled": True,
+            "interval_seconds": 300,
+            "direction": "bidirectional",
+            "conflict_policy": "manual",
+            "policy_overrides": {},
+            "field_groups": list(FIELD_GROUPS),
+            "allow_deletes": False,
+            "desired_state_path": "desired",
+            "webhook_enabled": False,
+            "webhook_secret_env": None,
             "webhook_secret_header": "x-golioth-sync-secret",
         }
         return self.render(request, "service_form.html", self._form_context(None, values, None, new=True))
@@ -165,7 +182,9 @@ class Console:
         try:
             if new:
                 service = await self.call(service_ops.add_service, self.engine, submitted)
-                return self.redirect(f"/services/{service.id}", f"added service {service.id} for {service.organization_id}")
+                return self.redirect(
+                    f"/services/{service.id}", f"added service {service.id} for {service.organization_id}"
+                )
             current = await self._service_or_404(request.path_params["service_id"])
             values = current.model_dump(include=set(service_ops.SETTING_FIELDS))
             changes = {k: v for k, v in submitted.items() if values.get(k) != v}
@@ -215,8 +234,14 @@ class Console:
         return self.render(
             request,
             "conflicts.html",
-            {"page": "conflicts", "rows": rows, "org": org, "status": status or "all", "counts": counts,
-             "statuses": conflict_ops.STATUSES},
+            {
+                "page": "conflicts",
+                "rows": rows,
+                "org": org,
+                "status": status or "all",
+                "counts": counts,
+                "statuses": conflict_ops.STATUSES,
+            },
         )
 
     async def conflict(self, request: Request) -> Response:
@@ -237,7 +262,12 @@ class Console:
         try:
             if use == "value":
                 rows = await self.call(
-                    conflict_ops.resolve, self.engine, [cid], use="value", value_json=first(form, "value", ""), resolved_by=by
+                    conflict_ops.resolve,
+                    self.engine,
+                    [cid],
+                    use="value",
+                    value_json=first(form, "value", ""),
+                    resolved_by=by,
                 )
             else:
                 rows = await self.call(conflict_ops.resolve, self.engine, [cid], use=use, resolved_by=by)
@@ -280,12 +310,16 @@ class Console:
             found = await self.call(history_ops.device_history, self.engine, org, ref, 500)
         except OperationError as exc:
             return self.redirect(f"/history?org={quote(org)}", str(exc), kind="error")
-        return self.render(request, "device.html", {"page": "history", "org": org, "h": found, "changes": found.changes()})
+        return self.render(
+            request, "device.html", {"page": "history", "org": org, "h": found, "changes": found.changes()}
+        )
 
     async def run(self, request: Request) -> Response:
         org = request.path_params["org"]
         try:
-            run, entries = await self.call(history_ops.run_detail, self.engine, int(request.path_params["run_id"]), org, 1000)
+            run, entries = await self.call(
+                history_ops.run_detail, self.engine, int(request.path_params["run_id"]), org, 1000
+            )
         except OperationError as exc:
             raise HTTPException(404, str(exc)) from None
         return self.render(request, "run.html", {"page": "history", "org": org, "run": run, "entries": entries})
@@ -302,7 +336,14 @@ class Console:
         return self.render(
             request,
             "webhooks.html",
-            {"page": "webhooks", "events": events, "counts": counts, "org": org, "status": status, "statuses": EVENT_STATUSES},
+            {
+                "page": "webhooks",
+                "events": events,
+                "counts": counts,
+                "org": org,
+                "status": status,
+                "statuses": EVENT_STATUSES,
+            },
         )
 
     async def replay(self, request: Request) -> Response:
@@ -330,7 +371,11 @@ class Console:
             return self.render(request, "login.html", {"page": "login", "needed": True, "error": "wrong token"}, 401)
         response = self.redirect("/", "signed in")
         response.set_cookie(
-            AUTH_COOKIE, auth_cookie_value(guard.token), httponly=True, samesite="strict", path="/",
+            AUTH_COOKIE,
+            auth_cookie_value(guard.token),
+            httponly=True,
+            samesite="strict",
+            path="/",
             secure=request.url.scheme == "https",
         )
         return response
@@ -344,12 +389,7 @@ class Console:
 
 def _local_path(url: str) -> bool:
     """Only same-site paths are followed after a form ("/x", never "//host", "/\\host" or "https://…")."""
-    return (
-        url.startswith("/")
-        and not url.startswith("//")
-        and "\\" not in url
-        and all(31 < ord(c) < 127 for c in url)
-    )
+    return url.startswith("/") and not url.startswith("//") and "\\" not in url and all(31 < ord(c) < 127 for c in url)
 
 
 def settings_from_form(form: dict[str, list[str]], *, include_org: bool) -> dict[str, Any]:
@@ -378,9 +418,7 @@ def settings_from_form(form: dict[str, list[str]], *, include_org: bool) -> dict
     interval = text("interval_seconds") or ""
     data["interval_seconds"] = int(interval) if interval.lstrip("-").isdigit() else interval
     data["policy_overrides"] = {
-        group: policy
-        for group in FIELD_GROUPS
-        if (policy := (first(form, f"override_{group}") or "").strip())
+        group: policy for group in FIELD_GROUPS if (policy := (first(form, f"override_{group}") or "").strip())
     }
     if include_org:
         data["organization_id"] = text("organization_id") or ""
@@ -400,7 +438,10 @@ def create_app(
         if not hasattr(request.state, "csrf_token"):
             return PlainTextResponse(exc.detail, status_code=exc.status_code)
         return console.render(
-            request, "error.html", {"page": "", "status": exc.status_code, "detail": exc.detail}, status_code=exc.status_code
+            request,
+            "error.html",
+            {"page": "", "status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
         )
 
     routes = [

@@ -29,10 +29,17 @@ def console_settings(host: str) -> tuple[str | None, bool]:
 
 
 @click.command("console", short_help="Serve the web console: status, conflicts, history, inbox.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (non-loopback needs a token).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (non-loopback needs a token)."
+)
 @click.option("--port", default=8089, show_default=True, type=int)
-@click.option("--dagster-ui-url", envvar="DAGSTER_UI_URL", default="http://127.0.0.1:3000", show_default=True,
-              help="Where run links point (env DAGSTER_UI_URL).")
+@click.option(
+    "--dagster-ui-url",
+    envvar="DAGSTER_UI_URL",
+    default="http://127.0.0.1:3000",
+    show_default=True,
+    help="Where run links point (env DAGSTER_UI_URL).",
+)
 def console(host: str, port: int, dagster_ui_url: str) -> None:
     """Serve the web console: status, services, conflicts, history, webhook inbox."""
     import uvicorn
@@ -44,6 +51,8 @@ def console(host: str, port: int, dagster_ui_url: str) -> None:
     runtime = prepare(dagster=False)
     app = create_app(runtime.engine, token=token, loopback_only=loopback, dagster_ui_url=dagster_ui_url)
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"golioth-sync console on http://{shown}:{port} (database {runtime.describe()})"
-               + ("; token required" if token else ""))
+    click.echo(
+        f"golioth-sync console on http://{shown}:{port} (database {runtime.describe()})"
+        + ("; token required" if token else "")
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False)

@@ -103,7 +103,9 @@ class Guard:
                     if name.encode() not in present:
                         headers.append((name.encode(), value.encode()))
                 if new_session:
-                    cookie = f"{SESSION_COOKIE}={new_session}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+                    cookie = f"{SESSION_COOKIE}={new_session}; Path=/; HttpOnly; SameSite=Strict" + (
+                        "; Secure" if secure else ""
+                    )
                     headers.append((b"set-cookie", cookie.encode()))
                 message["headers"] = headers
             await send(message)
@@ -136,7 +138,9 @@ class Guard:
         if not self.token:
             return True
         header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer ") and hmac.compare_digest(header[7:].strip().encode(), self.token.encode()):
+        if header.lower().startswith("bearer ") and hmac.compare_digest(
+            header[7:].strip().encode(), self.token.encode()
+        ):
             return True
         cookie = request.cookies.get(AUTH_COOKIE, "")
         return bool(cookie) and hmac.compare_digest(cookie.encode(), auth_cookie_value(self.token).encode())

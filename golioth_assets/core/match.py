@@ -101,7 +101,9 @@ def match_devices(
     if candidates.empty:
         return Matching(
             links=live_links[["device_id", "golioth_device_id", "link_status"]].reset_index(drop=True),
-            new_links=pd.DataFrame({"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}),
+            new_links=pd.DataFrame(
+                {"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}
+            ),
             identity_conflicts=pd.DataFrame(
                 {c: pd.Series(dtype=object) for c in ("device_id", "golioth_device_id", "candidates")}
             ),
@@ -112,9 +114,7 @@ def match_devices(
     # A candidate pair is clean when both devices are unlinked and each has exactly one candidate.
     per_local = candidates.groupby("device_id")["golioth_device_id"].transform("nunique")
     per_remote = candidates.groupby("golioth_device_id")["device_id"].transform("nunique")
-    both_unlinked = candidates["device_id"].isin(unlinked_local) & candidates["golioth_device_id"].isin(
-        unlinked_remote
-    )
+    both_unlinked = candidates["device_id"].isin(unlinked_local) & candidates["golioth_device_id"].isin(unlinked_remote)
     clean = both_unlinked & (per_local == 1) & (per_remote == 1)
     new_links = candidates[clean].reset_index(drop=True)
     ambiguous = candidates[~clean]

@@ -148,7 +148,7 @@ def canonical_base_values(field: str, raw: np.ndarray) -> np.ndarray:
 
 def decode(field: str, canonical: str | None) -> Any:
     """A canonical string back to the value written to a side or stored in a base snapshot."""
-    if canonical is None or canonical == NULL or canonical == NO_BASE:
+    if canonical is None or canonical in (NULL, NO_BASE):
         return None
     if field.startswith("desired_state."):
         return json.loads(canonical)

@@ -81,8 +81,11 @@ class Plan:
     @property
     def is_noop(self) -> bool:
         """True when applying this plan would write nothing to either side."""
-        return self.writes().empty and self.conflicts.empty and not self.superseded and not (
-            self.changes["action"].isin(["agree", "link", "unlink"]).any()
+        return (
+            self.writes().empty
+            and self.conflicts.empty
+            and not self.superseded
+            and not (self.changes["action"].isin(["agree", "link", "unlink"]).any())
         )
 
     def counts(self) -> dict[str, int]:
@@ -170,8 +173,11 @@ def _diff_cells(cells: pd.DataFrame, settings: SyncSettings) -> tuple[list[pd.Da
         # Conflicts that stay as they are this run: left to an operator, or settled by the policy
         # with a write that the direction forbids.
         unwritten = conflicting[
-            ((winner == "manual") | ((winner == "local") & (not settings.writes("remote")))
-             | ((winner == "remote") & (not settings.writes("local")))).to_numpy()
+            (
+                (winner == "manual")
+                | ((winner == "local") & (not settings.writes("remote")))
+                | ((winner == "remote") & (not settings.writes("local")))
+            ).to_numpy()
         ]
     else:
         manual = unwritten = conflicting
@@ -214,7 +220,9 @@ def _scalar_cells(pairs: pd.DataFrame, L_raw: dict, R_raw: dict, B_raw: dict, fi
         B = canonical_base_values(f, B_raw[f][maybe])
         differs = (L != R) | (L != B)
         if differs.any():
-            sub = pairs.iloc[maybe[differs]][["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]]
+            sub = pairs.iloc[maybe[differs]][
+                ["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]
+            ]
             frames.append(sub.assign(field=f, L=L[differs], R=R[differs], B=B[differs]))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -281,7 +289,7 @@ def _apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame, settings:
         rows["changed_by"] = hit["resolved_by"].to_numpy()[mask]
         frames.append(rows)
     # Both sides already hold the chosen value: record it as the new base and close the conflict.
-    same = (L == chosen) & (R == chosen)
+    same = (chosen == L) & (chosen == R)
     rows = _rows(hit, same, hit["field"], "agree", "none", L, chosen, reason)
     rows["conflict_id"] = hit["conflict_id"].to_numpy()[same]
     frames.append(rows)
@@ -409,8 +417,16 @@ def plan_sync(
         agree = (L == R) & (L != B)
         agreed = P.iloc[maybe[agree]]
         frames.append(
-            _rows(agreed, np.ones(len(agreed), dtype=bool), "desired_state", "agree", "none", B[agree], L[agree],
-                  "both sides agree")
+            _rows(
+                agreed,
+                np.ones(len(agreed), dtype=bool),
+                "desired_state",
+                "agree",
+                "none",
+                B[agree],
+                L[agree],
+                "both sides agree",
+            )
         )
         differs = L != R
         if differs.any():
@@ -524,9 +540,9 @@ def plan_sync(
     changes = pd.concat([empty_changes(), *[f for f in frames if not f.empty]], ignore_index=True)
     changes["blocked"] = ~changes["side"].map(settings.writes).astype(bool)
     changes.loc[changes["side"] == "none", "blocked"] = False
-    conflict_frame = (
-        pd.concat(conflicts, ignore_index=True) if conflicts else pd.DataFrame(columns=CONFLICT_COLUMNS)
-    )[CONFLICT_COLUMNS]
+    conflict_frame = (pd.concat(conflicts, ignore_index=True) if conflicts else pd.DataFrame(columns=CONFLICT_COLUMNS))[
+        CONFLICT_COLUMNS
+    ]
 
     return Plan(
         changes=changes[CHANGE_COLUMNS],
@@ -580,7 +596,9 @@ def _jsonable(value):
     return value
 
 
-def _deletions(pairs, local, remote, lpos, rpos, snapshots, fields, settings, conflicts, resolutions) -> list[pd.DataFrame]:
+def _deletions(
+    pairs, local, remote, lpos, rpos, snapshots, fields, settings, conflicts, resolutions
+) -> list[pd.DataFrame]:
     frames = []
     l_present = pairs["l_present"].to_numpy()
     r_present = pairs["r_present"].to_numpy()
@@ -607,7 +625,9 @@ def _deletions(pairs, local, remote, lpos, rpos, snapshots, fields, settings, co
         modified = _device_changed(survivor_rows, snapshot_dicts(snapshots[mask]), fields)
         outcome = np.where(modified, "conflict", np.where(settings.allow_deletes, "delete", "unlink")).astype(object)
         choice = [resolved.get((d, g)) for d, g in zip(sub["device_id"], sub["golioth_device_id"])]
-        reason = np.array([f"deleted {'locally' if deleted_side == 'local' else 'in Golioth'}"] * len(sub), dtype=object)
+        reason = np.array(
+            [f"deleted {'locally' if deleted_side == 'local' else 'in Golioth'}"] * len(sub), dtype=object
+        )
         conflict_ids = np.array([c[1] if c else None for c in choice], dtype=object)
         changed_by = np.array([c[2] if c else None for c in choice], dtype=object)
         for i, c in enumerate(choice):

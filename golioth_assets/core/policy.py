@@ -44,9 +44,7 @@ class SyncSettings:
         return True
 
 
-def conflict_winner(
-    policies: pd.Series, local_updated: pd.Series, remote_updated: pd.Series
-) -> pd.Series:
+def conflict_winner(policies: pd.Series, local_updated: pd.Series, remote_updated: pd.Series) -> pd.Series:
     """For conflicting cells: "local", "remote", or "manual" (store it for an operator).
 
     newest_wins compares the local row's updated_at with Golioth's updatedAt. Wall clocks on the two

@@ -36,7 +36,9 @@ def conflicts_table(plan: Plan) -> pd.DataFrame:
         return conflicts
     field_conflicts = conflicts["conflict_type"] == "field"
     for column in ("base_value", "local_value", "remote_value"):
-        decoded = _decode_column(conflicts[field_conflicts], column) if field_conflicts.any() else pd.Series(dtype=object)
+        decoded = (
+            _decode_column(conflicts[field_conflicts], column) if field_conflicts.any() else pd.Series(dtype=object)
+        )
         other = conflicts.loc[~field_conflicts, column].map(lambda v: json.loads(v) if isinstance(v, str) else None)
         conflicts[column] = pd.concat([decoded, other]).reindex(conflicts.index)
     return conflicts

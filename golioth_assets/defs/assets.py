@@ -9,7 +9,6 @@ tables (golioth_inventory, sync_plan, device_conflicts), so steps can run in sep
 The run's golioth_sync_log row ties the steps of one Dagster run together.
 """
 
-
 import os
 import time
 
@@ -51,10 +50,18 @@ def _run_row(context: dg.AssetExecutionContext, store: DeviceStore) -> dict:
     description="Every Golioth device of the organization's project (or the devices a targeted sync "
     "names), stored in golioth_inventory with tags, blueprint and cohort by name.",
     check_specs=[
-        dg.AssetCheckSpec("inventory_ids_unique", asset="golioth_device_inventory", blocking=True,
-                          description="Device ids and hardware ids are unique in the inventory."),
-        dg.AssetCheckSpec("inventory_count_matches_total", asset="golioth_device_inventory", blocking=True,
-                          description="The number of devices fetched equals the API's `total`."),
+        dg.AssetCheckSpec(
+            "inventory_ids_unique",
+            asset="golioth_device_inventory",
+            blocking=True,
+            description="Device ids and hardware ids are unique in the inventory.",
+        ),
+        dg.AssetCheckSpec(
+            "inventory_count_matches_total",
+            asset="golioth_device_inventory",
+            blocking=True,
+            description="The number of devices fetched equals the API's `total`.",
+        ),
     ],
 )
 def golioth_device_inventory(
@@ -92,7 +99,9 @@ def golioth_device_inventory(
                     "FROM golioth_inventory WHERE organization_id = :o ORDER BY name LIMIT 20"
                 ),
                 {"o": org},
-            ).mappings().all()
+            )
+            .mappings()
+            .all()
         )
     count_ok = fetched.total is None or fetched.total == fetched.fetched - len(scope.golioth_ids or [])
     yield dg.MaterializeResult(
@@ -141,13 +150,17 @@ def local_devices(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.M
             ),
             {"o": org},
         ).one()
-        first = conn.execute(
-            sa.text(
-                "SELECT id::text FROM devices WHERE organization_id = :o AND deleted_at IS NULL "
-                "ORDER BY name, id LIMIT :n"
-            ),
-            {"o": org, "n": PREVIEW_ROWS},
-        ).scalars().all()
+        first = (
+            conn.execute(
+                sa.text(
+                    "SELECT id::text FROM devices WHERE organization_id = :o AND deleted_at IS NULL "
+                    "ORDER BY name, id LIMIT :n"
+                ),
+                {"o": org, "n": PREVIEW_ROWS},
+            )
+            .scalars()
+            .all()
+        )
         shown = devices.load_devices(conn, org, device_ids=first).sort_values(["name", "device_id"])
     table = markdown_table(shown, ["name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"])
     if live > len(shown):
@@ -191,7 +204,8 @@ def device_reconciliation(context: dg.AssetExecutionContext, store: DeviceStore)
             **counts(plan.counts()),
             "plan_preview": preview(visible, CHANGE_COLUMNS),
             "conflicts_preview": preview(
-                conflicts_table(plan), ["device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"]
+                conflicts_table(plan),
+                ["device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"],
             ),
         }
     )
@@ -211,8 +225,11 @@ def _applied_preview(db, sync_log_id: int, side: str) -> dg.MarkdownMetadataValu
     deps=[device_reconciliation],
     description="The plan's Golioth side: creates, PATCHes of changed fields, LightDB State, deletes.",
     check_specs=[
-        dg.AssetCheckSpec("no_failed_golioth_writes", asset="golioth_device_writes",
-                          description="Every planned Golioth write succeeded."),
+        dg.AssetCheckSpec(
+            "no_failed_golioth_writes",
+            asset="golioth_device_writes",
+            description="Every planned Golioth write succeeded.",
+        ),
     ],
 )
 def golioth_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, golioth: GoliothApi):
@@ -221,8 +238,10 @@ def golioth_device_writes(context: dg.AssetExecutionContext, store: DeviceStore,
     run = _run_row(context, store)
     service = store.service(context.partition_key)
     if engine.request_of(run).dry_run:
-        yield dg.MaterializeResult(metadata={"dry_run": True, "written": 0, "duration_seconds": duration(started)},
-                                   check_results=[dg.AssetCheckResult(check_name="no_failed_golioth_writes", passed=True)])
+        yield dg.MaterializeResult(
+            metadata={"dry_run": True, "written": 0, "duration_seconds": duration(started)},
+            check_results=[dg.AssetCheckResult(check_name="no_failed_golioth_writes", passed=True)],
+        )
         return
     with golioth.client_for(service) as client:
         try:
@@ -257,9 +276,12 @@ def golioth_device_writes(context: dg.AssetExecutionContext, store: DeviceStore,
     deps=[golioth_device_writes],
     description="The plan's local side: device rows, links, base snapshots, audit entries.",
     check_specs=[
-        dg.AssetCheckSpec("sync_converged", asset="local_device_writes",
-                          description="A fresh diff of the devices this run wrote finds nothing left to do "
-                          "but pending conflicts and writes the direction blocks."),
+        dg.AssetCheckSpec(
+            "sync_converged",
+            asset="local_device_writes",
+            description="A fresh diff of the devices this run wrote finds nothing left to do "
+            "but pending conflicts and writes the direction blocks.",
+        ),
     ],
 )
 def local_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, golioth: GoliothApi):
@@ -288,9 +310,7 @@ def local_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, g
             "preview": _applied_preview(db, run["id"], "local"),
         },
         check_results=[
-            dg.AssetCheckResult(
-                check_name="sync_converged", passed=left == 0, metadata={"writes_left": left}
-            )
+            dg.AssetCheckResult(check_name="sync_converged", passed=left == 0, metadata={"writes_left": left})
         ],
     )
 
@@ -341,9 +361,12 @@ def _left_to_do(db, service, sync_log_id: int, golioth: GoliothApi) -> int:
     description="Conflicts waiting for an operator (device_conflicts): resolve them with "
     "`golioth-sync conflicts resolve`, the resolve job, or the web console.",
     check_specs=[
-        dg.AssetCheckSpec("unresolved_conflicts_below_share", asset="device_conflicts",
-                          description="Pending conflicts stay below GOLIOTH_SYNC_CONFLICT_WARN_SHARE "
-                          "(default 1%) of the organization's devices."),
+        dg.AssetCheckSpec(
+            "unresolved_conflicts_below_share",
+            asset="device_conflicts",
+            description="Pending conflicts stay below GOLIOTH_SYNC_CONFLICT_WARN_SHARE "
+            "(default 1%) of the organization's devices.",
+        ),
     ],
 )
 def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
@@ -359,7 +382,9 @@ def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
                     "ORDER BY detected_at DESC"
                 ),
                 {"o": org},
-            ).mappings().all()
+            )
+            .mappings()
+            .all()
         )
         total = devices.count_devices(conn, org)
     share_limit = float(os.environ.get("GOLIOTH_SYNC_CONFLICT_WARN_SHARE", "0.01"))
@@ -369,7 +394,10 @@ def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
             "duration_seconds": duration(started),
             "pending_conflicts": dg.MetadataValue.int(len(pending)),
             "share_of_devices": dg.MetadataValue.float(round(share, 4)),
-            "preview": preview(pending, ["id", "device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"]),
+            "preview": preview(
+                pending,
+                ["id", "device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"],
+            ),
         },
         check_results=[
             dg.AssetCheckResult(

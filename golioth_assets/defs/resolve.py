@@ -1,7 +1,7 @@
 """`golioth_resolve_conflicts`: resolve conflicts from the Dagster launchpad.
 
 The launchpad config names the conflicts (ids, or every pending one of an organization) and the
-choice. The op records the resolution through golioth_assets.ops.conflicts, the function the CLI
+choice. The op records the resolution through golioth_assets.actions.conflicts, the function the CLI
 and the web console use; the next sync of those devices (the schedule's, or a
 `golioth_targeted_sync` run with the device ids the op lists) writes it to both sides.
 
@@ -17,15 +17,14 @@ and the web console use; the next sync of those devices (the schedule's, or a
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
 
 from enum import Enum
-from typing import Optional
 
 import dagster as dg
 from pydantic import Field
 
+from golioth_assets.actions import OperationError
+from golioth_assets.actions import conflicts as actions
 from golioth_assets.defs.metadata import markdown_table
 from golioth_assets.defs.resources import DeviceStore
-from golioth_assets.ops import OperationError
-from golioth_assets.ops import conflicts as ops
 
 
 class Choice(str, Enum):
@@ -42,7 +41,7 @@ class ResolveConfig(dg.Config):
     conflict_ids: list[int] = Field(
         default_factory=list, description="Conflict ids (`golioth-sync conflicts list` or the device_conflicts asset)."
     )
-    organization_id: Optional[str] = Field(
+    organization_id: str | None = Field(
         default=None,
         description="With conflict_ids: they must belong to it. With all_pending: whose pending conflicts to resolve.",
     )
@@ -50,8 +49,9 @@ class ResolveConfig(dg.Config):
         default=False, description="Resolve every pending conflict of organization_id (choice local or remote)."
     )
     choice: Choice = Field(description="local: keep this database's value; remote: keep Golioth's; value: value_json.")
-    value_json: Optional[str] = Field(
-        default=None, description='With choice value: the JSON value written to both sides, e.g. "\\"sensor-7\\"" or true.'
+    value_json: str | None = Field(
+        default=None,
+        description='With choice value: the JSON value written to both sides, e.g. "\\"sensor-7\\"" or true.',
     )
     resolved_by: str = Field(description="Who decides: recorded as resolved_by and in the audit trail (changed_by).")
 
@@ -73,7 +73,7 @@ def resolve_conflicts(context: dg.OpExecutionContext, config: ResolveConfig, sto
                 raise OperationError("all_pending needs organization_id")
             if config.choice == Choice.value:
                 raise OperationError("all_pending takes choice local or remote (a value fits one field, not all)")
-            bulk = ops.resolve_all(
+            bulk = actions.resolve_all(
                 engine, config.organization_id, use=config.choice.value, resolved_by=config.resolved_by
             )
             rows, skipped = bulk.resolved, bulk.skipped
@@ -82,7 +82,7 @@ def resolve_conflicts(context: dg.OpExecutionContext, config: ResolveConfig, sto
                 raise OperationError("value_json goes with choice value only")
             if config.choice == Choice.value and config.value_json is None:
                 raise OperationError("choice value needs value_json")
-            rows = ops.resolve(
+            rows = actions.resolve(
                 engine,
                 config.conflict_ids,
                 use=config.choice.value,
@@ -96,7 +96,7 @@ def resolve_conflicts(context: dg.OpExecutionContext, config: ResolveConfig, sto
 
     for cid, reason in skipped:
         context.log.warning(f"skipped conflict {cid}: {reason}")
-    targets = ops.sync_targets(rows)
+    targets = actions.sync_targets(rows)
     summary = [
         {
             "id": r["id"],
@@ -116,7 +116,10 @@ def resolve_conflicts(context: dg.OpExecutionContext, config: ResolveConfig, sto
             "resolved": dg.MetadataValue.int(len(rows)),
             "skipped": dg.MetadataValue.int(len(skipped)),
             "resolutions": dg.MetadataValue.md(
-                markdown_table(_frame(summary), ["id", "organization_id", "device", "field", "resolution", "resolved_value", "resolved_by"])
+                markdown_table(
+                    _frame(summary),
+                    ["id", "organization_id", "device", "field", "resolution", "resolved_value", "resolved_by"],
+                )
             ),
             "apply_now": dg.MetadataValue.md(_apply_hint(targets)),
             "conflict_ids": dg.MetadataValue.json([r["id"] for r in rows]),

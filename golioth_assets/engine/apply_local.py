@@ -63,8 +63,12 @@ def apply_local(
         source = remote.loc[creates["golioth_device_id"]].copy()
         new_ids = [str(uuid.uuid4()) for _ in range(len(source))]
         frame = source.assign(device_id=new_ids)
-        for group, column, empty in (("tags", "tags", []), ("blueprint", "blueprint", None),
-                                     ("cohort", "cohort", None), ("desired_state", "desired_state", {})):
+        for group, column, empty in (
+            ("tags", "tags", []),
+            ("blueprint", "blueprint", None),
+            ("cohort", "cohort", None),
+            ("desired_state", "desired_state", {}),
+        ):
             if group not in service.field_groups:
                 frame[column] = [empty] * len(frame)
         devices.insert_devices(conn, org, frame)
@@ -108,7 +112,7 @@ def apply_local(
         touched_desired = False
         for f, v in zip(rows["field"], rows["new_value"]):
             if f.startswith(DESIRED_PREFIX):
-                key = f[len(DESIRED_PREFIX):]
+                key = f[len(DESIRED_PREFIX) :]
                 desired.pop(key, None) if v is None else desired.__setitem__(key, v)
                 touched_desired = True
             else:
@@ -142,7 +146,9 @@ def apply_local(
                 "side": "local",
                 "action": "update",
                 "status": "ok" if device_id in done else "skipped",
-                "changes": {f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])},
+                "changes": {
+                    f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])
+                },
                 "changed_by": rows["changed_by"].dropna().iloc[0] if rows["changed_by"].notna().any() else None,
             }
         )
@@ -163,14 +169,35 @@ def apply_local(
             devices.update_devices(
                 conn,
                 org,
-                [{"device_id": d, "expected_version": int(local.at[d, "version"]), "deleted_at": now} for d in deletes["device_id"]],
+                [
+                    {"device_id": d, "expected_version": int(local.at[d, "version"]), "deleted_at": now}
+                    for d in deletes["device_id"]
+                ],
             )
         )
         for i, d, g in zip(deletes["id"], deletes["device_id"], deletes["golioth_device_id"]):
             ok = d in deleted
-            out.plan_status.append({"id": int(i), "status": "applied" if ok else "skipped", "error": None if ok else "edited during the sync"})
-            entries.append({"device_id": d, "golioth_device_id": g, "side": "local", "action": "delete", "status": "ok" if ok else "skipped"})
-        assignments.delete_links(conn, service.id, [(d, g) for d, g in zip(deletes["device_id"], deletes["golioth_device_id"]) if d in deleted])
+            out.plan_status.append(
+                {
+                    "id": int(i),
+                    "status": "applied" if ok else "skipped",
+                    "error": None if ok else "edited during the sync",
+                }
+            )
+            entries.append(
+                {
+                    "device_id": d,
+                    "golioth_device_id": g,
+                    "side": "local",
+                    "action": "delete",
+                    "status": "ok" if ok else "skipped",
+                }
+            )
+        assignments.delete_links(
+            conn,
+            service.id,
+            [(d, g) for d, g in zip(deletes["device_id"], deletes["golioth_device_id"]) if d in deleted],
+        )
         out.counts["deleted_local"] = len(deleted)
 
     # 6. Links whose Golioth device is gone (deleted by us) or that a delete could not propagate.
@@ -178,13 +205,19 @@ def apply_local(
     assignments.delete_links(conn, service.id, zip(remote_deleted["device_id"], remote_deleted["golioth_device_id"]))
     unlinks = planned[planned["action"] == "unlink"]
     both_gone = unlinks["reason"] == "gone on both sides"
-    assignments.delete_links(conn, service.id, zip(unlinks.loc[both_gone, "device_id"], unlinks.loc[both_gone, "golioth_device_id"]))
+    assignments.delete_links(
+        conn, service.id, zip(unlinks.loc[both_gone, "device_id"], unlinks.loc[both_gone, "golioth_device_id"])
+    )
     assignments.set_status(
         conn,
         service.id,
         [
             {"device_id": d, "golioth_device_id": g, "sync_status": "unlinked", "error": r}
-            for d, g, r in zip(unlinks.loc[~both_gone, "device_id"], unlinks.loc[~both_gone, "golioth_device_id"], unlinks.loc[~both_gone, "reason"])
+            for d, g, r in zip(
+                unlinks.loc[~both_gone, "device_id"],
+                unlinks.loc[~both_gone, "golioth_device_id"],
+                unlinks.loc[~both_gone, "reason"],
+            )
         ],
     )
     entries += [
@@ -239,7 +272,7 @@ def _base_records(rows: pd.DataFrame) -> list[dict]:
             continue
         record = records.setdefault((d, g), {"device_id": d, "golioth_device_id": g, "fields": {}, "desired_keys": {}})
         if f.startswith(DESIRED_PREFIX):
-            record["desired_keys"][f[len(DESIRED_PREFIX):]] = v
+            record["desired_keys"][f[len(DESIRED_PREFIX) :]] = v
         else:
             record["fields"][f] = v
     return list(records.values())

@@ -13,10 +13,10 @@ from typing import Any
 import pandas as pd
 
 from golioth_assets.core.fields import DESIRED_PREFIX, enabled_fields
+from golioth_assets.engine.golioth_frames import References
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.models import Device, DeviceCreate, DeviceUpdate
-from golioth_assets.engine.golioth_frames import References
 from golioth_assets.store.services import Service
 
 
@@ -26,8 +26,15 @@ class RemoteOutcome:
     new_links: list[dict] = field(default_factory=list)  # {device_id, golioth_device_id, base_snapshot}
     generated_hardware_ids: dict[str, str] = field(default_factory=dict)
     entries: list[dict] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: {"created_remote": 0, "updated_remote": 0,
-                                                            "deleted_remote": 0, "failures": 0, "skipped": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {
+            "created_remote": 0,
+            "updated_remote": 0,
+            "deleted_remote": 0,
+            "failures": 0,
+            "skipped": 0,
+        }
+    )
     auth_error: str | None = None
 
 
@@ -42,7 +49,11 @@ class ChangedInGolioth(Exception):
 
 
 def _error_text(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, errors.GoliothError | _DeviceFailure | ChangedInGolioth) else f"{type(exc).__name__}: {exc}"
+    return (
+        str(exc)
+        if isinstance(exc, errors.GoliothError | _DeviceFailure | ChangedInGolioth)
+        else f"{type(exc).__name__}: {exc}"
+    )
 
 
 class RemoteWriter:
@@ -129,7 +140,9 @@ class RemoteWriter:
             "name": device.name,
             "hardware_ids": list(device.hardware_ids),
             "tags": [self.refs.tags.get(t, t) for t in device.tag_ids],
-            "blueprint": self.refs.blueprints.get(device.blueprint_id, device.blueprint_id) if device.blueprint_id else None,
+            "blueprint": self.refs.blueprints.get(device.blueprint_id, device.blueprint_id)
+            if device.blueprint_id
+            else None,
             "cohort": self.refs.cohorts.get(device.cohort_id, device.cohort_id) if device.cohort_id else None,
             "enabled": device.enabled,
         }
@@ -176,9 +189,7 @@ class RemoteWriter:
             found = self.client.list_devices(deviceName=local["name"])
             same = [d for d in found if set(d.hardware_ids) & set(body.hardware_ids or [])]
             if len(same) != 1:
-                raise _DeviceFailure(
-                    f"the name {local['name']!r} is already used by another Golioth device"
-                ) from None
+                raise _DeviceFailure(f"the name {local['name']!r} is already used by another Golioth device") from None
             created = same[0]
         if "enabled" in self.fields and not bool(local["enabled"]):
             self.client.update_device(created.id, DeviceUpdate(enabled=False))
@@ -240,7 +251,7 @@ def apply_remote(
             calls[("patch", gid)] = lambda g=gid, v=values, e=expected: writer.update(g, v, e)
             rows_of[("patch", gid)] = patch_rows
         if not state_rows.empty:
-            keys = {f[len(DESIRED_PREFIX):]: v for f, v in zip(state_rows["field"], state_rows["new_value"])}
+            keys = {f[len(DESIRED_PREFIX) :]: v for f, v in zip(state_rows["field"], state_rows["new_value"])}
             expected = dict(zip(state_rows["field"], state_rows["old_value"]))
             calls[("state", gid)] = lambda g=gid, k=keys, e=expected: writer.update_state(g, k, e)
             rows_of[("state", gid)] = state_rows
@@ -282,11 +293,17 @@ def apply_remote(
         if kind == "create":
             outcome.counts["created_remote"] += 1
             outcome.new_links.append(
-                {"device_id": device_id, "golioth_device_id": result, "base_snapshot": _base_of(local.loc[device_id], writer.fields)}
+                {
+                    "device_id": device_id,
+                    "golioth_device_id": result,
+                    "base_snapshot": _base_of(local.loc[device_id], writer.fields),
+                }
             )
         elif kind == "delete":
             outcome.counts["deleted_remote"] += 1
-    updated = {ident for (kind, ident), r in results.items() if kind in ("patch", "state") and not isinstance(r, BaseException)}
+    updated = {
+        ident for (kind, ident), r in results.items() if kind in ("patch", "state") and not isinstance(r, BaseException)
+    }
     outcome.counts["updated_remote"] = len(updated)
     return outcome
 

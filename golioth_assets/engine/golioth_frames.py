@@ -104,6 +104,7 @@ def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
 
 def _names(id_lists: pd.Series, names: dict[str, str]) -> pd.Series:
     """Lists of tag ids → lists of tag names (an unknown id stands for itself)."""
+
     # A comprehension: explode + groupby took a second at 100k devices, for lists of 0-3 ids.
     def name_of(tag_id: str) -> str:
         name = names.get(tag_id)

@@ -222,8 +222,12 @@ def _project_read(client: GoliothClient, read):
         raise errors.NotFoundError(
             f"Golioth project {client.project_id!r} was not found: it was deleted, or the service "
             f"names the wrong project ({exc.message})",
-            status=exc.status, code=exc.code, method=exc.method, path=exc.path,
-            project_id=exc.project_id, base_url=exc.base_url,
+            status=exc.status,
+            code=exc.code,
+            method=exc.method,
+            path=exc.path,
+            project_id=exc.project_id,
+            base_url=exc.base_url,
         ) from exc
 
 
@@ -265,9 +269,14 @@ def _load_inputs(db: Engine, service: services.Service, scope: Scope):
             # Unlinked devices in scope may match unlinked devices outside it by hardware id.
             hw = sorted({h for ids in pd.concat([local["hardware_ids"], remote["hardware_ids"]]) for h in ids})
             extra_local = _local_by_hardware(conn, org, hw)
-            local = pd.concat([local, extra_local[~extra_local["device_id"].isin(local["device_id"])]], ignore_index=True)
+            local = pd.concat(
+                [local, extra_local[~extra_local["device_id"].isin(local["device_id"])]], ignore_index=True
+            )
             links = assignments.load_links(
-                conn, service.id, device_ids=list(local["device_id"]), golioth_device_ids=list(remote["golioth_device_id"])
+                conn,
+                service.id,
+                device_ids=list(local["device_id"]),
+                golioth_device_ids=list(remote["golioth_device_id"]),
             )
         open_conflicts = conflicts.load_open(conn, service.id)
     return local, remote, links, open_conflicts
@@ -329,7 +338,10 @@ def _confirm_landed_updates(
     def value_of(side: str, key: str, f: str):
         row = sides[side].loc[key]
         if f.startswith(DESIRED_PREFIX):
-            return encode(f, (row["desired_state"] if isinstance(row["desired_state"], dict) else {}).get(f[len(DESIRED_PREFIX):]))
+            return encode(
+                f,
+                (row["desired_state"] if isinstance(row["desired_state"], dict) else {}).get(f[len(DESIRED_PREFIX) :]),
+            )
         return encode(f, row[f])
 
     for d, g, f, value in updates[["device_id", "golioth_device_id", "field", "new_value"]].itertuples(index=False):
@@ -340,7 +352,7 @@ def _confirm_landed_updates(
         if value_of("remote", g, f) == written != value_of("local", d, f):
             base = bases[(d, g)] = dict(base)
             if f.startswith(DESIRED_PREFIX):
-                key = f[len(DESIRED_PREFIX):]
+                key = f[len(DESIRED_PREFIX) :]
                 desired = {k: v for k, v in (base.get("desired_state") or {}).items() if k != key}
                 base["desired_state"] = desired if value is None else {**desired, key: value}
             else:
@@ -368,9 +380,7 @@ def build_plan(db: Engine, service: services.Service, request: SyncRequest, scop
 
 
 @gc_paused()  # see "Garbage collection" at the top
-def plan_step(
-    db: Engine, service: services.Service, request: SyncRequest, scope: Scope, sync_log_id: int
-) -> Plan:
+def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope: Scope, sync_log_id: int) -> Plan:
     """Plan and store the plan; outside a dry run, record the conflicts."""
     plan, fetched = build_plan(db, service, request, scope)
     versions = fetched.pop("local_versions")
@@ -400,7 +410,9 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
     with db.connect() as conn:
         plan = sync_log.load_plan(conn, sync_log_id, side="remote")
         planned = plan[plan["status"] == "planned"]
-        local = devices.load_devices(conn, service.organization_id, device_ids=list(planned["device_id"].dropna().unique()))
+        local = devices.load_devices(
+            conn, service.organization_id, device_ids=list(planned["device_id"].dropna().unique())
+        )
         remote = inventory.load_inventory(
             conn, service.organization_id, golioth_device_ids=list(planned["golioth_device_id"].dropna().unique())
         )
@@ -427,7 +439,11 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
         sync_log.add_counts(
             conn,
             sync_log_id,
-            {**outcome.counts, "api_requests": after.requests - before.requests, "api_retries": after.retries - before.retries},
+            {
+                **outcome.counts,
+                "api_requests": after.requests - before.requests,
+                "api_retries": after.retries - before.retries,
+            },
         )
         inventory.replace_references(conn, service.organization_id, refs.to_frame())
     if outcome.auth_error:
@@ -440,7 +456,9 @@ def local_step(db: Engine, service: services.Service, sync_log_id: int):
     with db.begin() as conn:
         plan = sync_log.load_plan(conn, sync_log_id)
         planned_local = plan[(plan["status"] == "planned") & (plan["side"] == "local")]
-        local = devices.load_devices(conn, service.organization_id, device_ids=list(planned_local["device_id"].dropna().unique()))
+        local = devices.load_devices(
+            conn, service.organization_id, device_ids=list(planned_local["device_id"].dropna().unique())
+        )
         # Compare-and-set against the versions the plan was made from, not the ones read now: a
         # local edit made while the Golioth writes ran (seconds, minutes at scale) must make the
         # write skip, not be overwritten by a value planned before it existed.
@@ -472,9 +490,7 @@ def finish(db: Engine, sync_log_id: int, *, error: str | None = None) -> str:
 # -- all four steps in one process --------------------------------------------------------------------
 
 
-def sync_organization(
-    db: Engine, request: SyncRequest, *, client: GoliothClient | None = None
-) -> SyncResult:
+def sync_organization(db: Engine, request: SyncRequest, *, client: GoliothClient | None = None) -> SyncResult:
     started = time.perf_counter()
     with db.connect() as conn:
         service = services.service_for_org(conn, request.organization_id)

@@ -57,7 +57,6 @@ def run_bounded(
         except Exception as exc:  # noqa: BLE001 - the caller gets every failure back, per item
             return exc
 
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(items)),
-                            thread_name_prefix="golioth") as pool:
+    with ThreadPoolExecutor(max_workers=min(max_workers, len(items)), thread_name_prefix="golioth") as pool:
         futures = [(key, pool.submit(run, fn)) for key, fn in items]
     return {key: future.result() for key, future in futures}

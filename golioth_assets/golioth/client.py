@@ -24,8 +24,22 @@ from . import errors
 from .batch import Calls, run_bounded
 from .gcpause import gc_paused
 from .models import (
-    BLUEPRINT_DATA, BLUEPRINT_PAGE, COHORT_PAGE, DEVICE_DATA, DEVICE_PAGE, RPC_STATUS, STATE_DATA,
-    TAG_DATA, TAG_PAGE, Blueprint, Cohort, Device, DeviceCreate, DeviceUpdate, ListPage, Tag,
+    BLUEPRINT_DATA,
+    BLUEPRINT_PAGE,
+    COHORT_PAGE,
+    DEVICE_DATA,
+    DEVICE_PAGE,
+    RPC_STATUS,
+    STATE_DATA,
+    TAG_DATA,
+    TAG_PAGE,
+    Blueprint,
+    Cohort,
+    Device,
+    DeviceCreate,
+    DeviceUpdate,
+    ListPage,
+    Tag,
 )
 from .retry import RetryBudget, RetryPolicy
 from .stats import ClientStats
@@ -40,9 +54,7 @@ MAX_PER_PAGE = 100
 # A list `total` above this is taken for a broken answer, not a project: we plan for 100k devices,
 # and trusting a wild total would schedule millions of page requests.
 MAX_LIST_TOTAL = 1_000_000
-DEVICE_FILTERS = frozenset(
-    {"deviceName", "hardwareId", "tags", "blueprintId", "cohortId", "enabled", "term"}
-)
+DEVICE_FILTERS = frozenset({"deviceName", "hardwareId", "tags", "blueprintId", "cohortId", "enabled", "term"})
 
 
 @dataclass(frozen=True)
@@ -108,9 +120,7 @@ class GoliothClient:
             timeout=timeout,
             transport=transport,
             # One connection per worker thread; more would only queue at the server.
-            limits=httpx.Limits(
-                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
-            ),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
             headers={"accept": "application/json", "user-agent": "golioth-sync"},
         )
 
@@ -147,7 +157,11 @@ class GoliothClient:
         return self._iter_pages(f"{self._project_path}/devices", DEVICE_PAGE, params, per_page)
 
     def list_devices(
-        self, *, per_page: int = MAX_PER_PAGE, state_path: str | None = None, attempts: int = 3,
+        self,
+        *,
+        per_page: int = MAX_PER_PAGE,
+        state_path: str | None = None,
+        attempts: int = 3,
         **filters: Any,
     ) -> list[Device]:
         """All matching devices: page 0 first (for `total`), then the rest concurrently.
@@ -167,22 +181,26 @@ class GoliothClient:
                 devices, totals = self._list_devices_once(path, params, per_page)
                 if len(totals) == 1:
                     return devices
-                log.warning("device list changed while paging (totals %s); attempt %d/%d",
-                            sorted(totals), attempt, attempts)
+                log.warning(
+                    "device list changed while paging (totals %s); attempt %d/%d", sorted(totals), attempt, attempts
+                )
         raise errors.InconsistentListingError(
             f"devices kept changing during {attempts} listings (totals {sorted(totals)})",
-            method="GET", path=path, project_id=self.project_id, base_url=self.base_url,
+            method="GET",
+            path=path,
+            project_id=self.project_id,
+            base_url=self.base_url,
         )
 
-    def _list_devices_once(
-        self, path: str, params: dict[str, Any], per_page: int
-    ) -> tuple[list[Device], set[int]]:
+    def _list_devices_once(self, path: str, params: dict[str, Any], per_page: int) -> tuple[list[Device], set[int]]:
         first = self._get_page(path, DEVICE_PAGE, params, 0, per_page)
         # The server's page size, should it clamp ours down; anything else would skip devices.
         size = first.per_page if 0 < first.per_page <= per_page else per_page
         rest = self._fetch_concurrently(
-            {p: (lambda p=p: self._get_page(path, DEVICE_PAGE, params, p, size))
-             for p in range(1, math.ceil(first.total / size))}
+            {
+                p: (lambda p=p: self._get_page(path, DEVICE_PAGE, params, p, size))
+                for p in range(1, math.ceil(first.total / size))
+            }
         )
         pages = [first, *(rest[p] for p in sorted(rest))]
         unique: dict[str, Device] = {}
@@ -214,7 +232,8 @@ class GoliothClient:
     def _created_device(self, body: DeviceCreate) -> Device | None:
         """The device an earlier POST of `body` created, if it did."""
         found = [
-            d for d in self.list_devices(hardware_id=body.hardware_ids[0])
+            d
+            for d in self.list_devices(hardware_id=body.hardware_ids[0])
             if d.name == body.name and set(body.hardware_ids) <= set(d.hardware_ids)
         ]
         return found[0] if len(found) == 1 else None
@@ -251,30 +270,28 @@ class GoliothClient:
         return self._list_all(f"{self._project_path}/tags", TAG_PAGE)
 
     def create_tag(self, name: str) -> Tag:
-        response = self._send(
-            "POST", f"{self._project_path}/tags", body={"name": name}, idempotent=False
-        )
+        response = self._send("POST", f"{self._project_path}/tags", body={"name": name}, idempotent=False)
         return self._read(TAG_DATA, response).data
 
     def list_blueprints(self) -> list[Blueprint]:
         return self._list_all(f"{self._project_path}/blueprints", BLUEPRINT_PAGE)
 
-    def create_blueprint(
-        self, name: str, *, board_id: str | None = None, platform: str | None = None
-    ) -> Blueprint:
+    def create_blueprint(self, name: str, *, board_id: str | None = None, platform: str | None = None) -> Blueprint:
         body = {"name": name, "boardId": board_id, "platform": platform}
         response = self._send(
-            "POST", f"{self._project_path}/blueprints",
-            body={k: v for k, v in body.items() if v is not None}, idempotent=False,
+            "POST",
+            f"{self._project_path}/blueprints",
+            body={k: v for k, v in body.items() if v is not None},
+            idempotent=False,
         )
         return self._read(BLUEPRINT_DATA, response).data
 
     def list_cohorts(self) -> list[Cohort]:
         if not self.organization_id:
             raise errors.ConfigurationError(
-                "cohorts live under /v1/organizations/{organizationId}/...: "
-                "create the client with organization_id",
-                project_id=self.project_id, base_url=self.base_url,
+                "cohorts live under /v1/organizations/{organizationId}/...: create the client with organization_id",
+                project_id=self.project_id,
+                base_url=self.base_url,
             )
         org = quote(self.organization_id, safe="")
         path = f"/v1/organizations/{org}{self._project_path.removeprefix('/v1')}/cohorts"
@@ -295,7 +312,8 @@ class GoliothClient:
         path = f"{self._project_path}/blueprints"
         try:
             return self._create_checked(
-                lambda: self.create_blueprint(name), lambda: self._named(self.list_blueprints(), name),
+                lambda: self.create_blueprint(name),
+                lambda: self._named(self.list_blueprints(), name),
                 path,
             )
         except errors.AlreadyExistsError:
@@ -309,8 +327,9 @@ class GoliothClient:
         for item in items:
             if item.name == name:
                 return item
-        raise errors.NotFoundError(f"{name!r} was reported as existing but is not listed",
-                                   project_id=self.project_id, base_url=self.base_url)
+        raise errors.NotFoundError(
+            f"{name!r} was reported as existing but is not listed", project_id=self.project_id, base_url=self.base_url
+        )
 
     def tag_maps(self) -> NameMap:
         return NameMap.of((t.id, t.name) for t in self.list_tags())
@@ -331,17 +350,21 @@ class GoliothClient:
         item would send the same bad key) or RetryBudgetExceeded (the API is down); items not yet
         started then get a BatchAborted, so the caller still learns which items were applied.
         """
+
         def aborted(cause: BaseException) -> errors.BatchAborted:
             error = errors.BatchAborted(
                 f"not attempted: batch stopped after {type(cause).__name__}",
-                project_id=self.project_id, base_url=self.base_url,
+                project_id=self.project_id,
+                base_url=self.base_url,
             )
             error.__cause__ = cause
             return error
 
         return run_bounded(
-            calls, max_workers=self.max_concurrency,
-            stop_on=(errors.AuthenticationError, errors.RetryBudgetExceeded), aborted=aborted,
+            calls,
+            max_workers=self.max_concurrency,
+            stop_on=(errors.AuthenticationError, errors.RetryBudgetExceeded),
+            aborted=aborted,
         )
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -367,15 +390,24 @@ class GoliothClient:
         return params
 
     def _get_page(
-        self, path: str, adapter: TypeAdapter[ListPage[T]], params: dict[str, Any],
-        page: int, per_page: int,
+        self,
+        path: str,
+        adapter: TypeAdapter[ListPage[T]],
+        params: dict[str, Any],
+        page: int,
+        per_page: int,
     ) -> ListPage[T]:
         response = self._send("GET", path, params={**params, "page": page, "perPage": per_page})
         self.stats.record_page()
         result = self._read(adapter, response)
         if not 0 <= result.total <= MAX_LIST_TOTAL:
-            raise self._where(errors.InvalidResponseError, f"implausible list total {result.total}", "GET", path,
-                              status=response.status_code)
+            raise self._where(
+                errors.InvalidResponseError,
+                f"implausible list total {result.total}",
+                "GET",
+                path,
+                status=response.status_code,
+            )
         return result
 
     def _read(self, adapter: TypeAdapter[T], response: httpx.Response) -> T:
@@ -388,12 +420,18 @@ class GoliothClient:
             problem = exc.errors()[0]
             where = ".".join(str(part) for part in problem["loc"]) or "body"
             raise self._where(
-                errors.InvalidResponseError, f"unreadable answer ({where}: {problem['msg']})",
-                response.request.method, response.request.url.path, status=response.status_code,
+                errors.InvalidResponseError,
+                f"unreadable answer ({where}: {problem['msg']})",
+                response.request.method,
+                response.request.url.path,
+                status=response.status_code,
             ) from exc
 
     def _iter_pages(
-        self, path: str, adapter: TypeAdapter[ListPage[T]], params: dict[str, Any],
+        self,
+        path: str,
+        adapter: TypeAdapter[ListPage[T]],
+        params: dict[str, Any],
         per_page: int,
     ) -> Iterator[ListPage[T]]:
         _check_per_page(per_page)
@@ -407,8 +445,7 @@ class GoliothClient:
                 return
 
     def _list_all(self, path: str, adapter: TypeAdapter[ListPage[T]]) -> list[T]:
-        return [item for page in self._iter_pages(path, adapter, {}, MAX_PER_PAGE)
-                for item in page.list]
+        return [item for page in self._iter_pages(path, adapter, {}, MAX_PER_PAGE) for item in page.list]
 
     def _fetch_concurrently(self, calls: dict[int, Callable[[], T]]) -> dict[int, T]:
         if not calls:
@@ -422,8 +459,13 @@ class GoliothClient:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _send(
-        self, method: str, path: str, *, params: dict[str, Any] | None = None,
-        body: Any = ..., idempotent: bool = True,
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = ...,
+        idempotent: bool = True,
     ) -> httpx.Response:
         content = None if body is ... else json.dumps(body).encode()
         headers = None if body is ... else {"content-type": "application/json"}
@@ -433,9 +475,7 @@ class GoliothClient:
             started = time.monotonic()
             retry_after = None
             try:
-                response = self._http.request(
-                    method, path, params=params, content=content, headers=headers
-                )
+                response = self._http.request(method, path, params=params, content=content, headers=headers)
             except httpx.TransportError as exc:
                 self.stats.record_transport_error()
                 failure: errors.GoliothError = self._where(
@@ -447,28 +487,28 @@ class GoliothClient:
             else:
                 self.stats.record_response(response.status_code)
                 if response.is_success:
-                    log.debug("%s %s -> %s in %.3fs", method, path, response.status_code,
-                              time.monotonic() - started)
+                    log.debug("%s %s -> %s in %.3fs", method, path, response.status_code, time.monotonic() - started)
                     return response
                 failure = self._error_from(response, method, path)
                 retryable = self.retry.retries_status(response.status_code, idempotent=idempotent)
                 retry_after = self.retry.parse_retry_after(response.headers.get("retry-after"))
                 outcome = str(response.status_code)
             if not retryable or attempt >= self.retry.max_attempts:
-                log.debug("%s %s -> %s, giving up after %d attempt(s)", method, path, outcome,
-                          attempt)
+                log.debug("%s %s -> %s, giving up after %d attempt(s)", method, path, outcome, attempt)
                 raise failure
             if not self._budget.take():
                 exhausted = self._where(
                     errors.RetryBudgetExceeded,
                     f"retry budget of {self._budget.total} spent; last failure: {failure.message}",
-                    method, path,
+                    method,
+                    path,
                 )
                 raise exhausted from failure
             delay = self.retry.delay(attempt, retry_after)
             self.stats.record_retry(delay)
-            log.warning("%s %s -> %s; retry %d/%d in %.2fs", method, path, outcome, attempt,
-                        self.retry.max_attempts - 1, delay)
+            log.warning(
+                "%s %s -> %s; retry %d/%d in %.2fs", method, path, outcome, attempt, self.retry.max_attempts - 1, delay
+            )
             self.retry.sleep(delay)
 
     def _create_checked(self, post: Callable[[], T], find: Callable[[], T | None], path: str) -> T:
@@ -490,14 +530,20 @@ class GoliothClient:
                     exhausted = self._where(
                         errors.RetryBudgetExceeded,
                         f"retry budget of {self._budget.total} spent; last failure: {exc.message}",
-                        "POST", path,
+                        "POST",
+                        path,
                     )
                     raise exhausted from exc
                 delay = self.retry.delay(attempt)
                 self.stats.record_retry(delay)
-                log.warning("POST %s failed (%s) and created nothing; retry %d/%d in %.2fs", path,
-                            exc.status or type(exc.__cause__).__name__, attempt,
-                            self.retry.max_attempts - 1, delay)
+                log.warning(
+                    "POST %s failed (%s) and created nothing; retry %d/%d in %.2fs",
+                    path,
+                    exc.status or type(exc.__cause__).__name__,
+                    attempt,
+                    self.retry.max_attempts - 1,
+                    delay,
+                )
                 self.retry.sleep(delay)
                 attempt += 1
 
@@ -548,8 +594,7 @@ class GoliothClient:
     ) -> errors.GoliothError:
         if cls is errors.AuthenticationError:
             extra["key_env_var"] = self.key_env_var
-        return cls(message, method=method, path=path, project_id=self.project_id,
-                   base_url=self.base_url, **extra)
+        return cls(message, method=method, path=path, project_id=self.project_id, base_url=self.base_url, **extra)
 
 
 def _check_per_page(per_page: int) -> None:

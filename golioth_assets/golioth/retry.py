@@ -11,9 +11,9 @@ from __future__ import annotations
 import random as _random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Callable
 
 import httpx
 

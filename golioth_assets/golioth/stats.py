@@ -39,8 +39,12 @@ class ClientStats:
     def snapshot(self) -> ClientStats:
         with self._lock:
             return ClientStats(
-                self.requests, self.retries, self.pages, self.transport_errors,
-                self.backoff_seconds, Counter(self.by_status),
+                self.requests,
+                self.retries,
+                self.pages,
+                self.transport_errors,
+                self.backoff_seconds,
+                Counter(self.by_status),
             )
 
     def as_metadata(self) -> dict[str, int | float]:

@@ -11,7 +11,7 @@ import random
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .errors import MSG_BAD_OBJECT_ID, invalid
 
@@ -41,7 +41,7 @@ def format_ns(ns: int) -> str:
 
 
 def parse_rfc3339_ms(value: str) -> int:
-    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp() * 1000)
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp() * 1000)
 
 
 class WriteClock:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .clock import ObjectIdFactory, WriteClock, format_ms, format_ns, require_object_id
 from .errors import already_exists, invalid, not_found
@@ -441,12 +442,8 @@ class Project:
         self._changed()
 
     def list_blueprints(self, page: int, per_page: int, name: str | None, ids: list[str]) -> bytes:
-        items = [
-            b for b in self.blueprints.values() if (name is None or b.name == name) and (not ids or b.id in ids)
-        ]
-        return page_envelope(
-            [dumps(b.to_dict()) for b in paginate(items, page, per_page)], page, per_page, len(items)
-        )
+        items = [b for b in self.blueprints.values() if (name is None or b.name == name) and (not ids or b.id in ids)]
+        return page_envelope([dumps(b.to_dict()) for b in paginate(items, page, per_page)], page, per_page, len(items))
 
     # ---- cohorts -------------------------------------------------------------------
 
@@ -491,9 +488,7 @@ class Project:
 
     def list_cohorts(self, page: int, per_page: int) -> bytes:
         items = list(self.cohorts.values())
-        return page_envelope(
-            [dumps(c.to_dict()) for c in paginate(items, page, per_page)], page, per_page, len(items)
-        )
+        return page_envelope([dumps(c.to_dict()) for c in paginate(items, page, per_page)], page, per_page, len(items))
 
     # ---- device activity -----------------------------------------------------------
 
@@ -535,4 +530,3 @@ class Project:
             "webhook": self.webhook.to_dict() if self.webhook else None,
             "events": self.events.to_dict() if self.events else None,
         }
-

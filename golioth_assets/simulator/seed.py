@@ -12,7 +12,7 @@ import contextlib
 import gc
 import random
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from .clock import ObjectIdFactory, WriteClock, format_ms
 from .model import Blueprint, Cohort, Device, Tag

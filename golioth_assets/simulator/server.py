@@ -17,7 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import uvicorn
 
@@ -243,4 +244,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .cli import simulator_command
 
     return simulator_command.main(args=args, prog_name="golioth-simulator", standalone_mode=False) or 0
-

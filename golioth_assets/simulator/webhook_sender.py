@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -80,7 +80,7 @@ def event_delivery(
         separators=(",", ":"),
     )
     msg_id = f"msg_{uuid.uuid4().hex}"
-    sent_at = datetime.fromtimestamp(now_ms // 1000, tz=timezone.utc)
+    sent_at = datetime.fromtimestamp(now_ms // 1000, tz=UTC)
     headers = {
         "Content-Type": "application/json",
         "webhook-id": msg_id,

@@ -104,7 +104,9 @@ def stage_records(conn: Connection, records: Iterable[dict]) -> str:
     return _copy_lines(conn, lines)
 
 
-def read_frame(conn: Connection, sql: str, params: dict, columns: list[str], timestamps: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_frame(
+    conn: Connection, sql: str, params: dict, columns: list[str], timestamps: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Run a query into a DataFrame. Timestamp columns must be selected as integer epoch
     microseconds (`(extract(epoch FROM col) * 1000000)::bigint`): integers convert to datetimes in
     one vectorized step, where driver-made datetime objects would be converted one by one (and

@@ -135,18 +135,22 @@ def resolve(conn: Connection, conflict_id: int, *, use: str, value=None, resolve
     if use == "value" and current["conflict_type"] != "field":
         raise ValueError("a delete-vs-modify conflict takes --use local or --use remote, not a value")
     chosen = {"local": device_conflicts.c.local_value, "remote": device_conflicts.c.remote_value}.get(use)
-    row = conn.execute(
-        device_conflicts.update()
-        .where(device_conflicts.c.id == conflict_id, device_conflicts.c.status == "pending")
-        .values(
-            status="resolved",
-            resolution=use,
-            resolved_value=chosen if chosen is not None else sa.cast(value, device_conflicts.c.resolved_value.type),
-            resolved_by=resolved_by,
-            resolved_at=sa.func.now(),
+    row = (
+        conn.execute(
+            device_conflicts.update()
+            .where(device_conflicts.c.id == conflict_id, device_conflicts.c.status == "pending")
+            .values(
+                status="resolved",
+                resolution=use,
+                resolved_value=chosen if chosen is not None else sa.cast(value, device_conflicts.c.resolved_value.type),
+                resolved_by=resolved_by,
+                resolved_at=sa.func.now(),
+            )
+            .returning(*device_conflicts.c)
         )
-        .returning(*device_conflicts.c)
-    ).mappings().first()
+        .mappings()
+        .first()
+    )
     if row is None:
         raise ConflictNotPending(f"conflict {conflict_id} is already {current['status']}; nothing changed")
     return dict(row)

@@ -143,9 +143,11 @@ def ensure_organization(conn: Connection, organization_id: str, name: str | None
 
 def create_service(conn: Connection, settings: ServiceSettings) -> Service:
     ensure_organization(conn, settings.organization_id)
-    row = conn.execute(
-        device_services.insert().values(**settings.model_dump()).returning(*device_services.c)
-    ).mappings().one()
+    row = (
+        conn.execute(device_services.insert().values(**settings.model_dump()).returning(*device_services.c))
+        .mappings()
+        .one()
+    )
     return Service.model_validate(dict(row))
 
 
@@ -165,13 +167,19 @@ def upsert_service(conn: Connection, settings: ServiceSettings) -> Service:
 def update_service(conn: Connection, service_id: int, **changes: object) -> Service:
     """Change some settings; the merged result is validated as a whole before anything is written."""
     current = get_service(conn, service_id)
-    merged = ServiceSettings.model_validate({**current.model_dump(include=set(ServiceSettings.model_fields)), **changes})
-    row = conn.execute(
-        device_services.update()
-        .where(device_services.c.id == service_id)
-        .values(**merged.model_dump(), updated_at=sa.func.now())
-        .returning(*device_services.c)
-    ).mappings().one()
+    merged = ServiceSettings.model_validate(
+        {**current.model_dump(include=set(ServiceSettings.model_fields)), **changes}
+    )
+    row = (
+        conn.execute(
+            device_services.update()
+            .where(device_services.c.id == service_id)
+            .values(**merged.model_dump(), updated_at=sa.func.now())
+            .returning(*device_services.c)
+        )
+        .mappings()
+        .one()
+    )
     return Service.model_validate(dict(row))
 
 
@@ -183,9 +191,11 @@ def get_service(conn: Connection, service_id: int) -> Service:
 
 
 def service_for_org(conn: Connection, organization_id: str) -> Service:
-    row = conn.execute(
-        sa.select(device_services).where(device_services.c.organization_id == organization_id)
-    ).mappings().first()
+    row = (
+        conn.execute(sa.select(device_services).where(device_services.c.organization_id == organization_id))
+        .mappings()
+        .first()
+    )
     if row is None:
         raise ServiceNotFound(f"organization {organization_id!r} has no Golioth service")
     return Service.model_validate(dict(row))

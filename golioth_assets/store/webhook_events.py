@@ -325,9 +325,7 @@ def claim_pending(
     """
     if limit <= 0:
         return []
-    rows = conn.execute(
-        _CLAIM, {"limit": limit, "claimed_by": claimed_by, "organization_id": organization_id}
-    ).all()
+    rows = conn.execute(_CLAIM, {"limit": limit, "claimed_by": claimed_by, "organization_id": organization_id}).all()
     groups: dict[tuple[str, int], ClaimedGroup] = {}
     for row in sorted(rows, key=lambda r: r.id):
         group = groups.setdefault(
@@ -380,9 +378,10 @@ def mark_processed(conn: Connection, claimed_by: str) -> int:
 
 def release_failed(conn: Connection, claimed_by: str, error: str, max_attempts: int = 5) -> tuple[int, int]:
     """The run failed: count an attempt. Returns (back in the queue as `failed`, now `dead`)."""
-    rows = conn.execute(
-        sa.text(
-            """
+    rows = (
+        conn.execute(
+            sa.text(
+                """
             UPDATE webhook_events
             SET attempts = attempts + 1,
                 status = CASE WHEN attempts + 1 >= :max_attempts THEN 'dead' ELSE 'failed' END,
@@ -390,17 +389,21 @@ def release_failed(conn: Connection, claimed_by: str, error: str, max_attempts: 
             WHERE claimed_by = :claimed_by AND status = 'claimed'
             RETURNING status
             """
-        ),
-        {"claimed_by": claimed_by, "error": (error or "")[:_MAX_ERROR_CHARS], "max_attempts": max_attempts},
-    ).scalars().all()
+            ),
+            {"claimed_by": claimed_by, "error": (error or "")[:_MAX_ERROR_CHARS], "max_attempts": max_attempts},
+        )
+        .scalars()
+        .all()
+    )
     return sum(1 for s in rows if s == "failed"), sum(1 for s in rows if s == "dead")
 
 
 def release_stale_claims(conn: Connection, older_than: timedelta, max_attempts: int = 5) -> tuple[int, int]:
     """Claims whose run vanished without reporting (killed worker): treat them as failed attempts."""
-    rows = conn.execute(
-        sa.text(
-            """
+    rows = (
+        conn.execute(
+            sa.text(
+                """
             UPDATE webhook_events
             SET attempts = attempts + 1,
                 status = CASE WHEN attempts + 1 >= :max_attempts THEN 'dead' ELSE 'failed' END,
@@ -409,9 +412,12 @@ def release_stale_claims(conn: Connection, older_than: timedelta, max_attempts: 
             WHERE status = 'claimed' AND claimed_at < now() - :older_than
             RETURNING status
             """
-        ),
-        {"older_than": older_than, "max_attempts": max_attempts},
-    ).scalars().all()
+            ),
+            {"older_than": older_than, "max_attempts": max_attempts},
+        )
+        .scalars()
+        .all()
+    )
     return sum(1 for s in rows if s == "failed"), sum(1 for s in rows if s == "dead")
 
 
@@ -446,10 +452,14 @@ def list_events(
 
 
 def get_event(conn: Connection, service_id: int, event_id: str) -> EventRow | None:
-    row = conn.execute(
-        sa.text(f"SELECT {_COLUMNS}, payload FROM webhook_events WHERE service_id = :s AND event_id = :e"),
-        {"s": service_id, "e": event_id},
-    ).mappings().first()
+    row = (
+        conn.execute(
+            sa.text(f"SELECT {_COLUMNS}, payload FROM webhook_events WHERE service_id = :s AND event_id = :e"),
+            {"s": service_id, "e": event_id},
+        )
+        .mappings()
+        .first()
+    )
     return EventRow(**dict(row)) if row else None
 
 

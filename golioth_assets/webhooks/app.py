@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import anyio.to_thread
 import sqlalchemy as sa
@@ -215,7 +215,7 @@ class Receiver:
         return Answer(200, {"status": "duplicate", "event_id": event.event_id})
 
     def _parse(self, service: Service, headers: Mapping[str, str], body: bytes, secrets: list[str]) -> NewEvent:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         # Any Standard Webhooks header selects the signed format, so a signed request can never
         # fall back to the weaker static-secret check.
         if "webhook-signature" in headers or "webhook-id" in headers or "webhook-timestamp" in headers:

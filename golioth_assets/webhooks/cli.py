@@ -9,8 +9,8 @@ from datetime import timedelta
 import click
 import sqlalchemy as sa
 
-from golioth_assets.ops import OperationError
-from golioth_assets.ops import webhooks as webhook_ops
+from golioth_assets.actions import OperationError
+from golioth_assets.actions import webhooks as webhook_ops
 from golioth_assets.store import webhook_events as inbox
 from golioth_assets.webhooks.config import ReceiverConfig
 
@@ -51,12 +51,39 @@ def webhooks() -> None:
 @click.option("--port", default=8088, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes.")
 @click.option("--max-body", default="1MiB", show_default=True, help="Largest accepted body (413 above).")
-@click.option("--max-queue", default=ReceiverConfig.max_queue, show_default=True, help="Events awaiting commit per worker before 503.")
-@click.option("--max-in-flight", default=ReceiverConfig.max_in_flight, show_default=True, help="Concurrent requests per worker before 503.")
-@click.option("--max-loop-lag-ms", default=ReceiverConfig.max_loop_lag_ms, show_default=True, help="Shed load while the event loop lags this much (0: off).")
-@click.option("--writers", default=ReceiverConfig.writers, show_default=True, help="Group-commit threads (DB connections) per worker.")
-@click.option("--cache-seconds", default=ReceiverConfig.service_cache_seconds, show_default=True, help="How long service settings are reused.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--max-queue",
+    default=ReceiverConfig.max_queue,
+    show_default=True,
+    help="Events awaiting commit per worker before 503.",
+)
+@click.option(
+    "--max-in-flight",
+    default=ReceiverConfig.max_in_flight,
+    show_default=True,
+    help="Concurrent requests per worker before 503.",
+)
+@click.option(
+    "--max-loop-lag-ms",
+    default=ReceiverConfig.max_loop_lag_ms,
+    show_default=True,
+    help="Shed load while the event loop lags this much (0: off).",
+)
+@click.option(
+    "--writers",
+    default=ReceiverConfig.writers,
+    show_default=True,
+    help="Group-commit threads (DB connections) per worker.",
+)
+@click.option(
+    "--cache-seconds",
+    default=ReceiverConfig.service_cache_seconds,
+    show_default=True,
+    help="How long service settings are reused.",
+)
+@click.option(
+    "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+)
 def serve(
     host: str,
     port: int,
@@ -157,7 +184,9 @@ def replay(ids: tuple[int, ...], organization_id: str | None, all_dead: bool) ->
 
 
 @webhooks.command()
-@click.option("--older-than", default="7d", show_default=True, help="Retention for processed events (30m, 12h, 7d, 2w).")
+@click.option(
+    "--older-than", default="7d", show_default=True, help="Retention for processed events (30m, 12h, 7d, 2w)."
+)
 def prune(older_than: str) -> None:
     """Delete processed events older than the retention; dead letters stay."""
     retention = parse_duration(older_than)

@@ -13,7 +13,9 @@ from starlette.types import ASGIApp
 from golioth_assets.webhooks.verify import sign
 
 
-def signed_headers(body: bytes, *secrets: str, msg_id: str | None = None, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    body: bytes, *secrets: str, msg_id: str | None = None, timestamp: int | None = None
+) -> dict[str, str]:
     """Standard Webhooks headers signing `body` with every given secret (as a rotating sender does)."""
     msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     timestamp = int(time.time()) if timestamp is None else timestamp
@@ -48,7 +50,9 @@ class ServerThread:
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.server.should_exit = True
         self._thread.join(15)
 
@@ -68,7 +72,9 @@ def make_webhook_service(engine, organization_id: str, secret_env: str, *, proje
         return create_service(conn, settings).id
 
 
-def make_linked_device(engine, organization_id: str, service_id: int, golioth_device_id: str, name: str | None = None) -> str:
+def make_linked_device(
+    engine, organization_id: str, service_id: int, golioth_device_id: str, name: str | None = None
+) -> str:
     """A local device linked to `golioth_device_id` through the service; returns the local id."""
     import sqlalchemy as sa
 
@@ -79,8 +85,7 @@ def make_linked_device(engine, organization_id: str, service_id: int, golioth_de
         ).scalar_one()
         conn.execute(
             sa.text(
-                "INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id) "
-                "VALUES (:s, :d, :g)"
+                "INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id) VALUES (:s, :d, :g)"
             ),
             {"s": service_id, "d": device_id, "g": golioth_device_id},
         )

@@ -18,7 +18,7 @@ import hmac
 import re
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
@@ -101,7 +101,7 @@ def verify_signature(
         raise Unauthorized from None  # a signer signs text; undecodable bytes can't match
     if not presented:
         raise Unauthorized
-    signed_at = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    signed_at = datetime.fromtimestamp(timestamp, tz=UTC)
     matched = False
     for secret in secrets:
         webhook = _webhook(secret)
@@ -117,5 +117,5 @@ def verify_signature(
 
 def sign(body: bytes, msg_id: str, timestamp: int, secret: str) -> str:
     """A `webhook-signature` value for one secret: for tests, benchmarks and senders."""
-    signed_at = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    signed_at = datetime.fromtimestamp(timestamp, tz=UTC)
     return Webhook(secret).sign(msg_id, signed_at, body.decode("utf-8"))

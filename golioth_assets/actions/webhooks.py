@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
-from golioth_assets.ops.errors import InvalidInput, NotFound
+from golioth_assets.actions.errors import InvalidInput, NotFound
 from golioth_assets.store import webhook_events as store
 
 
@@ -47,7 +47,10 @@ def _check_dead(conn: Connection, ids: list[int], organization_id: str | None) -
     status = store.lock_statuses(conn, ids, organization_id)
     missing = [str(i) for i in ids if i not in status]
     if missing:
-        raise NotFound(f"no webhook event with id {', '.join(missing)}" + (f" in organization {organization_id!r}" if organization_id else ""))
+        raise NotFound(
+            f"no webhook event with id {', '.join(missing)}"
+            + (f" in organization {organization_id!r}" if organization_id else "")
+        )
     alive = [f"{i} is {status[i]}" for i in ids if status[i] != "dead"]
     if alive:
         raise InvalidInput(f"only dead events can be replayed: event {', '.join(alive)}; nothing requeued")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -78,9 +78,10 @@ def _human(delta: timedelta) -> str:
 def organization_status(engine: Engine, organization_id: str | None = None) -> list[OrgStatus]:
     with engine.connect() as conn:
         now = conn.execute(sa.text("SELECT now()")).scalar_one()
-        services = conn.execute(
-            sa.text(
-                """
+        services = (
+            conn.execute(
+                sa.text(
+                    """
                 SELECT s.id, s.organization_id, s.name, s.sync_enabled, s.interval_seconds, s.direction,
                        s.conflict_policy,
                        (SELECT max(l.started_at) FROM golioth_sync_log l
@@ -101,9 +102,12 @@ def organization_status(engine: Engine, organization_id: str | None = None) -> l
                 WHERE CAST(:org AS text) IS NULL OR s.organization_id = :org
                 ORDER BY s.organization_id
                 """
-            ),
-            {"org": organization_id},
-        ).mappings().all()
+                ),
+                {"org": organization_id},
+            )
+            .mappings()
+            .all()
+        )
         last_runs = {
             r["organization_id"]: dict(r)
             for r in conn.execute(
@@ -117,7 +121,7 @@ def organization_status(engine: Engine, organization_id: str | None = None) -> l
                 {"org": organization_id},
             ).mappings()
         }
-    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
     return [
         OrgStatus(
             organization_id=s["organization_id"],

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
-from golioth_assets.ops.errors import InvalidInput, NotFound, OperationError
+from golioth_assets.actions.errors import InvalidInput, NotFound, OperationError
 from golioth_assets.store import services as store
 from golioth_assets.store.schema import FIELD_GROUPS, POLICIES
 
@@ -66,9 +66,8 @@ def looks_like_secret(value: str) -> bool:
         return True
     if len(value) >= 16 and any(c.islower() for c in value) and any(c.isupper() for c in value):
         return True  # env names are one case; random keys are mixed
-    if len(value) >= 16 and sum(c.isdigit() for c in value) / len(value) >= 0.25:
-        return True  # hex and base36 keys are digit-heavy
-    return False
+    # hex and base36 keys are digit-heavy
+    return len(value) >= 16 and sum(c.isdigit() for c in value) / len(value) >= 0.25
 
 
 def _value_of_some_variable(value: str) -> str | None:
@@ -80,7 +79,9 @@ def _value_of_some_variable(value: str) -> str | None:
     return None
 
 
-def check_env_reference(field_name: str, value: Any, *, require_set: bool = True, label: str | None = None) -> str | None:
+def check_env_reference(
+    field_name: str, value: Any, *, require_set: bool = True, label: str | None = None
+) -> str | None:
     """Validate a setting that names an environment variable; return the name (None if empty).
 
     Never echoes a refused value: it might be the secret itself.
@@ -88,7 +89,9 @@ def check_env_reference(field_name: str, value: Any, *, require_set: bool = True
     field_label = label or field_name
     if value is None or (isinstance(value, str) and not value.strip()):
         if field_name == "api_key_env":
-            raise InvalidInput(f"{field_label}: give the NAME of the environment variable that holds the Golioth API key")
+            raise InvalidInput(
+                f"{field_label}: give the NAME of the environment variable that holds the Golioth API key"
+            )
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{field_label}: must be the name of an environment variable")
@@ -296,12 +299,18 @@ def check_connection(engine: Engine, ref: str | int, *, transport=None) -> Conne
         except errors.AuthenticationError:
             report.checks.append(Check("reachable", True, f"{service.base_url} answered"))
             report.checks.append(
-                Check("key accepted", False, f"Golioth rejected the key in ${service.api_key_env} for project {service.project_id!r}")
+                Check(
+                    "key accepted",
+                    False,
+                    f"Golioth rejected the key in ${service.api_key_env} for project {service.project_id!r}",
+                )
             )
             return report
         except errors.NotFoundError:
             report.checks.append(Check("reachable", True, f"{service.base_url} answered"))
-            report.checks.append(Check("project", False, f"project {service.project_id!r} was not found at {service.base_url}"))
+            report.checks.append(
+                Check("project", False, f"project {service.project_id!r} was not found at {service.base_url}")
+            )
             return report
         except (errors.TransportError, errors.RetryBudgetExceeded) as exc:
             report.checks.append(Check("reachable", False, f"cannot reach {service.base_url}: {exc.message}"))

@@ -6,6 +6,6 @@ Every function takes a SQLAlchemy Engine and owns its transaction. Errors an ope
 are `OperationError`s with a one-line message that never contains a secret.
 """
 
-from golioth_assets.ops.errors import AlreadySettled, InvalidInput, NotFound, OperationError
+from golioth_assets.actions.errors import AlreadySettled, InvalidInput, NotFound, OperationError
 
 __all__ = ["AlreadySettled", "InvalidInput", "NotFound", "OperationError"]

@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from golioth_assets.actions.errors import AlreadySettled, InvalidInput, NotFound
 from golioth_assets.core.fields import DESIRED_PREFIX, FIELD_KIND
-from golioth_assets.ops.errors import AlreadySettled, InvalidInput, NotFound
 from golioth_assets.store import conflicts as store
 
 CHOICES = ("local", "remote", "value")
@@ -97,7 +97,9 @@ def _checked(row: dict | None, conflict_id: int, organization_id: str | None) ->
     if row is None:
         raise NotFound(f"no conflict with id {conflict_id}")
     if organization_id is not None and row["organization_id"] != organization_id:
-        raise NotFound(f"conflict {conflict_id} belongs to organization {row['organization_id']!r}, not {organization_id!r}")
+        raise NotFound(
+            f"conflict {conflict_id} belongs to organization {row['organization_id']!r}, not {organization_id!r}"
+        )
     return row
 
 
@@ -146,15 +148,14 @@ def check_value(field_name: str, value: Any) -> None:
             raise InvalidInput(f"{field_name} takes a JSON string or null")
     elif kind == "list":
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise InvalidInput(f"{field_name} takes a JSON list of non-empty strings, e.g. '[\"a\", \"b\"]'")
+            raise InvalidInput(f'{field_name} takes a JSON list of non-empty strings, e.g. \'["a", "b"]\'')
         if field_name == "hardware_ids" and not value:
             raise InvalidInput("hardware_ids needs at least one id")
     elif kind == "bool":
         if not isinstance(value, bool):
             raise InvalidInput(f"{field_name} takes true or false")
-    elif kind == "json":
-        if not isinstance(value, dict):
-            raise InvalidInput(f"{field_name} takes a JSON object")
+    elif kind == "json" and not isinstance(value, dict):
+        raise InvalidInput(f"{field_name} takes a JSON object")
 
 
 def check_resolved_by(name: Any) -> str:
@@ -253,10 +254,16 @@ def resolve_all(engine: Engine, organization_id: str, *, use: str, resolved_by: 
     result = BulkResult()
     with engine.begin() as conn:
         _check_org(conn, organization_id)
-        ids = conn.execute(
-            sa.text("SELECT id FROM device_conflicts WHERE organization_id = :o AND status = 'pending' ORDER BY id"),
-            {"o": organization_id},
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                sa.text(
+                    "SELECT id FROM device_conflicts WHERE organization_id = :o AND status = 'pending' ORDER BY id"
+                ),
+                {"o": organization_id},
+            )
+            .scalars()
+            .all()
+        )
         for cid in ids:
             try:
                 result.resolved.append(_resolve_one(conn, cid, use, None, by, organization_id))

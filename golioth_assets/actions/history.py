@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from golioth_assets.ops.errors import InvalidInput, NotFound
+from golioth_assets.actions.errors import InvalidInput, NotFound
 from golioth_assets.store.sync_log import COUNT_COLUMNS
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
@@ -37,19 +37,23 @@ def runs(engine: Engine, organization_id: str, limit: int = 20) -> list[dict]:
     with engine.connect() as conn:
         _check_org(conn, organization_id)
         rows = conn.execute(
-            sa.text(
-                "SELECT * FROM golioth_sync_log WHERE organization_id = :o ORDER BY id DESC LIMIT :limit"
-            ),
+            sa.text("SELECT * FROM golioth_sync_log WHERE organization_id = :o ORDER BY id DESC LIMIT :limit"),
             {"o": organization_id, "limit": limit},
         ).mappings()
         return [dict(r) for r in rows]
 
 
-def run_detail(engine: Engine, run_id: int, organization_id: str | None = None, limit: int = 500) -> tuple[dict, list[dict]]:
+def run_detail(
+    engine: Engine, run_id: int, organization_id: str | None = None, limit: int = 500
+) -> tuple[dict, list[dict]]:
     """One run and its per-device entries."""
     limit = _check_limit(limit)
     with engine.connect() as conn:
-        run = conn.execute(sa.text("SELECT * FROM golioth_sync_log WHERE id = :id"), {"id": int(run_id)}).mappings().first()
+        run = (
+            conn.execute(sa.text("SELECT * FROM golioth_sync_log WHERE id = :id"), {"id": int(run_id)})
+            .mappings()
+            .first()
+        )
         if run is None or (organization_id is not None and run["organization_id"] != organization_id):
             raise NotFound(f"no run {run_id}" + (f" in organization {organization_id!r}" if organization_id else ""))
         entries = _entries(conn, "e.sync_log_id = :run", {"run": int(run_id)}, limit)
@@ -97,8 +101,20 @@ class DeviceHistory:
         """One row per field change (create/delete/unlink: one row with field '*'), newest first."""
         out = []
         for entry in self.entries:
-            base = {k: entry[k] for k in ("created_at", "sync_log_id", "dagster_run_id", "side", "action", "status",
-                                          "changed_by", "error", "trigger")}
+            base = {
+                k: entry[k]
+                for k in (
+                    "created_at",
+                    "sync_log_id",
+                    "dagster_run_id",
+                    "side",
+                    "action",
+                    "status",
+                    "changed_by",
+                    "error",
+                    "trigger",
+                )
+            }
             changes: dict[str, Any] = entry["changes"] or {}
             if not changes:
                 out.append({**base, "field": "*", "old": None, "new": None})
@@ -133,10 +149,16 @@ def find_device(conn: Connection, organization_id: str, ref: str) -> tuple[dict 
         if found_golioth:
             golioth_ids.add(ref)
         else:
-            named = conn.execute(
-                sa.text("SELECT id::text FROM devices WHERE organization_id = :o AND name = :n ORDER BY deleted_at NULLS FIRST"),
-                {"o": organization_id, "n": ref},
-            ).scalars().all()
+            named = (
+                conn.execute(
+                    sa.text(
+                        "SELECT id::text FROM devices WHERE organization_id = :o AND name = :n ORDER BY deleted_at NULLS FIRST"
+                    ),
+                    {"o": organization_id, "n": ref},
+                )
+                .scalars()
+                .all()
+            )
             if len(named) > 1:
                 raise InvalidInput(f"{len(named)} devices of {organization_id!r} are named {ref!r}: give an id instead")
             local_ids.update(named)
@@ -160,14 +182,18 @@ def find_device(conn: Connection, organization_id: str, ref: str) -> tuple[dict 
         golioth_ids.add(golioth_id)
     device = None
     if local_ids:
-        row = conn.execute(
-            sa.text(
-                "SELECT id::text AS id, name, hardware_ids, tags, blueprint, cohort, enabled, desired_state, status, "
-                "version, updated_at, deleted_at FROM devices WHERE organization_id = :o AND id::text = ANY(:l) "
-                "ORDER BY deleted_at NULLS FIRST LIMIT 1"
-            ),
-            {"o": organization_id, "l": sorted(local_ids)},
-        ).mappings().first()
+        row = (
+            conn.execute(
+                sa.text(
+                    "SELECT id::text AS id, name, hardware_ids, tags, blueprint, cohort, enabled, desired_state, status, "
+                    "version, updated_at, deleted_at FROM devices WHERE organization_id = :o AND id::text = ANY(:l) "
+                    "ORDER BY deleted_at NULLS FIRST LIMIT 1"
+                ),
+                {"o": organization_id, "l": sorted(local_ids)},
+            )
+            .mappings()
+            .first()
+        )
         device = dict(row) if row else None
     return device, sorted(local_ids), sorted(golioth_ids)
 
