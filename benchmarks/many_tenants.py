@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     import dagster as dg
 
     from golioth_assets.cli.runtime import WORKSPACE_YAML, prepare
+    from golioth_assets.core.vocabulary import RunTag
     from golioth_assets.defs.partitions import organizations
     from golioth_assets.simulator import ProjectSpec, SimulatorServer
     from golioth_assets.store import embedded, services
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> dict:
             runs.append(
                 {
                     "run_id": run_.run_id,
-                    "org": run_.tags.get("dagster/partition"),
+                    "org": run_.tags.get(RunTag.partition),
                     "status": run_.status.value,
                     "created": r.create_timestamp.timestamp(),
                     "start": r.start_time,

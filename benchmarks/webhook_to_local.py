@@ -166,11 +166,11 @@ def _processed_claim(engine, golioth_id: str, after_id: int, timeout_s: float = 
 def _run_times(instance, claim: str) -> tuple[float, float]:
     import dagster as dg
 
-    from golioth_assets.defs.assets import CLAIM_TAG
+    from golioth_assets.core.vocabulary import RunTag
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        records = instance.get_run_records(dg.RunsFilter(tags={CLAIM_TAG: claim}), limit=1)
+        records = instance.get_run_records(dg.RunsFilter(tags={RunTag.claim: claim}), limit=1)
         if records and records[0].end_time:
             return records[0].start_time, records[0].end_time
         time.sleep(0.5)

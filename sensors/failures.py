@@ -3,8 +3,8 @@ back to the queue (counting an attempt: after N, they become dead letters)."""
 
 import dagster as dg
 
-from golioth_assets.defs.assets import CLAIM_TAG
-from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, targeted_sync_job
+from golioth_assets.core.vocabulary import RunTag, Trigger
+from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.engine import sync as engine
 from golioth_assets.store import services, sync_log, webhook_events
@@ -43,7 +43,7 @@ def sync_cancel_sensor(context: dg.RunStatusSensorContext, store: DeviceStore) -
 
 
 def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> None:
-    org = run.tags.get(ORG_TAG) or run.tags.get("dagster/partition")
+    org = run.tags.get(RunTag.org) or run.tags.get(RunTag.partition)
     db = store.engine()
     if org:
         with db.connect() as conn:
@@ -56,12 +56,12 @@ def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> N
             if service is not None:
                 row = {
                     "id": engine.begin(
-                        db, service, engine.SyncRequest(org, dagster_run_id=run.run_id, trigger="failure")
+                        db, service, engine.SyncRequest(org, dagster_run_id=run.run_id, trigger=Trigger.failure)
                     )
                 }
         if row is not None and row.get("status", "running") == "running":
             engine.finish(db, row["id"], error=error)
-    claim = run.tags.get(CLAIM_TAG)
+    claim = run.tags.get(RunTag.claim)
     if claim:
         with db.begin() as conn:
             webhook_events.release_failed(conn, claim, error, max_attempts=MAX_EVENT_ATTEMPTS)

@@ -12,12 +12,11 @@ strictly, a 60 s interval would find its last sync 57 s old at the next tick and
 import dagster as dg
 import sqlalchemy as sa
 
+from golioth_assets.core.vocabulary import RunTag, SyncKind, Trigger
 from golioth_assets.defs.jobs import full_sync_job, run_tags
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore
 
-PARTITION_TAG = "dagster/partition"  # every run of a partitioned job carries it
-KIND_TAG = "golioth-sync/kind"  # full / targeted: the job's own tag
 LAUNCH_SLACK_SECONDS = 50  # < the 60 s tick, so a sync is never requested a tick early
 
 IN_FLIGHT = [
@@ -56,8 +55,8 @@ def _full_sync_in_flight(instance: dg.DagsterInstance, org: str) -> bool:
     org tag: launchpad runs and backfills carry only the former. Targeted (webhook) runs don't
     count: with steady webhook traffic one is nearly always in flight, and the per-organization
     concurrency limit already queues the full sync behind it."""
-    records = instance.get_run_records(dg.RunsFilter(tags={PARTITION_TAG: org}, statuses=IN_FLIGHT), limit=50)
-    return any(r.dagster_run.tags.get(KIND_TAG) != "targeted" for r in records)
+    records = instance.get_run_records(dg.RunsFilter(tags={RunTag.partition: org}, statuses=IN_FLIGHT), limit=50)
+    return any(r.dagster_run.tags.get(RunTag.kind) != SyncKind.targeted for r in records)
 
 
 @dg.schedule(
@@ -78,7 +77,7 @@ def golioth_sync_schedule(context: dg.ScheduleEvaluationContext, store: DeviceSt
         if _full_sync_in_flight(context.instance, org):
             continue
         requests.append(
-            dg.RunRequest(run_key=f"schedule:{org}:{slot}", partition_key=org, tags=run_tags(org, "schedule"))
+            dg.RunRequest(run_key=f"schedule:{org}:{slot}", partition_key=org, tags=run_tags(org, Trigger.schedule))
         )
     if not requests:
         return dg.SkipReason(f"no organization due ({len(due)} due but busy or not yet partitioned)")

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from golioth_assets.defs.assets import CLAIM_TAG
+from golioth_assets.core.vocabulary import RunTag, Trigger
 from golioth_assets.defs.jobs import run_tags, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore
@@ -23,7 +23,6 @@ from golioth_assets.store import webhook_events
 BATCH_EVENTS = 500  # per organization per tick: one targeted run handles at most this many events
 TICK_BUDGET_SECONDS = 20.0
 STALE_CLAIM = timedelta(minutes=30)
-RUN_KEY_TAG = "dagster/run_key"  # what the daemon tags a sensor's runs with
 
 
 def run_key_for(organization_id: str, event_ids: list[int], attempt: int) -> str:
@@ -36,7 +35,7 @@ def _unused_run_key(instance: dg.DagsterInstance, key: str) -> str:
     again at attempt 0, so their natural key is one Dagster has seen; the daemon would skip that
     request forever (run keys are deduplicated forever) and the events would sit claimed."""
     candidate, n = key, 0
-    while instance.get_run_records(dg.RunsFilter(tags={RUN_KEY_TAG: candidate}), limit=1):
+    while instance.get_run_records(dg.RunsFilter(tags={RunTag.run_key: candidate}), limit=1):
         n += 1
         candidate = f"{key}:r{n}"
     return candidate
@@ -76,7 +75,7 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
                 run_key=key,
                 partition_key=org,
                 run_config={"ops": {"golioth_device_inventory": {"config": {"device_ids": device_ids}}}},
-                tags=run_tags(org, "webhook", **{CLAIM_TAG: key}),
+                tags=run_tags(org, Trigger.webhook, **{RunTag.claim: key}),
             )
         )
         last_id = max(last_id, *event_ids)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from golioth_assets.actions import AlreadySettled
 from golioth_assets.actions import conflicts as actions
 from golioth_assets.cli.main import cli
+from golioth_assets.core.vocabulary import RunTag
 
 
 def run(*args: str):
@@ -233,7 +234,7 @@ def test_now_runs_a_targeted_sync_through_dagster(dagster_env, harness):
     assert harness.remote()[gid]["name"] == "remote-name"
     assert "dora" in harness.changed_by(device_id)
     with dg.DagsterInstance.from_config(str(dagster_env)) as instance:
-        runs = instance.get_run_records(dg.RunsFilter(tags={"golioth-sync/org": harness.org}))
+        runs = instance.get_run_records(dg.RunsFilter(tags={RunTag.org: harness.org}))
     assert len(runs) == 1 and runs[0].dagster_run.job_name == "golioth_targeted_sync"
     with harness.engine.connect() as conn:
         scope = conn.execute(

@@ -20,8 +20,9 @@ import httpx
 import pytest
 
 from golioth_assets.cli.runtime import DAGSTER_PG_ENV, PROJECT_ROOT, WORKSPACE_YAML
+from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import sync_assets
-from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, run_tags
+from golioth_assets.defs.jobs import full_sync_job, run_tags
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from tests.fixtures.database import drop_database
@@ -183,6 +184,6 @@ def test_asset_graph_and_run_page_render(webserver, page, tmp_path):
     page.screenshot(path=str(SCREENSHOTS / "dagster-run.png"))
 
     # The run list filters by the organization tag.
-    page.goto(f"{url}/runs?q%5B0%5D=tag%3A{ORG_TAG}%3D{org}")
+    page.goto(f"{url}/runs?q%5B0%5D=tag%3A{RunTag.org}%3D{org}")
     page.get_by_text(run_id[:8]).first.wait_for(state="visible")
     assert org in page.inner_text("body")

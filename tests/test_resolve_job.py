@@ -6,7 +6,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from golioth_assets.defs.resolve import Choice, ResolveConfig, resolve_conflicts_job
+from golioth_assets.core.vocabulary import Resolution
+from golioth_assets.defs.resolve import ResolveConfig, resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore
 
 
@@ -33,7 +34,7 @@ def test_launchpad_config_offers_the_choices_by_name():
     )
     choice = config.fields["choice"].config_type
     assert [v.config_value for v in choice.enum_values] == ["local", "remote", "value"]
-    assert ResolveConfig(conflict_ids=[1], choice=Choice.remote, resolved_by="x").choice is Choice.remote
+    assert ResolveConfig(conflict_ids=[1], choice=Resolution.remote, resolved_by="x").choice is Resolution.remote
 
 
 def test_registered_in_definitions():

@@ -12,8 +12,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import sync_assets
-from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, targeted_sync_job
+from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import services
@@ -106,8 +107,8 @@ def test_never_synced_enabled_partitioned_organizations_are_due(engine, instance
     assert disabled not in requests  # sync_enabled = false
     assert unpartitioned not in requests  # the partition sensor adds it first
     request = requests[due]
-    assert request.tags[ORG_TAG] == due  # the run list filters by organization
-    assert request.tags["golioth-sync/trigger"] == "schedule"
+    assert request.tags[RunTag.org] == due  # the run list filters by organization
+    assert request.tags[RunTag.trigger] == "schedule"
     assert request.run_key.startswith(f"schedule:{due}:")
     assert golioth_sync_schedule.job_name == full_sync_job.name
 
@@ -179,17 +180,17 @@ def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, instance, 
         # only Dagster's partition tag).
         instance.create_run_for_job(
             job_def=full,
-            tags={**full.tags, ORG_TAG: scheduled, "dagster/partition": scheduled},
+            tags={**full.tags, RunTag.org: scheduled, RunTag.partition: scheduled},
             status=dg.DagsterRunStatus.STARTED,
         ),
         instance.create_run_for_job(
-            job_def=full, tags={**full.tags, "dagster/partition": from_ui}, status=dg.DagsterRunStatus.STARTING
+            job_def=full, tags={**full.tags, RunTag.partition: from_ui}, status=dg.DagsterRunStatus.STARTING
         ),
         # A webhook's targeted sync does not hold the schedule back (with steady webhook traffic
         # one is nearly always in flight); the per-organization run limit queues the full sync.
         instance.create_run_for_job(
             job_def=targeted,
-            tags={**targeted.tags, ORG_TAG: webhook, "dagster/partition": webhook},
+            tags={**targeted.tags, RunTag.org: webhook, RunTag.partition: webhook},
             status=dg.DagsterRunStatus.STARTED,
         ),
     ]

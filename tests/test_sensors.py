@@ -13,8 +13,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from golioth_assets.defs.assets import CLAIM_TAG, sync_assets
-from golioth_assets.defs.jobs import ORG_TAG, full_sync_job, targeted_sync_job
+from golioth_assets.core.vocabulary import RunTag
+from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import services, webhook_events
@@ -122,9 +123,9 @@ def test_pending_events_become_one_run_per_organization_with_stable_keys_and_a_c
     for service, ids, devices in ((a, ids_a, ["dev-1", "dev-2"]), (b, ids_b, ["dev-9"])):
         request = by_org[service.organization_id]
         assert request.run_key == run_key_for(service.organization_id, ids, 0)
-        assert request.tags[ORG_TAG] == service.organization_id
-        assert request.tags[CLAIM_TAG] == request.run_key
-        assert request.tags["golioth-sync/trigger"] == "webhook"
+        assert request.tags[RunTag.org] == service.organization_id
+        assert request.tags[RunTag.claim] == request.run_key
+        assert request.tags[RunTag.trigger] == "webhook"
         assert _device_ids(request) == devices
         assert request.job_name in (None, targeted_sync_job.name)
         # Claimed, and the claim is the run key: the run marks exactly these events processed.
@@ -217,7 +218,7 @@ def _job(resources, job=targeted_sync_job):
 
 def _execute(request: dg.RunRequest, instance, resources, job=targeted_sync_job):
     """Launch a sensor's run request the way the daemon does (it adds the run key and sensor tags)."""
-    daemon_tags = {"dagster/run_key": request.run_key, "dagster/sensor_name": webhook_inbox_sensor.name}
+    daemon_tags = {RunTag.run_key: request.run_key, "dagster/sensor_name": webhook_inbox_sensor.name}
     return _job(resources, job).execute_in_process(
         instance=instance,
         partition_key=request.partition_key,
@@ -262,7 +263,7 @@ def test_webhook_run_applies_the_edit_marks_events_processed_and_failures_retry_
     assert local.loc[h.device_id_of(golioth_id), "name"] == "renamed-in-console"
     assert {e["status"] for e in _events(engine, ids).values()} == {"processed"}
     run = instance.get_run_by_id(result.run_id)
-    assert run.job_name == targeted_sync_job.name and run.tags[ORG_TAG] == h.org
+    assert run.job_name == targeted_sync_job.name and run.tags[RunTag.org] == h.org
     with engine.connect() as conn:
         scope, trigger = conn.execute(
             sa.text("SELECT scope, trigger FROM golioth_sync_log WHERE dagster_run_id = :r"), {"r": result.run_id}
@@ -323,7 +324,7 @@ def test_failure_sensor_records_a_run_that_died_before_its_first_step(engine, in
     run = instance.create_run_for_job(
         job_def=_job(resources),
         run_config=request.run_config,
-        tags={**request.tags, "dagster/partition": org},
+        tags={**request.tags, RunTag.partition: org},
     )
     instance.report_run_failed(run, message="the run worker exited unexpectedly")
 

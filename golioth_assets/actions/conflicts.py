@@ -21,10 +21,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from golioth_assets.actions.errors import AlreadySettled, InvalidInput, NotFound
 from golioth_assets.core.fields import DESIRED_PREFIX, FIELD_KIND
+from golioth_assets.core.vocabulary import ConflictStatus, values
 from golioth_assets.store import conflicts as store
 
 CHOICES = ("local", "remote", "value")
-STATUSES = ("pending", "resolved", "applied", "superseded")
+STATUSES = values(ConflictStatus)
 MAX_NAME = 100
 
 # Device name: the local row's, else Golioth's (a conflict may only have one side).

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
 from golioth_assets.actions.errors import InvalidInput, NotFound, OperationError
+from golioth_assets.core.vocabulary import FieldGroup, Policy, values
 from golioth_assets.store import services as store
-from golioth_assets.store.schema import FIELD_GROUPS, POLICIES
 
 SETTING_FIELDS: tuple[str, ...] = tuple(store.ServiceSettings.model_fields)
 ENV_FIELDS = ("api_key_env", "webhook_secret_env")
@@ -153,10 +153,14 @@ def parse_overrides(text: str | Mapping[str, str] | None) -> dict[str, str]:
             pairs.append((group.strip(), policy.strip()))
     out: dict[str, str] = {}
     for group, policy in pairs:
-        if group not in FIELD_GROUPS:
-            raise InvalidInput(f"policy override: unknown field group {group!r} (one of {', '.join(FIELD_GROUPS)})")
-        if policy not in POLICIES:
-            raise InvalidInput(f"policy override for {group}: unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+        if group not in values(FieldGroup):
+            raise InvalidInput(
+                f"policy override: unknown field group {group!r} (one of {', '.join(values(FieldGroup))})"
+            )
+        if policy not in values(Policy):
+            raise InvalidInput(
+                f"policy override for {group}: unknown policy {policy!r} (one of {', '.join(values(Policy))})"
+            )
         out[group] = policy
     return out
 
@@ -166,9 +170,11 @@ def parse_groups(text: str | list[str] | None) -> list[str] | None:
     if text is None:
         return None
     items = [g.strip() for g in (text.split(",") if isinstance(text, str) else text) if g.strip()]
-    bad = [g for g in items if g not in FIELD_GROUPS]
+    bad = [g for g in items if g not in values(FieldGroup)]
     if bad:
-        raise InvalidInput(f"unknown field group(s) {', '.join(map(repr, bad))} (one of {', '.join(FIELD_GROUPS)})")
+        raise InvalidInput(
+            f"unknown field group(s) {', '.join(map(repr, bad))} (one of {', '.join(values(FieldGroup))})"
+        )
     return items
 
 

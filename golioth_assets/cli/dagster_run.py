@@ -13,6 +13,7 @@ import dagster as dg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import sync_assets
 from golioth_assets.defs.jobs import run_tags
 from golioth_assets.defs.partitions import organizations
@@ -20,8 +21,6 @@ from golioth_assets.defs.partitions import organizations
 STEP_NAMES = [a.key.to_user_string() for a in sync_assets]
 # Where a CLI run executes (execute_in_process: in this very process), so that a later command can
 # tell that a run still "started" in Dagster died with its process.
-HOST_TAG = "golioth-sync/host"
-PID_TAG = "golioth-sync/pid"
 
 
 @dataclass
@@ -73,7 +72,9 @@ def run_sync_job(
                     # The terminal shows progress; Dagster's event log keeps the details.
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}},
                 },
-                tags=run_tags(organization_id, trigger, **{HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}),
+                tags=run_tags(
+                    organization_id, trigger, **{RunTag.host: socket.gethostname(), RunTag.pid: str(os.getpid())}
+                ),
                 raise_on_error=False,
             )
             outcome["result"] = result
@@ -119,7 +120,7 @@ def run_sync_job(
 
 def _latest_run_id(instance: dg.DagsterInstance, organization_id: str, trigger: str) -> str | None:
     records = instance.get_run_records(
-        dg.RunsFilter(tags={"golioth-sync/org": organization_id, "golioth-sync/trigger": trigger}), limit=1
+        dg.RunsFilter(tags={RunTag.org: organization_id, RunTag.trigger: trigger}), limit=1
     )
     return records[0].dagster_run.run_id if records else None
 
@@ -135,10 +136,10 @@ def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:
     """
     host = socket.gethostname()
     failed = []
-    records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={HOST_TAG: host}))
+    records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={RunTag.host: host}))
     for record in records:
         run = record.dagster_run
-        pid = run.tags.get(PID_TAG, "")
+        pid = run.tags.get(RunTag.pid, "")
         if not pid.isdigit() or _process_exists(int(pid)):
             continue
         instance.report_run_failed(run, f"the process running it (pid {pid} on {host}) is gone")

@@ -15,6 +15,7 @@ from golioth_assets.cli.dev import dev
 from golioth_assets.cli.history import history
 from golioth_assets.cli.services import services
 from golioth_assets.console.cli import console as console_command
+from golioth_assets.core.vocabulary import Direction, Policy, values
 from golioth_assets.simulator.cli import simulator_command
 from golioth_assets.webhooks.cli import webhooks
 
@@ -131,10 +132,8 @@ def env() -> None:
 
 @cli.command(short_help="Run a sync through Dagster and print a summary.")
 @click.option("--org", "organization_id", required=True, help="The organization to sync.")
-@click.option("--direction", type=click.Choice(["import", "export", "bidirectional"]), help="Override for this run.")
-@click.option(
-    "--policy", type=click.Choice(["manual", "local_wins", "remote_wins", "newest_wins"]), help="Override for this run."
-)
+@click.option("--direction", type=click.Choice(values(Direction)), help="Override for this run.")
+@click.option("--policy", type=click.Choice(values(Policy)), help="Override for this run.")
 @click.option("--dry-run", is_flag=True, help="Plan only: print what would change, write nothing.")
 @click.option("--device", "device_ids", multiple=True, help="Local or Golioth device id (repeatable): a targeted sync.")
 def sync(

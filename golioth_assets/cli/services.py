@@ -19,7 +19,7 @@ from rich.table import Table
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import services as actions
 from golioth_assets.cli.render import list_table
-from golioth_assets.store.schema import DIRECTIONS, FIELD_GROUPS, POLICIES
+from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy, values
 
 console = Console()
 
@@ -108,12 +108,14 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
             help="Seconds between full syncs (>= 60)" + default("300") + ".",
         ),
         click.option(
-            "--direction", metavar="|".join(DIRECTIONS), help="Which way changes flow" + default("bidirectional") + "."
+            "--direction",
+            metavar="|".join(values(Direction)),
+            help="Which way changes flow" + default("bidirectional") + ".",
         ),
         click.option(
             "--policy",
             "conflict_policy",
-            metavar="|".join(POLICIES),
+            metavar="|".join(values(Policy)),
             help="Who wins when both sides changed a field" + default("manual") + ".",
         ),
         click.option(
@@ -121,7 +123,7 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
             "overrides",
             multiple=True,
             metavar="GROUP=POLICY",
-            help=f"Policy for one field group (repeatable); groups: {', '.join(FIELD_GROUPS)}.",
+            help=f"Policy for one field group (repeatable); groups: {', '.join(values(FieldGroup))}.",
         ),
         click.option(
             "--groups",

@@ -35,7 +35,8 @@ from golioth_assets.actions import services as service_ops
 from golioth_assets.actions import status as status_ops
 from golioth_assets.actions import webhooks as webhook_ops
 from golioth_assets.console.security import AUTH_COOKIE, Guard, auth_cookie_value, first, read_form
-from golioth_assets.store.schema import DIRECTIONS, FIELD_GROUPS, POLICIES
+from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy
+from golioth_assets.core.vocabulary import values as choices
 from golioth_assets.store.webhook_events import STATUSES as EVENT_STATUSES
 
 HERE = Path(__file__).parent
@@ -143,9 +144,9 @@ class Console:
             "values": values,
             "error": error,
             "new": new,
-            "directions": DIRECTIONS,
-            "policies": POLICIES,
-            "groups": FIELD_GROUPS,
+            "directions": choices(Direction),
+            "policies": choices(Policy),
+            "groups": choices(FieldGroup),
         }
 
     async def service_edit(self, request: Request) -> Response:
@@ -166,7 +167,7 @@ class Console:
             "direction": "bidirectional",
             "conflict_policy": "manual",
             "policy_overrides": {},
-            "field_groups": list(FIELD_GROUPS),
+            "field_groups": list(choices(FieldGroup)),
             "allow_deletes": False,
             "desired_state_path": "desired",
             "webhook_enabled": False,
@@ -418,7 +419,7 @@ def settings_from_form(form: dict[str, list[str]], *, include_org: bool) -> dict
     interval = text("interval_seconds") or ""
     data["interval_seconds"] = int(interval) if interval.lstrip("-").isdigit() else interval
     data["policy_overrides"] = {
-        group: policy for group in FIELD_GROUPS if (policy := (first(form, f"override_{group}") or "").strip())
+        group: policy for group in choices(FieldGroup) if (policy := (first(form, f"override_{group}") or "").strip())
     }
     if include_org:
         data["organization_id"] = text("organization_id") or ""

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
+from golioth_assets.core.vocabulary import FieldGroup
+
 FieldKind = Literal["text", "list", "bool", "json"]
 
 # Group → the local fields it covers. The Golioth side of each field is mapped in engine/remote_frame.py.
 GROUP_FIELDS: dict[str, tuple[str, ...]] = {
-    "identity": ("name", "hardware_ids"),
-    "tags": ("tags",),
-    "blueprint": ("blueprint",),
-    "cohort": ("cohort",),
-    "enabled": ("enabled",),
+    FieldGroup.identity: ("name", "hardware_ids"),
+    FieldGroup.tags: ("tags",),
+    FieldGroup.blueprint: ("blueprint",),
+    FieldGroup.cohort: ("cohort",),
+    FieldGroup.enabled: ("enabled",),
     # Merged key by key at the top level: each key is its own field, `desired_state.<key>`.
-    "desired_state": ("desired_state",),
+    FieldGroup.desired_state: ("desired_state",),
 }
 FIELD_GROUP: dict[str, str] = {f: g for g, fields in GROUP_FIELDS.items() for f in fields}
 SYNCED_FIELDS: tuple[str, ...] = tuple(FIELD_GROUP)
@@ -40,7 +42,8 @@ OBSERVED_FIELDS: tuple[str, ...] = (
     "settings_status",
 )
 
-ALL_GROUPS: tuple[str, ...] = (*GROUP_FIELDS, "observed")
+ALL_GROUPS: tuple[str, ...] = tuple(g.value for g in FieldGroup)
+assert set(ALL_GROUPS) == {*GROUP_FIELDS, FieldGroup.observed}, "every synced group lists its fields"
 DESIRED_PREFIX = "desired_state."
 
 

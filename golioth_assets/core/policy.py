@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from golioth_assets.core.fields import ALL_GROUPS
+from golioth_assets.core.vocabulary import Direction, Policy, values
 
-DIRECTIONS = ("import", "export", "bidirectional")
-POLICIES = ("manual", "local_wins", "remote_wins", "newest_wins")
+DIRECTIONS = values(Direction)
+POLICIES = values(Policy)
 
 
 @dataclass(frozen=True)

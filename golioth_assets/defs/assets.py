@@ -16,6 +16,7 @@ import dagster as dg
 import pandas as pd
 import sqlalchemy as sa
 
+from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.config import SyncRunConfig
 from golioth_assets.defs.metadata import PREVIEW_ROWS, counts, duration, markdown_table, preview
 from golioth_assets.defs.partitions import organizations
@@ -24,7 +25,6 @@ from golioth_assets.engine import sync as engine
 from golioth_assets.store import devices, sync_log, webhook_events
 
 GROUP = "golioth_sync"
-CLAIM_TAG = "golioth-sync/claim"
 CHANGE_COLUMNS = ["device_id", "golioth_device_id", "field", "action", "side", "old_value", "new_value", "status"]
 
 
@@ -296,7 +296,7 @@ def local_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, g
     else:
         written = {}
     status = engine.finish(db, run["id"])
-    claim = context.run.tags.get(CLAIM_TAG)
+    claim = context.run.tags.get(RunTag.claim)
     if claim:
         with db.begin() as conn:
             webhook_events.mark_processed(conn, claim)

@@ -1,25 +1,12 @@
 """Launchpad configuration for a sync run (a pydantic `dagster.Config`)."""
 
 from collections.abc import Mapping
-from enum import Enum
 
 import dagster as dg
 from pydantic import Field
 
+from golioth_assets.core.vocabulary import Direction, Policy, RunTag, Trigger
 from golioth_assets.engine.sync import SyncRequest
-
-TRIGGER_TAG = "golioth-sync/trigger"
-
-
-# The functional form lets a member be called `import` (a keyword): the launchpad shows member names.
-Direction = Enum("Direction", {name: name for name in ("import", "export", "bidirectional")}, type=str)
-
-
-class Policy(str, Enum):
-    manual = "manual"
-    local_wins = "local_wins"
-    remote_wins = "remote_wins"
-    newest_wins = "newest_wins"
 
 
 class SyncRunConfig(dg.Config):
@@ -40,6 +27,6 @@ class SyncRunConfig(dg.Config):
             policy=self.policy.value if self.policy else None,
             dry_run=self.dry_run,
             device_ids=list(self.device_ids) or None,
-            trigger=tags.get(TRIGGER_TAG, "manual"),
+            trigger=tags.get(RunTag.trigger, Trigger.manual),
             dagster_run_id=run_id,
         )

@@ -2,9 +2,8 @@
 
 import dagster as dg
 
+from golioth_assets.core.vocabulary import RunTag, SyncKind
 from golioth_assets.defs.assets import sync_assets
-
-ORG_TAG = "golioth-sync/org"
 
 sync_selection = dg.AssetSelection.assets(*sync_assets)
 
@@ -16,7 +15,7 @@ full_sync_job = dg.define_asset_job(
     "golioth_full_sync",
     selection=sync_selection,
     description="Full bidirectional sync of one organization (pick its partition).",
-    tags={"golioth-sync/kind": "full"},
+    tags={RunTag.kind: SyncKind.full.value},
     executor_def=dg.in_process_executor,
 )
 
@@ -24,11 +23,11 @@ targeted_sync_job = dg.define_asset_job(
     "golioth_targeted_sync",
     selection=sync_selection,
     description="Sync only the devices listed in ops.golioth_device_inventory.config.device_ids.",
-    tags={"golioth-sync/kind": "targeted"},
+    tags={RunTag.kind: SyncKind.targeted.value},
     executor_def=dg.in_process_executor,
 )
 
 
 def run_tags(organization_id: str, trigger: str, **extra: str) -> dict[str, str]:
     """Tags every sync run carries, so the run list filters by organization and trigger."""
-    return {ORG_TAG: organization_id, "golioth-sync/trigger": trigger, **extra}
+    return {RunTag.org: organization_id, RunTag.trigger: str(trigger), **extra}

@@ -16,23 +16,14 @@ and the web console use; the next sync of those devices (the schedule's, or a
 
 # No `from __future__ import annotations`: Dagster reads these annotations at runtime.
 
-from enum import Enum
-
 import dagster as dg
 from pydantic import Field
 
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import conflicts as actions
+from golioth_assets.core.vocabulary import Resolution, RunTag, SyncKind
 from golioth_assets.defs.metadata import markdown_table
 from golioth_assets.defs.resources import DeviceStore
-
-
-class Choice(str, Enum):
-    """The launchpad shows the member names."""
-
-    local = "local"
-    remote = "remote"
-    value = "value"
 
 
 class ResolveConfig(dg.Config):
@@ -48,7 +39,9 @@ class ResolveConfig(dg.Config):
     all_pending: bool = Field(
         default=False, description="Resolve every pending conflict of organization_id (choice local or remote)."
     )
-    choice: Choice = Field(description="local: keep this database's value; remote: keep Golioth's; value: value_json.")
+    choice: Resolution = Field(
+        description="local: keep this database's value; remote: keep Golioth's; value: value_json."
+    )
     value_json: str | None = Field(
         default=None,
         description='With choice value: the JSON value written to both sides, e.g. "\\"sensor-7\\"" or true.',
@@ -58,7 +51,7 @@ class ResolveConfig(dg.Config):
 
 @dg.op(
     description="Record an operator's choice for conflicts (pending → resolved). The next sync applies it.",
-    tags={"golioth-sync/kind": "resolve"},
+    tags={RunTag.kind: SyncKind.resolve.value},
     # Nothing is passed on: the result lives in device_conflicts, never in a pickle on local disk.
     out=dg.Out(dg.Nothing),
 )
@@ -71,16 +64,16 @@ def resolve_conflicts(context: dg.OpExecutionContext, config: ResolveConfig, sto
                 raise OperationError("give conflict_ids or all_pending, not both")
             if not config.organization_id:
                 raise OperationError("all_pending needs organization_id")
-            if config.choice == Choice.value:
+            if config.choice == Resolution.value:
                 raise OperationError("all_pending takes choice local or remote (a value fits one field, not all)")
             bulk = actions.resolve_all(
                 engine, config.organization_id, use=config.choice.value, resolved_by=config.resolved_by
             )
             rows, skipped = bulk.resolved, bulk.skipped
         else:
-            if config.choice != Choice.value and config.value_json is not None:
+            if config.choice != Resolution.value and config.value_json is not None:
                 raise OperationError("value_json goes with choice value only")
-            if config.choice == Choice.value and config.value_json is None:
+            if config.choice == Resolution.value and config.value_json is None:
                 raise OperationError("choice value needs value_json")
             rows = actions.resolve(
                 engine,
@@ -148,7 +141,7 @@ def _apply_hint(targets: dict[str, list[str]]) -> str:
     name="golioth_resolve_conflicts",
     description="Resolve conflicts from the launchpad: conflict ids (or all pending of an organization) and a "
     "choice (local, remote, or value with value_json), recorded with resolved_by. The next sync applies them.",
-    tags={"golioth-sync/kind": "resolve"},
+    tags={RunTag.kind: SyncKind.resolve.value},
 )
 def resolve_conflicts_job():
     resolve_conflicts()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from golioth_assets.core.vocabulary import ConflictStatus, ConflictType, Direction, FieldGroup, Policy, sql_in, values
+
 metadata = sa.MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -34,9 +36,7 @@ def _updated_at() -> sa.Column:
 
 TextArray = ARRAY(sa.Text)
 
-DIRECTIONS = ("import", "export", "bidirectional")
-POLICIES = ("manual", "local_wins", "remote_wins", "newest_wins")
-FIELD_GROUPS = ("identity", "tags", "blueprint", "cohort", "enabled", "desired_state", "observed")
+FIELD_GROUPS = values(FieldGroup)
 
 organizations = sa.Table(
     "organizations",
@@ -113,7 +113,7 @@ device_services = sa.Table(
         "field_groups",
         TextArray,
         nullable=False,
-        server_default="{identity,tags,blueprint,cohort,enabled,desired_state,observed}",
+        server_default="{" + ",".join(FIELD_GROUPS) + "}",
     ),
     sa.Column("allow_deletes", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("desired_state_path", sa.Text, nullable=False, server_default="desired"),
@@ -123,10 +123,8 @@ device_services = sa.Table(
     sa.Column("webhook_secret_header", sa.Text, nullable=False, server_default="x-golioth-sync-secret"),
     _created_at(),
     _updated_at(),
-    sa.CheckConstraint("direction IN ('import','export','bidirectional')", name="direction"),
-    sa.CheckConstraint(
-        "conflict_policy IN ('manual','local_wins','remote_wins','newest_wins')", name="conflict_policy"
-    ),
+    sa.CheckConstraint(sql_in("direction", Direction), name="direction"),
+    sa.CheckConstraint(sql_in("conflict_policy", Policy), name="conflict_policy"),
     sa.CheckConstraint("interval_seconds >= 60", name="interval"),
     sa.CheckConstraint(r"api_key_env ~ '^[A-Za-z_][A-Za-z0-9_]*$'", name="api_key_env_is_a_name"),
 )
@@ -229,8 +227,8 @@ device_conflicts = sa.Table(
     sa.Column("detected_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
     sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
     sa.Column("sync_log_id", sa.BigInteger, sa.ForeignKey("golioth_sync_log.id", ondelete="SET NULL")),
-    sa.CheckConstraint("status IN ('pending','resolved','applied','superseded')", name="status"),
-    sa.CheckConstraint("conflict_type IN ('field','delete_vs_modify','identity')", name="conflict_type"),
+    sa.CheckConstraint(sql_in("status", ConflictStatus), name="status"),
+    sa.CheckConstraint(sql_in("conflict_type", ConflictType), name="conflict_type"),
     # At most one open conflict per device and field.
     sa.Index(
         "uq_device_conflicts_open",

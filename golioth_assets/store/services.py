@@ -9,17 +9,13 @@ from __future__ import annotations
 import os
 import re
 from datetime import datetime
-from typing import Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.schema import FIELD_GROUPS, device_services, organizations
-
-Direction = Literal["import", "export", "bidirectional"]
-Policy = Literal["manual", "local_wins", "remote_wins", "newest_wins"]
-FieldGroup = Literal["identity", "tags", "blueprint", "cohort", "enabled", "desired_state", "observed"]
+from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy
+from golioth_assets.store.schema import device_services, organizations
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -49,7 +45,8 @@ def _check_env_name(value: str | None, what: str) -> str | None:
 class ServiceSettings(BaseModel):
     """The settings of one Golioth connection, validated."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Enum fields hold plain strings once validated: what SQL stores and operators read.
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, validate_default=True)
 
     organization_id: str
     name: str = Field(min_length=1)
@@ -59,10 +56,10 @@ class ServiceSettings(BaseModel):
     api_key_env: str = "GOLIOTH_API_KEY"
     sync_enabled: bool = True
     interval_seconds: int = Field(default=300, ge=60)
-    direction: Direction = "bidirectional"
-    conflict_policy: Policy = "manual"
+    direction: Direction = Direction["bidirectional"]
+    conflict_policy: Policy = Policy.manual
     policy_overrides: dict[FieldGroup, Policy] = Field(default_factory=dict)
-    field_groups: list[FieldGroup] = Field(default_factory=lambda: list(FIELD_GROUPS))
+    field_groups: list[FieldGroup] = Field(default_factory=lambda: list(FieldGroup))
     allow_deletes: bool = False
     desired_state_path: str = Field(default="desired", pattern=r"^[A-Za-z0-9_\-/]+$")
     webhook_enabled: bool = False
@@ -96,7 +93,7 @@ class ServiceSettings(BaseModel):
     @field_validator("field_groups")
     @classmethod
     def _dedupe_groups(cls, value: list[str]) -> list[str]:
-        return [g for g in FIELD_GROUPS if g in set(value)]
+        return [g.value for g in FieldGroup if g in set(value)]
 
     @model_validator(mode="after")
     def _webhook_needs_secret(self) -> ServiceSettings:
