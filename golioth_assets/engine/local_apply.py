@@ -63,9 +63,7 @@ def apply_plan_locally(db: Engine, side: LocalSide, service, sync_log_id: int, f
             )
             results = write_local(their, table, writes)
             book = bookkeeping(plan, writes, results, remote, fields=fields, table_name=table.name)
-            txid = table.txid(their)
-            with db.begin() as conn:  # (b)
-                intent_id = intents.record(conn, service.id, sync_log_id, txid, book.to_json())
+            intent_id = _record_intent(db, service.id, sync_log_id, table.txid(their), book)  # (b)
     _finish(db, service, sync_log_id, intent_id, book)  # (d)
     return LocalOutcome(counts=dict(book.counts), plan_status=book.plan_status)
 
@@ -101,6 +99,12 @@ def _links_to_write(db: Engine, service, plan: pd.DataFrame, table) -> list[tupl
             links = assignments.load_links(conn, service.id, device_ids=list(created["device_id"]))
         pairs += list(zip(links["device_id"], links["golioth_device_id"]))
     return pairs
+
+
+def _record_intent(db: Engine, service_id: int, sync_log_id: int, txid: int, book: Bookkeeping) -> int:
+    """(b): committed before the local transaction commits, so whatever happens next is known."""
+    with db.begin() as conn:
+        return intents.record(conn, service_id, sync_log_id, txid, book.to_json())
 
 
 def _finish(db: Engine, service, sync_log_id: int | None, intent_id: int, book: Bookkeeping) -> bool:

@@ -304,7 +304,7 @@ def _load_inputs(db: Engine, service: services.Service, scope: Scope, side: Loca
                 golioth_device_ids=list(remote["golioth_device_id"]),
             )
         open_conflicts = conflicts.load_open(conn, service.id)
-    return complete_local(local), remote, links, open_conflicts
+    return complete_local(local), side.table.comparable_remote(remote), links, open_conflicts
 
 
 def complete_local(local: pd.DataFrame) -> pd.DataFrame:

@@ -122,7 +122,7 @@ device_services = sa.Table(
     sa.Column("webhook_secret_env", sa.Text),
     sa.Column("webhook_secret_header", sa.Text, nullable=False, server_default="x-golioth-sync-secret"),
     # The mapping onto the product's own device table (store/local_table/mapping.py); NULL: `devices`.
-    sa.Column("local_table", JSONB),
+    sa.Column("local_table", JSONB(none_as_null=True)),
     _created_at(),
     _updated_at(),
     sa.CheckConstraint(sql_in("direction", Direction), name="direction"),

@@ -80,6 +80,22 @@ class LocalTable:
         """Without hardware ids, a create that dies after Golioth's answer can't be found again."""
         return "hardware_ids" in self.mapping.fields
 
+    def comparable_remote(self, remote: pd.DataFrame) -> pd.DataFrame:
+        """Golioth's frame as this table can hold it: observed fields it doesn't map are dropped
+        (else they would differ forever), and one firmware package stands for the map."""
+        unmapped = [c for c in OBSERVED_FIELDS if c in remote.columns and c not in self.observed_fields]
+        remote = remote.drop(columns=unmapped)
+        m = self._observed_mappings().get("firmware_versions")
+        if m is not None and m.package is not None and "firmware_versions" in remote.columns:
+            package = m.package
+            remote = remote.assign(
+                firmware_versions=[
+                    {package: v[package]} if isinstance(v, dict) and v.get(package) is not None else {}
+                    for v in remote["firmware_versions"]
+                ]
+            )
+        return remote
+
     def _observed_mappings(self) -> dict[str, FieldMapping]:
         """Core observed field → its mapping (firmware_version stands in for firmware_versions)."""
         out = {f: m for f, m in self.mapping.observed.items() if f in OBSERVED_FIELDS}
@@ -186,6 +202,16 @@ class LocalTable:
         ids = [r[0] for r in rows]
         frame = self.load(conn, ids)
         return frame.sort_values(["name", "device_id"]).reset_index(drop=True)
+
+    def find_by_name(self, conn: Connection, name: str) -> list[str]:
+        """Ids of the devices with exactly this name, live ones first."""
+        deleted = self.x.read_timestamp(self.mapping.soft_delete) if self.mapping.soft_delete else "NULL"
+        rows = conn.exec_driver_sql(
+            f"SELECT {column(self.mapping.key)}::text FROM {self.x.table} t WHERE {self.x.tenant_filter()} "
+            f"AND {self.x.read('name', self.mapping.fields['name'])} = %(name)s ORDER BY {deleted} NULLS FIRST",
+            {"org": self.organization_id, "name": name},
+        )
+        return [r[0] for r in rows]
 
     def names(self, conn: Connection, device_ids: Sequence[str]) -> dict[str, str]:
         params: dict = {"org": self.organization_id}
