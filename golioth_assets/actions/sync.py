@@ -8,6 +8,7 @@ from sqlalchemy.engine import Engine
 from golioth_assets.core.tables import conflicts_table
 from golioth_assets.engine import sync as engine_sync
 from golioth_assets.store import history, services, sync_log
+from golioth_assets.store.local_table.connect import open_local_table
 
 
 def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
@@ -22,13 +23,14 @@ def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
     found = conflicts_table(plan)
     if found.empty:
         return found
+    local_ids = [str(i) for i in found["device_id"].dropna()]
     with engine.connect() as conn:
         names = history.names(
-            conn,
-            run["organization_id"],
-            [str(i) for i in found["device_id"].dropna()],
-            [str(i) for i in found["golioth_device_id"].dropna()],
+            conn, run["organization_id"], local_ids, [str(i) for i in found["golioth_device_id"].dropna()]
         )
+    side = open_local_table(engine, service)  # the current local name, where the row is there
+    with side.engine.connect() as conn:
+        names.update(side.table.names(conn, local_ids))
     found["device_name"] = [
         names.get(str(d)) or names.get(str(g)) for d, g in zip(found["device_id"], found["golioth_device_id"])
     ]
