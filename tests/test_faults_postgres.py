@@ -22,6 +22,8 @@ import sqlalchemy as sa
 
 from golioth_assets.engine import apply_local as apply_local_module
 from golioth_assets.engine.sync import SyncRequest, sync_organization
+from golioth_assets.store import intents
+from golioth_assets.store.local_table.table import LocalTable
 from tests.fixtures.faults import (
     WRITE_METHODS,
     assert_no_duplicates,
@@ -168,8 +170,43 @@ def test_database_stops_inside_the_local_step_and_nothing_is_half_written(pg_har
     edits = _edits(h)
     before_rows, before_links = _device_rows(h), _links(h)
 
-    # Stop the server between two statements of apply_local's one transaction: after the device
-    # rows were updated (pulls), before the base snapshots are written.
+    # Stop the server between two statements of the local table's one write transaction: after
+    # the device rows were updated (pulls), before the observed fields and soft deletes.
+    real_update = LocalTable.update
+    stopped = []
+
+    def update_then_stop(self, conn, records):
+        done = real_update(self, conn, records)
+        if not stopped:
+            stopped.append(True)
+            stop_private_postgres(private_pg)
+        return done
+
+    monkeypatch.setattr(LocalTable, "update", update_then_stop)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            sync_organization(h.engine, SyncRequest(h.org))
+    finally:
+        monkeypatch.setattr(LocalTable, "update", real_update)
+        start_private_postgres(private_pg)
+
+    # All or nothing: the pulls written before the stop were rolled back with the rest.
+    after = _device_rows(h)
+    for gid in edits["pulled"]:
+        device_id = h.device_id_of(gid)
+        assert after[device_id] == before_rows[device_id]
+    assert after == before_rows
+    # The remote step's own bookkeeping committed before (links of the created devices).
+    assert before_links < _links(h)
+    _assert_converged(h, edits, 200)
+
+
+def test_database_stops_inside_the_bookkeeping_and_the_next_run_finishes_it(pg_harness, private_pg, monkeypatch):
+    """The local writes committed, their bookkeeping (links, bases, audit) did not: the intent row
+    committed before them lets the next run finish it instead of redoing or losing anything."""
+    h = pg_harness(devices=200, seed=42)
+    assert h.sync().status == "success"
+    edits = _edits(h)
     real_merge_bases = apply_local_module.assignments.merge_bases
 
     def stop_then_merge(conn, *args, **kwargs):
@@ -183,16 +220,11 @@ def test_database_stops_inside_the_local_step_and_nothing_is_half_written(pg_har
     finally:
         monkeypatch.setattr(apply_local_module.assignments, "merge_bases", real_merge_bases)
         start_private_postgres(private_pg)
-
-    # All or nothing: the pulls written before the stop were rolled back with the rest.
-    after = _device_rows(h)
-    for gid in edits["pulled"]:
-        device_id = h.device_id_of(gid)
-        assert after[device_id] == before_rows[device_id]
-    assert after == before_rows
-    # The remote step's own bookkeeping committed before (links of the created devices).
-    assert before_links < _links(h)
+    with h.engine.connect() as conn:
+        assert len(intents.pending(conn, h.service.id)) == 1
     _assert_converged(h, edits, 200)
+    with h.engine.connect() as conn:
+        assert not intents.pending(conn, h.service.id)
 
 
 # -- webhook ingest across an outage, many senders at once ----------------------------------------

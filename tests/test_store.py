@@ -8,7 +8,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from golioth_assets.store import assignments, database, devices, embedded, inventory, migrate
+from golioth_assets.store import assignments, database, embedded, inventory, migrate
+from golioth_assets.store.local_table.connect import builtin_table
 from golioth_assets.store.schema import metadata
 from tests.fixtures.database import drop_database, fresh_database
 
@@ -51,56 +52,59 @@ def test_migrations_run_up_from_empty_and_match_the_schema(db_url):
 def test_bulk_insert_and_read_10k_devices(engine, org):
     frame = _device_frame(10_000)
     with engine.begin() as conn:
-        assert devices.insert_devices(conn, org, frame) == 10_000
+        table = builtin_table(conn, org)
+        assert len(table.insert(conn, frame)) == 10_000
         # Idempotent: the same ids again insert nothing.
-        assert devices.insert_devices(conn, org, frame.head(10)) == 0
+        assert table.insert(conn, frame.head(10)) == []
     with engine.connect() as conn:
-        loaded = devices.load_devices(conn, org).set_index("device_id")
+        loaded = table.load(conn).set_index("device_id")
     assert len(loaded) == 10_000
     first = frame.iloc[7]
     row = loaded.loc[first["device_id"]]
     assert row["name"] == first["name"] and row["hardware_ids"] == first["hardware_ids"]
-    assert row["desired_state"] == {"led": "on"} and row["version"] == 1
+    assert row["desired_state"] == {"led": "on"} and len(row["fingerprint"]) == 32
 
 
-def test_update_is_compare_and_set_on_version(engine, org):
+def test_update_is_compare_and_set_on_the_fingerprint(engine, org):
     frame = _device_frame(2)
     a, b = frame["device_id"]
     with engine.begin() as conn:
-        devices.insert_devices(conn, org, frame)
-    # Someone edits b after the sync read it (version 1 → 2).
+        table = builtin_table(conn, org)
+        table.insert(conn, frame)
+        read = table.load(conn).set_index("device_id")["fingerprint"]
+    # Someone edits b after the sync read it: its fingerprint moves.
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE devices SET name = 'edited' WHERE id = :id"), {"id": b})
     with engine.begin() as conn:
-        done = devices.update_devices(
+        done = table.update(
             conn,
-            org,
             [
-                {"device_id": a, "expected_version": 1, "name": "from-sync", "tags": ["x"]},
-                {"device_id": b, "expected_version": 1, "name": "from-sync"},
+                {"device_id": a, "fingerprint": read[a], "name": "from-sync", "tags": ["x"]},
+                {"device_id": b, "fingerprint": read[b], "name": "from-sync"},
             ],
         )
     assert done == [a]
     with engine.connect() as conn:
-        rows = devices.load_devices(conn, org).set_index("device_id")
+        rows = table.load(conn).set_index("device_id")
     assert rows.loc[a, "name"] == "from-sync" and rows.loc[a, "tags"] == ["x"]
     assert rows.loc[b, "name"] == "edited"  # the concurrent edit survives
 
 
-def test_observed_updates_do_not_bump_the_version(engine, org):
+def test_observed_updates_do_not_move_the_fingerprint(engine, org):
     frame = _device_frame(1)
     with engine.begin() as conn:
-        devices.insert_devices(conn, org, frame)
-        devices.update_observed(
+        table = builtin_table(conn, org)
+        table.insert(conn, frame)
+        before = table.load(conn).iloc[0]
+        table.update_observed(
             conn,
-            org,
             pd.DataFrame(
                 {"device_id": frame["device_id"], "status": ["online"], "last_seen_online": ["2026-01-01T00:00:00Z"]}
             ),
         )
     with engine.connect() as conn:
-        row = devices.load_devices(conn, org).iloc[0]
-    assert row["status"] == "online" and row["version"] == 1
+        row = table.load(conn).iloc[0]
+    assert row["status"] == "online" and row["fingerprint"] == before["fingerprint"]
 
 
 def test_merge_bases_sets_fields_and_desired_keys(engine, org):
@@ -111,7 +115,7 @@ def test_merge_bases_sets_fields_and_desired_keys(engine, org):
         service = services.create_service(
             conn, services.ServiceSettings(organization_id=org, name=org, project_id="p", api_key_env="K")
         )
-        devices.insert_devices(conn, org, frame)
+        builtin_table(conn, org).insert(conn, frame)
         d = frame["device_id"].item()
         assignments.insert_links(
             conn,

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from golioth_assets.engine import sync as engine_sync
+from golioth_assets.engine import local_apply
 from golioth_assets.engine.sync import SyncRequest, open_client, sync_organization
 from tests.fixtures.faults import WRITE_METHODS, assert_no_duplicates
 
@@ -198,7 +198,7 @@ def test_crash_in_the_local_step_after_golioth_writes(make_harness, monkeypatch)
         raise Crash("died in the local step")
 
     with monkeypatch.context() as m:
-        m.setattr(engine_sync, "apply_local", crash)
+        m.setattr(local_apply, "write_local", crash)
         with pytest.raises(Crash):
             h.sync()
     assert h.remote()[gid]["name"] == "pushed-before-crash"

@@ -477,7 +477,8 @@ def test_pure_direction_blocks_writes_but_keeps_them_visible(direction, data):
 
 # Each example is a fresh simulator project and organization: a few syncs over HTTP and PostgreSQL.
 REAL = settings(
-    max_examples=int(os.environ.get("SYNC_STACK_EXAMPLES", "15")),
+    # Each table (built-in, mapped) gets these examples: about the time 15 on one table took.
+    max_examples=int(os.environ.get("SYNC_STACK_EXAMPLES", "8")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -620,6 +621,12 @@ def stack_cases(draw) -> StackCase:
     )
 
 
+@pytest.fixture(params=["builtin", "mapped"])
+def stack_harness(request):
+    """The built-in table, or a product's own table in its own database (tests/fixtures/foreign.py)."""
+    return request.getfixturevalue("make_harness" if request.param == "builtin" else "make_foreign_harness")
+
+
 def _prepare(make_harness, case: StackCase, policy: str):
     """A fresh project, linked by a first sync, then edited on both sides as the case says."""
     h = make_harness(devices=STACK_DEVICES, seed=11, conflict_policy=policy, allow_deletes=case.allow_deletes)
@@ -665,8 +672,8 @@ def _assert_second_sync_quiet(h) -> None:
         allow_deletes=False,
     )
 )
-def test_stack_one_sync_converges(make_harness, policy, case):
-    h, pairs, _, _, new_local_ids, new_remote_ids = _prepare(make_harness, case, policy)
+def test_stack_one_sync_converges(stack_harness, policy, case):
+    h, pairs, _, _, new_local_ids, new_remote_ids = _prepare(stack_harness, case, policy)
     result = h.sync()
     assert result.status == "success", result
     local, remote = _local_views(h), _remote_views(h)
@@ -689,8 +696,8 @@ def test_stack_one_sync_converges(make_harness, policy, case):
 @pytest.mark.slow
 @REAL
 @given(case=stack_cases())
-def test_stack_manual_applies_or_records_every_edit(make_harness, case):
-    h, pairs, before_local, before_remote, new_local_ids, new_remote_ids = _prepare(make_harness, case, "manual")
+def test_stack_manual_applies_or_records_every_edit(stack_harness, case):
+    h, pairs, before_local, before_remote, new_local_ids, new_remote_ids = _prepare(stack_harness, case, "manual")
     assert h.sync().status == "success"
     local, remote = _local_views(h), _remote_views(h)
     pending = h.conflicts()

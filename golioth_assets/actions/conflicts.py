@@ -28,14 +28,15 @@ CHOICES = ("local", "remote", "value")
 STATUSES = values(ConflictStatus)
 MAX_NAME = 100
 
-# Device name: the local row's, else Golioth's (a conflict may only have one side).
+# Device name: the last agreed one (the local table may be in another database), else Golioth's
+# (a conflict may only have one side).
 _SELECT = """
-    SELECT c.id, c.organization_id, c.service_id, c.device_id::text AS device_id, c.golioth_device_id, c.field,
+    SELECT c.id, c.organization_id, c.service_id, c.device_id, c.golioth_device_id, c.field,
            c.conflict_type, c.base_value, c.local_value, c.remote_value, c.status, c.resolution,
            c.resolved_value, c.resolved_by, c.resolved_at, c.applied_at, c.detected_at, c.last_seen_at,
-           c.sync_log_id, coalesce(d.name, g.name) AS device_name
+           c.sync_log_id, coalesce(a.base_snapshot ->> 'name', g.name) AS device_name
     FROM device_conflicts c
-    LEFT JOIN devices d ON d.id = c.device_id
+    LEFT JOIN device_service_assignments a ON a.service_id = c.service_id AND a.device_id = c.device_id
     LEFT JOIN golioth_inventory g ON g.organization_id = c.organization_id AND g.golioth_device_id = c.golioth_device_id
 """
 

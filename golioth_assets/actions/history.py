@@ -6,17 +6,20 @@ covers both ids, so changes written to either side show up together.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from golioth_assets.actions.errors import InvalidInput, NotFound
+from golioth_assets.store import history as history_store
+from golioth_assets.store import services as services_store
+from golioth_assets.store.local_table.connect import open_local_table
+from golioth_assets.store.local_table.table import LocalTableError
 from golioth_assets.store.sync_log import COUNT_COLUMNS
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 MAX_LIMIT = 10_000
 
 
@@ -56,30 +59,8 @@ def run_detail(
         )
         if run is None or (organization_id is not None and run["organization_id"] != organization_id):
             raise NotFound(f"no run {run_id}" + (f" in organization {organization_id!r}" if organization_id else ""))
-        entries = _entries(conn, "e.sync_log_id = :run", {"run": int(run_id)}, limit)
+        entries = history_store.run_entries(conn, int(run_id), limit)
     return dict(run), entries
-
-
-def _entries(conn: Connection, where: str, params: dict, limit: int) -> list[dict]:
-    rows = conn.execute(
-        sa.text(
-            f"""
-            SELECT e.id, e.sync_log_id, e.device_id::text AS device_id, e.golioth_device_id, e.side, e.action,
-                   e.status, e.changes, e.error, e.changed_by, e.created_at,
-                   l.dagster_run_id, l.trigger, l.started_at AS run_started_at,
-                   coalesce(d.name, g.name) AS device_name
-            FROM golioth_sync_log_entries e
-            JOIN golioth_sync_log l ON l.id = e.sync_log_id
-            LEFT JOIN devices d ON d.id = e.device_id
-            LEFT JOIN golioth_inventory g ON g.organization_id = e.organization_id
-                                          AND g.golioth_device_id = e.golioth_device_id
-            WHERE {where}
-            ORDER BY e.id DESC LIMIT :limit
-            """
-        ),
-        {**params, "limit": limit},
-    ).mappings()
-    return [dict(r) for r in rows]
 
 
 @dataclass
@@ -124,78 +105,59 @@ class DeviceHistory:
         return out
 
 
-def find_device(conn: Connection, organization_id: str, ref: str) -> tuple[dict | None, list[str], list[str]]:
-    """(local row, local ids, Golioth ids) for a local id, Golioth id or exact local name."""
+def find_device(
+    engine: Engine, conn: Connection, organization_id: str, ref: str
+) -> tuple[dict | None, list[str], list[str]]:
+    """(local row, local ids, Golioth ids) for a local id, Golioth id or exact local name. The
+    local row is read through the organization's local table (maybe in another database)."""
     ref = ref.strip()
     if not ref:
         raise InvalidInput("give a device: its local id, Golioth id or name")
+    side = _local_side(engine, conn, organization_id)
     local_ids: set[str] = set()
     golioth_ids: set[str] = set()
-    if _UUID.match(ref):
-        local_ids.add(ref.lower())
-    else:
-        found_golioth = conn.execute(
-            sa.text(
-                """
-                SELECT 1 FROM device_service_assignments a JOIN device_services s ON s.id = a.service_id
-                WHERE s.organization_id = :o AND a.golioth_device_id = :g
-                UNION ALL SELECT 1 FROM golioth_inventory WHERE organization_id = :o AND golioth_device_id = :g
-                UNION ALL SELECT 1 FROM golioth_sync_log_entries WHERE organization_id = :o AND golioth_device_id = :g
-                LIMIT 1
-                """
-            ),
-            {"o": organization_id, "g": ref},
-        ).first()
-        if found_golioth:
+    their = side.engine.connect() if side else None
+    try:
+        present = side.table.existing_keys(their, [ref]) if side else []
+        if present or history_store.local_id_known(conn, organization_id, ref):
+            local_ids.add(present[0] if present else ref)
+        elif history_store.golioth_id_known(conn, organization_id, ref):
             golioth_ids.add(ref)
-        else:
-            named = (
-                conn.execute(
-                    sa.text(
-                        "SELECT id::text FROM devices WHERE organization_id = :o AND name = :n ORDER BY deleted_at NULLS FIRST"
-                    ),
-                    {"o": organization_id, "n": ref},
-                )
-                .scalars()
-                .all()
-            )
+        elif side:
+            named = side.table.find_by_name(their, ref)
             if len(named) > 1:
                 raise InvalidInput(f"{len(named)} devices of {organization_id!r} are named {ref!r}: give an id instead")
             local_ids.update(named)
-    # Complete each side through the links (any service of the organization).
-    links = conn.execute(
-        sa.text(
-            """
-            SELECT a.device_id::text, a.golioth_device_id FROM device_service_assignments a
-            JOIN device_services s ON s.id = a.service_id
-            WHERE s.organization_id = :o AND (a.device_id::text = ANY(:l) OR a.golioth_device_id = ANY(:g))
-            UNION
-            SELECT DISTINCT device_id::text, golioth_device_id FROM golioth_sync_log_entries
-            WHERE organization_id = :o AND device_id IS NOT NULL AND golioth_device_id IS NOT NULL
-              AND (device_id::text = ANY(:l) OR golioth_device_id = ANY(:g))
-            """
-        ),
-        {"o": organization_id, "l": sorted(local_ids), "g": sorted(golioth_ids)},
-    ).all()
-    for device_id, golioth_id in links:
-        local_ids.add(device_id)
-        golioth_ids.add(golioth_id)
-    device = None
-    if local_ids:
-        row = (
-            conn.execute(
-                sa.text(
-                    "SELECT id::text AS id, name, hardware_ids, tags, blueprint, cohort, enabled, desired_state, status, "
-                    "version, updated_at, deleted_at FROM devices WHERE organization_id = :o AND id::text = ANY(:l) "
-                    "ORDER BY deleted_at NULLS FIRST LIMIT 1"
-                ),
-                {"o": organization_id, "l": sorted(local_ids)},
-            )
-            .mappings()
-            .first()
-        )
-        device = dict(row) if row else None
+        # Complete each side through the links and entries (any service of the organization).
+        for device_id, golioth_id in history_store.linked_pairs(
+            conn, organization_id, sorted(local_ids), sorted(golioth_ids)
+        ):
+            local_ids.add(device_id)
+            golioth_ids.add(golioth_id)
+        device = _device_row(side, their, sorted(local_ids)) if side and local_ids else None
+    finally:
+        if their is not None:
+            their.close()
     return device, sorted(local_ids), sorted(golioth_ids)
+
+
+def _local_side(engine: Engine, conn: Connection, organization_id: str):
+    try:
+        service = services_store.service_for_org(conn, organization_id)
+        return open_local_table(engine, service)
+    except (services_store.ServiceNotFound, LocalTableError):
+        return None
+
+
+def _device_row(side, their, local_ids: list[str]) -> dict | None:
+    """The live row among these ids, else a deleted one, in the sync's vocabulary."""
+    frame = side.table.load(their, local_ids)
+    if frame.empty:
+        return None
+    frame = frame.sort_values("deleted_at", na_position="first")
+    row = frame.iloc[0].to_dict()
+    row["id"] = row.pop("device_id")
+    return {k: (None if not isinstance(v, list | dict) and pd.isna(v) else v) for k, v in row.items()}
 
 
 def device_history(engine: Engine, organization_id: str, device_ref: str, limit: int = 200) -> DeviceHistory:
@@ -203,29 +165,12 @@ def device_history(engine: Engine, organization_id: str, device_ref: str, limit:
     limit = _check_limit(limit)
     with engine.connect() as conn:
         _check_org(conn, organization_id)
-        device, local_ids, golioth_ids = find_device(conn, organization_id, device_ref)
-        params = {"o": organization_id, "l": local_ids, "g": golioth_ids}
-        entries = _entries(
-            conn,
-            "e.organization_id = :o AND (e.device_id::text = ANY(:l) OR e.golioth_device_id = ANY(:g))",
-            params,
-            limit,
-        )
+        device, local_ids, golioth_ids = find_device(engine, conn, organization_id, device_ref)
+        entries = history_store.device_entries(conn, organization_id, local_ids, golioth_ids, limit)
         if device is None and not entries and not golioth_ids:
             raise NotFound(f"no device {device_ref!r} in organization {organization_id!r}")
-        conflicts = conn.execute(
-            sa.text(
-                """
-                SELECT id, field, conflict_type, status, base_value, local_value, remote_value, resolution,
-                       resolved_value, resolved_by, resolved_at, applied_at, detected_at
-                FROM device_conflicts
-                WHERE organization_id = :o AND (device_id::text = ANY(:l) OR golioth_device_id = ANY(:g))
-                ORDER BY id DESC
-                """
-            ),
-            params,
-        ).mappings()
-        return DeviceHistory(organization_id, device, local_ids, golioth_ids, entries, [dict(c) for c in conflicts])
+        found = history_store.device_conflicts(conn, organization_id, local_ids, golioth_ids)
+        return DeviceHistory(organization_id, device, local_ids, golioth_ids, entries, found)
 
 
 def run_counts(run: dict) -> dict[str, int]:

@@ -348,3 +348,29 @@ __all__ = [
     "update_service",
     "validate_settings",
 ]
+
+
+def read_mapping(path: str):
+    """A mapping file, validated: a bad one is one clear line (file and entry), nothing stored."""
+    from golioth_assets.store.local_table.mapping import load_mapping
+
+    try:
+        return load_mapping(path)
+    except OSError as exc:
+        raise InvalidInput(f"--local-table: cannot read {path}: {exc.strerror}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "mapping"
+        raise InvalidInput(f"--local-table {path}: {where}: {first['msg']}") from None
+    except ValueError as exc:
+        raise InvalidInput(f"--local-table: {exc}") from None
+
+
+def describe_local_table(service: store.Service) -> str:
+    """Where the service's devices live, for display: the table, and the variable naming its
+    database (the URL itself, which may hold a password, is never shown)."""
+    mapping = service.local_table
+    if mapping is None:
+        return "devices (built-in)"
+    where = f"${mapping.connection_env}" if mapping.connection_env else "golioth-sync's database"
+    return f"{mapping.table} in {where}"

@@ -9,6 +9,10 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from golioth_assets.store import services as services_store
+from golioth_assets.store.local_table.connect import open_local_table
+from golioth_assets.store.local_table.table import LocalTableError
+
 DEFAULT_DAGSTER_UI_URL = "http://127.0.0.1:3000"
 
 
@@ -33,7 +37,7 @@ class OrgStatus:
     conflict_policy: str
     last_run: dict | None
     last_full_sync_started: datetime | None
-    devices: int
+    devices: int | None  # live local devices; None when the local table can't be read now
     linked: int
     failed_links: int
     pending_conflicts: int
@@ -87,8 +91,6 @@ def organization_status(engine: Engine, organization_id: str | None = None) -> l
                        (SELECT max(l.started_at) FROM golioth_sync_log l
                         WHERE l.organization_id = s.organization_id AND NOT l.dry_run AND l.scope IS NULL)
                            AS last_full_sync_started,
-                       (SELECT count(*) FROM devices d
-                        WHERE d.organization_id = s.organization_id AND d.deleted_at IS NULL) AS devices,
                        (SELECT count(*) FROM device_service_assignments a WHERE a.service_id = s.id) AS linked,
                        (SELECT count(*) FROM device_service_assignments a
                         WHERE a.service_id = s.id AND a.sync_status = 'failed') AS failed_links,
@@ -133,7 +135,7 @@ def organization_status(engine: Engine, organization_id: str | None = None) -> l
             conflict_policy=s["conflict_policy"],
             last_run=last_runs.get(s["organization_id"]),
             last_full_sync_started=s["last_full_sync_started"],
-            devices=s["devices"],
+            devices=_local_device_count(engine, s["organization_id"]),
             linked=s["linked"],
             failed_links=s["failed_links"],
             pending_conflicts=s["pending_conflicts"],
@@ -143,3 +145,15 @@ def organization_status(engine: Engine, organization_id: str | None = None) -> l
         )
         for s in services
     ]
+
+
+def _local_device_count(engine: Engine, organization_id: str) -> int | None:
+    """Live devices in the organization's local table (maybe in another database)."""
+    try:
+        with engine.connect() as conn:
+            service = services_store.service_for_org(conn, organization_id)
+        side = open_local_table(engine, service)
+        with side.engine.connect() as conn:
+            return side.table.count_by_state(conn)["live"]
+    except (LocalTableError, sa.exc.OperationalError):
+        return None

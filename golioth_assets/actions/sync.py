@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from golioth_assets.core.tables import conflicts_table
 from golioth_assets.engine import sync as engine_sync
-from golioth_assets.store import services, sync_log
+from golioth_assets.store import history, services, sync_log
+from golioth_assets.store.local_table.connect import open_local_table
 
 
 def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
@@ -23,21 +23,14 @@ def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
     found = conflicts_table(plan)
     if found.empty:
         return found
+    local_ids = [str(i) for i in found["device_id"].dropna()]
     with engine.connect() as conn:
-        names = dict(
-            conn.execute(
-                sa.text(
-                    "SELECT id::text, name FROM devices WHERE organization_id = :o AND id::text = ANY(:ids) "
-                    "UNION ALL SELECT golioth_device_id, name FROM golioth_inventory "
-                    "WHERE organization_id = :o AND golioth_device_id = ANY(:gids)"
-                ),
-                {
-                    "o": run["organization_id"],
-                    "ids": [str(i) for i in found["device_id"].dropna()],
-                    "gids": [str(i) for i in found["golioth_device_id"].dropna()],
-                },
-            ).all()
+        names = history.names(
+            conn, run["organization_id"], local_ids, [str(i) for i in found["golioth_device_id"].dropna()]
         )
+    side = open_local_table(engine, service)  # the current local name, where the row is there
+    with side.engine.connect() as conn:
+        names.update(side.table.names(conn, local_ids))
     found["device_name"] = [
         names.get(str(d)) or names.get(str(g)) for d, g in zip(found["device_id"], found["golioth_device_id"])
     ]

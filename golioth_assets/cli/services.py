@@ -42,6 +42,7 @@ LABELS = {
     "webhook_enabled": "--webhooks",
     "webhook_secret_env": "--webhook-secret-env",
     "webhook_secret_header": "--webhook-header",
+    "local_table": "--local-table",
 }
 
 
@@ -151,6 +152,21 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
             "webhook_secret_header",
             help="Header carrying the shared secret" + default("x-golioth-sync-secret") + ".",
         ),
+        click.option(
+            "--local-table",
+            "local_table_file",
+            metavar="MAPPING.yaml",
+            type=click.Path(dir_okay=False),
+            help="Sync the product's own device table, as this mapping file describes (docs/local-tables.md)"
+            + default("golioth-sync's built-in `devices` table")
+            + ".",
+        ),
+        click.option(
+            "--builtin-table",
+            is_flag=True,
+            default=None,
+            help="Sync golioth-sync's built-in `devices` table again (drops the mapping).",
+        ),
     ]
 
     def decorate(fn: Callable) -> Callable:
@@ -161,8 +177,17 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
     return decorate
 
 
+_NOT_SETTINGS = ("overrides", "groups", "clear_overrides", "local_table_file", "builtin_table")
+
+
 def _settings_from(options: dict[str, Any], *, current_overrides: dict | None = None) -> dict[str, Any]:
-    data = {k: v for k, v in options.items() if v is not None and k not in ("overrides", "groups", "clear_overrides")}
+    data = {k: v for k, v in options.items() if v is not None and k not in _NOT_SETTINGS}
+    if options.get("local_table_file") and options.get("builtin_table"):
+        raise click.UsageError("give --local-table or --builtin-table, not both")
+    if options.get("local_table_file"):
+        data["local_table"] = actions.read_mapping(options["local_table_file"])
+    if options.get("builtin_table"):
+        data["local_table"] = None
     if options.get("overrides") or options.get("clear_overrides"):
         base = {} if options.get("clear_overrides") else dict(current_overrides or {})
         data["policy_overrides"] = {**base, **actions.parse_overrides(",".join(options.get("overrides") or ()))}
@@ -340,6 +365,7 @@ def settings_table(service) -> Table:
         ("webhooks", "on" if service.webhook_enabled else "off"),
         ("webhook secret", _env_status(service.webhook_secret_env)),
         ("webhook header", service.webhook_secret_header),
+        ("local table", actions.describe_local_table(service)),
     ]
     for key, value in rows:
         table.add_row(key, str(value))

@@ -23,7 +23,6 @@ from golioth_assets.core.fields import (
     FIELD_GROUP,
     OBSERVED_FIELDS,
     SCALAR_FIELDS,
-    enabled_fields,
 )
 from golioth_assets.core.match import match_devices
 from golioth_assets.core.normalize import (
@@ -351,7 +350,7 @@ def plan_sync(
         new link starts from the base a create leaves in Golioth: enabled, no desired state (the
         two things the create itself cannot set). Its follow-ups then finish; no false conflict.
     """
-    fields = enabled_fields(settings.field_groups)
+    fields = settings.fields
     scalar = tuple(f for f in fields if f in SCALAR_FIELDS)
 
     # Each side is indexed by id once (object dtype: the fastest hash table). Everything after that

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from golioth_assets.core.fields import ALL_GROUPS
+from golioth_assets.core.fields import ALL_GROUPS, enabled_fields
 from golioth_assets.core.vocabulary import Direction, Policy, values
 
 DIRECTIONS = values(Direction)
@@ -22,6 +22,13 @@ class SyncSettings:
     policy_overrides: Mapping[str, str] = field(default_factory=dict)
     field_groups: frozenset[str] = frozenset(ALL_GROUPS)
     allow_deletes: bool = False
+    unsynced_fields: frozenset[str] = frozenset()
+    """Fields of enabled groups that the local table does not hold (a mapping may leave some out)."""
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The synced fields of this run: the enabled groups' fields that the local table holds."""
+        return tuple(f for f in enabled_fields(self.field_groups) if f not in self.unsynced_fields)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:

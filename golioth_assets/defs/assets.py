@@ -22,7 +22,8 @@ from golioth_assets.defs.metadata import PREVIEW_ROWS, counts, duration, markdow
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.engine import sync as engine
-from golioth_assets.store import devices, sync_log, webhook_events
+from golioth_assets.store import sync_log, webhook_events
+from golioth_assets.store.local_table.connect import open_local_table
 
 GROUP = "golioth_sync"
 CHANGE_COLUMNS = ["device_id", "golioth_device_id", "field", "action", "side", "old_value", "new_value", "status"]
@@ -134,7 +135,8 @@ def golioth_device_inventory(
     partitions_def=organizations,
     group_name=GROUP,
     kinds={"postgres", "pandas"},
-    description="The product's own device table (`devices`) for the organization, as the sync reads it.",
+    description="The organization's local device table (the product's own, or the built-in `devices`), "
+    "as the sync reads it.",
 )
 def local_devices(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.MaterializeResult:
     started = time.perf_counter()
@@ -142,27 +144,13 @@ def local_devices(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.M
     org = context.partition_key
     # Counts and a preview only: the reconciliation loads the devices itself (from PostgreSQL, maybe
     # in another process), so loading all of them here (seconds at 100k) would be for nothing.
-    with db.connect() as conn:
-        live, soft_deleted = conn.execute(
-            sa.text(
-                "SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) "
-                "FROM devices WHERE organization_id = :o"
-            ),
-            {"o": org},
-        ).one()
-        first = (
-            conn.execute(
-                sa.text(
-                    "SELECT id::text FROM devices WHERE organization_id = :o AND deleted_at IS NULL "
-                    "ORDER BY name, id LIMIT :n"
-                ),
-                {"o": org, "n": PREVIEW_ROWS},
-            )
-            .scalars()
-            .all()
-        )
-        shown = devices.load_devices(conn, org, device_ids=first).sort_values(["name", "device_id"])
-    table = markdown_table(shown, ["name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"])
+    side = open_local_table(db, store.service(org))
+    with side.engine.connect() as conn:
+        counted = side.table.count_by_state(conn)
+        shown = side.table.preview(conn, PREVIEW_ROWS)
+    live, soft_deleted = counted["live"], counted["deleted"]
+    shown_columns = ["name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"]
+    table = markdown_table(shown, [c for c in shown_columns if c in shown])
     if live > len(shown):
         table += f"\n\n_…and {live - len(shown)} more rows (see the table in PostgreSQL)_"
     return dg.MaterializeResult(
@@ -386,7 +374,7 @@ def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
             .mappings()
             .all()
         )
-        total = devices.count_devices(conn, org)
+        total = local_device_count(db, store.service(org))
     share_limit = float(os.environ.get("GOLIOTH_SYNC_CONFLICT_WARN_SHARE", "0.01"))
     share = len(pending) / total if total else 0.0
     yield dg.MaterializeResult(
@@ -418,3 +406,9 @@ sync_assets = [
     local_device_writes,
     device_conflicts,
 ]
+
+
+def local_device_count(db, service) -> int:
+    side = open_local_table(db, service)
+    with side.engine.connect() as conn:
+        return side.table.count_by_state(conn)["live"]

@@ -1,24 +1,34 @@
-"""Apply a plan's local side and its bookkeeping, in one transaction: local creates, updates,
-observed fields and soft deletes; links; base snapshots for every write that succeeded (on either
-side); conflicts; the audit entries.
+"""Apply a plan's local side, in named phases with explicit inputs and outputs:
+
+    local_writes      plan + the rows as read now → what to write to the local table (pure)
+    write_local       LocalWrites → LocalResults, in the local table's transaction (set-based)
+    bookkeeping       plan + writes + results → Bookkeeping: links, base snapshots, plan statuses,
+                      conflicts and audit entries owed to golioth-sync's own tables (pure, JSON-able)
+    apply_bookkeeping Bookkeeping → golioth-sync's tables, in one transaction
+
+The local table may live in another database than golioth-sync's state, so the two transactions
+are tied by an intent row (engine/local_apply.py runs the protocol; docs/reliability.md).
 
 A base snapshot only moves for a device field whose write succeeded, so a failure anywhere is
-retried by the next run.
+retried by the next run. Decisions are taken on the plan's structured fields (action, side,
+status, kind), never on display text.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from golioth_assets.core.fields import DESIRED_PREFIX, OBSERVED_FIELDS, enabled_fields
+from golioth_assets.core.fields import DESIRED_PREFIX, OBSERVED_FIELDS
 from golioth_assets.core.normalize import canonicalize, decode
-from golioth_assets.store import assignments, conflicts, devices, sync_log
-from golioth_assets.store.services import Service
+from golioth_assets.core.vocabulary import Action, PlanStatus, Reason, Side
+from golioth_assets.store import assignments, conflicts, sync_log
+from golioth_assets.store.local_table.table import LocalTable
+
+SKIPPED_EDITED = "the device was edited locally during the sync; next run retries"
 
 
 @dataclass
@@ -27,6 +37,56 @@ class LocalOutcome:
         default_factory=lambda: {"created_local": 0, "updated_local": 0, "deleted_local": 0, "skipped": 0}
     )
     plan_status: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class LocalWrites:
+    """What a run writes to the local table, decided before the table's transaction writes it."""
+
+    creates: pd.DataFrame  # one row per device new in Golioth: plan_id, golioth_device_id, values
+    updates: list[dict]  # compare-and-set records: device_id, fingerprint, fields to change
+    update_rows: dict[str, list[int]]  # device_id → the plan rows its record carries
+    observed: pd.DataFrame  # device_id + observed fields
+    observe_ids: list[int]
+    deletes: list[dict]  # compare-and-set soft deletes
+    delete_rows: pd.DataFrame  # the plan's delete rows
+    links: list[tuple[str, str]]  # (device_id, golioth_device_id) for the link column, if mapped
+
+
+@dataclass
+class LocalResults:
+    """What the local table's transaction did: keys inserted, rows written (the rest were skipped)."""
+
+    created: dict[str, str] = field(default_factory=dict)  # golioth_device_id → new local key
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Bookkeeping:
+    """What golioth-sync's own tables owe a committed local transaction. JSON-able: it is stored in
+    the intent row and applied from there, now or by recovery."""
+
+    created_keys: list[str] = field(default_factory=list)  # rows inserted: proof of a commit, if need be
+    new_links: list[dict] = field(default_factory=list)
+    removed_links: list[list[str]] = field(default_factory=list)
+    link_status: list[dict] = field(default_factory=list)
+    bases: list[dict] = field(default_factory=list)
+    plan_status: list[dict] = field(default_factory=list)
+    conflicts_applied: list[int] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: dict) -> Bookkeeping:
+        return cls(**payload)
+
+
+def _status(plan_id, status: str, error: str | None = None) -> dict:
+    return {"id": int(plan_id), "status": status, "error": error}
 
 
 def _remote_base(remote_rows: pd.DataFrame, fields: tuple[str, ...]) -> list[dict]:
@@ -40,77 +100,68 @@ def _remote_base(remote_rows: pd.DataFrame, fields: tuple[str, ...]) -> list[dic
     return bases
 
 
-def apply_local(
-    conn: Connection,
-    service: Service,
-    sync_log_id: int,
+# -- phase 1: what to write ---------------------------------------------------------------------------
+
+
+def local_writes(
     plan: pd.DataFrame,
     local: pd.DataFrame,
     remote: pd.DataFrame,
-) -> LocalOutcome:
-    """plan: every decoded row of the run (remote rows carry the status the remote step gave them).
-    local / remote: raw frames indexed by device_id / golioth_device_id."""
-    org = service.organization_id
-    fields = enabled_fields(frozenset(service.field_groups))
-    out = LocalOutcome()
-    entries: list[dict] = []
-    planned = plan[plan["status"] == "planned"]
-    local_rows = planned[planned["side"] == "local"]
-
-    # 1. Devices new in Golioth → created locally, linked, base = what we copied.
-    creates = local_rows[(local_rows["action"] == "create") & local_rows["device_id"].isna()]
-    if not creates.empty:
-        source = remote.loc[creates["golioth_device_id"]].copy()
-        new_ids = [str(uuid.uuid4()) for _ in range(len(source))]
-        frame = source.assign(device_id=new_ids)
-        for group, column, empty in (
-            ("tags", "tags", []),
-            ("blueprint", "blueprint", None),
-            ("cohort", "cohort", None),
-            ("desired_state", "desired_state", {}),
-        ):
-            if group not in service.field_groups:
-                frame[column] = [empty] * len(frame)
-        devices.insert_devices(conn, org, frame)
-        assignments.insert_links(
-            conn,
-            service.id,
-            [
-                {"device_id": d, "golioth_device_id": g, "base_snapshot": b}
-                for d, g, b in zip(new_ids, source.index, _remote_base(source, fields))
-            ],
-        )
-        out.counts["created_local"] = len(new_ids)
-        out.plan_status += [{"id": int(i), "status": "applied", "error": None} for i in creates["id"]]
-        entries += [
-            {"device_id": d, "golioth_device_id": g, "side": "local", "action": "create"}
-            for d, g in zip(new_ids, source.index)
-        ]
-
-    # 2. New matches by hardware id: link them; their "agree" rows below fill the base. A device an
-    #    unfinished run created starts from the base the plan gives it (what a create leaves).
-    links = planned[planned["action"] == "link"]
-    assignments.insert_links(
-        conn,
-        service.id,
-        [
-            {"device_id": d, "golioth_device_id": g, **({"base_snapshot": b} if isinstance(b, dict) else {})}
-            for d, g, b in zip(links["device_id"], links["golioth_device_id"], links["new_value"])
+    fingerprints: dict[str, str],
+    *,
+    fields: tuple[str, ...],
+    observed_fields: tuple[str, ...],
+    links: list[tuple[str, str]] = (),
+) -> LocalWrites:
+    """plan: every decoded row of the run; local / remote: raw frames indexed by device_id /
+    golioth_device_id (local as read in the write transaction); fingerprints: each device's as the
+    plan read it (an edit made since makes the write skip)."""
+    rows = plan[(plan["status"] == PlanStatus.planned) & (plan["side"] == Side.local)]
+    fingerprint = {d: fingerprints.get(d, fp) for d, fp in zip(local["device_id"], local["fingerprint"])}
+    updates, update_rows = _field_updates(rows, local, remote, fingerprint, fields)
+    deletes = rows[rows["action"] == Action.delete]
+    return LocalWrites(
+        creates=_creates(rows, remote, fields, observed_fields),
+        updates=updates,
+        update_rows=update_rows,
+        observed=_observed(rows),
+        observe_ids=[int(i) for i in rows.loc[rows["action"] == Action.observe, "id"]],
+        deletes=[
+            {"device_id": d, "fingerprint": fingerprint.get(d), "deleted_at": pd.Timestamp.now(tz="UTC").isoformat()}
+            for d in deletes["device_id"]
+            if d in fingerprint
         ],
+        delete_rows=deletes,
+        links=list(links),
     )
-    # Devices created in Golioth by the remote step were linked there; nothing to do here.
 
-    # 3. Field updates, compare-and-set on the version this run read.
-    applied_ids: set[int] = set()
-    updates = local_rows[local_rows["action"] == "update"]
-    recreated = local_rows[(local_rows["action"] == "create") & local_rows["device_id"].notna()]
-    records = []
-    rows_by_device: dict[str, list[int]] = defaultdict(list)
-    for device_id, rows in updates.groupby("device_id", sort=False):
-        record = {"device_id": device_id, "expected_version": int(local.at[device_id, "version"])}
-        desired = dict(local.at[device_id, "desired_state"] or {})
+
+def _creates(
+    rows: pd.DataFrame, remote: pd.DataFrame, fields: tuple[str, ...], observed_fields: tuple[str, ...]
+) -> pd.DataFrame:
+    """Devices new in Golioth, in Golioth's values: only the fields this table syncs."""
+    creates = rows[(rows["action"] == Action.create) & rows["device_id"].isna()]
+    source = remote.loc[list(creates["golioth_device_id"])]
+    columns = [c for c in (*fields, *observed_fields) if c in source.columns]
+    frame = source[columns].reset_index(drop=True)
+    frame.insert(0, "golioth_device_id", list(source.index))
+    frame.insert(0, "plan_id", [int(i) for i in creates["id"]])
+    return frame
+
+
+def _field_updates(
+    rows: pd.DataFrame, local: pd.DataFrame, remote: pd.DataFrame, fingerprint: dict, fields: tuple[str, ...]
+) -> tuple[list[dict], dict[str, list[int]]]:
+    """One compare-and-set record per device: its changed fields (desired state merged key by key
+    into the row's current one), or, for a device an operator brought back, all of Golioth's."""
+    records: list[dict] = []
+    by_device: dict[str, list[int]] = defaultdict(list)
+    updates = rows[(rows["action"] == Action.update) & rows["device_id"].isin(fingerprint)]
+    for device_id, device_rows in updates.groupby("device_id", sort=False):
+        record: dict = {"device_id": device_id, "fingerprint": fingerprint[device_id]}
+        desired = dict(local.at[device_id, "desired_state"] or {}) if "desired_state" in local else {}
         touched_desired = False
-        for f, v in zip(rows["field"], rows["new_value"]):
+        for f, v in zip(device_rows["field"], device_rows["new_value"]):
             if f.startswith(DESIRED_PREFIX):
                 key = f[len(DESIRED_PREFIX) :]
                 desired.pop(key, None) if v is None else desired.__setitem__(key, v)
@@ -120,31 +171,130 @@ def apply_local(
         if touched_desired:
             record["desired_state"] = desired
         records.append(record)
-        rows_by_device[device_id] += [int(i) for i in rows["id"]]
+        by_device[device_id] += [int(i) for i in device_rows["id"]]
     # A delete-vs-modify conflict an operator settled for Golioth's copy of a device deleted
     # locally: undelete it, with Golioth's values.
-    for device_id, gid in zip(recreated["device_id"], recreated["golioth_device_id"]):
+    recreated = rows[(rows["action"] == Action.create) & rows["device_id"].isin(fingerprint)]
+    for device_id, gid, plan_id in zip(recreated["device_id"], recreated["golioth_device_id"], recreated["id"]):
         values = remote.loc[gid]
-        record = {"device_id": device_id, "expected_version": int(local.at[device_id, "version"]), "deleted_at": None}
+        record = {"device_id": device_id, "fingerprint": fingerprint[device_id], "deleted_at": None}
         record.update({f: values[f] for f in fields})
         records.append(record)
-        rows_by_device[device_id] += [int(i) for i in recreated.loc[recreated["device_id"] == device_id, "id"]]
-    done = set(devices.update_devices(conn, org, records))
-    for device_id, ids in rows_by_device.items():
-        status = "applied" if device_id in done else "skipped"
-        error = None if status == "applied" else "the device was edited locally during the sync; next run retries"
-        out.plan_status += [{"id": i, "status": status, "error": error} for i in ids]
-        if status == "applied":
-            applied_ids.update(ids)
-    out.counts["updated_local"] = len(done & set(updates["device_id"]))
-    out.counts["skipped"] = len(set(rows_by_device) - done)
+        by_device[device_id].append(int(plan_id))
+    return records, dict(by_device)
+
+
+def _observed(rows: pd.DataFrame) -> pd.DataFrame:
+    observe = rows[rows["action"] == Action.observe]
+    if observe.empty:
+        return pd.DataFrame(columns=["device_id"])
+    observed = pd.DataFrame(list(observe["new_value"]))
+    observed["device_id"] = observe["device_id"].to_numpy()
+    return observed[[c for c in ("device_id", *OBSERVED_FIELDS) if c in observed]]
+
+
+# -- phase 2: write the local table (the caller owns its transaction) ------------------------------------
+
+
+def write_local(conn: Connection, table: LocalTable, writes: LocalWrites) -> LocalResults:
+    """All of a run's local writes, set-based: inserts with keys chosen first, compare-and-set
+    updates, observed fields, soft deletes, the link column."""
+    results = LocalResults()
+    if not writes.creates.empty:
+        keys = table.choose_keys(conn, len(writes.creates))
+        frame = writes.creates.drop(columns=["plan_id"]).assign(device_id=keys)
+        inserted = set(table.insert(conn, frame))
+        results.created = {g: k for g, k in zip(frame["golioth_device_id"], keys) if k in inserted}
+    results.updated = table.update(conn, writes.updates)
+    if not writes.observed.empty:
+        table.update_observed(conn, writes.observed)
+    if writes.deletes:
+        results.deleted = table.update(conn, writes.deletes)
+    table.set_links(conn, writes.links)
+    return results
+
+
+# -- phase 3: what golioth-sync's tables owe the local transaction ----------------------------------------
+
+
+def bookkeeping(
+    plan: pd.DataFrame,
+    writes: LocalWrites,
+    results: LocalResults,
+    remote: pd.DataFrame,
+    *,
+    fields: tuple[str, ...],
+    table_name: str,
+) -> Bookkeeping:
+    book = Bookkeeping(counts={"created_local": 0, "updated_local": 0, "deleted_local": 0, "skipped": 0})
+    planned = plan[plan["status"] == PlanStatus.planned]
+    _book_creates(book, writes, results, remote, fields, table_name)
+    _book_links(book, planned)
+    applied = _book_updates(book, plan, writes, results)
+    book.plan_status += [_status(i, PlanStatus.applied) for i in writes.observe_ids]
+    _book_deletes(book, writes, results)
+    applied |= _book_unlinks(book, plan, planned)
+    _book_bases(book, plan, applied)
+    _book_conflicts_and_failures(book, plan)
+    return book
+
+
+def _book_creates(book: Bookkeeping, writes: LocalWrites, results: LocalResults, remote, fields, table_name) -> None:
+    """Devices new in Golioth: linked, base = what we copied; a row refused by the table fails."""
+    creates = writes.creates
+    if creates.empty:
+        return
+    done = creates[creates["golioth_device_id"].isin(results.created)]
+    bases = _remote_base(remote.loc[list(done["golioth_device_id"])], fields) if not done.empty else []
+    book.new_links += [
+        {"device_id": results.created[g], "golioth_device_id": g, "base_snapshot": b}
+        for g, b in zip(done["golioth_device_id"], bases)
+    ]
+    refused = f"{table_name} already has a row with this key or one of its unique values"
+    book.plan_status += [
+        _status(i, PlanStatus.applied) if g in results.created else _status(i, PlanStatus.failed, refused)
+        for i, g in zip(creates["plan_id"], creates["golioth_device_id"])
+    ]
+    book.entries += [
+        {"device_id": results.created[g], "golioth_device_id": g, "side": Side.local, "action": Action.create}
+        for g in done["golioth_device_id"]
+    ]
+    book.created_keys = [results.created[g] for g in done["golioth_device_id"]]
+    book.counts["created_local"] = len(done)
+
+
+def _book_links(book: Bookkeeping, planned: pd.DataFrame) -> None:
+    """New matches by hardware id: link them; their "agree" rows fill the base. A device an
+    unfinished run created starts from the base the plan gives it (what a create leaves)."""
+    links = planned[planned["action"] == Action.link]
+    book.new_links += [
+        {"device_id": d, "golioth_device_id": g, **({"base_snapshot": b} if isinstance(b, dict) else {})}
+        for d, g, b in zip(links["device_id"], links["golioth_device_id"], links["new_value"])
+    ]
+
+
+def _book_updates(book: Bookkeeping, plan: pd.DataFrame, writes: LocalWrites, results: LocalResults) -> set[int]:
+    """Compare-and-set results: applied, or skipped (edited locally meanwhile). Returns applied ids."""
+    done = set(results.updated)
+    applied: set[int] = set()
+    for device_id, ids in writes.update_rows.items():
+        ok = device_id in done
+        book.plan_status += [
+            _status(i, PlanStatus.applied) if ok else _status(i, PlanStatus.skipped, SKIPPED_EDITED) for i in ids
+        ]
+        if ok:
+            applied.update(ids)
+    updates = plan[plan["id"].isin([i for ids in writes.update_rows.values() for i in ids])]
+    updates = updates[updates["action"] == Action.update]
+    book.counts["updated_local"] = len(done & set(updates["device_id"]))
+    book.counts["skipped"] = len(set(writes.update_rows) - done)
     for device_id, rows in updates.groupby("device_id", sort=False):
-        entries.append(
+        book.entries.append(
             {
                 "device_id": device_id,
                 "golioth_device_id": rows["golioth_device_id"].iloc[0],
-                "side": "local",
-                "action": "update",
+                "side": Side.local,
+                "action": Action.update,
                 "status": "ok" if device_id in done else "skipped",
                 "changes": {
                     f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])
@@ -152,117 +302,91 @@ def apply_local(
                 "changed_by": rows["changed_by"].dropna().iloc[0] if rows["changed_by"].notna().any() else None,
             }
         )
+    return applied
 
-    # 4. Observed fields (never conflicts, never versioned).
-    observe = local_rows[local_rows["action"] == "observe"]
-    if not observe.empty:
-        observed = pd.DataFrame(list(observe["new_value"]))
-        observed["device_id"] = observe["device_id"].to_numpy()
-        devices.update_observed(conn, org, observed[[c for c in ("device_id", *OBSERVED_FIELDS) if c in observed]])
-        out.plan_status += [{"id": int(i), "status": "applied", "error": None} for i in observe["id"]]
 
-    # 5. Soft deletes (propagated from Golioth), compare-and-set too.
-    deletes = local_rows[local_rows["action"] == "delete"]
-    if not deletes.empty:
-        now = pd.Timestamp.now(tz="UTC").isoformat()
-        deleted = set(
-            devices.update_devices(
-                conn,
-                org,
-                [
-                    {"device_id": d, "expected_version": int(local.at[d, "version"]), "deleted_at": now}
-                    for d in deletes["device_id"]
-                ],
-            )
+def _book_deletes(book: Bookkeeping, writes: LocalWrites, results: LocalResults) -> None:
+    """Soft deletes propagated from Golioth (compare-and-set too): the link goes with the device."""
+    deleted = set(results.deleted)
+    rows = writes.delete_rows
+    for plan_id, d, g in zip(rows["id"], rows["device_id"], rows["golioth_device_id"]):
+        ok = d in deleted
+        book.plan_status.append(
+            _status(plan_id, PlanStatus.applied)
+            if ok
+            else _status(plan_id, PlanStatus.skipped, "edited during the sync")
         )
-        for i, d, g in zip(deletes["id"], deletes["device_id"], deletes["golioth_device_id"]):
-            ok = d in deleted
-            out.plan_status.append(
-                {
-                    "id": int(i),
-                    "status": "applied" if ok else "skipped",
-                    "error": None if ok else "edited during the sync",
-                }
-            )
-            entries.append(
-                {
-                    "device_id": d,
-                    "golioth_device_id": g,
-                    "side": "local",
-                    "action": "delete",
-                    "status": "ok" if ok else "skipped",
-                }
-            )
-        assignments.delete_links(
-            conn,
-            service.id,
-            [(d, g) for d, g in zip(deletes["device_id"], deletes["golioth_device_id"]) if d in deleted],
+        book.entries.append(
+            {
+                "device_id": d,
+                "golioth_device_id": g,
+                "side": Side.local,
+                "action": Action.delete,
+                "status": "ok" if ok else "skipped",
+            }
         )
-        out.counts["deleted_local"] = len(deleted)
+        if ok:
+            book.removed_links.append([d, g])
+    book.counts["deleted_local"] = len(deleted)
 
-    # 6. Links whose Golioth device is gone (deleted by us) or that a delete could not propagate.
-    remote_deleted = plan[(plan["side"] == "remote") & (plan["action"] == "delete") & (plan["status"] == "applied")]
-    assignments.delete_links(conn, service.id, zip(remote_deleted["device_id"], remote_deleted["golioth_device_id"]))
-    unlinks = planned[planned["action"] == "unlink"]
-    both_gone = unlinks["reason"] == "gone on both sides"
-    assignments.delete_links(
-        conn, service.id, zip(unlinks.loc[both_gone, "device_id"], unlinks.loc[both_gone, "golioth_device_id"])
-    )
-    assignments.set_status(
-        conn,
-        service.id,
-        [
-            {"device_id": d, "golioth_device_id": g, "sync_status": "unlinked", "error": r}
-            for d, g, r in zip(
-                unlinks.loc[~both_gone, "device_id"],
-                unlinks.loc[~both_gone, "golioth_device_id"],
-                unlinks.loc[~both_gone, "reason"],
-            )
-        ],
-    )
-    entries += [
-        {"device_id": d, "golioth_device_id": g, "side": "none", "action": "unlink", "error": r}
+
+def _gone_on_both_sides(rows: pd.DataFrame) -> pd.Series:
+    if "kind" in rows:
+        return rows["kind"] == Reason.gone_on_both_sides
+    return rows["reason"] == "gone on both sides"  # plans stored before the `kind` column
+
+
+def _book_unlinks(book: Bookkeeping, plan: pd.DataFrame, planned: pd.DataFrame) -> set[int]:
+    """Links whose Golioth device is gone (deleted by us, or on both sides) go; others that a
+    delete could not propagate are marked unlinked. Bookkeeping rows are applied."""
+    remote_deleted = plan[
+        (plan["side"] == Side.remote) & (plan["action"] == Action.delete) & (plan["status"] == PlanStatus.applied)
+    ]
+    book.removed_links += [[d, g] for d, g in zip(remote_deleted["device_id"], remote_deleted["golioth_device_id"])]
+    unlinks = planned[planned["action"] == Action.unlink]
+    both_gone = _gone_on_both_sides(unlinks)
+    book.removed_links += [
+        [d, g] for d, g in zip(unlinks.loc[both_gone, "device_id"], unlinks.loc[both_gone, "golioth_device_id"])
+    ]
+    kept = unlinks[~both_gone]
+    book.link_status += [
+        {"device_id": d, "golioth_device_id": g, "sync_status": "unlinked", "error": r}
+        for d, g, r in zip(kept["device_id"], kept["golioth_device_id"], kept["reason"])
+    ]
+    book.entries += [
+        {"device_id": d, "golioth_device_id": g, "side": Side.none, "action": Action.unlink, "error": r}
         for d, g, r in zip(unlinks["device_id"], unlinks["golioth_device_id"], unlinks["reason"])
     ]
-    bookkeeping = planned[planned["action"].isin(["link", "unlink", "agree"])]
-    out.plan_status += [{"id": int(i), "status": "applied", "error": None} for i in bookkeeping["id"]]
-    applied_ids.update(int(i) for i in bookkeeping["id"])
+    kept_books = planned[planned["action"].isin([Action.link, Action.unlink, Action.agree])]
+    book.plan_status += [_status(i, PlanStatus.applied) for i in kept_books["id"]]
+    return {int(i) for i in kept_books["id"]}
 
-    # 7. Base snapshots for every field write that succeeded on either side, and for agreements.
-    remote_applied = plan[(plan["side"] == "remote") & (plan["status"] == "applied") & (plan["action"] == "update")]
+
+def _book_bases(book: Bookkeeping, plan: pd.DataFrame, applied: set[int]) -> None:
+    """Base snapshots for every field write that succeeded on either side, and for agreements."""
+    remote_applied = plan[
+        (plan["side"] == Side.remote) & (plan["status"] == PlanStatus.applied) & (plan["action"] == Action.update)
+    ]
     based = pd.concat(
-        [
-            plan[plan["id"].isin(applied_ids) & plan["action"].isin(["update", "agree"])],
-            remote_applied,
-        ]
+        [plan[plan["id"].isin(applied) & plan["action"].isin([Action.update, Action.agree])], remote_applied]
     )
-    assignments.merge_bases(conn, service.id, _base_records(based))
+    book.bases = _base_records(based)
 
-    # 8. Resolutions whose writes all succeeded are done; links show whether a conflict is open.
-    statuses = {**dict(zip(plan["id"], plan["status"])), **{s["id"]: s["status"] for s in out.plan_status}}
+
+def _book_conflicts_and_failures(book: Bookkeeping, plan: pd.DataFrame) -> None:
+    """Resolutions whose writes all succeeded are done; devices with a failed write are marked."""
+    statuses = {**dict(zip(plan["id"], plan["status"])), **{s["id"]: s["status"] for s in book.plan_status}}
     resolved = plan[plan["conflict_id"].notna()]
-    finished = [
+    book.conflicts_applied = [
         int(cid)
         for cid, ids in resolved.groupby("conflict_id")["id"]
-        if all(statuses.get(int(i)) == "applied" for i in ids)
+        if all(statuses.get(int(i)) == PlanStatus.applied for i in ids)
     ]
-    conflicts.mark(conn, finished, "applied")
-    conflicts.refresh_link_status(conn, service.id)
-
-    # 9. Devices with a failed write are marked, with the reason, for operators and the next run.
-    failed = plan[(plan["status"] == "failed") & plan["device_id"].notna() & plan["golioth_device_id"].notna()]
-    assignments.set_status(
-        conn,
-        service.id,
-        [
-            {"device_id": d, "golioth_device_id": g, "sync_status": "failed", "error": e}
-            for (d, g), e in failed.groupby(["device_id", "golioth_device_id"])["error"].first().items()
-        ],
-    )
-
-    sync_log.insert_entries(conn, sync_log_id, org, entries)
-    sync_log.mark_plan(conn, out.plan_status)
-    return out
+    failed = plan[(plan["status"] == PlanStatus.failed) & plan["device_id"].notna() & plan["golioth_device_id"].notna()]
+    book.link_status += [
+        {"device_id": d, "golioth_device_id": g, "sync_status": "failed", "error": e}
+        for (d, g), e in failed.groupby(["device_id", "golioth_device_id"])["error"].first().items()
+    ]
 
 
 def _base_records(rows: pd.DataFrame) -> list[dict]:
@@ -276,3 +400,20 @@ def _base_records(rows: pd.DataFrame) -> list[dict]:
         else:
             record["fields"][f] = v
     return list(records.values())
+
+
+# -- phase 4: golioth-sync's tables, in one transaction ----------------------------------------------------
+
+
+def apply_bookkeeping(conn: Connection, service_id: int, organization_id: str, sync_log_id: int, book: Bookkeeping):
+    """Links, base snapshots, conflicts, link statuses, audit entries, plan statuses and counts."""
+    assignments.insert_links(conn, service_id, book.new_links)
+    assignments.delete_links(conn, service_id, [tuple(p) for p in book.removed_links])
+    assignments.set_status(conn, service_id, [s for s in book.link_status if s["sync_status"] == "unlinked"])
+    assignments.merge_bases(conn, service_id, book.bases)
+    conflicts.mark(conn, book.conflicts_applied, "applied")
+    conflicts.refresh_link_status(conn, service_id)
+    assignments.set_status(conn, service_id, [s for s in book.link_status if s["sync_status"] != "unlinked"])
+    sync_log.insert_entries(conn, sync_log_id, organization_id, book.entries)
+    sync_log.mark_plan(conn, book.plan_status)
+    sync_log.add_counts(conn, sync_log_id, book.counts)

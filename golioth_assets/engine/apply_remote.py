@@ -57,11 +57,14 @@ def _error_text(exc: BaseException) -> str:
 
 
 class RemoteWriter:
-    def __init__(self, client: GoliothClient, service: Service, refs: References) -> None:
+    def __init__(
+        self, client: GoliothClient, service: Service, refs: References, fields: tuple[str, ...] | None = None
+    ) -> None:
         self.client = client
         self.service = service
         self.refs = refs
-        self.fields = enabled_fields(frozenset(service.field_groups))
+        # The run's synced fields: the enabled groups' fields that the local table holds.
+        self.fields = fields if fields is not None else enabled_fields(frozenset(service.field_groups))
 
     # -- references: tags and blueprints are created on demand, cohorts must exist ---------------
 
@@ -208,12 +211,13 @@ def apply_remote(
     remote: pd.DataFrame,
     *,
     before_create: Callable[[dict[str, str]], None] | None = None,
+    fields: tuple[str, ...] | None = None,
 ) -> RemoteOutcome:
     """plan: decoded rows with side == "remote" and status == "planned" (columns of sync_plan).
     local / remote: raw frames indexed by device_id / golioth_device_id.
     before_create: persists generated hardware ids locally before any create is sent."""
     outcome = RemoteOutcome()
-    writer = RemoteWriter(client, service, refs)
+    writer = RemoteWriter(client, service, refs, fields)
     if plan.empty:
         return outcome
 

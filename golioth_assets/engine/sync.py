@@ -5,13 +5,17 @@ output there.
     fetch   Golioth → golioth_inventory (a full list, or a GET per device for a targeted sync)
     plan    inventory + local devices + base snapshots → sync_plan, device_conflicts
     remote  sync_plan (Golioth side) → Golioth
-    local   sync_plan (local side) → devices, links, base snapshots, audit entries
+    local   sync_plan (local side) → the local table, links, base snapshots, audit entries
+
+The local table is reached only through its `LocalTable` (store/local_table/): golioth-sync's
+built-in `devices`, or the product's own table described by the service's mapping, maybe in
+another database. Each step opens it afresh, and a mapping that no longer fits the live table
+stops the step before anything is written, naming the column.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,21 +24,24 @@ import httpx
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from golioth_assets.core.fields import DESIRED_PREFIX
+from golioth_assets.core.fields import DESIRED_PREFIX, FIELD_KIND, SYNCED_FIELDS
 from golioth_assets.core.normalize import encode
 from golioth_assets.core.plan import Plan, plan_sync
 from golioth_assets.core.policy import SyncSettings
 from golioth_assets.core.tables import changes_table, conflicts_table
-from golioth_assets.engine.apply_local import apply_local
+from golioth_assets.core.vocabulary import Action, Side
 from golioth_assets.engine.apply_remote import apply_remote
 from golioth_assets.engine.golioth_frames import References, devices_to_frame, fetch_references
+from golioth_assets.engine.local_apply import LocalApplyPending, apply_plan_locally, recover
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.gcpause import gc_paused
-from golioth_assets.store import assignments, conflicts, devices, inventory, services, sync_log
+from golioth_assets.store import assignments, conflicts, inventory, services, sync_log
+from golioth_assets.store.local_table.connect import LocalSide, open_local_table
+from golioth_assets.store.local_table.table import LocalTable, LocalTableError
 
 log = logging.getLogger(__name__)
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+NO_HARDWARE_IDS = "new locally; not created in Golioth: the local table maps no hardware_ids column"
 
 
 # Garbage collection: the heavy steps below run with the cyclic garbage collector paused (golioth.gcpause). At 100k
@@ -80,13 +87,16 @@ class SyncResult:
     seconds: float = 0.0
 
 
-def settings_for(service: services.Service, request: SyncRequest) -> SyncSettings:
+def settings_for(service: services.Service, request: SyncRequest, table: LocalTable | None = None) -> SyncSettings:
+    """The run's settings. With the local table known, they are the effective ones: fields the
+    table doesn't map are not synced, and without a soft-delete column nothing is deleted."""
     return SyncSettings(
         direction=request.direction or service.direction,
         policy=request.policy or service.conflict_policy,
         policy_overrides={} if request.policy else dict(service.policy_overrides),
         field_groups=frozenset(service.field_groups),
-        allow_deletes=service.allow_deletes,
+        allow_deletes=service.allow_deletes and (table is None or table.deletes_possible),
+        unsynced_fields=frozenset(f for f in SYNCED_FIELDS if table is not None and f not in table.synced_fields),
     )
 
 
@@ -111,6 +121,10 @@ def begin(db: Engine, service: services.Service, request: SyncRequest) -> int:
     """Open the run's golioth_sync_log row. Later steps (maybe in other processes) find it again by
     id or by Dagster run id, and rebuild the request from it."""
     settings = settings_for(service, request)
+    try:
+        recover(db, service)  # an earlier run's local writes, interrupted: settle them first
+    except (LocalApplyPending, LocalTableError) as exc:
+        log.warning("%s: %s", service.organization_id, exc)
     with db.begin() as conn:
         sync_log_id = sync_log.start_run(
             conn,
@@ -137,11 +151,20 @@ def request_of(run: dict) -> SyncRequest:
 
 
 def resolve_scope(db: Engine, service: services.Service, device_ids: Sequence[str] | None) -> Scope:
-    """Split requested ids into local and Golioth ids, each side completed through the links."""
+    """Split requested ids into local and Golioth ids, each side completed through the links. An
+    id is local when a link or the local table has it (keys may be uuids, integers or text, like
+    Golioth's ids); every other id is a Golioth id."""
     if device_ids is None:
         return Scope()
-    local_ids = [i for i in device_ids if _UUID.match(i)]
-    golioth_ids = [i for i in device_ids if not _UUID.match(i)]
+    ids = list(dict.fromkeys(device_ids))
+    side = open_local_table(db, service)
+    with db.connect() as conn:
+        linked = assignments.load_links(conn, service.id, device_ids=ids, golioth_device_ids=[])
+    with side.engine.connect() as their:
+        present = set(side.table.existing_keys(their, ids))
+    local = present | (set(linked["device_id"]) & set(ids))
+    local_ids = [i for i in ids if i in local]
+    golioth_ids = [i for i in ids if i not in local]
     with db.connect() as conn:
         links = assignments.load_links(conn, service.id, device_ids=local_ids, golioth_device_ids=golioth_ids)
     return Scope(
@@ -258,20 +281,22 @@ def _get_devices(client: GoliothClient, ids: Sequence[str], state_path: str | No
 # -- plan -------------------------------------------------------------------------------------------
 
 
-def _load_inputs(db: Engine, service: services.Service, scope: Scope):
+def _load_inputs(db: Engine, service: services.Service, scope: Scope, side: LocalSide):
     org = service.organization_id
+    with side.engine.connect() as their:
+        local = side.table.load(their, scope.local_ids)
+        with db.connect() as conn:
+            remote = inventory.load_inventory(conn, org, golioth_device_ids=scope.golioth_ids)
+        if not scope.full:
+            # Unlinked devices in scope may match unlinked devices outside it by hardware id.
+            hw = sorted({h for ids in pd.concat([local["hardware_ids"], remote["hardware_ids"]]) for h in ids})
+            more = [d for d in side.table.find_by_hardware_ids(their, hw) if d not in set(local["device_id"])]
+            if more:
+                local = pd.concat([local, side.table.load(their, more)], ignore_index=True)
     with db.connect() as conn:
-        local = devices.load_devices(conn, org, device_ids=scope.local_ids)
-        remote = inventory.load_inventory(conn, org, golioth_device_ids=scope.golioth_ids)
         if scope.full:
             links = assignments.load_links(conn, service.id)
         else:
-            # Unlinked devices in scope may match unlinked devices outside it by hardware id.
-            hw = sorted({h for ids in pd.concat([local["hardware_ids"], remote["hardware_ids"]]) for h in ids})
-            extra_local = _local_by_hardware(conn, org, hw)
-            local = pd.concat(
-                [local, extra_local[~extra_local["device_id"].isin(local["device_id"])]], ignore_index=True
-            )
             links = assignments.load_links(
                 conn,
                 service.id,
@@ -279,17 +304,15 @@ def _load_inputs(db: Engine, service: services.Service, scope: Scope):
                 golioth_device_ids=list(remote["golioth_device_id"]),
             )
         open_conflicts = conflicts.load_open(conn, service.id)
-    return local, remote, links, open_conflicts
+    return complete_local(local), side.table.comparable_remote(remote), links, open_conflicts
 
 
-def _local_by_hardware(conn, org: str, hardware_ids: list[str]) -> pd.DataFrame:
-    if not hardware_ids:
-        return devices.load_devices(conn, org, device_ids=[])
-    rows = conn.exec_driver_sql(
-        "SELECT id::text FROM devices WHERE organization_id = %(org)s AND hardware_ids && %(hw)s::text[]",
-        {"org": org, "hw": hardware_ids},
-    ).fetchall()
-    return devices.load_devices(conn, org, device_ids=[r[0] for r in rows])
+def complete_local(local: pd.DataFrame) -> pd.DataFrame:
+    """Columns for the synced fields a table doesn't map (the plan and the Golioth writer don't
+    read them for this run, but expect a frame of one shape)."""
+    empty = {"text": None, "list": [], "bool": True, "json": {}}
+    missing = {f: [empty[FIELD_KIND[f]]] * len(local) for f in SYNCED_FIELDS if f not in local}
+    return local.assign(**missing) if missing else local
 
 
 def _resolutions(open_conflicts: pd.DataFrame) -> pd.DataFrame:
@@ -362,8 +385,9 @@ def _confirm_landed_updates(
 
 @gc_paused()  # see "Garbage collection" at the top
 def build_plan(db: Engine, service: services.Service, request: SyncRequest, scope: Scope) -> tuple[Plan, dict]:
-    local, remote, links, open_conflicts = _load_inputs(db, service, scope)
-    settings = settings_for(service, request)
+    side = open_local_table(db, service)
+    local, remote, links, open_conflicts = _load_inputs(db, service, scope, side)
+    settings = settings_for(service, request, side.table)
     unconfirmed = _unconfirmed_writes(db, service)
     plan = plan_sync(
         local,
@@ -374,16 +398,28 @@ def build_plan(db: Engine, service: services.Service, request: SyncRequest, scop
         open_conflicts=open_conflicts[open_conflicts["status"] == "pending"],
         unconfirmed_creates=unconfirmed.loc[unconfirmed["action"] == "create", "device_id"],
     )
-    # The local versions the plan was made from: what local_step compares-and-sets against.
-    versions = dict(zip(local["device_id"], local["version"]))
-    return plan, {"fetched_local": len(local), "fetched_remote": len(remote), "local_versions": versions}
+    if not side.table.creates_in_golioth_possible:
+        _hold_creates_in_golioth(plan)
+    # The local rows' fingerprints the plan was made from: what local_step compares-and-sets against.
+    fingerprints = dict(zip(local["device_id"], local["fingerprint"]))
+    return plan, {"fetched_local": len(local), "fetched_remote": len(remote), "local_fingerprints": fingerprints}
+
+
+def _hold_creates_in_golioth(plan: Plan) -> None:
+    """Without hardware ids, a create in Golioth that dies before its link is recorded could never
+    be found again (the next run would create a duplicate): such devices stay in the plan, blocked,
+    with the reason."""
+    changes = plan.changes
+    held = (changes["action"] == Action.create) & (changes["side"] == Side.remote)
+    changes.loc[held, "blocked"] = True
+    changes.loc[held, "reason"] = NO_HARDWARE_IDS
 
 
 @gc_paused()  # see "Garbage collection" at the top
 def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope: Scope, sync_log_id: int) -> Plan:
     """Plan and store the plan; outside a dry run, record the conflicts."""
     plan, fetched = build_plan(db, service, request, scope)
-    versions = fetched.pop("local_versions")
+    fingerprints = fetched.pop("local_fingerprints")
     counts = plan.counts()
     changes = changes_table(plan)
     written = changes.loc[(changes["side"] == "local") & changes["device_id"].notna(), "device_id"].unique()
@@ -393,7 +429,7 @@ def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope
         sync_log.set_details(
             conn,
             sync_log_id,
-            {"plan": counts, "local_versions": {d: int(versions[d]) for d in written if d in versions}},
+            {"plan": counts, "local_fingerprints": {d: fingerprints[d] for d in written if d in fingerprints}},
         )
         if not request.dry_run:
             conflicts.upsert_conflicts(conn, service.organization_id, service.id, sync_log_id, conflicts_table(plan))
@@ -407,20 +443,22 @@ def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope
 @gc_paused()  # see "Garbage collection" at the top
 def remote_step(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int):
     before = client.stats.snapshot()
+    side = open_local_table(db, service)
     with db.connect() as conn:
         plan = sync_log.load_plan(conn, sync_log_id, side="remote")
-        planned = plan[plan["status"] == "planned"]
-        local = devices.load_devices(
-            conn, service.organization_id, device_ids=list(planned["device_id"].dropna().unique())
-        )
+    planned = plan[plan["status"] == "planned"]
+    with side.engine.connect() as their:
+        local = complete_local(side.table.load(their, list(planned["device_id"].dropna().unique())))
+    with db.connect() as conn:
         remote = inventory.load_inventory(
             conn, service.organization_id, golioth_device_ids=list(planned["golioth_device_id"].dropna().unique())
         )
         refs = References.from_frame(inventory.load_references(conn, service.organization_id))
 
     def persist_hardware_ids(generated: dict[str, str]) -> None:
-        with db.begin() as conn:
-            devices.ensure_hardware_ids(conn, service.organization_id, generated)
+        with side.engine.begin() as their:
+            side.table.mark_writer(their)
+            side.table.ensure_hardware_ids(their, generated)
 
     outcome = apply_remote(
         client,
@@ -430,6 +468,7 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
         local.set_index("device_id", drop=False),
         remote.set_index("golioth_device_id", drop=False),
         before_create=persist_hardware_ids,
+        fields=settings_for(service, request_of_run(db, sync_log_id), side.table).fields,
     )
     after = client.stats.snapshot()
     with db.begin() as conn:
@@ -453,30 +492,18 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
 
 @gc_paused()  # see "Garbage collection" at the top
 def local_step(db: Engine, service: services.Service, sync_log_id: int):
-    with db.begin() as conn:
-        plan = sync_log.load_plan(conn, sync_log_id)
-        planned_local = plan[(plan["status"] == "planned") & (plan["side"] == "local")]
-        local = devices.load_devices(
-            conn, service.organization_id, device_ids=list(planned_local["device_id"].dropna().unique())
-        )
-        # Compare-and-set against the versions the plan was made from, not the ones read now: a
-        # local edit made while the Golioth writes ran (seconds, minutes at scale) must make the
-        # write skip, not be overwritten by a value planned before it existed.
-        planned_versions = (sync_log.get_run(conn, sync_log_id)["details"] or {}).get("local_versions", {})
-        local["version"] = [planned_versions.get(d, v) for d, v in zip(local["device_id"], local["version"])]
-        remote = inventory.load_inventory(
-            conn, service.organization_id, golioth_device_ids=list(planned_local["golioth_device_id"].dropna().unique())
-        )
-        outcome = apply_local(
-            conn,
-            service,
-            sync_log_id,
-            plan,
-            local.set_index("device_id", drop=False),
-            remote.set_index("golioth_device_id", drop=False),
-        )
-        sync_log.add_counts(conn, sync_log_id, outcome.counts)
-    return outcome
+    """The plan's local side, through the two-database protocol (engine/local_apply.py)."""
+    side = open_local_table(db, service)
+    fields = settings_for(service, request_of_run(db, sync_log_id), side.table).fields
+    try:
+        return apply_plan_locally(db, side, service, sync_log_id, fields)
+    except LocalApplyPending as exc:
+        raise SyncFailed(str(exc)) from exc
+
+
+def request_of_run(db: Engine, sync_log_id: int) -> SyncRequest:
+    with db.connect() as conn:
+        return request_of(sync_log.get_run(conn, sync_log_id))
 
 
 def finish(db: Engine, sync_log_id: int, *, error: str | None = None) -> str:
@@ -498,13 +525,21 @@ def sync_organization(db: Engine, request: SyncRequest, *, client: GoliothClient
     client = client or open_client(service)
     sync_log_id = begin(db, service, request)
     try:
-        scope = resolve_scope(db, service, request.device_ids)
+        try:
+            scope = resolve_scope(db, service, request.device_ids)
+        except LocalTableError as exc:
+            finish(db, sync_log_id, error=str(exc))
+            raise SyncFailed(str(exc)) from exc
         try:
             fetch_step(db, service, client, scope, sync_log_id)
         except errors.GoliothError as exc:
             finish(db, sync_log_id, error=str(exc))
             raise SyncFailed(str(exc)) from exc
-        plan = plan_step(db, service, request, scope, sync_log_id)
+        try:
+            plan = plan_step(db, service, request, scope, sync_log_id)
+        except LocalTableError as exc:
+            finish(db, sync_log_id, error=str(exc))
+            raise SyncFailed(str(exc)) from exc
         if request.dry_run:
             status = finish(db, sync_log_id)
         else:

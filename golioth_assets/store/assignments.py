@@ -21,14 +21,14 @@ def load_links(
     golioth_device_ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     sql = """
-        SELECT device_id::text, golioth_device_id, base_snapshot,
+        SELECT device_id, golioth_device_id, base_snapshot,
                CASE WHEN sync_status = 'unlinked' THEN 'unlinked' ELSE 'linked' END AS link_status,
                sync_status
         FROM device_service_assignments WHERE service_id = %(service)s
     """
     params: dict = {"service": service_id}
     if device_ids is not None or golioth_device_ids is not None:
-        sql += " AND (device_id = ANY(%(ids)s::uuid[]) OR golioth_device_id = ANY(%(gids)s))"
+        sql += " AND (device_id = ANY(%(ids)s) OR golioth_device_id = ANY(%(gids)s))"
         params["ids"] = list(device_ids or [])
         params["gids"] = list(golioth_device_ids or [])
     return read_frame(conn, sql, params, LINK_COLUMNS)
@@ -55,7 +55,7 @@ def insert_links(conn: Connection, service_id: int, records: Iterable[dict]) -> 
         f"""
         INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id, base_snapshot,
                                                 sync_status, last_synced_at)
-        SELECT %(service)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id',
+        SELECT %(service)s, s.doc->>'device_id', s.doc->>'golioth_device_id',
                coalesce(s.doc->'base_snapshot', '{{}}'::jsonb), 'synced', now()
         FROM {table} s
         ON CONFLICT (service_id, device_id) DO UPDATE SET
@@ -90,7 +90,7 @@ def merge_bases(conn: Connection, service_id: int, records: Iterable[dict]) -> i
             sync_status = 'synced', last_synced_at = now(), last_error = NULL, updated_at = now()
         FROM {table} s
         WHERE a.service_id = %(service)s
-          AND a.device_id = (s.doc->>'device_id')::uuid
+          AND a.device_id = s.doc->>'device_id'
           AND a.golioth_device_id = s.doc->>'golioth_device_id'
         """,
         {"service": service_id},
@@ -110,7 +110,7 @@ def set_status(conn: Connection, service_id: int, records: Iterable[dict]) -> in
             sync_status = s.doc->>'sync_status', last_error = s.doc->>'error', updated_at = now()
         FROM {table} s
         WHERE a.service_id = %(service)s
-          AND a.device_id = (s.doc->>'device_id')::uuid
+          AND a.device_id = s.doc->>'device_id'
           AND a.golioth_device_id = s.doc->>'golioth_device_id'
         """,
         {"service": service_id},
@@ -127,7 +127,7 @@ def delete_links(conn: Connection, service_id: int, pairs: Iterable[tuple[str, s
         f"""
         DELETE FROM device_service_assignments a USING {table} s
         WHERE a.service_id = %(service)s
-          AND a.device_id = (s.doc->>'device_id')::uuid
+          AND a.device_id = s.doc->>'device_id'
           AND a.golioth_device_id = s.doc->>'golioth_device_id'
         """,
         {"service": service_id},

@@ -35,7 +35,7 @@ def upsert_conflicts(
         f"""
         INSERT INTO device_conflicts (organization_id, service_id, device_id, golioth_device_id, field,
                                       conflict_type, base_value, local_value, remote_value, sync_log_id)
-        SELECT %(org)s, %(service)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id',
+        SELECT %(org)s, %(service)s, s.doc->>'device_id', s.doc->>'golioth_device_id',
                s.doc->>'field', s.doc->>'conflict_type', s.doc->'base_value', s.doc->'local_value',
                s.doc->'remote_value', %(log)s
         FROM {table} s
@@ -67,7 +67,7 @@ def load_open(conn: Connection, service_id: int) -> pd.DataFrame:
     """Pending and resolved-but-not-applied conflicts of a service."""
     rows = conn.exec_driver_sql(
         """
-        SELECT id, device_id::text, golioth_device_id, field, conflict_type, status, resolution,
+        SELECT id, device_id, golioth_device_id, field, conflict_type, status, resolution,
                resolved_value, resolved_by
         FROM device_conflicts WHERE service_id = %(service)s AND status IN ('pending', 'resolved')
         """,

@@ -121,6 +121,8 @@ device_services = sa.Table(
     # The NAME of the environment variable holding the webhook secret.
     sa.Column("webhook_secret_env", sa.Text),
     sa.Column("webhook_secret_header", sa.Text, nullable=False, server_default="x-golioth-sync-secret"),
+    # The mapping onto the product's own device table (store/local_table/mapping.py); NULL: `devices`.
+    sa.Column("local_table", JSONB(none_as_null=True)),
     _created_at(),
     _updated_at(),
     sa.CheckConstraint(sql_in("direction", Direction), name="direction"),
@@ -134,7 +136,8 @@ device_service_assignments = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("service_id", sa.BigInteger, sa.ForeignKey("device_services.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("device_id", UUID(as_uuid=False), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    # Local ids are text: a product's key may be a uuid, a bigint or text, in another database (no FK).
+    sa.Column("device_id", sa.Text, nullable=False),
     sa.Column("golioth_device_id", sa.Text, nullable=False),
     # synced | pending | failed | conflict
     sa.Column("sync_status", sa.Text, nullable=False, server_default="synced"),
@@ -189,7 +192,7 @@ golioth_sync_log_entries = sa.Table(
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("sync_log_id", sa.BigInteger, sa.ForeignKey("golioth_sync_log.id", ondelete="CASCADE"), nullable=False),
     sa.Column("organization_id", sa.Text, nullable=False),
-    sa.Column("device_id", UUID(as_uuid=False)),
+    sa.Column("device_id", sa.Text),
     sa.Column("golioth_device_id", sa.Text),
     sa.Column("side", sa.Text, nullable=False),  # local / remote
     sa.Column("action", sa.Text, nullable=False),  # create / update / delete / unlink / link
@@ -210,7 +213,7 @@ device_conflicts = sa.Table(
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("organization_id", sa.Text, sa.ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
     sa.Column("service_id", sa.BigInteger, sa.ForeignKey("device_services.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("device_id", UUID(as_uuid=False)),
+    sa.Column("device_id", sa.Text),
     sa.Column("golioth_device_id", sa.Text),
     sa.Column("field", sa.Text, nullable=False),
     sa.Column("conflict_type", sa.Text, nullable=False),  # field / delete_vs_modify / identity
@@ -316,7 +319,7 @@ sync_plan = sa.Table(
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("sync_log_id", sa.BigInteger, sa.ForeignKey("golioth_sync_log.id", ondelete="CASCADE"), nullable=False),
     sa.Column("organization_id", sa.Text, nullable=False),
-    sa.Column("device_id", UUID(as_uuid=False)),
+    sa.Column("device_id", sa.Text),
     sa.Column("golioth_device_id", sa.Text),
     sa.Column("field", sa.Text, nullable=False),
     sa.Column("action", sa.Text, nullable=False),
@@ -330,4 +333,21 @@ sync_plan = sa.Table(
     sa.Column("conflict_id", sa.BigInteger),  # the operator's resolution that caused this change
     sa.Column("changed_by", sa.Text),
     sa.Index("ix_sync_plan_sync_log_id", "sync_log_id", "side"),
+)
+
+local_apply_intents = sa.Table(
+    "local_apply_intents",
+    metadata,
+    # One local write transaction (maybe in the product's own database) and the bookkeeping it owes
+    # here: committed before that transaction commits, done after (docs/reliability.md).
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("service_id", sa.BigInteger, sa.ForeignKey("device_services.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("sync_log_id", sa.BigInteger, sa.ForeignKey("golioth_sync_log.id", ondelete="SET NULL")),
+    sa.Column("txid", sa.BigInteger, nullable=False),  # txid_current() of the local transaction
+    sa.Column("status", sa.Text, nullable=False, server_default="pending"),  # pending / done / aborted
+    sa.Column("payload", JSONB, nullable=False),  # the bookkeeping to apply once that commit is known
+    _created_at(),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint("status IN ('pending','done','aborted')", name="status"),
+    sa.Index("ix_local_apply_intents_pending", "service_id", postgresql_where=sa.text("status = 'pending'")),
 )

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from sqlalchemy.engine import Connection
 
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy
+from golioth_assets.store.local_table.mapping import TableMapping
 from golioth_assets.store.schema import device_services, organizations
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -65,6 +66,13 @@ class ServiceSettings(BaseModel):
     webhook_enabled: bool = False
     webhook_secret_env: str | None = None
     webhook_secret_header: str = "x-golioth-sync-secret"
+    local_table: TableMapping | None = None
+    """The product's own device table (None: golioth-sync's built-in `devices`)."""
+
+    @field_validator("local_table")
+    @classmethod
+    def _builtin_is_none(cls, value: TableMapping | None) -> TableMapping | None:
+        return None if value is not None and value.kind == "builtin" else value
 
     @field_validator("organization_id")
     @classmethod

@@ -103,7 +103,7 @@ def insert_entries(conn: Connection, sync_log_id: int, organization_id: str, ent
         f"""
         INSERT INTO golioth_sync_log_entries (sync_log_id, organization_id, device_id, golioth_device_id,
                                               side, action, status, changes, error, changed_by)
-        SELECT %(log)s, %(org)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id',
+        SELECT %(log)s, %(org)s, s.doc->>'device_id', s.doc->>'golioth_device_id',
                s.doc->>'side', s.doc->>'action', coalesce(s.doc->>'status', 'ok'),
                coalesce(s.doc->'changes', '{{}}'::jsonb), s.doc->>'error', s.doc->>'changed_by'
         FROM {table} s
@@ -139,7 +139,7 @@ def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_ro
         INSERT INTO sync_plan (sync_log_id, organization_id, device_id, golioth_device_id, field, action,
                                side, old_value, new_value, reason, status, conflict_id, changed_by)
         -- conflict_id goes through numeric: pandas writes 3.0 when the column also holds nulls.
-        SELECT %(log)s, %(org)s, (s.doc->>'device_id')::uuid, s.doc->>'golioth_device_id', s.doc->>'field',
+        SELECT %(log)s, %(org)s, s.doc->>'device_id', s.doc->>'golioth_device_id', s.doc->>'field',
                s.doc->>'action', s.doc->>'side', s.doc->'old_value', s.doc->'new_value', s.doc->>'reason',
                s.doc->>'status', (s.doc->>'conflict_id')::numeric::bigint, s.doc->>'changed_by'
         FROM {table} s
@@ -150,7 +150,7 @@ def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_ro
 
 def load_plan(conn: Connection, sync_log_id: int, *, side: str | None = None) -> pd.DataFrame:
     sql = """
-        SELECT id, device_id::text, golioth_device_id, field, action, side, old_value, new_value, reason,
+        SELECT id, device_id, golioth_device_id, field, action, side, old_value, new_value, reason,
                status, error, conflict_id, changed_by
         FROM sync_plan WHERE sync_log_id = %(log)s
     """

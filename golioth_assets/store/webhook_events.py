@@ -116,11 +116,14 @@ _INSERT = sa.text(
             CAST(:payloads AS jsonb[]), CAST(:observed AS boolean[]))
             AS u(service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, observed)
     ), linked AS (
-        SELECT a.service_id, a.golioth_device_id, d.id AS device_id
+        -- The fast path serves the built-in table (a service without a mapping); events of a
+        -- product's own table stay pending: the targeted sync applies them through its mapping.
+        SELECT a.service_id, a.golioth_device_id, d.id::text AS device_id
         FROM (SELECT DISTINCT service_id, golioth_device_id FROM u WHERE observed) k
         JOIN device_service_assignments a
           ON a.service_id = k.service_id AND a.golioth_device_id = k.golioth_device_id
-        JOIN devices d ON d.id = a.device_id
+        JOIN device_services sv ON sv.id = a.service_id AND sv.local_table IS NULL
+        JOIN devices d ON d.id = (CASE WHEN sv.local_table IS NULL THEN a.device_id END)::uuid
         WHERE d.deleted_at IS NULL
         ORDER BY d.id
         FOR UPDATE OF d

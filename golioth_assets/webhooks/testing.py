@@ -80,7 +80,7 @@ def make_linked_device(
 
     with engine.begin() as conn:
         device_id = conn.execute(
-            sa.text("INSERT INTO devices (organization_id, name) VALUES (:org, :name) RETURNING id"),
+            sa.text("INSERT INTO devices (organization_id, name) VALUES (:org, :name) RETURNING id::text"),
             {"org": organization_id, "name": name or golioth_device_id},
         ).scalar_one()
         conn.execute(

@@ -26,6 +26,7 @@ keys are read from the live table (`introspect.py`) and checked against the mapp
     insert_defaults: {device_type: sensor}   # NOT NULL columns Golioth has no counterpart for
     soft_delete: deleted_at                  # optional; without it no deletes either way
     updated_at: updated_at                   # optional; their own change time (newest_wins)
+    observed_at: observed_at                 # optional; stamped now() whenever observed fields are written
 """
 
 from __future__ import annotations
@@ -231,6 +232,7 @@ class TableMapping(BaseModel):
     insert_defaults: dict[str, str | int | float | bool] = Field(default_factory=dict)
     soft_delete: str | None = None
     updated_at: str | None = None
+    observed_at: str | None = Field(default=None, description="A timestamp column set to now() on observed writes.")
     kind: Literal["builtin", "mapped"] = "mapped"
 
     @field_validator("table", mode="before")
@@ -245,7 +247,7 @@ class TableMapping(BaseModel):
             raise ValueError(f"connection_env takes the NAME of an environment variable, got {value!r}")
         return value
 
-    @field_validator("key", "link", "soft_delete", "updated_at")
+    @field_validator("key", "link", "soft_delete", "updated_at", "observed_at")
     @classmethod
     def _columns(cls, value: str | None) -> str | None:
         return None if value is None else _identifier(value, "column")
@@ -292,6 +294,7 @@ class TableMapping(BaseModel):
             (self.key, "key"),
             (self.link, "link"),
             (self.soft_delete, "soft_delete"),
+            (self.observed_at, "observed_at"),
             (self.tenant.column if self.tenant else None, "tenant"),
             *((c, "insert_defaults") for c in self.insert_defaults),
         ):
@@ -322,7 +325,7 @@ class TableMapping(BaseModel):
     def columns_written(self) -> set[str]:
         """Every column a sync may write: the rest of the table is never touched."""
         columns = {m.column for m in {**self.fields, **self.observed}.values()}
-        columns |= {c for c in (self.key, self.link, self.soft_delete) if c}
+        columns |= {c for c in (self.key, self.link, self.soft_delete, self.observed_at) if c}
         columns |= set(self.insert_defaults)
         if self.tenant:
             columns.add(self.tenant.column)
@@ -368,4 +371,5 @@ def builtin_mapping(organization_id: str) -> TableMapping:
         },
         soft_delete="deleted_at",
         updated_at="updated_at",
+        observed_at="observed_at",
     )
