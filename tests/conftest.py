@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.database",
     "tests.fixtures.sync",
+    "tests.fixtures.local_tables",
 ]
 
 
