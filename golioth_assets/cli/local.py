@@ -179,9 +179,10 @@ def _capture_command(install: bool):
             except capture.CaptureError as exc:
                 raise click.ClickException(str(exc)) from None
             except sa_exc.DBAPIError as exc:
-                raise click.ClickException(
-                    f"could not {verb} change capture on {target.describe()}: {first_line(exc)}"
-                ) from None
+                message = f"could not {verb} change capture on {target.describe()}: {first_line(exc)}"
+                if "must be owner" in message:  # DROP TRIGGER needs the table's owner, not a privilege
+                    message += "; run it with --dry-run and have the table's owner run that SQL"
+                raise click.ClickException(message) from None
         click.echo(f"change capture {verb}ed on {target.describe()}")
 
     return command
