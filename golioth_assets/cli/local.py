@@ -139,8 +139,15 @@ def check(mapping_file: str | None, organization_id: str | None, as_json: bool) 
     from golioth_assets.store.local_table.check import run_check
 
     target = resolve_target(mapping_file, organization_id)
+    from sqlalchemy import exc as sa_exc
+
+    from golioth_assets.store.local_table.connect import first_line
+
     with connect(target) as conn:
-        report = run_check(conn, target.mapping)
+        try:
+            report = run_check(conn, target.mapping)
+        except sa_exc.DBAPIError as exc:  # what the checks do not foresee is still one line
+            raise click.ClickException(f"could not check {target.describe()}: {first_line(exc)}") from None
     if as_json:
         from golioth_assets.store import database
 

@@ -30,7 +30,7 @@ from golioth_assets.store.local_table.introspect import (
     quote_ident,
     quote_table,
 )
-from golioth_assets.store.local_table.mapping import FieldMapping, TableMapping
+from golioth_assets.store.local_table.mapping import FieldMapping, TableMapping, TableName
 from golioth_assets.store.local_table.tenant import TenantError, lookup_tenant
 
 
@@ -176,10 +176,8 @@ def run_check(conn: Connection, mapping: TableMapping) -> CheckReport:
 
 def check_mapping(conn: Connection, mapping: TableMapping) -> CheckReport:
     report = CheckReport(str(mapping.table))
-    try:
-        info = describe_table(conn, mapping.table)
-    except TableNotFound:
-        report.error(Misfit.table_missing, None, f"table {mapping.table}: does not exist (or this role cannot see it)")
+    info = _describe(conn, report, mapping.table)
+    if info is None:
         return report
     _columns_exist(report, mapping, info)
     _field_types(report, mapping, info)
@@ -191,6 +189,17 @@ def check_mapping(conn: Connection, mapping: TableMapping) -> CheckReport:
     _privileges(conn, report, mapping, info)
     _warnings(conn, report, mapping)
     return report
+
+
+def _describe(conn: Connection, report: CheckReport, table: TableName, role: str = "") -> TableInfo | None:
+    try:
+        with conn.begin_nested():
+            return describe_table(conn, table)
+    except TableNotFound:
+        report.error(Misfit.table_missing, None, f"table {table}: does not exist (or this role cannot see it){role}")
+    except sa.exc.DBAPIError as exc:  # no USAGE on its schema, say
+        report.error(Misfit.privilege, None, f"table {table}: this role cannot read it: {first_line(exc)}{role}")
+    return None
 
 
 def usages(mapping: TableMapping) -> Iterator[tuple[str, str]]:
@@ -448,14 +457,8 @@ def _tenant(conn: Connection, report: CheckReport, mapping: TableMapping, info: 
 def _looked_up(conn: Connection, report: CheckReport, mapping: TableMapping) -> str | None:
     assert mapping.tenant is not None and mapping.tenant.lookup is not None
     lookup, tenant_column = mapping.tenant.lookup, mapping.tenant.column
-    try:
-        table = describe_table(conn, lookup.table)
-    except TableNotFound:
-        report.error(
-            Misfit.tenant,
-            tenant_column,
-            f"the tenant lookup's table {lookup.table} does not exist (or this role cannot see it)",
-        )
+    table = _describe(conn, report, lookup.table, " (tenant lookup)")
+    if table is None:
         return None
     for name in (lookup.key, *lookup.where):
         if name not in table.columns:
