@@ -9,13 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from click.testing import CliRunner
 
 from golioth_assets.cli.main import cli
 from golioth_assets.store import database, migrate
 from golioth_assets.store.local_table import capture
 from golioth_assets.store.local_table.check import Misfit, run_check
-from golioth_assets.store.local_table.mapping import builtin_mapping
+from golioth_assets.store.local_table.mapping import TableMapping, builtin_mapping
 from tests.fixtures.database import _drop_database, _server_url, fresh_database
 from tests.fixtures.local_tables import catalog_snapshot
 from tests.test_local_check import ACME_GRANTS
@@ -204,6 +205,32 @@ def test_check_sees_capture_and_a_stale_one(product_database):
         assert capture.capture_installed(conn, product.mapping)
         assert capture.capture_status(conn, product.mapping) is capture.CaptureStatus.current
         assert capture.capture_status(conn, fewer) is capture.CaptureStatus.stale
+
+
+def test_odd_json_keys_are_quoted_all_the_way(product_database):
+    """A JSON key with %, a quote, a comma and a brace reaches the trigger intact (and the SQL is safe)."""
+    product = product_database("acme_fleet")
+    key = "la'bels, {100%}"
+    raw = yaml.safe_load(product.mapping_path.read_text())
+    raw["fields"]["tags"] = {"column": "metadata", "path": [key]}
+    mapping = TableMapping.model_validate(raw)
+    with product.engine.begin() as conn:
+        capture.install_capture(conn, mapping)
+    with product.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE app.devices SET metadata = metadata || jsonb_build_object('tags', '[1]'::jsonb)"
+            " WHERE display_name = 'Roof gateway'"
+        )
+        conn.exec_driver_sql(
+            "UPDATE app.devices SET metadata = metadata || jsonb_build_object(%(k)s, '[2]'::jsonb)"
+            " WHERE display_name = 'Boiler room sensor'",
+            {"k": key},
+        )
+    assert [c.row_key for c in changes(product, mapping)] == [acme_id(product, "Boiler room sensor")]
+    with product.engine.connect() as conn:
+        assert capture.capture_status(conn, mapping) is capture.CaptureStatus.current
+    with product.engine.begin() as conn:
+        capture.uninstall_capture(conn, mapping)
 
 
 def test_install_refuses_a_mapping_that_does_not_fit(product_database):

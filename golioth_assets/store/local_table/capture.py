@@ -108,7 +108,7 @@ END
 _UNINSTALL_LEFTOVERS = f"""DO $golioth_sync$
 BEGIN
     IF to_regclass('{CHANGES}') IS NOT NULL THEN
-        DELETE FROM {CHANGES} WHERE table_name = %(label)s;
+        DELETE FROM {CHANGES} WHERE table_name = :label;
     END IF;
     -- The function and the side table stay while another table of this database is captured.
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = to_regprocedure('{FUNCTION}()')) THEN
@@ -192,7 +192,7 @@ def uninstall_statements(mapping: TableMapping) -> list[str]:
     return [
         LOCK_TIMEOUT,
         f"DROP TRIGGER IF EXISTS {TRIGGER} ON {quote_table(mapping.table)}",
-        _UNINSTALL_LEFTOVERS.replace("%(label)s", literal(str(mapping.table))),
+        _UNINSTALL_LEFTOVERS.replace(":label", literal(str(mapping.table))),
     ]
 
 
@@ -221,17 +221,23 @@ def _check_installable(conn: Connection, mapping: TableMapping) -> None:
             )
 
 
+def _run(conn: Connection, statement: str) -> None:
+    # psycopg2 formats every statement SQLAlchemy sends (with empty parameters, too): a literal %
+    # (a JSON key, say) must reach it doubled to arrive single.
+    conn.exec_driver_sql(statement.replace("%", "%%"))
+
+
 def install_capture(conn: Connection, mapping: TableMapping) -> None:
     """Install (or bring up to date) capture on the mapped table, in the caller's transaction."""
     _check_installable(conn, mapping)
     for statement in install_statements(mapping):
-        conn.exec_driver_sql(statement)
+        _run(conn, statement)
 
 
 def uninstall_capture(conn: Connection, mapping: TableMapping) -> None:
     """Remove what `install_capture` created for this table, in the caller's transaction."""
     for statement in uninstall_statements(mapping):
-        conn.exec_driver_sql(statement)
+        _run(conn, statement)
 
 
 def capture_status(conn: Connection, mapping: TableMapping) -> CaptureStatus:
