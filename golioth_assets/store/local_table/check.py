@@ -144,8 +144,8 @@ VOCABULARY: dict[str, tuple[str, ...]] = {
 
 # Golioth fields that are often empty (no blueprint, never seen, …): a NOT NULL column for one
 # refuses those devices.
-MAY_BE_EMPTY = ("blueprint", "cohort", "status", "last_seen_online", "last_seen_offline", "last_report")
-MAY_BE_EMPTY += ("firmware_version", "settings_status")
+MAY_BE_EMPTY: tuple[str, ...] = ("blueprint", "cohort", "status", "last_seen_online", "last_seen_offline")
+MAY_BE_EMPTY += ("last_report", "firmware_version", "settings_status")
 
 # Fields whose values are open-ended: a CHECK on their column cannot be tried in advance.
 OPEN_ENDED = ("name", "hardware_ids", "tags", "blueprint", "cohort", "desired_state")
@@ -329,12 +329,14 @@ def _timestamps(report: CheckReport, mapping: TableMapping, info: TableInfo) -> 
 
 def _insert_coverage(report: CheckReport, mapping: TableMapping, info: TableInfo) -> None:
     written = mapping.columns_written()
-    for column in info.columns.values():
-        if column.nullable or column.has_default or column.identity or column.generated or column.name in written:
+    for info_column in info.columns.values():
+        if info_column.nullable or info_column.has_default or info_column.identity or info_column.generated:
+            continue
+        if info_column.name in written:
             continue
         report.error(
             Misfit.not_null,
-            column.name,
+            info_column.name,
             "NOT NULL without a default, and the mapping gives it no value on insert (map it, or add it to insert_defaults)",
         )
     for name, m in {**mapping.fields, **mapping.observed}.items():
@@ -370,8 +372,8 @@ def _candidates(mapping: TableMapping, info: TableInfo) -> dict[str, list[tuple[
                 value = golioth if (name != "enabled" or kind == BOOLEAN) else None
             if value is not None:
                 out.setdefault(m.column, []).append((value, f"{name}={golioth}"))
-    for column_name, value in mapping.insert_defaults.items():
-        out.setdefault(column_name, []).append((_text(value), "insert_defaults"))
+    for column_name, default in mapping.insert_defaults.items():
+        out.setdefault(column_name, []).append((_text(default), "insert_defaults"))
     if mapping.tenant and mapping.tenant.equals is not None:
         out.setdefault(mapping.tenant.column, []).append((_text(mapping.tenant.equals), "tenant"))
     return {c: values for c, values in out.items() if c in info.columns}
