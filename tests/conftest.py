@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.sync",
     "tests.fixtures.foreign",
+    "tests.fixtures.local_tables",
 ]
 
 

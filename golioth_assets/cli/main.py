@@ -13,6 +13,7 @@ from rich.console import Console
 from golioth_assets.cli.conflicts import conflicts
 from golioth_assets.cli.dev import dev
 from golioth_assets.cli.history import history
+from golioth_assets.cli.local import local
 from golioth_assets.cli.services import services
 from golioth_assets.console.cli import console as console_command
 from golioth_assets.core.vocabulary import Direction, Policy, values
@@ -186,6 +187,7 @@ cli.add_command(webhooks)
 cli.add_command(services)
 cli.add_command(conflicts)
 cli.add_command(history)
+cli.add_command(local)
 cli.add_command(console_command)
 
 

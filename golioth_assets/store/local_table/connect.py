@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 
 from golioth_assets.core.fields import FIELD_KIND
 from golioth_assets.store import database
@@ -38,21 +38,49 @@ class LocalSide:
         return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database} {self.table.name}"
 
 
+class TableConnectionError(LocalTableError):
+    """The mapping's connection variable is unset or holds no usable PostgreSQL URL."""
+
+
 def mapping_of(service) -> TableMapping:
     return service.local_table or builtin_mapping(service.organization_id)
 
 
+def table_url(mapping: TableMapping, *, default: URL | None = None) -> URL:
+    """The URL of the database holding the mapped table; `default` (our own database) when the
+    mapping names no variable. Error messages name the variable, never its value."""
+    if mapping.connection_env is None:
+        if default is None:
+            raise TableConnectionError(f"the mapping of {mapping.table} names no connection_env")
+        return default
+    raw = os.environ.get(mapping.connection_env, "").strip()
+    if not raw:
+        raise TableConnectionError(
+            f"{mapping.connection_env} is not set: it should hold the PostgreSQL URL of the database with {mapping.table}"
+        )
+    try:
+        # make_url's own message repeats the whole string, password included: say less.
+        url = make_url(raw)
+    except Exception:
+        raise TableConnectionError(f"{mapping.connection_env} does not hold a valid PostgreSQL URL") from None
+    try:
+        return database.normalize_url(url, variable=mapping.connection_env)
+    except database.DatabaseConfigError as exc:
+        raise TableConnectionError(str(exc)) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own message (psycopg2 names host and port, never the password), one line."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
 def table_engine(db: Engine, mapping: TableMapping) -> tuple[Engine, bool]:
+    """The engine of the table's database, and whether that is golioth-sync's own database."""
     if mapping.connection_env is None:
         return db, True
-    raw = os.environ.get(mapping.connection_env)
-    if not raw:
-        raise LocalTableError(
-            f"the local table's connection is read from ${mapping.connection_env}, which is not set in this process"
-        )
-    engine = database.engine_for(raw)
-    same = make_url(raw).set(drivername=db.url.drivername) == db.url
-    return (db, True) if same else (engine, False)
+    url = table_url(mapping)
+    same = url.set(drivername=db.url.drivername) == db.url
+    return (db, True) if same else (database.engine_for(url), False)
 
 
 def open_local_table(db: Engine, service) -> LocalSide:
