@@ -37,6 +37,7 @@ from golioth_assets.core.normalize import NULL, encode
 from golioth_assets.core.plan import Plan, plan_sync
 from golioth_assets.core.policy import SyncSettings
 from golioth_assets.core.tables import changes_table
+from golioth_assets.core.vocabulary import Reason
 
 T0 = pd.Timestamp("2024-05-01T00:00:00Z")
 
@@ -151,7 +152,7 @@ def apply_plan(world: World, plan: Plan, settings: SyncSettings) -> None:
             world.remote.pop(g, None)
             world.links.pop(d, None)
         elif r.action == "unlink":
-            if r.reason == "gone on both sides":
+            if r.kind == Reason.gone_on_both_sides:
                 world.links.pop(d, None)
             else:
                 world.links[d]["status"] = "unlinked"

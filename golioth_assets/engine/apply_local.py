@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from golioth_assets.core.fields import DESIRED_PREFIX, OBSERVED_FIELDS, enabled_fields
 from golioth_assets.core.normalize import canonicalize, decode
+from golioth_assets.core.vocabulary import Reason
 from golioth_assets.store import assignments, conflicts, devices, sync_log
 from golioth_assets.store.services import Service
 
@@ -204,7 +205,7 @@ def apply_local(
     remote_deleted = plan[(plan["side"] == "remote") & (plan["action"] == "delete") & (plan["status"] == "applied")]
     assignments.delete_links(conn, service.id, zip(remote_deleted["device_id"], remote_deleted["golioth_device_id"]))
     unlinks = planned[planned["action"] == "unlink"]
-    both_gone = unlinks["reason"] == "gone on both sides"
+    both_gone = unlinks["kind"] == Reason.gone_on_both_sides
     assignments.delete_links(
         conn, service.id, zip(unlinks.loc[both_gone, "device_id"], unlinks.loc[both_gone, "golioth_device_id"])
     )
