@@ -8,6 +8,7 @@ is never guessed: it becomes an `identity` conflict and neither device is create
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ class Matching:
     """Golioth devices with no link and no match: candidates for creation locally."""
 
 
-def _trimmed(value) -> str:
+def _trimmed(value: Any) -> str:
     if type(value) is str:
         return value.strip()
     return "" if value is None or value != value else str(value).strip()  # None, NaN: no id

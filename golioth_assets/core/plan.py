@@ -848,17 +848,18 @@ def links_and_creates(sides: Sides, pairing: Pairing) -> PhaseRows:
     if not matching.new_links.empty:
         # A link to a device we created carries the base it starts from (stored with the link).
         ours = matching.new_links["device_id"].isin(list(pairing.created)).to_numpy()
-        kind = np.array(
+        link_kind = np.array(
             [Reason.matched_unfinished_create if o else Reason.matched_by_hardware_id for o in ours], dtype=object
         )
+        created_base = dump_json(CREATED_BASE)
         changes.append(
             matching.new_links.assign(
                 field="*",
                 action=Action.link,
                 side=Side.none,
-                new_value=np.where(ours, dump_json(CREATED_BASE), None),
-                kind=kind,
-                reason=_reasons(kind, None),
+                new_value=np.array([created_base if o else None for o in ours], dtype=object),
+                kind=link_kind,
+                reason=_reasons(link_kind, None),
             )
         )
     for ids, side, kind in (
@@ -939,7 +940,10 @@ def _objects(values: Any) -> Objects:
 
 def _utc(values: pd.Series) -> npt.NDArray[np.datetime64]:
     """Timestamps as UTC datetime64 (to_numpy() on a tz-aware column builds a Timestamp per row)."""
-    return pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()  # type: ignore[no-any-return]
+    stamps: npt.NDArray[np.datetime64] = (
+        pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+    )
+    return stamps
 
 
 def _id_index(ids: pd.Series) -> pd.Index:
