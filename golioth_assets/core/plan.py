@@ -122,11 +122,13 @@ def reason_text(kind: Reason, detail: str | None = None) -> str:
 
 def _reasons(kind: Reason | Objects, detail: str | Objects | None) -> str | Objects:
     """reason_text over rows: one string when kind and detail are the same for every row."""
-    if not isinstance(kind, np.ndarray) and not isinstance(detail, np.ndarray):
+    if isinstance(kind, np.ndarray):
+        kinds = kind
+    elif isinstance(detail, np.ndarray):
+        kinds = np.full(len(detail), kind, dtype=object)
+    else:
         return reason_text(kind, detail)
-    size = len(kind) if isinstance(kind, np.ndarray) else len(detail)  # type: ignore[arg-type]
-    kinds = kind if isinstance(kind, np.ndarray) else np.full(size, kind, dtype=object)
-    details = detail if isinstance(detail, np.ndarray) else np.full(size, detail, dtype=object)
+    details = detail if isinstance(detail, np.ndarray) else np.full(len(kinds), detail, dtype=object)
     return np.array([reason_text(k, d) for k, d in zip(kinds, details)], dtype=object)
 
 
