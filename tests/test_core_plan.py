@@ -17,9 +17,10 @@ from golioth_assets.core import normalize
 from golioth_assets.core.fields import ALL_GROUPS, group_of
 from golioth_assets.core.match import match_devices
 from golioth_assets.core.normalize import LIST_SEP, NO_BASE, NULL, canonicalize_base, decode, encode
-from golioth_assets.core.plan import Plan, plan_sync
+from golioth_assets.core.plan import Plan, plan_sync, reason_text
 from golioth_assets.core.policy import SyncSettings, conflict_winner
 from golioth_assets.core.tables import changes_table, conflicts_table
+from golioth_assets.core.vocabulary import Reason
 
 T0 = pd.Timestamp("2024-01-01T00:00:00Z")
 BASE: dict[str, Any] = {
@@ -770,6 +771,7 @@ def test_changes_table_columns_and_statuses():
         "side",
         "old_value",
         "new_value",
+        "kind",
         "reason",
         "status",
     } <= set(table.columns)
@@ -794,3 +796,102 @@ def test_a_device_an_unfinished_run_created_finishes_its_create_instead_of_confl
     assert writes(ours) == [("update", "remote", "desired_state.k"), ("update", "remote", "enabled")]
     link_row = rows(ours, action="link")
     assert link_row.loc[0, "new_value"] == {"enabled": True, "desired_state": {}}  # stored with the link
+
+
+# -- kinds: why each row exists -----------------------------------------------------------------------
+
+LATER = pd.Timestamp("2024-01-02T00:00:00Z")
+
+
+def _unfinished_create() -> Plan:
+    return plan_sync(
+        _frame([local_row("L1")], LOCAL_COLUMNS),
+        _frame([remote_row("G1")], REMOTE_COLUMNS),
+        _frame([], LINK_COLUMNS),
+        SyncSettings(),
+        unconfirmed_creates=pd.Series(["L1"]),
+    )
+
+
+# Each scenario → the (action, side, kind) of every row it plans, and the reason text of that kind.
+KIND_SCENARIOS = {
+    Reason.agreed: (lambda: one_pair(local={"name": "x"}, remote={"name": "x"}), ("agree", "none"), "both sides agree"),
+    Reason.changed_locally: (lambda: one_pair(local={"name": "x"}), ("update", "remote"), "changed locally"),
+    Reason.changed_in_golioth: (lambda: one_pair(remote={"name": "x"}), ("update", "local"), "changed in Golioth"),
+    Reason.settled_by_policy: (
+        lambda: one_pair(local={"name": "L"}, remote={"name": "R"}, policy="newest_wins"),
+        ("update", "local"),
+        "conflict settled by newest_wins",
+    ),
+    Reason.resolved_by_operator: (
+        lambda: one_pair(
+            local={"name": "L"},
+            remote={"name": "R"},
+            resolutions=_resolution("field", "remote", field="name", chosen=encode("name", "R")).assign(
+                resolved_by=None
+            ),
+        ),
+        ("update", "local"),
+        "resolved by operator",  # nobody named: "operator"
+    ),
+    Reason.gone_on_both_sides: (
+        lambda: plan([local_row(deleted=True)], [], [link()]),
+        ("unlink", "none"),
+        "gone on both sides",
+    ),
+    Reason.deleted_locally: (
+        lambda: plan([local_row(deleted=True)], [remote_row()], [link()], allow_deletes=True),
+        ("delete", "remote"),
+        "deleted locally",
+    ),
+    Reason.deleted_in_golioth: (
+        lambda: plan([local_row()], [], [link()], allow_deletes=True),
+        ("delete", "local"),
+        "deleted in Golioth",
+    ),
+    Reason.deletes_off: (
+        lambda: plan([local_row(deleted=True)], [remote_row()], [link()]),
+        ("unlink", "none"),
+        "deleted locally; deletes are off",
+    ),
+    Reason.observed_in_golioth: (
+        lambda: one_pair(remote={"last_report": LATER}),
+        ("observe", "local"),
+        "observed in Golioth",
+    ),
+    Reason.matched_by_hardware_id: (
+        lambda: plan([local_row("L1")], [remote_row("G1")], []),
+        ("link", "none"),
+        "matched by hardware id",
+    ),
+    Reason.matched_unfinished_create: (
+        _unfinished_create,
+        ("link", "none"),
+        "matched by hardware id: created by an unfinished run",
+    ),
+    Reason.new_in_golioth: (lambda: plan([], [remote_row()], []), ("create", "local"), "new in Golioth"),
+    Reason.new_locally: (lambda: plan([local_row()], [], []), ("create", "remote"), "new locally"),
+}
+
+
+def test_every_kind_has_a_scenario():
+    assert set(KIND_SCENARIOS) == set(Reason)
+
+
+@pytest.mark.parametrize("kind", list(KIND_SCENARIOS))
+def test_each_row_carries_its_kind_and_the_text_made_from_it(kind):
+    make, (action, side), text = KIND_SCENARIOS[kind]
+    table = changes_table(make())
+    assert set(table["kind"]) <= set(Reason)
+    mine = table[table["kind"] == kind]
+    assert len(mine) >= 1
+    assert set(zip(mine["action"], mine["side"])) == {(action, side)}
+    assert set(mine["reason"]) == {text}
+
+
+def test_reason_text_fills_in_who_or_which_policy():
+    assert reason_text(Reason.resolved_by_operator, "alice") == "resolved by alice"
+    assert reason_text(Reason.settled_by_policy, "local_wins") == "conflict settled by local_wins"
+    assert reason_text(Reason.deletes_off, reason_text(Reason.deleted_in_golioth)) == (
+        "deleted in Golioth; deletes are off"
+    )

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from golioth_assets.core.vocabulary import Reason
 from golioth_assets.store import conflicts as conflict_store
+from golioth_assets.store import sync_log
 
 
 def _first_sync(h):
@@ -208,8 +210,33 @@ def test_deletes_off_unlinks_and_keeps_the_other_side(harness):
     assert result.counts["deleted_local"] == 0
     assert device_id in harness.local().index
     assert harness.links().set_index("device_id").loc[device_id, "sync_status"] == "unlinked"
+    unlink = _stored_plan(harness, result.sync_log_id).query("action == 'unlink'")
+    assert unlink[["device_id", "kind", "reason"]].values.tolist() == [
+        [device_id, Reason.deletes_off, "deleted in Golioth; deletes are off"]
+    ]
     # The unlinked local device is not re-created in Golioth.
     assert harness.sync().counts["created_remote"] == 0
+
+
+def test_a_device_gone_on_both_sides_loses_its_link(harness):
+    _first_sync(harness)
+    gid = next(iter(harness.remote()))
+    device_id = harness.device_id_of(gid)
+    harness.delete_remote(gid)
+    harness.delete_local(device_id)
+    result = harness.sync()
+    unlink = _stored_plan(harness, result.sync_log_id).query("action == 'unlink'")
+    assert unlink[["device_id", "kind", "status"]].values.tolist() == [
+        [device_id, Reason.gone_on_both_sides, "applied"]
+    ]
+    # Deleted, not kept as an "unlinked" tombstone: nothing is left on either side to guard.
+    assert device_id not in set(harness.links()["device_id"])
+    assert harness.sync().plan.empty
+
+
+def _stored_plan(h, sync_log_id: int) -> pd.DataFrame:
+    with h.engine.connect() as conn:
+        return sync_log.load_plan(conn, sync_log_id)
 
 
 def test_deletes_on_propagate_both_ways(make_harness):

@@ -37,6 +37,7 @@ from golioth_assets.core.normalize import NULL, encode
 from golioth_assets.core.plan import Plan, plan_sync
 from golioth_assets.core.policy import SyncSettings
 from golioth_assets.core.tables import changes_table
+from golioth_assets.core.vocabulary import Reason
 
 T0 = pd.Timestamp("2024-05-01T00:00:00Z")
 
@@ -151,7 +152,7 @@ def apply_plan(world: World, plan: Plan, settings: SyncSettings) -> None:
             world.remote.pop(g, None)
             world.links.pop(d, None)
         elif r.action == "unlink":
-            if r.reason == "gone on both sides":
+            if r.kind == Reason.gone_on_both_sides:
                 world.links.pop(d, None)
             else:
                 world.links[d]["status"] = "unlinked"
@@ -296,9 +297,29 @@ def scenarios(draw, policy: str, direction: str = "bidirectional") -> Scenario:
     return Scenario(world, sync_settings, copy.deepcopy(world), scenario_local, scenario_remote, new_local, new_remote)
 
 
+# The kinds a row of each action may carry: the engine decides on kinds (an unlink of a device gone on
+# both sides deletes the link; any other unlink keeps it as a tombstone).
+KINDS_OF = {
+    "agree": {Reason.agreed, Reason.resolved_by_operator},
+    "update": {
+        Reason.changed_locally,
+        Reason.changed_in_golioth,
+        Reason.settled_by_policy,
+        Reason.resolved_by_operator,
+    },
+    "unlink": {Reason.gone_on_both_sides, Reason.deletes_off},
+    "delete": {Reason.deleted_locally, Reason.deleted_in_golioth, Reason.resolved_by_operator},
+    "create": {Reason.new_locally, Reason.new_in_golioth, Reason.resolved_by_operator},
+    "link": {Reason.matched_by_hardware_id, Reason.matched_unfinished_create},
+    "observe": {Reason.observed_in_golioth},
+}
+
+
 def run_once(s: Scenario) -> Plan:
     plan = s.world.plan(s.settings)
     note(changes_table(plan).to_string())
+    for action, kind in zip(plan.changes["action"], plan.changes["kind"]):
+        assert kind in KINDS_OF[action], (action, kind)
     apply_plan(s.world, plan, s.settings)
     return plan
 

@@ -50,8 +50,8 @@ DESIRED_PREFIX = "desired_state."
 def group_of(field: str) -> str:
     """The group of a plan field; `desired_state.<key>` belongs to desired_state."""
     if field.startswith(DESIRED_PREFIX):
-        return "desired_state"
-    return FIELD_GROUP.get(field, "observed" if field == "observed" else "device")
+        return FieldGroup.desired_state
+    return FIELD_GROUP.get(field, FieldGroup.observed if field == "observed" else "device")
 
 
 def enabled_fields(groups: frozenset[str] | set[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -8,8 +8,10 @@ is never guessed: it becomes an `identity` conflict and neither device is create
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 
@@ -27,7 +29,7 @@ class Matching:
     """Golioth devices with no link and no match: candidates for creation locally."""
 
 
-def _trimmed(value) -> str:
+def _trimmed(value: Any) -> str:
     if type(value) is str:
         return value.strip()
     return "" if value is None or value != value else str(value).strip()  # None, NaN: no id
@@ -55,12 +57,12 @@ def _hardware_pairs(hardware_ids: pd.Series, id_name: str, wanted: set[str] | No
 
 def match_devices(
     local_hw: pd.Series,
-    local_live: pd.Series,
+    local_live: pd.Series | npt.NDArray[np.bool_],
     remote_hw: pd.Series,
     links: pd.DataFrame,
     *,
-    local_linked: np.ndarray | None = None,
-    remote_linked: np.ndarray | None = None,
+    local_linked: npt.NDArray[np.bool_] | None = None,
+    remote_linked: npt.NDArray[np.bool_] | None = None,
 ) -> Matching:
     """
     local_hw / remote_hw: hardware-id lists (trimmed here), indexed by device_id / golioth_device_id.
@@ -70,7 +72,43 @@ def match_devices(
         link (of any status) names the device. The planner passes them, having located every link.
     """
     # Unlinked tombstones still "know" their devices, so those are never re-created or re-matched.
-    live_links = links[links["link_status"] != "unlinked"]
+    live_links = links[links["link_status"] != "unlinked"][["device_id", "golioth_device_id", "link_status"]]
+    unlinked = _unlinked(local_hw, local_live, remote_hw, links, local_linked, remote_linked)
+    candidates = _candidates(local_hw, remote_hw, unlinked)
+    new_links, identity_conflicts = _classify(candidates, unlinked)
+    return Matching(
+        links=live_links.reset_index(drop=True),
+        new_links=new_links,
+        identity_conflicts=identity_conflicts,
+        local_only=_without(unlinked.local, candidates["device_id"]),
+        remote_only=_without(unlinked.remote, candidates["golioth_device_id"]),
+    )
+
+
+def _without(ids: pd.Index, involved: pd.Series) -> pd.Index:
+    """ids less the involved ones (sorted then, as Index.difference leaves them; as they are if none)."""
+    return ids.difference(pd.Index(involved.unique())) if len(involved) else ids
+
+
+@dataclass(frozen=True)
+class Unlinked:
+    """The devices no link names (live ones only, on the local side): the ones matching may pair."""
+
+    live: npt.NDArray[np.bool_]  # local devices not soft-deleted, aligned with local_hw
+    local_mask: npt.NDArray[np.bool_]  # aligned with local_hw
+    remote_mask: npt.NDArray[np.bool_]  # aligned with remote_hw
+    local: pd.Index  # their device ids
+    remote: pd.Index  # their golioth device ids
+
+
+def _unlinked(
+    local_hw: pd.Series,
+    local_live: pd.Series | npt.NDArray[np.bool_],
+    remote_hw: pd.Series,
+    links: pd.DataFrame,
+    local_linked: npt.NDArray[np.bool_] | None,
+    remote_linked: npt.NDArray[np.bool_] | None,
+) -> Unlinked:
     if local_linked is None:
         local_linked = local_hw.index.isin(links["device_id"])
     if remote_linked is None:
@@ -78,81 +116,72 @@ def match_devices(
     if isinstance(local_live, pd.Series) and not local_live.index.equals(local_hw.index):
         local_live = local_live.reindex(local_hw.index, fill_value=False)
     live = np.asarray(local_live, dtype=bool)
-    local_unlinked_mask = live & ~np.asarray(local_linked, dtype=bool)
-    remote_unlinked_mask = ~np.asarray(remote_linked, dtype=bool)
-    unlinked_local = local_hw.index[local_unlinked_mask]
-    unlinked_remote = remote_hw.index[remote_unlinked_mask]
+    local_mask = live & ~np.asarray(local_linked, dtype=bool)
+    remote_mask = ~np.asarray(remote_linked, dtype=bool)
+    return Unlinked(live, local_mask, remote_mask, local_hw.index[local_mask], remote_hw.index[remote_mask])
 
-    # Candidates: an unlinked device on one side sharing a hardware id with any live device on the
-    # other. Only the unlinked devices' ids (few) are looked for in the other side's full lists.
-    local_unlinked_pairs = _hardware_pairs(local_hw[local_unlinked_mask], "device_id")
-    remote_unlinked_pairs = _hardware_pairs(remote_hw[remote_unlinked_mask], "golioth_device_id")
+
+def _candidates(local_hw: pd.Series, remote_hw: pd.Series, unlinked: Unlinked) -> pd.DataFrame:
+    """device_id, golioth_device_id: an unlinked device on one side sharing a hardware id with any
+    live device on the other. Only the unlinked devices' ids (few) are looked for in the other
+    side's full lists."""
+    local_unlinked_pairs = _hardware_pairs(local_hw[unlinked.local_mask], "device_id")
+    remote_unlinked_pairs = _hardware_pairs(remote_hw[unlinked.remote_mask], "golioth_device_id")
     wanted = set(local_unlinked_pairs["hw"]) | set(remote_unlinked_pairs["hw"])
     if wanted:
-        local_pairs = _hardware_pairs(local_hw[live], "device_id", wanted)
+        local_pairs = _hardware_pairs(local_hw[unlinked.live], "device_id", wanted)
         remote_pairs = _hardware_pairs(remote_hw, "golioth_device_id", wanted)
     else:
         local_pairs, remote_pairs = local_unlinked_pairs, remote_unlinked_pairs
     candidates = local_pairs.merge(remote_pairs, on="hw")[["device_id", "golioth_device_id"]].drop_duplicates()
-    involves_unlinked = candidates["device_id"].isin(unlinked_local) | candidates["golioth_device_id"].isin(
-        unlinked_remote
+    involves_unlinked = candidates["device_id"].isin(unlinked.local) | candidates["golioth_device_id"].isin(
+        unlinked.remote
     )
-    candidates = candidates[involves_unlinked]
-    if candidates.empty:
-        return Matching(
-            links=live_links[["device_id", "golioth_device_id", "link_status"]].reset_index(drop=True),
-            new_links=pd.DataFrame(
-                {"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}
-            ),
-            identity_conflicts=pd.DataFrame(
-                {c: pd.Series(dtype=object) for c in ("device_id", "golioth_device_id", "candidates")}
-            ),
-            local_only=unlinked_local,
-            remote_only=unlinked_remote,
-        )
+    return candidates[involves_unlinked]
 
-    # A candidate pair is clean when both devices are unlinked and each has exactly one candidate.
+
+def _classify(candidates: pd.DataFrame, unlinked: Unlinked) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidate pairs → (new links, identity conflicts). A pair is clean when both devices are
+    unlinked and each has exactly one candidate; every other candidate is ambiguous."""
+    if candidates.empty:
+        return (
+            pd.DataFrame({"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}),
+            pd.DataFrame({c: pd.Series(dtype=object) for c in IDENTITY_CONFLICT_COLUMNS}),
+        )
     per_local = candidates.groupby("device_id")["golioth_device_id"].transform("nunique")
     per_remote = candidates.groupby("golioth_device_id")["device_id"].transform("nunique")
-    both_unlinked = candidates["device_id"].isin(unlinked_local) & candidates["golioth_device_id"].isin(unlinked_remote)
-    clean = both_unlinked & (per_local == 1) & (per_remote == 1)
-    new_links = candidates[clean].reset_index(drop=True)
-    ambiguous = candidates[~clean]
-
+    local_unlinked = candidates["device_id"].isin(unlinked.local)
+    remote_unlinked = candidates["golioth_device_id"].isin(unlinked.remote)
+    clean = local_unlinked & remote_unlinked & (per_local == 1) & (per_remote == 1)
+    ambiguous = ~clean
     # One conflict per device that is itself ambiguous (several candidates, or a candidate that is
     # linked elsewhere); a device with one unlinked candidate is covered by that candidate's conflict.
-    local_is_ambiguous = (per_local[~clean] > 1) | ~ambiguous["golioth_device_id"].isin(unlinked_remote)
-    remote_is_ambiguous = (per_remote[~clean] > 1) | ~ambiguous["device_id"].isin(unlinked_local)
-    local_keys = ambiguous.loc[local_is_ambiguous & ambiguous["device_id"].isin(unlinked_local), "device_id"]
-    remote_keys = ambiguous.loc[
-        remote_is_ambiguous & ambiguous["golioth_device_id"].isin(unlinked_remote), "golioth_device_id"
+    local_keys = candidates.loc[ambiguous & ((per_local > 1) | ~remote_unlinked) & local_unlinked, "device_id"]
+    remote_keys = candidates.loc[
+        ambiguous & ((per_remote > 1) | ~local_unlinked) & remote_unlinked, "golioth_device_id"
     ]
-    local_side = (
-        ambiguous[ambiguous["device_id"].isin(local_keys)]
-        .groupby("device_id")["golioth_device_id"]
-        .agg(lambda ids: sorted(ids))
-        .rename("candidates")
-        .reset_index()
+    conflicts = pd.concat(
+        [
+            _candidate_lists(candidates[ambiguous], "device_id", "golioth_device_id", local_keys),
+            _candidate_lists(candidates[ambiguous], "golioth_device_id", "device_id", remote_keys),
+        ],
+        ignore_index=True,
     )
-    remote_side = (
-        ambiguous[ambiguous["golioth_device_id"].isin(remote_keys)]
-        .groupby("golioth_device_id")["device_id"]
-        .agg(lambda ids: sorted(ids))
-        .rename("candidates")
-        .reset_index()
-    )
-    identity_conflicts = pd.concat([local_side, remote_side], ignore_index=True)
     for column in ("device_id", "golioth_device_id"):
-        if column not in identity_conflicts:
-            identity_conflicts[column] = pd.Series(dtype=object)
-    identity_conflicts = identity_conflicts[["device_id", "golioth_device_id", "candidates"]]
+        if column not in conflicts:
+            conflicts[column] = pd.Series(dtype=object)
+    return candidates[clean].reset_index(drop=True), conflicts[IDENTITY_CONFLICT_COLUMNS]
 
-    involved_local = pd.Index(candidates["device_id"].unique())
-    involved_remote = pd.Index(candidates["golioth_device_id"].unique())
-    return Matching(
-        links=live_links[["device_id", "golioth_device_id", "link_status"]].reset_index(drop=True),
-        new_links=new_links,
-        identity_conflicts=identity_conflicts,
-        local_only=unlinked_local.difference(involved_local),
-        remote_only=unlinked_remote.difference(involved_remote),
+
+IDENTITY_CONFLICT_COLUMNS = ["device_id", "golioth_device_id", "candidates"]
+
+
+def _candidate_lists(ambiguous: pd.DataFrame, key: str, other: str, keys: pd.Series) -> pd.DataFrame:
+    """key, candidates: for each device in `keys`, the sorted ids of its candidates on the other side."""
+    return (
+        ambiguous[ambiguous[key].isin(keys)]
+        .groupby(key)[other]
+        .agg(lambda ids: sorted(ids))
+        .rename("candidates")
+        .reset_index()
     )

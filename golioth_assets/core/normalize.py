@@ -14,6 +14,7 @@ a space (text and list items are trimmed; JSON is dumped without padding):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
 
@@ -123,12 +124,12 @@ def canonicalize_base(snapshots: pd.Series, fields: tuple[str, ...]) -> pd.DataF
     )
 
 
-def snapshot_dicts(snapshots) -> list[dict]:
+def snapshot_dicts(snapshots: Iterable[Any]) -> list[dict[str, Any]]:
     """Base snapshots as dicts (a missing snapshot is an empty one)."""
     return [b if type(b) is dict else {} for b in snapshots]
 
 
-def base_values(snapshots: list[dict], field: str) -> np.ndarray:
+def base_values(snapshots: list[dict[str, Any]], field: str) -> np.ndarray:
     """One field's raw value from each base snapshot (see snapshot_dicts); ABSENT where the sides
     never agreed on it. map() over the C method: no Python frame per device."""
     return np.fromiter(map(dict.get, snapshots, repeat(field), repeat(ABSENT)), dtype=object, count=len(snapshots))
@@ -136,13 +137,15 @@ def base_values(snapshots: list[dict], field: str) -> np.ndarray:
 
 def canonical_values(field: str, values: np.ndarray) -> np.ndarray:
     """Canonical strings of one field's raw values (an object array)."""
-    return _BY_KIND[FIELD_KIND[field]](pd.Series(values, dtype=object)).to_numpy(dtype=object)
+    canonical: np.ndarray = _BY_KIND[FIELD_KIND[field]](pd.Series(values, dtype=object)).to_numpy(dtype=object)
+    return canonical
 
 
 def canonical_base_values(field: str, raw: np.ndarray) -> np.ndarray:
     """Like canonical_values, for raw base values: ABSENT → NO_BASE."""
     absent = np.fromiter((v is ABSENT for v in raw), dtype=bool, count=len(raw))
-    known = np.where(absent, None, raw)
+    known = raw.copy()
+    known[absent] = None
     return np.where(absent, NO_BASE, canonical_values(field, known))
 
 
@@ -164,7 +167,10 @@ def decode(field: str, canonical: str | None) -> Any:
 
 def encode(field: str, value: Any) -> str:
     """A decoded value (as stored in conflicts or snapshots) back to its canonical string."""
-    if field.startswith("desired_state."):
-        return canonical_json_value(pd.Series([value], dtype=object)).iloc[0]
-    kind = FIELD_KIND.get(field, "json")
-    return _BY_KIND[kind](pd.Series([value], dtype=object)).iloc[0]
+    one = pd.Series([value], dtype=object)
+    canonical: str = (
+        canonical_json_value(one)
+        if field.startswith("desired_state.")
+        else _BY_KIND[FIELD_KIND.get(field, "json")](one)
+    ).iloc[0]
+    return canonical

@@ -4,6 +4,8 @@ sync only moves activity timestamps forward and never back."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -45,7 +47,8 @@ def observed_changes(local: pd.DataFrame, remote: pd.DataFrame) -> np.ndarray:
 
 def _utc(values: pd.Series) -> np.ndarray:
     """datetime64 in UTC (a tz-aware Series' to_numpy() would build one Timestamp object per row)."""
-    return pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+    stamps: np.ndarray = pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+    return stamps
 
 
 def _equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,7 +59,7 @@ def _equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return same if isinstance(same, np.ndarray) and same.dtype == bool else np.zeros(len(a), dtype=bool)
 
 
-def _filled(values: pd.Series, empty) -> np.ndarray:
-    out = values.to_numpy(dtype=object).copy()
+def _filled(values: pd.Series, empty: dict[str, Any] | None) -> np.ndarray:
+    out: np.ndarray = values.to_numpy(dtype=object).copy()
     out[pd.isna(values).to_numpy() if empty is None else ~values.map(lambda v: isinstance(v, dict)).to_numpy()] = empty
     return out

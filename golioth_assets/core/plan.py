@@ -9,22 +9,32 @@ Per field, with base B, local L and remote R (canonical strings, see normalize.p
 
 Everything is vectorized over devices: one pass of array comparisons per field. The output is a
 plan table (one row per device, field and action) that the engine applies and a dry run prints.
+
+`plan_sync` runs named phases, each a function from explicit inputs to a small result:
+index the sides → pair devices → the present pairs' values → field diff (scalar cells, desired-state
+cells, operator resolutions, policy) → observed changes → deletions → new links, creates and
+identity conflicts → assemble the Plan. Each row carries a `kind` (a `Reason`, what code decides on)
+and the `reason` text shown to operators, made from the kind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from golioth_assets.core.fields import (
     DESIRED_PREFIX,
-    FIELD_GROUP,
     OBSERVED_FIELDS,
     SCALAR_FIELDS,
+    enabled_fields,
+    group_of,
 )
-from golioth_assets.core.match import match_devices
+from golioth_assets.core.match import Matching, match_devices
 from golioth_assets.core.normalize import (
     NO_BASE,
     NULL,
@@ -39,16 +49,31 @@ from golioth_assets.core.normalize import (
 )
 from golioth_assets.core.observed import observed_changes
 from golioth_assets.core.policy import SyncSettings, conflict_winner
+from golioth_assets.core.vocabulary import (
+    BOOKKEEPING_ACTIONS,
+    WRITE_ACTIONS,
+    Action,
+    ConflictType,
+    FieldGroup,
+    Policy,
+    Reason,
+    Side,
+)
+
+Bools = npt.NDArray[np.bool_]
+Objects = npt.NDArray[np.object_]
+Positions = npt.NDArray[np.intp]
 
 CHANGE_COLUMNS = [
     "device_id",
     "golioth_device_id",
     "field",
-    "action",  # create / update / delete / unlink / link / agree / observe
-    "side",  # local / remote / none
+    "action",  # an Action
+    "side",  # a Side
     "old_value",
     "new_value",
-    "reason",
+    "kind",  # why the row exists, a Reason: what code decides on
+    "reason",  # the same for operators: made from the kind (plus who resolved, which policy settled)
     "blocked",  # the direction forbids this write: it stays pending, visible in the plan
     "conflict_id",  # set when an operator's resolution caused this change
     "changed_by",
@@ -57,12 +82,54 @@ CONFLICT_COLUMNS = [
     "device_id",
     "golioth_device_id",
     "field",
-    "conflict_type",  # field / delete_vs_modify / identity
+    "conflict_type",  # a ConflictType
     "base_value",
     "local_value",
     "remote_value",
 ]
-WRITE_ACTIONS = ("create", "update", "delete", "observe")
+__all__ = ["CHANGE_COLUMNS", "CONFLICT_COLUMNS", "WRITE_ACTIONS", "Plan", "plan_sync", "reason_text"]
+
+# The operator-facing text of each kind; "{}" takes the detail (who resolved, which policy settled,
+# which side deleted).
+REASON_TEXT: dict[Reason, str] = {
+    Reason.agreed: "both sides agree",
+    Reason.changed_locally: "changed locally",
+    Reason.changed_in_golioth: "changed in Golioth",
+    Reason.settled_by_policy: "conflict settled by {}",
+    Reason.resolved_by_operator: "resolved by {}",
+    Reason.gone_on_both_sides: "gone on both sides",
+    Reason.deleted_locally: "deleted locally",
+    Reason.deleted_in_golioth: "deleted in Golioth",
+    Reason.deletes_off: "{}; deletes are off",
+    Reason.observed_in_golioth: "observed in Golioth",
+    Reason.matched_by_hardware_id: "matched by hardware id",
+    Reason.matched_unfinished_create: "matched by hardware id: created by an unfinished run",
+    Reason.new_in_golioth: "new in Golioth",
+    Reason.new_locally: "new locally",
+}
+assert set(REASON_TEXT) == set(Reason), "every kind has its text"
+
+# What a create leaves in Golioth that the create itself cannot set: the base a device we created
+# (but never recorded) starts from when it is matched again.
+CREATED_BASE: dict[str, Any] = {"enabled": True, "desired_state": {}}
+
+
+def reason_text(kind: Reason, detail: str | None = None) -> str:
+    """The text shown to operators for a plan row of this kind."""
+    template = REASON_TEXT[kind]
+    return template.format(detail) if "{}" in template else template
+
+
+def _reasons(kind: Reason | Objects, detail: str | Objects | None) -> str | Objects:
+    """reason_text over rows: one string when kind and detail are the same for every row."""
+    if isinstance(kind, np.ndarray):
+        kinds = kind
+    elif isinstance(detail, np.ndarray):
+        kinds = np.full(len(detail), kind, dtype=object)
+    else:
+        return reason_text(kind, detail)
+    details = detail if isinstance(detail, np.ndarray) else np.full(len(kinds), detail, dtype=object)
+    return np.array([reason_text(k, d) for k, d in zip(kinds, details)], dtype=object)
 
 
 @dataclass
@@ -72,7 +139,7 @@ class Plan:
     superseded: list[int] = field(default_factory=list)
     pairs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    def writes(self, side: str | None = None) -> pd.DataFrame:
+    def writes(self, side: Side | None = None) -> pd.DataFrame:
         """Changes that will actually be written (not blocked by the direction)."""
         rows = self.changes[self.changes["action"].isin(WRITE_ACTIONS) & ~self.changes["blocked"]]
         return rows if side is None else rows[rows["side"] == side]
@@ -80,33 +147,33 @@ class Plan:
     @property
     def is_noop(self) -> bool:
         """True when applying this plan would write nothing to either side."""
-        return (
+        return bool(
             self.writes().empty
             and self.conflicts.empty
             and not self.superseded
-            and not (self.changes["action"].isin(["agree", "link", "unlink"]).any())
+            and not (self.changes["action"].isin(BOOKKEEPING_ACTIONS).any())
         )
 
     def counts(self) -> dict[str, int]:
         writes = self.writes()
 
-        def count(side: str, action: str) -> int:
+        def count(side: Side, action: Action) -> int:
             rows = writes[(writes["side"] == side) & (writes["action"] == action)]
-            key = "golioth_device_id" if side == "remote" and action == "update" else "device_id"
-            return int(rows[key].nunique()) if action == "update" else len(rows)
+            key = "golioth_device_id" if side == Side.remote and action == Action.update else "device_id"
+            return int(rows[key].nunique()) if action == Action.update else len(rows)
 
         return {
-            "created_local": count("local", "create"),
-            "updated_local": count("local", "update"),
-            "deleted_local": count("local", "delete"),
-            "observed_local": count("local", "observe"),
-            "created_remote": count("remote", "create"),
-            "updated_remote": count("remote", "update"),
-            "deleted_remote": count("remote", "delete"),
+            "created_local": count(Side.local, Action.create),
+            "updated_local": count(Side.local, Action.update),
+            "deleted_local": count(Side.local, Action.delete),
+            "observed_local": count(Side.local, Action.observe),
+            "created_remote": count(Side.remote, Action.create),
+            "updated_remote": count(Side.remote, Action.update),
+            "deleted_remote": count(Side.remote, Action.delete),
             "conflicts": len(self.conflicts),
             "blocked": int(self.changes["blocked"].sum()),
-            "linked": int((self.changes["action"] == "link").sum()),
-            "unlinked": int((self.changes["action"] == "unlink").sum()),
+            "linked": int((self.changes["action"] == Action.link).sum()),
+            "unlinked": int((self.changes["action"] == Action.unlink).sum()),
             "superseded": len(self.superseded),
         }
 
@@ -118,213 +185,65 @@ def empty_changes() -> pd.DataFrame:
 
 
 def _rows(
-    pairs: pd.DataFrame, mask: np.ndarray, field_name: str | pd.Series, action: str, side: str, old, new, reason
+    pairs: pd.DataFrame,
+    mask: Bools,
+    *,
+    field: str | pd.Series,
+    action: Action,
+    side: Side,
+    kind: Reason | Objects,
+    old: Any = None,
+    new: Any = None,
+    detail: str | Objects | None = None,
 ) -> pd.DataFrame:
-    """Plan rows for the pairs selected by `mask`."""
+    """Plan rows for the pairs selected by `mask`. Array arguments are aligned with `pairs`."""
     mask = np.asarray(mask, dtype=bool)
 
-    def pick(value):
+    def pick(value: Any) -> Any:
         return value[mask] if isinstance(value, np.ndarray) else value
 
+    picked_kind, picked_detail = pick(kind), pick(detail)
     return pd.DataFrame(
         {
             "device_id": pairs["device_id"].to_numpy(dtype=object)[mask],
             "golioth_device_id": pairs["golioth_device_id"].to_numpy(dtype=object)[mask],
-            "field": pick(field_name.to_numpy() if isinstance(field_name, pd.Series) else field_name),
+            "field": pick(field.to_numpy() if isinstance(field, pd.Series) else field),
             "action": action,
             "side": side,
             "old_value": pick(old),
             "new_value": pick(new),
-            "reason": pick(reason),
+            "kind": picked_kind,
+            "reason": _reasons(picked_kind, picked_detail),
         }
     )
 
 
-def _diff_cells(cells: pd.DataFrame, settings: SyncSettings) -> tuple[list[pd.DataFrame], pd.DataFrame, pd.DataFrame]:
-    """Three-way diff over long-format cells: device_id, golioth_device_id, field, L, R, B,
-    local_updated_at, remote_updated_at. Returns (plan row frames, conflict cells for an operator,
-    conflict cells this run leaves as they are)."""
-    L, R, B = (cells[c].to_numpy(dtype=object) for c in ("L", "R", "B"))
-    lr, lb, rb = L == R, L == B, R == B
-    agree = lr & ~lb
-    push = ~lb & rb & ~lr
-    pull = lb & ~rb & ~lr
-    conflict = ~lr & ~lb & ~rb
-
-    frames = [
-        _rows(cells, agree, cells["field"], "agree", "none", B, L, "both sides agree"),
-        _rows(cells, push, cells["field"], "update", "remote", R, L, "changed locally"),
-        _rows(cells, pull, cells["field"], "update", "local", L, R, "changed in Golioth"),
-    ]
-
-    conflicting = cells[conflict]
-    if not conflicting.empty:
-        groups = conflicting["field"].map(lambda f: "desired_state" if f.startswith(DESIRED_PREFIX) else FIELD_GROUP[f])
-        policies = groups.map(settings.policy_for)
-        winner = conflict_winner(policies, conflicting["local_updated_at"], conflicting["remote_updated_at"])
-        cl, cr = conflicting["L"].to_numpy(dtype=object), conflicting["R"].to_numpy(dtype=object)
-        reasons = ("conflict settled by " + policies).to_numpy(dtype=object)
-        local_wins = (winner == "local").to_numpy()
-        remote_wins = (winner == "remote").to_numpy()
-        frames.append(_rows(conflicting, local_wins, conflicting["field"], "update", "remote", cr, cl, reasons))
-        frames.append(_rows(conflicting, remote_wins, conflicting["field"], "update", "local", cl, cr, reasons))
-        manual = conflicting[(winner == "manual").to_numpy()]
-        # Conflicts that stay as they are this run: left to an operator, or settled by the policy
-        # with a write that the direction forbids.
-        unwritten = conflicting[
-            (
-                (winner == "manual")
-                | ((winner == "local") & (not settings.writes("remote")))
-                | ((winner == "remote") & (not settings.writes("local")))
-            ).to_numpy()
-        ]
-    else:
-        manual = unwritten = conflicting
-    return frames, manual, unwritten
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Element-wise a == b on raw values. Identical raw values are equal after normalization too,
-    so only the other rows need normalizing; a value that doesn't compare plainly counts as different
-    (its canonical form then decides)."""
-    try:
-        same = a == b
-    except (TypeError, ValueError):
-        return np.zeros(len(a), dtype=bool)
-    if not (isinstance(same, np.ndarray) and same.dtype == bool):
-        return np.zeros(len(a), dtype=bool)
-    # Missing on both sides (None, NaN) is the same too: NaN == NaN is False.
-    other = np.flatnonzero(~same)
-    if len(other):
-        same[other] = pd.isna(a[other]) & pd.isna(b[other])
-    return same
-
-
-def _maybe_differs(L: np.ndarray, R: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Positions where L, R and B are not all identical as raw values (usually few)."""
-    return np.flatnonzero(~(_same(L, R) & _same(L, B)))
-
-
-def _scalar_cells(pairs: pd.DataFrame, L_raw: dict, R_raw: dict, B_raw: dict, fields: tuple[str, ...]) -> pd.DataFrame:
-    """Long-format cells for the scalar fields where L, R and B are not all equal (canonically).
-
-    L_raw / R_raw / B_raw: field → raw values (object arrays aligned with `pairs`; B may hold ABSENT)."""
-    frames = []
-    for f in fields:
-        maybe = _maybe_differs(L_raw[f], R_raw[f], B_raw[f])
-        if not len(maybe):
-            continue
-        L = canonical_values(f, L_raw[f][maybe])
-        R = canonical_values(f, R_raw[f][maybe])
-        B = canonical_base_values(f, B_raw[f][maybe])
-        differs = (L != R) | (L != B)
-        if differs.any():
-            sub = pairs.iloc[maybe[differs]][
-                ["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]
-            ]
-            frames.append(sub.assign(field=f, L=L[differs], R=R[differs], B=B[differs]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _desired_cells(pairs: pd.DataFrame, L_raw: pd.Series, R_raw: pd.Series, B_raw: pd.Series, B_known) -> pd.DataFrame:
-    """Desired state merges key by key: one cell per top-level key of any side."""
-
-    def long(raw: pd.Series, column: str) -> pd.DataFrame:
-        items = raw.map(lambda d: list(d.items()) if isinstance(d, dict) else []).explode().dropna()
-        if items.empty:
-            return pd.DataFrame({"pair": pd.Series(dtype=int), "key": pd.Series(dtype=object), column: []})
-        keys = items.map(lambda kv: kv[0])
-        values = canonical_json_value(items.map(lambda kv: kv[1]))
-        return pd.DataFrame({"pair": items.index.to_numpy(), "key": keys.to_numpy(), column: values.to_numpy()})
-
-    positions = pd.RangeIndex(len(pairs))
-    merged = long(pd.Series(L_raw.to_numpy(), index=positions), "L").merge(
-        long(pd.Series(R_raw.to_numpy(), index=positions), "R"), on=["pair", "key"], how="outer"
-    )
-    merged = merged.merge(long(pd.Series(B_raw.to_numpy(), index=positions), "B"), on=["pair", "key"], how="outer")
-    if merged.empty:
-        return pd.DataFrame()
-    merged = merged.astype({"L": object, "R": object, "B": object})
-    merged[["L", "R"]] = merged[["L", "R"]].fillna(NULL)
-    base_known = np.asarray(B_known)[merged["pair"].to_numpy()]
-    merged["B"] = np.where(base_known, merged["B"].fillna(NULL), NO_BASE)
-    info = pairs.iloc[merged["pair"].to_numpy()]
+def _conflict_frame(
+    keys: pd.DataFrame, *, field: str | Objects, conflict_type: ConflictType, base: Any, local: Any, remote: Any
+) -> pd.DataFrame:
+    """Conflict rows (CONFLICT_COLUMNS) for the device pairs in `keys` (device_id, golioth_device_id)."""
     return pd.DataFrame(
         {
-            "device_id": info["device_id"].to_numpy(),
-            "golioth_device_id": info["golioth_device_id"].to_numpy(),
-            "local_updated_at": info["local_updated_at"].to_numpy(),
-            "remote_updated_at": info["remote_updated_at"].to_numpy(),
-            "field": (DESIRED_PREFIX + merged["key"].astype(str)).to_numpy(),
-            "L": merged["L"].to_numpy(dtype=object),
-            "R": merged["R"].to_numpy(dtype=object),
-            "B": merged["B"].to_numpy(dtype=object),
+            "device_id": keys["device_id"].to_numpy(),
+            "golioth_device_id": keys["golioth_device_id"].to_numpy(),
+            "field": field,
+            "conflict_type": conflict_type,
+            "base_value": base,
+            "local_value": local,
+            "remote_value": remote,
         }
     )
 
 
-def _apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame, settings: SyncSettings):
-    """Cells an operator resolved become writes to whichever side differs from the chosen value."""
-    if resolutions is None or resolutions.empty or cells.empty:
-        return [], cells
-    res = resolutions[resolutions["conflict_type"] == "field"]
-    keyed = cells.merge(
-        res[["device_id", "golioth_device_id", "field", "conflict_id", "chosen", "resolved_by"]],
-        on=["device_id", "golioth_device_id", "field"],
-        how="left",
-    )
-    resolved = keyed["conflict_id"].notna().to_numpy()
-    if not resolved.any():
-        return [], cells
-    hit = keyed[resolved]
-    chosen = hit["chosen"].to_numpy(dtype=object)
-    L, R = hit["L"].to_numpy(dtype=object), hit["R"].to_numpy(dtype=object)
-    reason = ("resolved by " + hit["resolved_by"].fillna("operator").astype(str)).to_numpy(dtype=object)
-    frames = []
-    for side, current in (("local", L), ("remote", R)):
-        mask = current != chosen
-        rows = _rows(hit, mask, hit["field"], "update", side, current, chosen, reason)
-        rows["conflict_id"] = hit["conflict_id"].to_numpy()[mask]
-        rows["changed_by"] = hit["resolved_by"].to_numpy()[mask]
-        frames.append(rows)
-    # Both sides already hold the chosen value: record it as the new base and close the conflict.
-    same = (chosen == L) & (chosen == R)
-    rows = _rows(hit, same, hit["field"], "agree", "none", L, chosen, reason)
-    rows["conflict_id"] = hit["conflict_id"].to_numpy()[same]
-    frames.append(rows)
-    return frames, cells[~resolved]
+@dataclass(frozen=True)
+class PhaseRows:
+    """What a phase adds to the plan: its change rows and its conflicts (frames, in plan order)."""
+
+    changes: list[pd.DataFrame] = field(default_factory=list)
+    conflicts: list[pd.DataFrame] = field(default_factory=list)
 
 
-def _hold_unsettled_desired_keys(agree: pd.DataFrame, unwritten: pd.DataFrame) -> pd.DataFrame:
-    """Drop desired-state key agreements of devices whose desired state was never agreed on and
-    still has a key in conflict that this run leaves as it is (for an operator, or blocked by the
-    direction). The base stores the desired state as one object, so recording one agreed key would
-    make the base "known" and the conflicting key, absent from it, would then look unchanged on the
-    side that lacks it: the next run would settle the conflict by guessing.
-    """
-    unsettled = unwritten[
-        (unwritten["B"] == NO_BASE).to_numpy() & unwritten["field"].str.startswith(DESIRED_PREFIX).to_numpy()
-    ]
-    if unsettled.empty or agree.empty:
-        return agree
-    pairs = pd.MultiIndex.from_frame(unsettled[["device_id", "golioth_device_id"]])
-    held = agree["field"].str.startswith(DESIRED_PREFIX).to_numpy() & pd.MultiIndex.from_frame(
-        agree[["device_id", "golioth_device_id"]]
-    ).isin(pairs)
-    return agree[~held]
-
-
-def _device_changed(survivor: pd.DataFrame, base: list[dict], fields: tuple[str, ...]) -> np.ndarray:
-    """Whether a side changed any synced field since the base (a field never agreed on doesn't count).
-    survivor: that side's raw rows; base: their base snapshots (dicts), aligned by position."""
-    changed = np.zeros(len(survivor), dtype=bool)
-    for f in fields:
-        X, B = _objects(survivor[f]), base_values(base, f)
-        maybe = np.flatnonzero(~_same(X, B))
-        if len(maybe):
-            Bc = canonical_base_values(f, B[maybe])
-            changed[maybe] |= (canonical_values(f, X[maybe]) != Bc) & (Bc != NO_BASE)
-    return changed
+# -- the phases, in the order plan_sync runs them ------------------------------------------------------
 
 
 def plan_sync(
@@ -351,243 +270,711 @@ def plan_sync(
         two things the create itself cannot set). Its follow-ups then finish; no false conflict.
     """
     fields = settings.fields
-    scalar = tuple(f for f in fields if f in SCALAR_FIELDS)
+    sides = index_sides(local, remote, links)
+    pairing = pair_devices(sides, links, unconfirmed_creates)
+    present = present_pairs(sides, pairing, fields)
+    phases = [
+        field_diff(present, fields, settings, resolutions),
+        observed_rows(sides, present, settings),
+        deletions(sides, pairing, fields, settings, resolutions),
+        links_and_creates(sides, pairing),
+    ]
+    return assemble(phases, sides, pairing.pairs, settings, open_conflicts)
 
+
+@dataclass(frozen=True)
+class Sides:
+    """Both sides indexed by id, and where each stored link's devices are (-1: not in this run)."""
+
+    local: pd.DataFrame  # indexed by device_id
+    remote: pd.DataFrame  # indexed by golioth_device_id
+    local_live: Bools  # not soft-deleted; aligned with local
+    link_lpos: Positions  # aligned with links
+    link_rpos: Positions
+
+
+def index_sides(local: pd.DataFrame, remote: pd.DataFrame, links: pd.DataFrame) -> Sides:
     # Each side is indexed by id once (object dtype: the fastest hash table). Everything after that
     # is positional, so a plan hashes each side's ids about once, whatever the number of devices.
     local = local.set_axis(_id_index(local["device_id"]))
     remote = remote.set_axis(_id_index(remote["golioth_device_id"]))
-    local_live = local["deleted_at"].isna().to_numpy(dtype=bool)
-    link_lpos = local.index.get_indexer(_objects(links["device_id"]))
-    link_rpos = remote.index.get_indexer(_objects(links["golioth_device_id"]))
-
-    matching = match_devices(
-        local["hardware_ids"],
-        local_live,
-        remote["hardware_ids"],
-        links,
-        local_linked=_marked(link_lpos, len(local)),
-        remote_linked=_marked(link_rpos, len(remote)),
+    return Sides(
+        local=local,
+        remote=remote,
+        local_live=local["deleted_at"].isna().to_numpy(dtype=bool),
+        link_lpos=local.index.get_indexer(_objects(links["device_id"])),
+        link_rpos=remote.index.get_indexer(_objects(links["golioth_device_id"])),
     )
 
+
+@dataclass(frozen=True)
+class Pairing:
+    """Every device pair the plan looks at: the live links, then the new matches by hardware id."""
+
+    matching: Matching
+    pairs: pd.DataFrame  # device_id, golioth_device_id, new_link, l_present, r_present
+    lpos: Positions  # each pair's row in Sides.local (-1: not in this run)
+    rpos: Positions  # each pair's row in Sides.remote (-1: gone from Golioth)
+    snapshots: Objects  # each pair's base snapshot (None: the sides never agreed on anything)
+    created: frozenset[str]  # local ids of unconfirmed creates (see plan_sync)
+
+
+def pair_devices(sides: Sides, links: pd.DataFrame, unconfirmed_creates: pd.Series | None) -> Pairing:
+    matching = match_devices(
+        sides.local["hardware_ids"],
+        sides.local_live,
+        sides.remote["hardware_ids"],
+        links,
+        local_linked=_marked(sides.link_lpos, len(sides.local)),
+        remote_linked=_marked(sides.link_rpos, len(sides.remote)),
+    )
     live_link = (links["link_status"] != "unlinked").to_numpy(dtype=bool)
     new = matching.new_links
+    new_local, new_remote = _objects(new["device_id"]), _objects(new["golioth_device_id"])
     pairs = pd.DataFrame(
         {
-            "device_id": np.concatenate([_objects(links["device_id"])[live_link], _objects(new["device_id"])]),
-            "golioth_device_id": np.concatenate(
-                [_objects(links["golioth_device_id"])[live_link], _objects(new["golioth_device_id"])]
-            ),
+            "device_id": np.concatenate([_objects(links["device_id"])[live_link], new_local]),
+            "golioth_device_id": np.concatenate([_objects(links["golioth_device_id"])[live_link], new_remote]),
             "new_link": np.concatenate([np.zeros(int(live_link.sum()), dtype=bool), np.ones(len(new), dtype=bool)]),
         }
     ).astype({"device_id": object, "golioth_device_id": object})
-    lpos = np.concatenate([link_lpos[live_link], local.index.get_indexer(_objects(new["device_id"]))])
-    rpos = np.concatenate([link_rpos[live_link], remote.index.get_indexer(_objects(new["golioth_device_id"]))])
+    lpos = np.concatenate([sides.link_lpos[live_link], sides.local.index.get_indexer(new_local)])
+    rpos = np.concatenate([sides.link_rpos[live_link], sides.remote.index.get_indexer(new_remote)])
     # A new link has no base yet: the sides never agreed on anything (unless we created it).
-    created = set(unconfirmed_creates) if unconfirmed_creates is not None else set()
-    new_bases = [{"enabled": True, "desired_state": {}} if d in created else None for d in new["device_id"]]
+    created = frozenset(unconfirmed_creates) if unconfirmed_creates is not None else frozenset()
+    new_bases = [dict(CREATED_BASE) if d in created else None for d in new_local]
     snapshots = np.concatenate([_objects(links["base_snapshot"])[live_link], np.array(new_bases, dtype=object)])
     l_present = np.zeros(len(pairs), dtype=bool)
-    l_present[lpos >= 0] = local_live[lpos[lpos >= 0]]  # a soft-deleted local device is not present
+    l_present[lpos >= 0] = sides.local_live[lpos[lpos >= 0]]  # a soft-deleted local device is not present
     pairs["l_present"] = l_present
     pairs["r_present"] = rpos >= 0
+    return Pairing(matching, pairs, lpos, rpos, snapshots, created)
 
-    frames: list[pd.DataFrame] = []
-    conflicts: list[pd.DataFrame] = []
 
-    # --- Both sides present: field-level diff -------------------------------------------------
-    both = (pairs["l_present"] & pairs["r_present"]).to_numpy()
-    lp, rp = lpos[both], rpos[both]
-    P = pairs[both].reset_index(drop=True)
-    P["local_updated_at"] = _utc(local["updated_at"])[lp]
-    P["remote_updated_at"] = _utc(remote["updated_at"])[rp]
-    L_raw = {f: _objects(local[f])[lp] for f in fields}
-    R_raw = {f: _objects(remote[f])[rp] for f in fields}
-    base_dicts = snapshot_dicts(snapshots[both])
-    B_raw = {f: base_values(base_dicts, f) for f in fields}
+@dataclass(frozen=True)
+class PresentPairs:
+    """The pairs whose devices exist on both sides, with each field's raw values aligned by position."""
 
-    cells = [_scalar_cells(P, L_raw, R_raw, B_raw, scalar)]
-    if "desired_state" in fields:
-        maybe = _maybe_differs(L_raw["desired_state"], R_raw["desired_state"], B_raw["desired_state"])
-        L = canonical_values("desired_state", L_raw["desired_state"][maybe])
-        R = canonical_values("desired_state", R_raw["desired_state"][maybe])
-        B = canonical_base_values("desired_state", B_raw["desired_state"][maybe])
-        # Whole objects equal but not the base: record the base for the object in one row.
-        agree = (L == R) & (L != B)
-        agreed = P.iloc[maybe[agree]]
-        frames.append(
-            _rows(
-                agreed,
-                np.ones(len(agreed), dtype=bool),
-                "desired_state",
-                "agree",
-                "none",
-                B[agree],
-                L[agree],
-                "both sides agree",
+    pairs: pd.DataFrame  # Pairing.pairs' columns + local_updated_at, remote_updated_at
+    lpos: Positions
+    rpos: Positions
+    local: dict[str, Objects]  # field → local raw values
+    remote: dict[str, Objects]  # field → Golioth raw values
+    base: dict[str, Objects]  # field → base raw values (ABSENT where the sides never agreed)
+
+
+def present_pairs(sides: Sides, pairing: Pairing, fields: tuple[str, ...]) -> PresentPairs:
+    both = (pairing.pairs["l_present"] & pairing.pairs["r_present"]).to_numpy()
+    lp, rp = pairing.lpos[both], pairing.rpos[both]
+    pairs = pairing.pairs[both].reset_index(drop=True)
+    pairs["local_updated_at"] = _utc(sides.local["updated_at"])[lp]
+    pairs["remote_updated_at"] = _utc(sides.remote["updated_at"])[rp]
+    base_dicts = snapshot_dicts(pairing.snapshots[both])
+    return PresentPairs(
+        pairs=pairs,
+        lpos=lp,
+        rpos=rp,
+        local={f: _objects(sides.local[f])[lp] for f in fields},
+        remote={f: _objects(sides.remote[f])[rp] for f in fields},
+        base={f: base_values(base_dicts, f) for f in fields},
+    )
+
+
+def field_diff(
+    present: PresentPairs, fields: tuple[str, ...], settings: SyncSettings, resolutions: pd.DataFrame | None
+) -> PhaseRows:
+    """The three-way diff of the present pairs, field by field (desired state key by key)."""
+    cells = [_scalar_cells(present, tuple(f for f in fields if f in SCALAR_FIELDS))]
+    agreed_objects: list[pd.DataFrame] = []
+    if FieldGroup.desired_state in fields:
+        desired = desired_state_diff(present)
+        agreed_objects.append(desired.agreed)
+        cells.append(desired.cells)
+    settled = settle_cells([c for c in cells if not c.empty], settings, resolutions)
+    return PhaseRows([*agreed_objects, *settled.changes], settled.conflicts)
+
+
+@dataclass(frozen=True)
+class DesiredStateDiff:
+    agreed: pd.DataFrame  # plan rows: whole objects equal on both sides but not the base, one per device
+    cells: pd.DataFrame  # cells (see _diff_cells), one per key, of the devices whose objects differ
+
+
+def desired_state_diff(present: PresentPairs) -> DesiredStateDiff:
+    name = FieldGroup.desired_state.value
+    L_raw, R_raw, B_raw = present.local[name], present.remote[name], present.base[name]
+    maybe = _maybe_differs(L_raw, R_raw, B_raw)
+    L = canonical_values(name, L_raw[maybe])
+    R = canonical_values(name, R_raw[maybe])
+    B = canonical_base_values(name, B_raw[maybe])
+    # Whole objects equal but not the base: record the base for the object in one row.
+    agree = (L == R) & (L != B)
+    agreed = present.pairs.iloc[maybe[agree]]
+    rows = _rows(
+        agreed,
+        np.ones(len(agreed), dtype=bool),
+        field=name,
+        action=Action.agree,
+        side=Side.none,
+        kind=Reason.agreed,
+        old=B[agree],
+        new=L[agree],
+    )
+    differs = L != R
+    if not differs.any():
+        return DesiredStateDiff(rows, pd.DataFrame())
+    at = maybe[differs]
+    cells = _desired_cells(
+        present.pairs.iloc[at].reset_index(drop=True),
+        pd.Series(L_raw[at], dtype=object),
+        pd.Series(R_raw[at], dtype=object),
+        pd.Series(B_raw[at], dtype=object),
+        B[differs] != NO_BASE,
+    )
+    return DesiredStateDiff(rows, cells)
+
+
+def settle_cells(cells: Sequence[pd.DataFrame], settings: SyncSettings, resolutions: pd.DataFrame | None) -> PhaseRows:
+    """Cells that differ → operator resolutions first, then the three-way rules and the policy;
+    what neither settles becomes a field conflict."""
+    if not cells:
+        return PhaseRows()
+    resolved = apply_resolutions(pd.concat(cells, ignore_index=True), resolutions)
+    diff = diff_cells(resolved.remaining, settings)
+    agreed = _hold_unsettled_desired_keys(diff.agreed, diff.unwritten)
+    manual = diff.manual
+    conflicts = []
+    if not manual.empty:
+        conflicts.append(
+            _conflict_frame(
+                manual,
+                field=manual["field"].to_numpy(),
+                conflict_type=ConflictType.field,
+                base=manual["B"].to_numpy(),
+                local=manual["L"].to_numpy(),
+                remote=manual["R"].to_numpy(),
             )
         )
-        differs = L != R
+    return PhaseRows([*resolved.changes, agreed, *diff.writes], conflicts)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    changes: list[pd.DataFrame]  # plan rows that carry out operators' resolutions
+    remaining: pd.DataFrame  # the cells no resolution covers
+
+
+def apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame | None) -> Resolved:
+    """Cells an operator resolved become writes to whichever side differs from the chosen value."""
+    if resolutions is None or resolutions.empty or cells.empty:
+        return Resolved([], cells)
+    res = resolutions[resolutions["conflict_type"] == ConflictType.field]
+    keyed = cells.merge(
+        res[["device_id", "golioth_device_id", "field", "conflict_id", "chosen", "resolved_by"]],
+        on=["device_id", "golioth_device_id", "field"],
+        how="left",
+    )
+    resolved = keyed["conflict_id"].notna().to_numpy()
+    if not resolved.any():
+        return Resolved([], cells)
+    hit = keyed[resolved]
+    chosen = hit["chosen"].to_numpy(dtype=object)
+    L, R = hit["L"].to_numpy(dtype=object), hit["R"].to_numpy(dtype=object)
+    by = hit["resolved_by"].fillna("operator").astype(str).to_numpy(dtype=object)
+    conflict_ids = hit["conflict_id"].to_numpy()
+    frames = []
+    for side, current in ((Side.local, L), (Side.remote, R)):
+        mask = current != chosen
+        rows = _rows(
+            hit,
+            mask,
+            field=hit["field"],
+            action=Action.update,
+            side=side,
+            kind=Reason.resolved_by_operator,
+            old=current,
+            new=chosen,
+            detail=by,
+        )
+        rows["conflict_id"] = conflict_ids[mask]
+        rows["changed_by"] = hit["resolved_by"].to_numpy()[mask]
+        frames.append(rows)
+    # Both sides already hold the chosen value: record it as the new base and close the conflict.
+    same = (chosen == L) & (chosen == R)
+    rows = _rows(
+        hit,
+        same,
+        field=hit["field"],
+        action=Action.agree,
+        side=Side.none,
+        kind=Reason.resolved_by_operator,
+        old=L,
+        new=chosen,
+        detail=by,
+    )
+    rows["conflict_id"] = conflict_ids[same]
+    frames.append(rows)
+    return Resolved(frames, cells[~resolved])
+
+
+@dataclass(frozen=True)
+class CellDiff:
+    agreed: pd.DataFrame  # plan rows: both sides hold the same new value, recorded as the base
+    writes: list[pd.DataFrame]  # plan rows: pushes, pulls, and conflicts the policy settled
+    manual: pd.DataFrame  # conflicting cells left to an operator
+    unwritten: pd.DataFrame  # conflicting cells this run leaves as they are (manual, or a forbidden write)
+
+
+def diff_cells(cells: pd.DataFrame, settings: SyncSettings) -> CellDiff:
+    """Three-way diff over long-format cells: device_id, golioth_device_id, field, L, R, B,
+    local_updated_at, remote_updated_at."""
+    L, R, B = (cells[c].to_numpy(dtype=object) for c in ("L", "R", "B"))
+    lr, lb, rb = L == R, L == B, R == B
+    agree = lr & ~lb
+    push = ~lb & rb & ~lr
+    pull = lb & ~rb & ~lr
+    conflict = ~lr & ~lb & ~rb
+    cell_field = cells["field"]
+    agreed = _rows(
+        cells, agree, field=cell_field, action=Action.agree, side=Side.none, kind=Reason.agreed, old=B, new=L
+    )
+    writes = [
+        _rows(
+            cells,
+            push,
+            field=cell_field,
+            action=Action.update,
+            side=Side.remote,
+            kind=Reason.changed_locally,
+            old=R,
+            new=L,
+        ),
+        _rows(
+            cells,
+            pull,
+            field=cell_field,
+            action=Action.update,
+            side=Side.local,
+            kind=Reason.changed_in_golioth,
+            old=L,
+            new=R,
+        ),
+    ]
+    conflicting = cells[conflict]
+    if conflicting.empty:
+        return CellDiff(agreed, writes, conflicting, conflicting)
+    by_policy = settle_by_policy(conflicting, settings)
+    return CellDiff(agreed, [*writes, *by_policy.writes], by_policy.manual, by_policy.unwritten)
+
+
+def settle_by_policy(conflicting: pd.DataFrame, settings: SyncSettings) -> CellDiff:
+    """Cells edited on both sides: writes for the policy's winner; the rest stay (see CellDiff)."""
+    policies = conflicting["field"].map(group_of).map(settings.policy_for)
+    winner = conflict_winner(policies, conflicting["local_updated_at"], conflicting["remote_updated_at"])
+    cl, cr = conflicting["L"].to_numpy(dtype=object), conflicting["R"].to_numpy(dtype=object)
+    policy = policies.to_numpy(dtype=object)
+    writes = [
+        _rows(
+            conflicting,
+            (winner == winning).to_numpy(),
+            field=conflicting["field"],
+            action=Action.update,
+            side=side,
+            kind=Reason.settled_by_policy,
+            old=old,
+            new=new,
+            detail=policy,
+        )
+        for winning, side, old, new in ((Side.local, Side.remote, cr, cl), (Side.remote, Side.local, cl, cr))
+    ]
+    # Conflicts that stay as they are this run: left to an operator, or settled by the policy
+    # with a write that the direction forbids.
+    manual = (winner == Policy.manual).to_numpy()
+    unwritten = (
+        manual
+        | ((winner == Side.local) & (not settings.writes(Side.remote))).to_numpy()
+        | ((winner == Side.remote) & (not settings.writes(Side.local))).to_numpy()
+    )
+    return CellDiff(conflicting.iloc[:0], writes, conflicting[manual], conflicting[unwritten])
+
+
+def _same(a: Objects, b: Objects) -> Bools:
+    """Element-wise a == b on raw values. Identical raw values are equal after normalization too,
+    so only the other rows need normalizing; a value that doesn't compare plainly counts as different
+    (its canonical form then decides)."""
+    try:
+        same = a == b
+    except (TypeError, ValueError):
+        return np.zeros(len(a), dtype=bool)
+    if not (isinstance(same, np.ndarray) and same.dtype == bool):
+        return np.zeros(len(a), dtype=bool)
+    # Missing on both sides (None, NaN) is the same too: NaN == NaN is False.
+    other = np.flatnonzero(~same)
+    if len(other):
+        same[other] = pd.isna(a[other]) & pd.isna(b[other])
+    return same
+
+
+def _maybe_differs(L: Objects, R: Objects, B: Objects) -> Positions:
+    """Positions where L, R and B are not all identical as raw values (usually few)."""
+    return np.flatnonzero(~(_same(L, R) & _same(L, B)))
+
+
+def _scalar_cells(present: PresentPairs, fields: tuple[str, ...]) -> pd.DataFrame:
+    """Long-format cells for the scalar fields where L, R and B are not all equal (canonically)."""
+    frames = []
+    for f in fields:
+        L_raw, R_raw, B_raw = present.local[f], present.remote[f], present.base[f]
+        maybe = _maybe_differs(L_raw, R_raw, B_raw)
+        if not len(maybe):
+            continue
+        L = canonical_values(f, L_raw[maybe])
+        R = canonical_values(f, R_raw[maybe])
+        B = canonical_base_values(f, B_raw[maybe])
+        differs = (L != R) | (L != B)
         if differs.any():
-            rows = maybe[differs]
-            cells.append(
-                _desired_cells(
-                    P.iloc[rows].reset_index(drop=True),
-                    pd.Series(L_raw["desired_state"][rows], dtype=object),
-                    pd.Series(R_raw["desired_state"][rows], dtype=object),
-                    pd.Series(B_raw["desired_state"][rows], dtype=object),
-                    B[differs] != NO_BASE,
-                )
+            sub = present.pairs.iloc[maybe[differs]][
+                ["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]
+            ]
+            frames.append(sub.assign(field=f, L=L[differs], R=R[differs], B=B[differs]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _desired_keys(raw: pd.Series, column: str) -> pd.DataFrame:
+    """One row per top-level key of each object: pair (position), key, `column` (canonical JSON)."""
+    items = raw.map(lambda d: list(d.items()) if isinstance(d, dict) else []).explode().dropna()
+    if items.empty:
+        return pd.DataFrame({"pair": pd.Series(dtype=int), "key": pd.Series(dtype=object), column: []})
+    keys = items.map(lambda kv: kv[0])
+    values = canonical_json_value(items.map(lambda kv: kv[1]))
+    return pd.DataFrame({"pair": items.index.to_numpy(), "key": keys.to_numpy(), column: values.to_numpy()})
+
+
+def _desired_cells(
+    pairs: pd.DataFrame, L_raw: pd.Series, R_raw: pd.Series, B_raw: pd.Series, B_known: Bools
+) -> pd.DataFrame:
+    """Desired state merges key by key: one cell per top-level key of any side."""
+    positions = pd.RangeIndex(len(pairs))
+
+    def keys(raw: pd.Series, column: str) -> pd.DataFrame:
+        return _desired_keys(pd.Series(raw.to_numpy(), index=positions), column)
+
+    merged = keys(L_raw, "L").merge(keys(R_raw, "R"), on=["pair", "key"], how="outer")
+    merged = merged.merge(keys(B_raw, "B"), on=["pair", "key"], how="outer")
+    if merged.empty:
+        return pd.DataFrame()
+    merged = merged.astype({"L": object, "R": object, "B": object})
+    merged[["L", "R"]] = merged[["L", "R"]].fillna(NULL)
+    base_known = np.asarray(B_known)[merged["pair"].to_numpy()]
+    merged["B"] = np.where(base_known, merged["B"].fillna(NULL), NO_BASE)
+    info = pairs.iloc[merged["pair"].to_numpy()]
+    return pd.DataFrame(
+        {
+            "device_id": info["device_id"].to_numpy(),
+            "golioth_device_id": info["golioth_device_id"].to_numpy(),
+            "local_updated_at": info["local_updated_at"].to_numpy(),
+            "remote_updated_at": info["remote_updated_at"].to_numpy(),
+            "field": (DESIRED_PREFIX + merged["key"].astype(str)).to_numpy(),
+            "L": merged["L"].to_numpy(dtype=object),
+            "R": merged["R"].to_numpy(dtype=object),
+            "B": merged["B"].to_numpy(dtype=object),
+        }
+    )
+
+
+def _hold_unsettled_desired_keys(agree: pd.DataFrame, unwritten: pd.DataFrame) -> pd.DataFrame:
+    """Drop desired-state key agreements of devices whose desired state was never agreed on and
+    still has a key in conflict that this run leaves as it is (for an operator, or blocked by the
+    direction). The base stores the desired state as one object, so recording one agreed key would
+    make the base "known" and the conflicting key, absent from it, would then look unchanged on the
+    side that lacks it: the next run would settle the conflict by guessing.
+    """
+    unsettled = unwritten[
+        (unwritten["B"] == NO_BASE).to_numpy() & unwritten["field"].str.startswith(DESIRED_PREFIX).to_numpy()
+    ]
+    if unsettled.empty or agree.empty:
+        return agree
+    pairs = pd.MultiIndex.from_frame(unsettled[["device_id", "golioth_device_id"]])
+    held = agree["field"].str.startswith(DESIRED_PREFIX).to_numpy() & pd.MultiIndex.from_frame(
+        agree[["device_id", "golioth_device_id"]]
+    ).isin(pairs)
+    return agree[~held]
+
+
+def observed_rows(sides: Sides, present: PresentPairs, settings: SyncSettings) -> PhaseRows:
+    """Observed fields Golioth knows newer or different values of: one row per device."""
+    if FieldGroup.observed not in settings.field_groups or present.pairs.empty:
+        return PhaseRows()
+    obs = observed_changes(
+        _columns(sides.local, OBSERVED_FIELDS, present.lpos), _columns(sides.remote, OBSERVED_FIELDS, present.rpos)
+    )
+    if not obs.any():
+        return PhaseRows()
+    rows = _rows(
+        present.pairs, obs, field="observed", action=Action.observe, side=Side.local, kind=Reason.observed_in_golioth
+    )
+    rows["new_value"] = _observed_json(_columns(sides.remote, OBSERVED_FIELDS, present.rpos[obs]))
+    return PhaseRows([rows])
+
+
+def deletions(
+    sides: Sides,
+    pairing: Pairing,
+    fields: tuple[str, ...],
+    settings: SyncSettings,
+    resolutions: pd.DataFrame | None,
+) -> PhaseRows:
+    """Pairs with a side gone: unlink (gone on both, or deletes off), propagate the delete, or a
+    delete-vs-modify conflict when the survivor changed since the base (or as an operator chose)."""
+    gone_both = ~pairing.pairs["l_present"].to_numpy() & ~pairing.pairs["r_present"].to_numpy()
+    changes = []
+    if gone_both.any():
+        changes.append(
+            _rows(
+                pairing.pairs,
+                gone_both,
+                field="*",
+                action=Action.unlink,
+                side=Side.none,
+                kind=Reason.gone_on_both_sides,
             )
-    cells = [c for c in cells if not c.empty]
-    if cells:
-        all_cells = pd.concat(cells, ignore_index=True)
-        resolved_frames, all_cells = _apply_resolutions(all_cells, resolutions, settings)
-        frames += resolved_frames
-        diff_frames, manual, unwritten = _diff_cells(all_cells, settings)
-        diff_frames[0] = _hold_unsettled_desired_keys(diff_frames[0], unwritten)
-        frames += diff_frames
-        if not manual.empty:
-            conflicts.append(
-                pd.DataFrame(
-                    {
-                        "device_id": manual["device_id"].to_numpy(),
-                        "golioth_device_id": manual["golioth_device_id"].to_numpy(),
-                        "field": manual["field"].to_numpy(),
-                        "conflict_type": "field",
-                        "base_value": manual["B"].to_numpy(),
-                        "local_value": manual["L"].to_numpy(),
-                        "remote_value": manual["R"].to_numpy(),
-                    }
-                )
-            )
+        )
+    choices = _delete_choices(resolutions)
+    local_gone = _one_side_deleted(Side.local, sides, pairing, fields, settings, choices)
+    remote_gone = _one_side_deleted(Side.remote, sides, pairing, fields, settings, choices)
+    return PhaseRows(
+        [*changes, *local_gone.changes, *remote_gone.changes], [*local_gone.conflicts, *remote_gone.conflicts]
+    )
 
-    if "observed" in settings.field_groups and not P.empty:
-        obs = observed_changes(_columns(local, OBSERVED_FIELDS, lp), _columns(remote, OBSERVED_FIELDS, rp))
-        if obs.any():
-            rows = _rows(P, obs, "observed", "observe", "local", None, None, "observed in Golioth")
-            rows["new_value"] = _observed_json(_columns(remote, OBSERVED_FIELDS, rp[obs]))
-            frames.append(rows)
 
-    # --- One side gone: propagate the delete, unlink, or conflict ------------------------------
-    frames += _deletions(pairs, local, remote, lpos, rpos, snapshots, fields, settings, conflicts, resolutions)
+# (device_id, golioth_device_id) → (the side an operator chose, conflict_id, resolved_by)
+DeleteChoices = dict[tuple[Any, Any], tuple[str, Any, Any]]
 
-    # --- New links, creations, identity conflicts ---------------------------------------------
+
+def _delete_choices(resolutions: pd.DataFrame | None) -> DeleteChoices:
+    if resolutions is None or resolutions.empty:
+        return {}
+    dvm = resolutions[resolutions["conflict_type"] == ConflictType.delete_vs_modify]
+    return {
+        (d, g): (r, cid, by)
+        for d, g, r, cid, by in zip(
+            dvm["device_id"], dvm["golioth_device_id"], dvm["resolution"], dvm["conflict_id"], dvm["resolved_by"]
+        )
+    }
+
+
+def _one_side_deleted(
+    deleted_side: Side,
+    sides: Sides,
+    pairing: Pairing,
+    fields: tuple[str, ...],
+    settings: SyncSettings,
+    choices: DeleteChoices,
+) -> PhaseRows:
+    l_present, r_present = pairing.pairs["l_present"].to_numpy(), pairing.pairs["r_present"].to_numpy()
+    survivor = Side.remote if deleted_side == Side.local else Side.local
+    mask = (~l_present & r_present) if deleted_side == Side.local else (l_present & ~r_present)
+    if not mask.any():
+        return PhaseRows()
+    sub = pairing.pairs[mask].reset_index(drop=True)
+    survivor_rows = (
+        sides.remote.iloc[pairing.rpos[mask]] if survivor == Side.remote else sides.local.iloc[pairing.lpos[mask]]
+    )
+    modified = _device_changed(survivor_rows, snapshot_dicts(pairing.snapshots[mask]), fields)
+    choice = [choices.get((d, g)) for d, g in zip(sub["device_id"], sub["golioth_device_id"])]
+    chosen = np.array([c is not None for c in choice], dtype=bool)
+    chose_deleted = np.array([c is not None and c[0] == deleted_side for c in choice], dtype=bool)
+    conflict_ids = np.array([c[1] if c else None for c in choice], dtype=object)
+    changed_by = np.array([c[2] if c else None for c in choice], dtype=object)
+    # An operator chose: the deleted side's choice deletes the survivor; the survivor's recreates it.
+    delete = np.where(chosen, chose_deleted, ~modified & settings.allow_deletes)
+    recreate = chosen & ~chose_deleted
+    unlink = ~chosen & ~modified & (not settings.allow_deletes)
+    conflict = ~chosen & modified
+    deleted_kind = Reason.deleted_locally if deleted_side == Side.local else Reason.deleted_in_golioth
+    kind = np.array([Reason.resolved_by_operator if c else deleted_kind for c in choice], dtype=object)
+    detail = np.array([(c[2] or "operator") if c else None for c in choice], dtype=object)
+    delete_rows = _rows(sub, delete, field="*", action=Action.delete, side=survivor, kind=kind, detail=detail)
+    recreate_rows = _rows(sub, recreate, field="*", action=Action.create, side=deleted_side, kind=kind, detail=detail)
+    for rows, m in ((delete_rows, delete), (recreate_rows, recreate)):
+        rows["conflict_id"] = conflict_ids[m]
+        rows["changed_by"] = changed_by[m]
+    unlink_rows = _rows(
+        sub,
+        unlink,
+        field="*",
+        action=Action.unlink,
+        side=Side.none,
+        kind=Reason.deletes_off,
+        detail=reason_text(deleted_kind),
+    )
+    conflicts = [_delete_vs_modify(sub[conflict], survivor_rows[conflict], survivor, fields)] if conflict.any() else []
+    return PhaseRows([delete_rows, recreate_rows, unlink_rows], conflicts)
+
+
+def _delete_vs_modify(
+    keys: pd.DataFrame, survivor_rows: pd.DataFrame, survivor: Side, fields: tuple[str, ...]
+) -> pd.DataFrame:
+    """Conflicts of devices deleted on one side and changed on the other: the survivor's state as
+    JSON text (not canonical strings), {"deleted": true} for the side that deleted."""
+    state = canonicalize(survivor_rows, fields)
+    survivor_json = [dump_json({f: decode(f, v) for f, v in zip(fields, row)}) for row in state.itertuples(index=False)]
+    deleted = dump_json({"deleted": True})
+    return _conflict_frame(
+        keys,
+        field="*",
+        conflict_type=ConflictType.delete_vs_modify,
+        base=None,
+        local=survivor_json if survivor == Side.local else deleted,
+        remote=survivor_json if survivor == Side.remote else deleted,
+    )
+
+
+def _device_changed(survivor: pd.DataFrame, base: list[dict[str, Any]], fields: tuple[str, ...]) -> Bools:
+    """Whether a side changed any synced field since the base (a field never agreed on doesn't count).
+    survivor: that side's raw rows; base: their base snapshots (dicts), aligned by position."""
+    changed = np.zeros(len(survivor), dtype=bool)
+    for f in fields:
+        X, B = _objects(survivor[f]), base_values(base, f)
+        maybe = np.flatnonzero(~_same(X, B))
+        if len(maybe):
+            Bc = canonical_base_values(f, B[maybe])
+            changed[maybe] |= (canonical_values(f, X[maybe]) != Bc) & (Bc != NO_BASE)
+    return changed
+
+
+def links_and_creates(sides: Sides, pairing: Pairing) -> PhaseRows:
+    """New links by hardware id, creates on the side a device is missing from, identity conflicts."""
+    matching = pairing.matching
+    changes = []
     if not matching.new_links.empty:
         # A link to a device we created carries the base it starts from (stored with the link).
-        ours = matching.new_links["device_id"].isin(created).to_numpy()
-        frames.append(
+        ours = matching.new_links["device_id"].isin(list(pairing.created)).to_numpy()
+        link_kind = np.array(
+            [Reason.matched_unfinished_create if o else Reason.matched_by_hardware_id for o in ours], dtype=object
+        )
+        created_base = dump_json(CREATED_BASE)
+        changes.append(
             matching.new_links.assign(
                 field="*",
-                action="link",
-                side="none",
-                new_value=np.where(ours, dump_json({"enabled": True, "desired_state": {}}), None),
-                reason=np.where(ours, "matched by hardware id: created by an unfinished run", "matched by hardware id"),
+                action=Action.link,
+                side=Side.none,
+                new_value=np.array([created_base if o else None for o in ours], dtype=object),
+                kind=link_kind,
+                reason=_reasons(link_kind, None),
             )
         )
-    frames.append(
-        pd.DataFrame(
-            {
-                "device_id": None,
-                "golioth_device_id": matching.remote_only.to_numpy(),
-                "field": "*",
-                "action": "create",
-                "side": "local",
-                "reason": "new in Golioth",
-            }
-        )
-    )
-    frames.append(
-        pd.DataFrame(
-            {
-                "device_id": matching.local_only.to_numpy(),
-                "golioth_device_id": None,
-                "field": "*",
-                "action": "create",
-                "side": "remote",
-                "reason": "new locally",
-            }
-        )
-    )
-    if not matching.identity_conflicts.empty:
-        ic = matching.identity_conflicts
-        conflicts.append(
+    for ids, side, kind in (
+        (matching.remote_only, Side.local, Reason.new_in_golioth),
+        (matching.local_only, Side.remote, Reason.new_locally),
+    ):
+        missing = ids.to_numpy()
+        changes.append(
             pd.DataFrame(
                 {
-                    "device_id": ic["device_id"].to_numpy(),
-                    "golioth_device_id": ic["golioth_device_id"].to_numpy(),
-                    "field": "identity",
-                    "conflict_type": "identity",
-                    "base_value": None,
-                    # JSON text (not canonical strings): which devices share hardware ids.
-                    "local_value": [
-                        dump_json({"hardware_ids": decode("hardware_ids", _canonical_hw(local, d))})
-                        if isinstance(d, str)
-                        else dump_json({"candidates": list(c)})
-                        for d, c in zip(ic["device_id"], ic["candidates"])
-                    ],
-                    "remote_value": [
-                        dump_json({"hardware_ids": decode("hardware_ids", _canonical_hw(remote, g))})
-                        if isinstance(g, str)
-                        else dump_json({"candidates": list(c)})
-                        for g, c in zip(ic["golioth_device_id"], ic["candidates"])
-                    ],
+                    "device_id": missing if side == Side.remote else None,
+                    "golioth_device_id": missing if side == Side.local else None,
+                    "field": "*",
+                    "action": Action.create,
+                    "side": side,
+                    "kind": kind,
+                    "reason": reason_text(kind),
                 }
             )
         )
+    ic = matching.identity_conflicts
+    if ic.empty:
+        return PhaseRows(changes)
+    conflict = _conflict_frame(
+        ic,
+        field="identity",
+        conflict_type=ConflictType.identity,
+        base=None,
+        local=_identity_values(sides.local, ic["device_id"], ic["candidates"]),
+        remote=_identity_values(sides.remote, ic["golioth_device_id"], ic["candidates"]),
+    )
+    return PhaseRows(changes, [conflict])
 
-    changes = pd.concat([empty_changes(), *[f for f in frames if not f.empty]], ignore_index=True)
-    changes["blocked"] = ~changes["side"].map(settings.writes).astype(bool)
-    changes.loc[changes["side"] == "none", "blocked"] = False
-    conflict_frame = (pd.concat(conflicts, ignore_index=True) if conflicts else pd.DataFrame(columns=CONFLICT_COLUMNS))[
-        CONFLICT_COLUMNS
+
+def _identity_values(frame: pd.DataFrame, ids: pd.Series, candidates: pd.Series) -> list[str]:
+    """JSON text (not canonical strings): which devices share hardware ids. A device of this side
+    shows its hardware ids; where the conflict is the other side's device, its candidates here."""
+    return [
+        dump_json({"hardware_ids": decode("hardware_ids", _canonical_hw(frame, d))})
+        if isinstance(d, str)
+        else dump_json({"candidates": list(c)})
+        for d, c in zip(ids, candidates)
     ]
 
+
+def assemble(
+    phases: Sequence[PhaseRows],
+    sides: Sides,
+    pairs: pd.DataFrame,
+    settings: SyncSettings,
+    open_conflicts: pd.DataFrame | None,
+) -> Plan:
+    """The phases' rows as one plan: writes the direction forbids are blocked, and pending conflicts
+    this run no longer finds are superseded."""
+    frames = [f for phase in phases for f in phase.changes if not f.empty]
+    changes = pd.concat([empty_changes(), *frames], ignore_index=True)
+    changes["blocked"] = ~changes["side"].map(settings.writes).astype(bool)
+    changes.loc[changes["side"] == Side.none, "blocked"] = False
+    conflict_frames = [c for phase in phases for c in phase.conflicts]
+    conflicts = (
+        pd.concat(conflict_frames, ignore_index=True) if conflict_frames else pd.DataFrame(columns=CONFLICT_COLUMNS)
+    )[CONFLICT_COLUMNS]
     return Plan(
         changes=changes[CHANGE_COLUMNS],
-        conflicts=conflict_frame,
-        superseded=_superseded(open_conflicts, conflict_frame, local.index, remote.index),
+        conflicts=conflicts,
+        superseded=_superseded(open_conflicts, conflicts, sides.local.index, sides.remote.index),
         pairs=pairs,
     )
 
 
-def _objects(values) -> np.ndarray:
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _objects(values: Any) -> Objects:
     """A column as an object array (ids, lists, dicts, text): no copy when it already is one."""
     return values.to_numpy(dtype=object) if hasattr(values, "to_numpy") else np.asarray(values, dtype=object)
 
 
-def _utc(values: pd.Series) -> np.ndarray:
+def _utc(values: pd.Series) -> npt.NDArray[np.datetime64]:
     """Timestamps as UTC datetime64 (to_numpy() on a tz-aware column builds a Timestamp per row)."""
-    return pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+    stamps: npt.NDArray[np.datetime64] = (
+        pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+    )
+    return stamps
 
 
 def _id_index(ids: pd.Series) -> pd.Index:
     return pd.Index(_objects(ids), dtype=object)
 
 
-def _marked(positions: np.ndarray, size: int) -> np.ndarray:
+def _marked(positions: Positions, size: int) -> Bools:
     """Bool array of `size` with True at the given positions (-1, "not found", is ignored)."""
     marked = np.zeros(size, dtype=bool)
     marked[positions[positions >= 0]] = True
     return marked
 
 
-def _columns(frame: pd.DataFrame, columns, positions: np.ndarray) -> pd.DataFrame:
+def _columns(frame: pd.DataFrame, columns: Sequence[str], positions: Positions) -> pd.DataFrame:
     """Some columns of some rows, by position (the ones the frame has)."""
     return frame[[c for c in columns if c in frame]].iloc[positions].reset_index(drop=True)
 
 
 def _canonical_hw(frame: pd.DataFrame, device_id: str) -> str:
-    return canonical_values("hardware_ids", _objects(frame.loc[[device_id], "hardware_ids"]))[0]
+    return str(canonical_values("hardware_ids", _objects(frame.loc[[device_id], "hardware_ids"]))[0])
 
 
-def _observed_json(remote_rows: pd.DataFrame) -> np.ndarray:
+def _observed_json(remote_rows: pd.DataFrame) -> Objects:
     present = [f for f in OBSERVED_FIELDS if f in remote_rows]
     columns = [[_jsonable(v) for v in remote_rows[f].to_numpy(dtype=object)] for f in present]
     return np.array([dump_json(dict(zip(present, values))) for values in zip(*columns)], dtype=object)
 
 
-def _jsonable(value):
+def _jsonable(value: Any) -> Any:
     if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
         return None  # missing (None, NaT, NaN)
     if hasattr(value, "isoformat"):
@@ -595,79 +982,9 @@ def _jsonable(value):
     return value
 
 
-def _deletions(
-    pairs, local, remote, lpos, rpos, snapshots, fields, settings, conflicts, resolutions
-) -> list[pd.DataFrame]:
-    frames = []
-    l_present = pairs["l_present"].to_numpy()
-    r_present = pairs["r_present"].to_numpy()
-    resolved = {}
-    if resolutions is not None and not resolutions.empty:
-        dvm = resolutions[resolutions["conflict_type"] == "delete_vs_modify"]
-        resolved = {
-            (d, g): (r, cid, by)
-            for d, g, r, cid, by in zip(
-                dvm["device_id"], dvm["golioth_device_id"], dvm["resolution"], dvm["conflict_id"], dvm["resolved_by"]
-            )
-        }
-
-    gone_both = ~l_present & ~r_present
-    if gone_both.any():
-        frames.append(_rows(pairs, gone_both, "*", "unlink", "none", None, None, "gone on both sides"))
-
-    for deleted_side, survivor in (("local", "remote"), ("remote", "local")):
-        mask = (~l_present & r_present) if deleted_side == "local" else (l_present & ~r_present)
-        if not mask.any():
-            continue
-        sub = pairs[mask].reset_index(drop=True)
-        survivor_rows = remote.iloc[rpos[mask]] if survivor == "remote" else local.iloc[lpos[mask]]
-        modified = _device_changed(survivor_rows, snapshot_dicts(snapshots[mask]), fields)
-        outcome = np.where(modified, "conflict", np.where(settings.allow_deletes, "delete", "unlink")).astype(object)
-        choice = [resolved.get((d, g)) for d, g in zip(sub["device_id"], sub["golioth_device_id"])]
-        reason = np.array(
-            [f"deleted {'locally' if deleted_side == 'local' else 'in Golioth'}"] * len(sub), dtype=object
-        )
-        conflict_ids = np.array([c[1] if c else None for c in choice], dtype=object)
-        changed_by = np.array([c[2] if c else None for c in choice], dtype=object)
-        for i, c in enumerate(choice):
-            if c is None:
-                continue
-            # An operator chose: the deleted side's choice deletes the survivor; the survivor's recreates it.
-            outcome[i] = "delete" if c[0] == deleted_side else "recreate"
-            reason[i] = f"resolved by {c[2] or 'operator'}"
-        delete_rows = _rows(sub, outcome == "delete", "*", "delete", survivor, None, None, reason)
-        recreate = _rows(sub, outcome == "recreate", "*", "create", deleted_side, None, None, reason)
-        for rows, m in ((delete_rows, outcome == "delete"), (recreate, outcome == "recreate")):
-            rows["conflict_id"] = conflict_ids[m]
-            rows["changed_by"] = changed_by[m]
-        frames += [
-            delete_rows,
-            recreate,
-            _rows(sub, outcome == "unlink", "*", "unlink", "none", None, None, reason + "; deletes are off"),
-        ]
-        in_conflict = sub[outcome == "conflict"]
-        if not in_conflict.empty:
-            state = canonicalize(survivor_rows[outcome == "conflict"], fields)
-            survivor_json = [
-                dump_json({f: decode(f, v) for f, v in zip(fields, row)}) for row in state.itertuples(index=False)
-            ]
-            conflicts.append(
-                pd.DataFrame(
-                    {
-                        "device_id": in_conflict["device_id"].to_numpy(),
-                        "golioth_device_id": in_conflict["golioth_device_id"].to_numpy(),
-                        "field": "*",
-                        "conflict_type": "delete_vs_modify",
-                        "base_value": None,
-                        "local_value": survivor_json if survivor == "local" else dump_json({"deleted": True}),
-                        "remote_value": survivor_json if survivor == "remote" else dump_json({"deleted": True}),
-                    }
-                )
-            )
-    return frames
-
-
-def _superseded(open_conflicts, conflicts: pd.DataFrame, local_ids: pd.Index, remote_ids: pd.Index) -> list[int]:
+def _superseded(
+    open_conflicts: pd.DataFrame | None, conflicts: pd.DataFrame, local_ids: pd.Index, remote_ids: pd.Index
+) -> list[int]:
     """Pending conflicts, within this run's devices, that this run no longer finds."""
     if open_conflicts is None or open_conflicts.empty:
         return []

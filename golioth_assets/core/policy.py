@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from golioth_assets.core.fields import ALL_GROUPS, enabled_fields
-from golioth_assets.core.vocabulary import Direction, Policy, values
+from golioth_assets.core.vocabulary import Direction, Policy, Side, values
 
 DIRECTIONS = values(Direction)
 POLICIES = values(Policy)
@@ -17,8 +17,8 @@ POLICIES = values(Policy)
 
 @dataclass(frozen=True)
 class SyncSettings:
-    direction: str = "bidirectional"
-    policy: str = "manual"
+    direction: str = Direction.bidirectional
+    policy: str = Policy.manual
     policy_overrides: Mapping[str, str] = field(default_factory=dict)
     field_groups: frozenset[str] = frozenset(ALL_GROUPS)
     allow_deletes: bool = False
@@ -44,16 +44,16 @@ class SyncSettings:
         return self.policy_overrides.get(group, self.policy)
 
     def writes(self, side: str) -> bool:
-        """Whether the direction lets this run write to `side` ("local" or "remote")."""
-        if side == "local":
-            return self.direction in ("import", "bidirectional")
-        if side == "remote":
-            return self.direction in ("export", "bidirectional")
+        """Whether the direction lets this run write to `side` (Side.local or Side.remote)."""
+        if side == Side.local:
+            return self.direction in (Direction["import"], Direction.bidirectional)
+        if side == Side.remote:
+            return self.direction in (Direction.export, Direction.bidirectional)
         return True
 
 
 def conflict_winner(policies: pd.Series, local_updated: pd.Series, remote_updated: pd.Series) -> pd.Series:
-    """For conflicting cells: "local", "remote", or "manual" (store it for an operator).
+    """For conflicting cells, who wins: Side.local, Side.remote, or Policy.manual (store it for an operator).
 
     newest_wins compares the local row's updated_at with Golioth's updatedAt. Wall clocks on the two
     sides are not synchronized, so skew can pick the older edit: don't use it for fields that matter.
@@ -62,14 +62,15 @@ def conflict_winner(policies: pd.Series, local_updated: pd.Series, remote_update
     local_ts = pd.to_datetime(local_updated, utc=True, errors="coerce")
     remote_ts = pd.to_datetime(remote_updated, utc=True, errors="coerce")
     local_newer = (local_ts > remote_ts).fillna(False).to_numpy(dtype=bool)
+    policy = policies.to_numpy()
     winner = np.select(
         [
-            policies.to_numpy() == "local_wins",
-            policies.to_numpy() == "remote_wins",
-            (policies.to_numpy() == "newest_wins") & local_newer,
-            policies.to_numpy() == "newest_wins",
+            policy == Policy.local_wins,
+            policy == Policy.remote_wins,
+            (policy == Policy.newest_wins) & local_newer,
+            policy == Policy.newest_wins,
         ],
-        ["local", "remote", "local", "remote"],
-        default="manual",
+        [Side.local, Side.remote, Side.local, Side.remote],
+        default=Policy.manual,
     )
     return pd.Series(winner, index=policies.index, dtype=object)

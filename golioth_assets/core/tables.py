@@ -8,6 +8,7 @@ import pandas as pd
 
 from golioth_assets.core.normalize import decode
 from golioth_assets.core.plan import Plan
+from golioth_assets.core.vocabulary import ConflictType, PlanStatus
 
 
 def _decode_column(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -26,7 +27,7 @@ def changes_table(plan: Plan) -> pd.DataFrame:
     changes = plan.changes.copy()
     changes["old_value"] = _decode_column(changes, "old_value")
     changes["new_value"] = _decode_column(changes, "new_value")
-    changes["status"] = changes["blocked"].map({True: "blocked", False: "planned"})
+    changes["status"] = changes["blocked"].map({True: PlanStatus.blocked, False: PlanStatus.planned})
     return changes.drop(columns=["blocked"])
 
 
@@ -34,7 +35,7 @@ def conflicts_table(plan: Plan) -> pd.DataFrame:
     conflicts = plan.conflicts.copy()
     if conflicts.empty:
         return conflicts
-    field_conflicts = conflicts["conflict_type"] == "field"
+    field_conflicts = conflicts["conflict_type"] == ConflictType.field
     for column in ("base_value", "local_value", "remote_value"):
         decoded = (
             _decode_column(conflicts[field_conflicts], column) if field_conflicts.any() else pd.Series(dtype=object)

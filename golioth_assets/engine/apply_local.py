@@ -331,9 +331,7 @@ def _book_deletes(book: Bookkeeping, writes: LocalWrites, results: LocalResults)
 
 
 def _gone_on_both_sides(rows: pd.DataFrame) -> pd.Series:
-    if "kind" in rows:
-        return rows["kind"] == Reason.gone_on_both_sides
-    return rows["reason"] == "gone on both sides"  # plans stored before the `kind` column
+    return rows["kind"] == Reason.gone_on_both_sides
 
 
 def _book_unlinks(book: Bookkeeping, plan: pd.DataFrame, planned: pd.DataFrame) -> set[int]:

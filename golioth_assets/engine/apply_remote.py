@@ -8,11 +8,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import pandas as pd
 
 from golioth_assets.core.fields import DESIRED_PREFIX, enabled_fields
+from golioth_assets.core.normalize import canonicalize, decode, encode
+from golioth_assets.core.vocabulary import Action, PlanStatus, Side
 from golioth_assets.engine.golioth_frames import References
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
@@ -36,6 +40,28 @@ class RemoteOutcome:
         }
     )
     auth_error: str | None = None
+    updated_devices: set[str] = field(default_factory=set)  # golioth ids with a field update applied
+
+    def add(self, write: WriteResult) -> None:
+        """Fold one write's result into the outcome."""
+        kind, ident = write.key
+        if write.auth_failed:
+            self.auth_error = write.error
+        self.plan_status += write.plan_status
+        self.entries.append(write.entry)
+        if write.status == PlanStatus.skipped:
+            self.counts["skipped"] += 1
+        elif write.status == PlanStatus.failed:
+            self.counts["failures"] += 1
+        elif kind == WriteKind.create:
+            self.counts["created_remote"] += 1
+            if write.new_link is not None:
+                self.new_links.append(write.new_link)
+        elif kind == WriteKind.delete:
+            self.counts["deleted_remote"] += 1
+        else:
+            self.updated_devices.add(ident)
+            self.counts["updated_remote"] = len(self.updated_devices)
 
 
 class _DeviceFailure(Exception):
@@ -202,6 +228,31 @@ class RemoteWriter:
         return created.id
 
 
+class WriteKind(StrEnum):
+    """One Golioth write per device and kind; a device's field updates take up to two (PATCH, state)."""
+
+    create = "create"
+    patch = "patch"  # the device's own fields
+    state = "state"  # desired-state keys, in LightDB State
+    delete = "delete"
+
+
+WRITE_ACTION = {
+    WriteKind.create: Action.create,
+    WriteKind.patch: Action.update,
+    WriteKind.state: Action.update,
+    WriteKind.delete: Action.delete,
+}
+
+WriteKey = tuple[WriteKind, str]  # (kind, device_id for a create, else golioth_device_id)
+
+
+@dataclass(frozen=True)
+class Write:
+    call: Callable[[], Any]
+    rows: pd.DataFrame  # the plan rows this write carries out
+
+
 def apply_remote(
     client: GoliothClient,
     service: Service,
@@ -217,99 +268,137 @@ def apply_remote(
     local / remote: raw frames indexed by device_id / golioth_device_id.
     before_create: persists generated hardware ids locally before any create is sent."""
     outcome = RemoteOutcome()
-    writer = RemoteWriter(client, service, refs, fields)
     if plan.empty:
         return outcome
+    writer = RemoteWriter(client, service, refs, fields)
+    creates, updates, deletes = (
+        plan[plan["action"] == action] for action in (Action.create, Action.update, Action.delete)
+    )
+    outcome.generated_hardware_ids = _assign_hardware_ids(creates, local, before_create)
+    writer.ensure_references(*_references_needed(creates, updates, local, writer.fields))
+    writes = {
+        **_create_writes(writer, creates, local),
+        **_update_writes(writer, updates),
+        **_delete_writes(client, deletes),
+    }
+    results = client.run_many({key: write.call for key, write in writes.items()})
+    for key, result in results.items():
+        outcome.add(_result_of(key, result, writes[key].rows, local, writer.fields))
+    return outcome
 
-    creates = plan[plan["action"] == "create"]
-    updates = plan[plan["action"] == "update"]
-    deletes = plan[plan["action"] == "delete"]
 
-    # Devices without hardware ids get one first, so a half-done create is found again next run.
+def _assign_hardware_ids(
+    creates: pd.DataFrame, local: pd.DataFrame, before_create: Callable[[dict[str, str]], None] | None
+) -> dict[str, str]:
+    """Devices without hardware ids get one first, so a half-done create is found again next run.
+    Sets them in `local` (the rows the creates are made from); returns device_id → hardware id."""
     need_hw = [d for d in creates["device_id"] if len(local.at[d, "hardware_ids"]) == 0]
-    outcome.generated_hardware_ids = {d: f"gs-{uuid.uuid4().hex[:20]}" for d in need_hw}
-    if outcome.generated_hardware_ids:
+    generated = {d: f"gs-{uuid.uuid4().hex[:20]}" for d in need_hw}
+    if generated:
         if before_create is not None:
-            before_create(outcome.generated_hardware_ids)
-        for d, hw in outcome.generated_hardware_ids.items():
+            before_create(generated)
+        for d, hw in generated.items():
             local.at[d, "hardware_ids"] = [hw]
+    return generated
 
-    tag_names = {t for d in creates["device_id"] for t in local.at[d, "tags"]} if "tags" in writer.fields else set()
-    tag_names |= {t for v in updates.loc[updates["field"] == "tags", "new_value"] for t in (v or [])}
-    bp_names = {_name(local.at[d, "blueprint"]) for d in creates["device_id"]} - {None}
-    bp_names = bp_names if "blueprint" in writer.fields else set()
-    bp_names |= {v for v in updates.loc[updates["field"] == "blueprint", "new_value"] if v}
-    writer.ensure_references(tag_names, bp_names)
 
-    calls: dict[tuple[str, str], Callable] = {}
-    rows_of: dict[tuple[str, str], pd.DataFrame] = {}
-    for device_id, rows in creates.groupby("device_id", sort=False):
-        calls[("create", device_id)] = lambda d=device_id: writer.create(local.loc[d])
-        rows_of[("create", device_id)] = rows
+def _references_needed(
+    creates: pd.DataFrame, updates: pd.DataFrame, local: pd.DataFrame, fields: tuple[str, ...]
+) -> tuple[set[str], set[str]]:
+    """The tag and blueprint names the creates and updates refer to."""
+    tags = {t for d in creates["device_id"] for t in local.at[d, "tags"]} if "tags" in fields else set()
+    tags |= {t for v in updates.loc[updates["field"] == "tags", "new_value"] for t in (v or [])}
+    blueprints = {_name(local.at[d, "blueprint"]) for d in creates["device_id"]} - {None}
+    named = {b for b in blueprints if b is not None} if "blueprint" in fields else set()
+    named |= {v for v in updates.loc[updates["field"] == "blueprint", "new_value"] if v}
+    return tags, named
+
+
+def _create_writes(writer: RemoteWriter, creates: pd.DataFrame, local: pd.DataFrame) -> dict[WriteKey, Write]:
+    return {
+        (WriteKind.create, device_id): Write(partial(writer.create, local.loc[device_id]), rows)
+        for device_id, rows in creates.groupby("device_id", sort=False)
+    }
+
+
+def _update_writes(writer: RemoteWriter, updates: pd.DataFrame) -> dict[WriteKey, Write]:
+    """Per device: one PATCH of its changed fields, one merge of its changed desired-state keys."""
+    writes: dict[WriteKey, Write] = {}
     for gid, rows in updates.groupby("golioth_device_id", sort=False):
         is_desired = rows["field"].str.startswith(DESIRED_PREFIX)
         patch_rows, state_rows = rows[~is_desired], rows[is_desired]
         if not patch_rows.empty:
             values = dict(zip(patch_rows["field"], patch_rows["new_value"]))
             expected = dict(zip(patch_rows["field"], patch_rows["old_value"]))
-            calls[("patch", gid)] = lambda g=gid, v=values, e=expected: writer.update(g, v, e)
-            rows_of[("patch", gid)] = patch_rows
+            writes[(WriteKind.patch, gid)] = Write(partial(writer.update, gid, values, expected), patch_rows)
         if not state_rows.empty:
             keys = {f[len(DESIRED_PREFIX) :]: v for f, v in zip(state_rows["field"], state_rows["new_value"])}
             expected = dict(zip(state_rows["field"], state_rows["old_value"]))
-            calls[("state", gid)] = lambda g=gid, k=keys, e=expected: writer.update_state(g, k, e)
-            rows_of[("state", gid)] = state_rows
-    for gid, rows in deletes.groupby("golioth_device_id", sort=False):
-        calls[("delete", gid)] = lambda g=gid: _delete(client, g)
-        rows_of[("delete", gid)] = rows
+            writes[(WriteKind.state, gid)] = Write(partial(writer.update_state, gid, keys, expected), state_rows)
+    return writes
 
-    results = client.run_many(calls)
-    for key, result in results.items():
-        kind, ident = key
-        rows = rows_of[key]
-        failed = isinstance(result, BaseException)
-        error = _error_text(result) if failed else None
-        if isinstance(result, errors.AuthenticationError):
-            outcome.auth_error = error
-        skipped = isinstance(result, ChangedInGolioth)
-        status = "skipped" if skipped else "failed" if failed else "applied"
-        outcome.plan_status += [{"id": int(i), "status": status, "error": error} for i in rows["id"]]
-        first = rows.iloc[0]
-        device_id = first["device_id"]
-        gid = result if (kind == "create" and not failed) else first["golioth_device_id"]
-        action = {"create": "create", "patch": "update", "state": "update", "delete": "delete"}[kind]
-        changes = {f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])}
-        outcome.entries.append(
-            {
-                "device_id": device_id,
-                "golioth_device_id": gid,
-                "side": "remote",
-                "action": action,
-                "status": status,
-                "changes": {} if kind in ("create", "delete") else changes,
-                "error": error,
-                "changed_by": first.get("changed_by"),
-            }
-        )
-        if failed:
-            outcome.counts["skipped" if skipped else "failures"] += 1
-            continue
-        if kind == "create":
-            outcome.counts["created_remote"] += 1
-            outcome.new_links.append(
-                {
-                    "device_id": device_id,
-                    "golioth_device_id": result,
-                    "base_snapshot": _base_of(local.loc[device_id], writer.fields),
-                }
-            )
-        elif kind == "delete":
-            outcome.counts["deleted_remote"] += 1
-    updated = {
-        ident for (kind, ident), r in results.items() if kind in ("patch", "state") and not isinstance(r, BaseException)
+
+def _delete_writes(client: GoliothClient, deletes: pd.DataFrame) -> dict[WriteKey, Write]:
+    return {
+        (WriteKind.delete, gid): Write(partial(_delete, client, gid), rows)
+        for gid, rows in deletes.groupby("golioth_device_id", sort=False)
     }
-    outcome.counts["updated_remote"] = len(updated)
-    return outcome
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one Golioth write did, for the plan rows, the audit log and the run's counts."""
+
+    key: WriteKey
+    status: PlanStatus
+    error: str | None
+    plan_status: list[dict[str, Any]]
+    entry: dict[str, Any]
+    new_link: dict[str, Any] | None  # a create's link, with the base it starts from
+    auth_failed: bool
+
+
+def _result_of(
+    key: WriteKey, result: Any, rows: pd.DataFrame, local: pd.DataFrame, fields: tuple[str, ...]
+) -> WriteResult:
+    kind, _ = key
+    failed = isinstance(result, BaseException)
+    error = _error_text(result) if failed else None
+    status = (
+        PlanStatus.skipped
+        if isinstance(result, ChangedInGolioth)
+        else PlanStatus.failed
+        if failed
+        else PlanStatus.applied
+    )
+    first = rows.iloc[0]
+    device_id = first["device_id"]
+    created = kind == WriteKind.create and not failed
+    changes = {f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])}
+    entry = {
+        "device_id": device_id,
+        "golioth_device_id": result if created else first["golioth_device_id"],
+        "side": Side.remote,
+        "action": WRITE_ACTION[kind],
+        "status": status,
+        "changes": {} if kind in (WriteKind.create, WriteKind.delete) else changes,
+        "error": error,
+        "changed_by": first.get("changed_by"),
+    }
+    new_link = (
+        {"device_id": device_id, "golioth_device_id": result, "base_snapshot": _base_of(local.loc[device_id], fields)}
+        if created
+        else None
+    )
+    return WriteResult(
+        key=key,
+        status=status,
+        error=error,
+        plan_status=[{"id": int(i), "status": status, "error": error} for i in rows["id"]],
+        entry=entry,
+        new_link=new_link,
+        auth_failed=isinstance(result, errors.AuthenticationError),
+    )
 
 
 def _name(value: Any) -> str | None:
@@ -326,8 +415,6 @@ def _delete(client: GoliothClient, golioth_device_id: str) -> None:
 
 def _base_of(local: pd.Series, fields: tuple[str, ...]) -> dict[str, Any]:
     """The base of a device just created from local values: exactly what was sent."""
-    from golioth_assets.core.normalize import canonicalize, decode
-
     canonical = canonicalize(local.to_frame().T, fields).iloc[0]
     base = {f: decode(f, canonical[f]) for f in fields if f != "desired_state"}
     if "desired_state" in fields:
@@ -337,8 +424,6 @@ def _base_of(local: pd.Series, fields: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _check_unchanged(expected: dict[str, Any], current: dict[str, Any]) -> None:
-    from golioth_assets.core.normalize import encode
-
     moved = [f for f, old in expected.items() if encode(f, current.get(f)) != encode(f, old)]
     if moved:
         raise ChangedInGolioth(

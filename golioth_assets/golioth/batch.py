@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-Call = Callable[[], T]
-Calls = Mapping[Hashable, Call] | Iterable[Call] | Iterable[tuple[Hashable, Call]]
+Call = Callable[[], Any]
+# Keys are any hashable values; typed Any because Mapping is invariant in its key type.
+Calls = Mapping[Any, Call] | Iterable[Call] | Iterable[tuple[Any, Call]]
 
 
-def keyed(calls: Calls) -> list[tuple[Hashable, Call]]:
+def keyed(calls: Calls) -> list[tuple[Any, Call]]:
     """Accept a mapping, (key, fn) pairs, or bare callables (keyed by position)."""
-    source = calls.items() if isinstance(calls, Mapping) else calls
-    items: list[tuple[Hashable, Call]] = []
+    source: Iterable[Any] = calls.items() if isinstance(calls, Mapping) else calls
+    items: list[tuple[Any, Call]] = []
     for index, item in enumerate(source):
         key, fn = (index, item) if callable(item) else item
         if not callable(fn):
@@ -32,7 +32,7 @@ def run_bounded(
     max_workers: int,
     stop_on: tuple[type[BaseException], ...],
     aborted: Callable[[BaseException], BaseException],
-) -> dict[Hashable, Any]:
+) -> dict[Any, Any]:
     """Run every call, at most `max_workers` at a time; return key -> result or exception.
 
     One item's failure never stops the others, except an exception in `stop_on`: then items not

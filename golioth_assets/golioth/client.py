@@ -10,10 +10,11 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -48,6 +49,14 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+NamedT = TypeVar("NamedT", bound=_Named)
+
 # Reads stay generous (a 100-device page with statePath can be slow), connects fail fast.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=60.0)
 MAX_PER_PAGE = 100
@@ -76,7 +85,7 @@ class _ApiKeyAuth(httpx.Auth):
     def __init__(self, key: SecretStr) -> None:
         self._key = key
 
-    def auth_flow(self, request: httpx.Request):
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["x-api-key"] = self._key.get_secret_value()
         yield request
 
@@ -198,7 +207,7 @@ class GoliothClient:
         size = first.per_page if 0 < first.per_page <= per_page else per_page
         rest = self._fetch_concurrently(
             {
-                p: (lambda p=p: self._get_page(path, DEVICE_PAGE, params, p, size))
+                p: partial(self._get_page, path, DEVICE_PAGE, params, p, size)
                 for p in range(1, math.ceil(first.total / size))
             }
         )
@@ -231,10 +240,13 @@ class GoliothClient:
 
     def _created_device(self, body: DeviceCreate) -> Device | None:
         """The device an earlier POST of `body` created, if it did."""
+        hardware_ids = body.hardware_ids or []
+        if not hardware_ids:
+            return None
         found = [
             d
-            for d in self.list_devices(hardware_id=body.hardware_ids[0])
-            if d.name == body.name and set(body.hardware_ids) <= set(d.hardware_ids)
+            for d in self.list_devices(hardware_id=hardware_ids[0])
+            if d.name == body.name and set(hardware_ids) <= set(d.hardware_ids)
         ]
         return found[0] if len(found) == 1 else None
 
@@ -320,10 +332,10 @@ class GoliothClient:
             return self._find_by_name(self.list_blueprints(), name)
 
     @staticmethod
-    def _named(items: list[T], name: str) -> T | None:
+    def _named(items: list[NamedT], name: str) -> NamedT | None:
         return next((item for item in items if item.name == name), None)
 
-    def _find_by_name(self, items: list[T], name: str) -> T:
+    def _find_by_name(self, items: list[NamedT], name: str) -> NamedT:
         for item in items:
             if item.name == name:
                 return item
@@ -342,7 +354,7 @@ class GoliothClient:
 
     # -- bulk ------------------------------------------------------------------------------------
 
-    def run_many(self, calls: Calls) -> dict[Hashable, Any]:
+    def run_many(self, calls: Calls) -> dict[Any, Any]:
         """Run independent calls with at most `max_concurrency` in flight; key -> result | error.
 
         Accepts bare callables (keyed by position), (key, fn) pairs, or a mapping. One item's

@@ -7,6 +7,8 @@ response object: those carry headers, and a traceback or pickled error must not 
 
 from __future__ import annotations
 
+from typing import Any
+
 # gRPC status names: grpc-gateway puts the numeric code in the error body.
 GRPC_CODES = {
     0: "OK",
@@ -72,7 +74,7 @@ class GoliothError(Exception):
 class AuthenticationError(GoliothError):
     """401/403. Never retried: a wrong key or missing permission does not heal by waiting."""
 
-    def __init__(self, message: str, *, key_env_var: str = "GOLIOTH_API_KEY", **where) -> None:
+    def __init__(self, message: str, *, key_env_var: str = "GOLIOTH_API_KEY", **where: Any) -> None:
         super().__init__(message, **where)
         self.key_env_var = key_env_var
 

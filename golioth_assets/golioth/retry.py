@@ -58,7 +58,7 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         if retry_after is not None:
             return min(self.max_delay, max(0.0, retry_after))
-        ceiling = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return self.random() * ceiling
 
     def parse_retry_after(self, value: str | None) -> float | None:

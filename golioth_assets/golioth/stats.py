@@ -14,7 +14,7 @@ class ClientStats:
     pages: int = 0  # list pages fetched (devices, tags, blueprints, cohorts)
     transport_errors: int = 0  # attempts that got no HTTP response (connect error, timeout)
     backoff_seconds: float = 0.0  # total time slept between retries, across all threads
-    by_status: Counter = field(default_factory=Counter)  # HTTP status -> count
+    by_status: Counter[int] = field(default_factory=Counter)  # HTTP status -> count
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record_response(self, status: int) -> None:

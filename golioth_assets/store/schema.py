@@ -326,7 +326,8 @@ sync_plan = sa.Table(
     sa.Column("side", sa.Text, nullable=False),  # local / remote / both / none
     sa.Column("old_value", JSONB),
     sa.Column("new_value", JSONB),
-    sa.Column("reason", sa.Text),
+    sa.Column("reason", sa.Text),  # for operators; made from kind
+    sa.Column("kind", sa.Text),  # why the row exists: a core.vocabulary.Reason (null in plans before 0002)
     # planned / applied / failed / skipped (changed concurrently) / blocked (the direction forbids it)
     sa.Column("status", sa.Text, nullable=False, server_default="planned"),
     sa.Column("error", sa.Text),

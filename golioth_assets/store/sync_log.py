@@ -121,6 +121,7 @@ PLAN_COLUMNS = [
     "side",
     "old_value",
     "new_value",
+    "kind",
     "reason",
     "status",
     "error",
@@ -137,10 +138,10 @@ def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_ro
     return conn.exec_driver_sql(
         f"""
         INSERT INTO sync_plan (sync_log_id, organization_id, device_id, golioth_device_id, field, action,
-                               side, old_value, new_value, reason, status, conflict_id, changed_by)
+                               side, old_value, new_value, kind, reason, status, conflict_id, changed_by)
         -- conflict_id goes through numeric: pandas writes 3.0 when the column also holds nulls.
         SELECT %(log)s, %(org)s, s.doc->>'device_id', s.doc->>'golioth_device_id', s.doc->>'field',
-               s.doc->>'action', s.doc->>'side', s.doc->'old_value', s.doc->'new_value', s.doc->>'reason',
+               s.doc->>'action', s.doc->>'side', s.doc->'old_value', s.doc->'new_value', s.doc->>'kind', s.doc->>'reason',
                s.doc->>'status', (s.doc->>'conflict_id')::numeric::bigint, s.doc->>'changed_by'
         FROM {table} s
         """,
@@ -150,7 +151,7 @@ def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_ro
 
 def load_plan(conn: Connection, sync_log_id: int, *, side: str | None = None) -> pd.DataFrame:
     sql = """
-        SELECT id, device_id, golioth_device_id, field, action, side, old_value, new_value, reason,
+        SELECT id, device_id, golioth_device_id, field, action, side, old_value, new_value, kind, reason,
                status, error, conflict_id, changed_by
         FROM sync_plan WHERE sync_log_id = %(log)s
     """
