@@ -31,7 +31,6 @@ from golioth_assets.core.fields import (
     DESIRED_PREFIX,
     OBSERVED_FIELDS,
     SCALAR_FIELDS,
-    enabled_fields,
     group_of,
 )
 from golioth_assets.core.match import Matching, match_devices
