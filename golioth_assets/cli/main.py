@@ -116,7 +116,10 @@ def stop() -> None:
 @cli.command(short_help="Print shell exports for plain `dagster` commands.")
 def env() -> None:
     """Print shell exports for running plain `dagster` commands against this deployment:
-    eval "$(golioth-sync env)" && dagster dev -w workspace.yaml"""
+    eval "$(golioth-sync env)" && dagster dev -w workspace.yaml
+
+    After `golioth-sync dev`, this also exports the demo simulator's API key, so a second shell's
+    CLI reaches the demo."""
     import shlex
 
     from golioth_assets.cli.runtime import DAGSTER_PG_ENV, prepare
@@ -129,6 +132,10 @@ def env() -> None:
     os.environ["GOLIOTH_SYNC_HOME"] = str(get_settings().home)
     for name in [*names, "DAGSTER_HOME", DAGSTER_PG_ENV]:
         click.echo(f"export {name}={shlex.quote(os.environ[name])}")
+    from golioth_assets.cli.dev import demo_exports
+
+    for name, value in demo_exports().items():  # the demo simulator's made-up key, once a demo ran
+        click.echo(f"export {name}={shlex.quote(value)}")
 
 
 cli.add_command(dev)
