@@ -187,7 +187,7 @@ def _sync_now(engine, rows: list[dict]) -> None:
         if run:
             from golioth_assets.cli.render import summary_table
 
-            console.print(summary_table(run, seconds=launched.seconds))
+            console.print(summary_table(run))
         console.print(f"Dagster run {launched.run_id}")
         if note := dead_runs_note(launched):
             console.print(note, style="yellow")

@@ -305,7 +305,7 @@ def _first_sync(engine) -> None:
     with engine.connect() as conn:
         run = sync_log.latest_run(conn, DEMO_ORG, dagster_run_id=launched.run_id)
     if run:
-        console.print(summary_table(run, seconds=launched.seconds))
+        console.print(summary_table(run))
     if note := dead_runs_note(launched):
         console.print(note, style="yellow")
     if not launched.success:

@@ -3,7 +3,6 @@ says how it went (cli/output.py, docs/operators.md "Scripting")."""
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -162,4 +161,3 @@ def _exit(run: dict, fail_on_conflicts: bool) -> None:
             f"`golioth-sync conflicts list --org {run['organization_id']}`",
             ExitCode.conflicts,
         )
-    sys.stdout.flush()
