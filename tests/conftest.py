@@ -12,6 +12,12 @@ pytest_plugins = [
 ]
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    from tests.fixtures.database import server_choice
+
+    return f"PostgreSQL for this session: {server_choice().why}"
+
+
 @pytest.fixture(autouse=True)
 def _dagster_current_instance_is_restored():
     """Entering a DagsterInstance makes it Dagster's current one until it is exited. A test that

@@ -1,7 +1,7 @@
 """The web console: server-rendered pages (starlette + jinja2), no JavaScript at all.
 
 Pages: organization status, services (editable), the conflict queue, sync history with each
-device's audit trail, and the webhook inbox with dead-letter replay. Every write goes through
+device's audit trail, the webhook inbox with dead-letter replay, and charts (console/charts.py). Every write goes through
 golioth_assets.actions, the same functions the CLI and the Dagster resolve job use.
 
     create_app(engine)                        # loopback use, no token
@@ -34,6 +34,7 @@ from golioth_assets.actions import history as history_ops
 from golioth_assets.actions import services as service_ops
 from golioth_assets.actions import status as status_ops
 from golioth_assets.actions import webhooks as webhook_ops
+from golioth_assets.console.charts import ChartPages
 from golioth_assets.console.security import AUTH_COOKIE, Guard, auth_cookie_value, first, read_form
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy
 from golioth_assets.core.vocabulary import values as choices
@@ -434,6 +435,7 @@ def create_app(
     dagster_ui_url: str | None = None,
 ) -> Starlette:
     console = Console(engine, _templates(), dagster_ui_url)
+    charts = ChartPages(console)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         if not hasattr(request.state, "csrf_token"):
@@ -460,6 +462,7 @@ def create_app(
         Route("/history", console.history),
         Route("/history/{org}/device", console.device),
         Route("/history/{org}/runs/{run_id:int}", console.run),
+        Route("/charts", charts.page),
         Route("/webhooks", console.webhooks),
         Route("/webhooks/replay", console.replay, methods=["POST"]),
         Route("/login", console.login, methods=["GET", "POST"]),

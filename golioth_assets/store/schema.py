@@ -184,6 +184,7 @@ golioth_sync_log = sa.Table(
     sa.Column("details", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Index("ix_golioth_sync_log_org_started", "organization_id", sa.text("started_at DESC")),
     sa.Index("ix_golioth_sync_log_dagster_run_id", "dagster_run_id"),
+    sa.Index("ix_golioth_sync_log_started_at", "started_at"),  # the charts' fleet view (0005)
 )
 
 golioth_sync_log_entries = sa.Table(
@@ -269,6 +270,7 @@ webhook_events = sa.Table(
     sa.CheckConstraint("status IN ('pending','claimed','processed','failed','dead')", name="status"),
     sa.Index("ix_webhook_events_status_id", "status", "id"),
     sa.Index("ix_webhook_events_claimed_by", "claimed_by"),
+    sa.Index("ix_webhook_events_received_at", "received_at"),  # the charts (0005)
 )
 
 golioth_inventory = sa.Table(

@@ -137,7 +137,8 @@ def serve(
 @click.option("--status", type=click.Choice(inbox.STATUSES), help="Only events in this state.")
 @click.option("--org", "organization_id", help="Only this organization's events.")
 @click.option("--limit", default=50, show_default=True, type=int)
-def list_(status: str | None, organization_id: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see docs/operators.md).")
+def list_(status: str | None, organization_id: str | None, limit: int, as_json: bool) -> None:
     """Show the inbox, newest first, with per-status counts."""
     from rich.console import Console
 
@@ -147,6 +148,8 @@ def list_(status: str | None, organization_id: str | None, limit: int) -> None:
     with engine.connect() as conn:
         rows = inbox.list_events(conn, status=status, organization_id=organization_id, limit=limit)
         counts = inbox.count_by_status(conn, organization_id)
+    if as_json:
+        return _print_json(rows, counts)
     columns = ["id", "org", "type", "device", "status", "attempts", "received", "last error"]
     if organization_id:
         columns.remove("org")
@@ -166,6 +169,15 @@ def list_(status: str | None, organization_id: str | None, limit: int) -> None:
     console = Console()
     console.print(table)
     console.print("  ".join(f"{name}: {n}" for name, n in counts.items()))
+
+
+def _print_json(rows, counts: dict[str, int]) -> None:
+    """Events without their payloads (device data; `webhook_events` has them), and counts by status."""
+    from golioth_assets.cli.output import echo_json
+
+    keys = ("id", "organization_id", "event_type", "golioth_device_id", "status", "attempts", "received_at")
+    events = [{**{k: getattr(row, k) for k in keys}, "last_error": row.last_error} for row in rows]
+    echo_json({"events": events, "counts": counts})
 
 
 @webhooks.command()
