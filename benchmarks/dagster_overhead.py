@@ -99,8 +99,7 @@ def _one_run(job, instance) -> tuple[float, int, Counter]:
         raise SystemExit(f"the run failed: {[e.message for e in result.all_events if e.is_failure]}")
     records = instance.get_records_for_run(result.run_id, limit=100_000).records
     kinds = Counter(
-        r.event_log_entry.dagster_event.event_type_value if r.event_log_entry.dagster_event else "log"
-        for r in records
+        r.event_log_entry.dagster_event.event_type_value if r.event_log_entry.dagster_event else "log" for r in records
     )
     assert all(e.passed for e in result.get_asset_check_evaluations()), "an asset check failed"
     del dg

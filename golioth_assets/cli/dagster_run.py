@@ -15,10 +15,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 
 from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.jobs import run_tags
 from golioth_assets.defs.partitions import organizations
 
-STEP_NAMES = [a.key.to_user_string() for a in sync_assets]
+# The sync is one op; its progress is the assets it has materialized so far.
+STEP_NAMES = [key.to_user_string() for a in sync_assets for key in a.keys]
 # Where a CLI run executes (execute_in_process: in this very process), so that a later command can
 # tell that a run still "started" in Dagster died with its process.
 
@@ -59,6 +61,7 @@ def run_sync_job(
         config["direction"] = direction
     if policy:
         config["policy"] = policy
+    run_config = sync_run_config(**config)
 
     outcome: dict = {}
 
@@ -68,7 +71,7 @@ def run_sync_job(
                 instance=instance,
                 partition_key=organization_id,
                 run_config={
-                    "ops": {"golioth_device_inventory": {"config": config}},
+                    **run_config,
                     # The terminal shows progress; Dagster's event log keeps the details.
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}},
                 },
@@ -99,8 +102,9 @@ def run_sync_job(
             worker.join(0.25)
             run_id = _latest_run_id(instance, organization_id, trigger)
             if run_id:
-                for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records:
-                    done.add(record.event_log_entry.step_key)
+                of_type = dg.DagsterEventType.ASSET_MATERIALIZATION
+                for record in instance.get_records_for_run(run_id, of_type=of_type).records:
+                    done.add(record.event_log_entry.dagster_event.asset_key.to_user_string())
                 finished = [s for s in STEP_NAMES if s in done]
                 progress.update(
                     task,

@@ -24,7 +24,13 @@ from golioth_assets.store.services import Service
 @dataclass
 class LocalOutcome:
     counts: dict[str, int] = field(
-        default_factory=lambda: {"created_local": 0, "updated_local": 0, "deleted_local": 0, "skipped": 0}
+        default_factory=lambda: {
+            "created_local": 0,
+            "updated_local": 0,
+            "deleted_local": 0,
+            "observed_local": 0,
+            "skipped": 0,
+        }
     )
     plan_status: list[dict] = field(default_factory=list)
 
@@ -158,8 +164,20 @@ def apply_local(
     if not observe.empty:
         observed = pd.DataFrame(list(observe["new_value"]))
         observed["device_id"] = observe["device_id"].to_numpy()
-        devices.update_observed(conn, org, observed[[c for c in ("device_id", *OBSERVED_FIELDS) if c in observed]])
+        written = observed[[c for c in ("device_id", *OBSERVED_FIELDS) if c in observed]]
+        out.counts["observed_local"] = devices.update_observed(conn, org, written)
         out.plan_status += [{"id": int(i), "status": "applied", "error": None} for i in observe["id"]]
+        # In the audit trail too, so that a device's history shows what Golioth reported.
+        entries += [
+            {
+                "device_id": d,
+                "golioth_device_id": g,
+                "side": "local",
+                "action": "observe",
+                "changes": {f: {"new": v} for f, v in (new or {}).items()},
+            }
+            for d, g, new in zip(observe["device_id"], observe["golioth_device_id"], observe["new_value"])
+        ]
 
     # 5. Soft deletes (propagated from Golioth), compare-and-set too.
     deletes = local_rows[local_rows["action"] == "delete"]

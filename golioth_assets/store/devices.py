@@ -71,6 +71,29 @@ def count_devices(conn: Connection, organization_id: str) -> int:
     ).scalar_one()
 
 
+def count_devices_by_state(conn: Connection, organization_id: str) -> tuple[int, int]:
+    """(live, soft-deleted) device rows of the organization."""
+    live, deleted = conn.exec_driver_sql(
+        "SELECT count(*) FILTER (WHERE deleted_at IS NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL) "
+        "FROM devices WHERE organization_id = %(org)s",
+        {"org": organization_id},
+    ).one()
+    return int(live), int(deleted)
+
+
+PREVIEW_COLUMNS = ["device_id", "name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"]
+
+
+def preview_devices(conn: Connection, organization_id: str, limit: int) -> pd.DataFrame:
+    """The first `limit` live devices by name (then id): a preview for operators."""
+    rows = conn.exec_driver_sql(
+        "SELECT id::text, name, hardware_ids, tags, blueprint, cohort, enabled, status FROM devices "
+        "WHERE organization_id = %(org)s AND deleted_at IS NULL ORDER BY name, id LIMIT %(limit)s",
+        {"org": organization_id, "limit": int(limit)},
+    ).fetchall()
+    return pd.DataFrame.from_records(rows, columns=PREVIEW_COLUMNS)
+
+
 def insert_devices(conn: Connection, organization_id: str, frame: pd.DataFrame) -> int:
     """Insert devices (with their ids chosen by the caller) in one statement."""
     if frame.empty:
