@@ -83,7 +83,7 @@ def _setup(devices: int, database_url: str):
 
 
 def _one_run(job, instance) -> tuple[float, int, Counter]:
-    import dagster as dg
+    from golioth_assets.defs.jobs import run_tags
 
     started = time.perf_counter()
     result = job.execute_in_process(
@@ -91,7 +91,7 @@ def _one_run(job, instance) -> tuple[float, int, Counter]:
         partition_key=ORG,
         # As the CLI runs it: the terminal shows no per-event lines; the event log keeps them all.
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        tags={"golioth-sync/org": ORG, "golioth-sync/trigger": "benchmark"},
+        tags=run_tags(ORG, "benchmark"),
         raise_on_error=False,
     )
     seconds = time.perf_counter() - started
@@ -102,7 +102,6 @@ def _one_run(job, instance) -> tuple[float, int, Counter]:
         r.event_log_entry.dagster_event.event_type_value if r.event_log_entry.dagster_event else "log" for r in records
     )
     assert all(e.passed for e in result.get_asset_check_evaluations()), "an asset check failed"
-    del dg
     return seconds, len(records), kinds
 
 

@@ -1,11 +1,15 @@
-"""One sync of one organization, as four steps that can run in one process (the CLI) or as separate
-Dagster assets in separate processes: every step reads its input from PostgreSQL and writes its
-output there.
+"""One sync of one organization, as four steps that read their input from PostgreSQL and write their
+output there:
 
-    fetch   Golioth → golioth_inventory (a full list, or a GET per device for a targeted sync)
-    plan    inventory + local devices + base snapshots → sync_plan, device_conflicts
+    fetch   Golioth → golioth_inventory (a full list, or a GET per device for a targeted sync), with
+            the inventory's accounting in the run's log row
+    plan    inventory + local devices + base snapshots → sync_plan, device_conflicts (refused when
+            the inventory does not add up)
     remote  sync_plan (Golioth side) → Golioth
     local   sync_plan (local side) → devices, links, base snapshots, audit entries
+
+RunLog holds the run's golioth_sync_log row for the whole run. sync_organization runs the four in
+one call (the engine's own callers and tests); engine/run.py runs them for the Dagster op.
 """
 
 from __future__ import annotations
