@@ -138,3 +138,17 @@ def test_a_cancelled_run_closes_the_row(make_harness, instance, db_url):
     assert row["status"] == "failed" and row["error"] == INTERRUPTED
     assert h.local().empty and write_requests(h.project.stats()) == 0
     assert set(WRITE_METHODS).isdisjoint(h.project.stats()["byMethod"])
+
+
+def test_the_engine_refuses_a_step_out_of_order_and_closes_the_row(make_harness):
+    """Below Dagster too, the steps run in their one order: planning before fetching is refused."""
+    from golioth_assets.engine.run import StepOutOfOrder, SyncRun
+    from golioth_assets.engine.sync import SyncRequest, open_client
+
+    h = make_harness(devices=3)
+    with pytest.raises(StepOutOfOrder, match="'plan' called out of order \\(next: 'fetch'\\)"):
+        with SyncRun(h.engine, h.service, SyncRequest(h.org), open_client=open_client) as run:
+            run.plan()
+    [row] = sync_log_rows(h)
+    assert row["id"] == run.sync_log_id and row["status"] == "failed" and "out of order" in row["error"]
+    assert h.project.stats()["total"] == 0  # nothing was fetched
