@@ -37,9 +37,10 @@ ORG = "overhead-org"
 PROJECT = "overhead-project"
 KEY = "overhead-key-0123456789abcdef"
 KEY_ENV = "GS_OVERHEAD_KEY"
-# Targets for 100 devices on the 2-core development machine (docs/benchmarks.md).
-MAX_MEDIAN_SECONDS = 1.5
-MAX_EVENT_LOG_ENTRIES = 30
+# Targets for 100 devices on the shared 2-core development machine at a load average under ~3
+# (docs/benchmarks.md, "Dagster overhead"): the one-op sync's figures, which the six-op one missed.
+MAX_MEDIAN_SECONDS = 2.5
+MAX_EVENT_LOG_ENTRIES = 42
 
 
 def _drop(url) -> None:
