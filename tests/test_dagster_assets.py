@@ -155,3 +155,17 @@ def test_a_run_against_an_unmigrated_database_fails_with_one_line_and_migrates_n
     finally:
         database.engine_for(empty).dispose()
         drop_database(empty)
+
+
+def test_the_store_names_its_database_variable_and_reads_it_when_used(db_url, monkeypatch):
+    """definitions.py reads no environment at load time: the store's config holds the variable's
+    name, which Dagster shows; the URL (and its password) is read when a run or tick uses it."""
+    from golioth_assets.definitions import defs, store
+
+    assert (store.database_url_env, store.database_url) == ("DATABASE_URL", None)
+    assert defs.resources["store"] is store
+    url = db_url.render_as_string(hide_password=False)
+    monkeypatch.setenv("GS_TEST_OTHER_DATABASE_URL", url)
+    other = DeviceStore(database_url_env="GS_TEST_OTHER_DATABASE_URL")
+    assert other.engine.url.database == db_url.database
+    assert url not in repr(other) and "GS_TEST_OTHER_DATABASE_URL" in repr(other)
