@@ -15,9 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "golioth_sync_log", sa.Column("observed_local", sa.Integer(), server_default="0", nullable=False)
-    )
+    op.add_column("golioth_sync_log", sa.Column("observed_local", sa.Integer(), server_default="0", nullable=False))
 
 
 def downgrade() -> None:
