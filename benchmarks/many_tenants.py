@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from webhook_to_local import Child, _bin, _drop  # noqa: E402  (process groups, the venv's binaries)
 
 POOL = "golioth_api"
-POOL_STEPS = ("golioth_device_inventory", "golioth_device_writes")  # the assets in the pool
+POOL_STEPS = ("golioth_sync",)  # the one op of a sync holds a golioth_api slot for the whole sync
 RUN_LIMIT, POOL_LIMIT = 8, 4  # dagster.yaml: max_concurrent_runs, pools.default_limit
 
 

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from golioth_assets.core.vocabulary import RunTag
+from golioth_assets.defs.assets import SPECS
+from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.jobs import run_tags
 from golioth_assets.defs.partitions import organizations
 
@@ -55,7 +57,7 @@ def run_sync_job(
     job = defs.resolve_job_def(job_name)
     run_id = str(uuid.uuid4())  # known before the run starts, so progress follows this run only
     run_config = {
-        "ops": {"golioth_device_inventory": {"config": _launch_config(direction, dry_run, policy, device_ids)}},
+        **sync_run_config(**_launch_config(direction, dry_run, policy, device_ids)),
         "loggers": {"console": {"config": {"log_level": "WARNING" if verbose else "CRITICAL"}}},
     }
     extra = {RunTag.host: socket.gethostname(), RunTag.pid: str(os.getpid())}
@@ -79,7 +81,8 @@ def run_sync_job(
     started = time.perf_counter()
     worker = threading.Thread(target=execute, name="golioth-sync-run", daemon=True)
     worker.start()
-    steps = [node.name for node in job.nodes]  # the job's own steps, in order
+    # The sync is one op: its progress is the assets it has materialized so far, in graph order.
+    steps = [spec.key.to_user_string() for spec in SPECS]
     _show_progress(instance, worker, run_id, steps, f"{job_name} [{organization_id}]", console)
     if "error" in outcome:
         raise outcome["error"]
@@ -115,7 +118,7 @@ def _show_progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.completed}/{task.total} assets"),
         TimeElapsedColumn(),
         console=console,
         transient=False,
@@ -125,9 +128,11 @@ def _show_progress(
         def update() -> None:
             if instance.get_run_by_id(run_id) is None:
                 return  # not stored yet
-            for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records:
-                if record.event_log_entry.step_key in steps:
-                    done[record.event_log_entry.step_key] = None
+            of_type = dg.DagsterEventType.ASSET_MATERIALIZATION
+            for record in instance.get_records_for_run(run_id, of_type=of_type).records:
+                key = record.event_log_entry.dagster_event.asset_key.to_user_string()
+                if key in steps:
+                    done[key] = None
             last = next(reversed(done), "starting")
             progress.update(task, completed=len(done), description=f"{title} {last}")
 

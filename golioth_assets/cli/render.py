@@ -16,6 +16,7 @@ SUMMARY_ROWS = [
     ("Created locally", "created_local"),
     ("Updated locally", "updated_local"),
     ("Deleted locally", "deleted_local"),
+    ("Observed fields updated locally", "observed_local"),
     ("Created in Golioth", "created_remote"),
     ("Updated in Golioth", "updated_remote"),
     ("Deleted in Golioth", "deleted_remote"),

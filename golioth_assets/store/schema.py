@@ -173,6 +173,8 @@ golioth_sync_log = sa.Table(
     sa.Column("created_local", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_local", sa.Integer, nullable=False, server_default="0"),
     sa.Column("deleted_local", sa.Integer, nullable=False, server_default="0"),
+    # Devices whose observed fields (last seen, firmware, ...) this run wrote locally.
+    sa.Column("observed_local", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_remote", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_remote", sa.Integer, nullable=False, server_default="0"),
     sa.Column("deleted_remote", sa.Integer, nullable=False, server_default="0"),

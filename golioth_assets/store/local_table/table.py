@@ -39,6 +39,10 @@ _UUID_TYPES = ("uuid",)
 _INTEGER_TYPES = ("smallint", "integer", "bigint", "numeric")
 
 
+# What a preview of devices shows (operators' pages and run metadata): the columns a table maps.
+PREVIEW_COLUMNS = ("device_id", "name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status")
+
+
 class LocalTableError(RuntimeError):
     """The local table cannot be used as mapped (one line, naming the column)."""
 
