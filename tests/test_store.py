@@ -109,7 +109,7 @@ def test_merge_bases_sets_fields_and_desired_keys(engine, org):
     frame = _device_frame(1)
     with engine.begin() as conn:
         service = services.create_service(
-            conn, services.ServiceSettings(organization_id=org, name=org, project_id="p", api_key_env="K")
+            conn, services.ServiceSettings(organization_id=org, name=org, project_id="p", api_key_env="GOLIOTH_K")
         )
         devices.insert_devices(conn, org, frame)
         d = frame["device_id"].item()

@@ -26,10 +26,13 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
+
 DEMO_ORG = "demo"
 DEMO_PROJECT = "demo-project"
 API_KEY_ENV = "GOLIOTH_DEMO_API_KEY"
-WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"
+WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"  # the pipelines' header secret
+SIGNING_KEY_ENV = "GOLIOTH_DEMO_SIGNING_KEY"  # the signed device events' whsec_ key: a different secret
 
 console = Console()
 
@@ -133,6 +136,19 @@ def _wait_http(url: str, timeout_s: float = 90.0) -> bool:
     return False
 
 
+def _demo_environment() -> bool:
+    """The demo's secrets (made up unless exported) and its loopback allowance, in this process's
+    environment so every process it starts inherits them. True when the user chose the API key:
+    then another shell's CLI can reach the demo too."""
+    key_was_chosen = bool(os.environ.get(API_KEY_ENV))
+    os.environ.setdefault(API_KEY_ENV, secrets.token_hex(24))
+    os.environ.setdefault(WEBHOOK_SECRET_ENV, secrets.token_hex(32))
+    os.environ.setdefault(SIGNING_KEY_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+    # The simulator speaks plain http on loopback: the demo allows that, explicitly.
+    os.environ[ALLOW_LOOPBACK_HTTP_ENV] = "1"
+    return key_was_chosen
+
+
 def _register_demo_service(engine, simulator_url: str, interval: int):
     from golioth_assets.store import services
 
@@ -151,6 +167,7 @@ def _register_demo_service(engine, simulator_url: str, interval: int):
                 conflict_policy="manual",
                 webhook_enabled=True,
                 webhook_secret_env=WEBHOOK_SECRET_ENV,
+                webhook_signing_key_env=SIGNING_KEY_ENV,
             ),
         )
 
@@ -206,10 +223,7 @@ def dev(
     runtime = prepare()
     console.print(f"[green]✓[/] database {runtime.describe()}")
 
-    # A key chosen by the user (exported before `make demo`) lets another shell's CLI reach the demo.
-    key_was_chosen = bool(os.environ.get(API_KEY_ENV))
-    os.environ.setdefault(API_KEY_ENV, secrets.token_hex(24))
-    os.environ.setdefault(WEBHOOK_SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+    key_was_chosen = _demo_environment()
     simulator = SimulatorServer(
         projects=[ProjectSpec(DEMO_PROJECT, os.environ[API_KEY_ENV], devices=devices, seed=42)],
         port=simulator_port,
@@ -253,9 +267,9 @@ def dev(
 
         if _wait_http(f"{webhook_url}/healthz", 60):
             inbox = f"{webhook_url}/webhooks/golioth/{service.id}"
-            secret = os.environ[WEBHOOK_SECRET_ENV]
-            simulator.control.set_webhook(DEMO_PROJECT, inbox, {"x-golioth-sync-secret": secret})
-            simulator.control.set_events(DEMO_PROJECT, inbox, secret)
+            pipeline_header = {service.webhook_secret_header: os.environ[WEBHOOK_SECRET_ENV]}
+            simulator.control.set_webhook(DEMO_PROJECT, inbox, pipeline_header)
+            simulator.control.set_events(DEMO_PROJECT, inbox, os.environ[SIGNING_KEY_ENV])
         ui_ready = _wait_http(f"http://127.0.0.1:{dagster_port}/server_info", 120)
 
         if activity:
@@ -271,11 +285,11 @@ def dev(
         table.add_row("Database", runtime.describe())
         table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
         table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` every {interval} s")
-        if not key_was_chosen:
-            table.add_row(
-                "CLI in another shell",
-                f"needs ${API_KEY_ENV}: this run made one up; export one in both shells before `make demo`",
-            )
+        table.add_row(
+            "CLI in another shell",
+            f"needs {ALLOW_LOOPBACK_HTTP_ENV}=1 and ${API_KEY_ENV}"
+            + ("" if key_was_chosen else " (this run made one up; export one in both shells before `make demo`)"),
+        )
         console.print(table)
         while True:
             time.sleep(1)
