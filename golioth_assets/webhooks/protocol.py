@@ -25,6 +25,7 @@ import functools
 import logging
 from typing import Any, ClassVar
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from golioth_assets.webhooks.config import ReceiverConfig
@@ -35,7 +36,8 @@ _REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header
 
 
 class _Refused(Exception):
-    """Raised from a parser callback to stop parsing; the refusal itself is on the protocol."""
+    """Raised from a parser callback to stop parsing (httptools reports it as a parser error); the
+    refusal itself is on the protocol."""
 
 
 @functools.cache
@@ -84,7 +86,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._head_bytes += len(chunk)
             else:
                 chunk, data = data, b""
-            super().data_received(chunk)
+            self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
+        """uvicorn's data_received, except that a refusal raised from a callback is answered as such."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(chunk)
+        except httptools.HttpParserError:
+            if self._refusal is not None:
+                self._refuse(*self._refusal)
+            else:
+                self.logger.warning("Invalid HTTP request received.")
+                self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
 
     # -- parser callbacks ------------------------------------------------------------------------------
 
@@ -119,13 +138,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_head = True
         super().on_message_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        # httptools reports an exception raised in a callback as a parser error: answer what we meant.
-        if self._refusal is not None:
-            self._refuse(*self._refusal)
-        else:
-            super().send_400_response(msg)
 
     # -- refusals and deadlines ------------------------------------------------------------------------
 
