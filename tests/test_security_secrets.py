@@ -406,3 +406,12 @@ def test_the_cli_never_echoes_a_refused_value(db_env, sim_project, monkeypatch, 
     assert result.exit_code == 1 and result.output.startswith("Error: ")
     assert value not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_an_allowed_name_that_is_set_is_a_name_however_it_looks(monkeypatch):
+    # Digit-heavy, like a hex key: still a name, because it is allowed and names a variable that is set.
+    monkeypatch.setenv("GOLIOTH_KEY_1234567890", "the-key")
+    assert actions.check_env_reference("api_key_env", "GOLIOTH_KEY_1234567890") == "GOLIOTH_KEY_1234567890"
+    monkeypatch.delenv("GOLIOTH_KEY_1234567890")
+    with pytest.raises(InvalidInput, match="NAME of an environment variable"):
+        actions.check_env_reference("api_key_env", "GOLIOTH_KEY_1234567890")

@@ -96,6 +96,8 @@ def _value_of_some_variable(value: str) -> str | None:
 
 def _refused_name(field_label: str, value: str) -> str | None:
     """Why `value` is refused as a secret's name, in words that never repeat it."""
+    if credentials.name_problem(value) is None and credentials.secret_is_set(value):
+        return None  # an allowed name of a secret that is set: a name, whatever it looks like
     holder = _value_of_some_variable(value)
     if holder:
         return (
