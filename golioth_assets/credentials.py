@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import math
 import os
@@ -133,6 +134,8 @@ def entropy_bits(symbols: bytes | str) -> float:
     return per_symbol * n
 
 
+# Cached: the receiver judges the same few values on every request.
+@functools.lru_cache(maxsize=128)
 def pipeline_secret_problem(value: str) -> str | None:
     """Why `value` is too weak for the static header secret of Golioth pipelines; None when it is fine."""
     if value.startswith(SIGNING_KEY_PREFIX):
@@ -144,6 +147,7 @@ def pipeline_secret_problem(value: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=128)
 def signing_key_problem(value: str) -> str | None:
     """Why `value` is not a usable Standard Webhooks signing key; None when it is one."""
     encoded = value.removeprefix(SIGNING_KEY_PREFIX)
