@@ -145,9 +145,7 @@ device_services = sa.Table(
         sa.CheckConstraint(rf"{column} ~ '^[A-Za-z_][A-Za-z0-9_]*$'", name=f"{column}_is_a_name")
         for column in SECRET_NAME_COLUMNS
     ),
-    sa.CheckConstraint(
-        "webhook_secret_env <> webhook_signing_key_env", name="one_secret_per_webhook_format"
-    ),
+    sa.CheckConstraint("webhook_secret_env <> webhook_signing_key_env", name="one_secret_per_webhook_format"),
 )
 
 device_service_assignments = sa.Table(
