@@ -46,6 +46,8 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# The simulator is plain http on loopback: a service may use it only with this explicit allowance.
+os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from webhook_to_local import Child, _bin, _drop  # noqa: E402  (process groups, the venv's binaries)
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> dict:
         )
     orgs = [f"tenant-{i:03d}" for i in range(args.orgs)]
     keys = {
-        org: (f"BENCH_TENANT_KEY_{i:03d}", f"tenant-key-{i:03d}-{uuid.uuid4().hex[:8]}") for i, org in enumerate(orgs)
+        org: (f"GOLIOTH_BENCH_TENANT_KEY_{i:03d}", f"tenant-key-{i:03d}-{uuid.uuid4().hex[:8]}")
+        for i, org in enumerate(orgs)
     }
     for env, key in keys.values():
         os.environ[env] = key

@@ -52,6 +52,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# The simulator is plain http on loopback: a service may use it only with this explicit allowance.
+os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 ORG = "bench-org"

@@ -47,7 +47,7 @@ def _new_service(engine, *, enabled=True, interval=300, base_url="http://127.0.0
                 name=org,
                 project_id=f"p-{org}",
                 base_url=base_url,
-                api_key_env="GS_SENSOR_TEST_KEY",
+                api_key_env="GOLIOTH_SENSOR_TEST_KEY",
                 sync_enabled=enabled,
                 interval_seconds=interval,
             ),

@@ -27,10 +27,13 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
+
 DEMO_ORG = "demo"
 DEMO_PROJECT = "demo-project"
 API_KEY_ENV = "GOLIOTH_DEMO_API_KEY"
-WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"
+WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"  # the pipelines' header secret
+SIGNING_KEY_ENV = "GOLIOTH_DEMO_SIGNING_KEY"  # the signed device events' whsec_ key: a different secret
 
 console = Console()
 
@@ -134,6 +137,17 @@ def _wait_http(url: str, timeout_s: float = 90.0) -> bool:
     return False
 
 
+def _demo_environment() -> None:
+    """The demo's secrets (made up unless exported) and its loopback allowance, in this process's
+    environment so every process it starts inherits them. The API key is kept (demo_api_key), so
+    `golioth-sync env` can hand it to another shell."""
+    os.environ[API_KEY_ENV] = demo_api_key()
+    os.environ.setdefault(WEBHOOK_SECRET_ENV, secrets.token_hex(32))  # the pipelines' header secret
+    os.environ.setdefault(SIGNING_KEY_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+    # The simulator speaks plain http on loopback: the demo allows that, explicitly.
+    os.environ[ALLOW_LOOPBACK_HTTP_ENV] = "1"
+
+
 def _register_demo_service(engine, simulator_url: str, interval: int):
     from golioth_assets.store import services
 
@@ -152,6 +166,7 @@ def _register_demo_service(engine, simulator_url: str, interval: int):
                 conflict_policy="manual",
                 webhook_enabled=True,
                 webhook_secret_env=WEBHOOK_SECRET_ENV,
+                webhook_signing_key_env=SIGNING_KEY_ENV,
             ),
         )
 
@@ -274,14 +289,16 @@ def demo_exports() -> dict[str, str]:
     """What `golioth-sync env` adds for the demo: its simulated API key, once a demo has made one.
     (A simulator key, made up on this machine: it opens nothing but the demo's simulator.)"""
     key_file = demo_home() / "api-key"
-    return {API_KEY_ENV: key_file.read_text().strip()} if key_file.exists() else {}
+    if not key_file.exists():
+        return {}
+    # The simulator speaks plain http on loopback, which only an explicit allowance permits.
+    return {API_KEY_ENV: key_file.read_text().strip(), ALLOW_LOOPBACK_HTTP_ENV: "1"}
 
 
 def _start_simulator(devices: int, port: int, *, fresh: bool):
     from golioth_assets.simulator import ProjectSpec, SimulatorServer
 
-    os.environ[API_KEY_ENV] = demo_api_key()
-    os.environ.setdefault(WEBHOOK_SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+    _demo_environment()
     state_file = demo_home() / "state.json"
     if fresh:
         state_file.unlink(missing_ok=True)
@@ -335,9 +352,10 @@ def _connect_webhooks(simulator, ports: Ports, service_id: int) -> None:
     webhook_url = f"http://127.0.0.1:{ports.webhook}"
     if _wait_http(f"{webhook_url}/healthz", 60):
         inbox = f"{webhook_url}/webhooks/golioth/{service_id}"
-        secret = os.environ[WEBHOOK_SECRET_ENV]
-        simulator.control.set_webhook(DEMO_PROJECT, inbox, {"x-golioth-sync-secret": secret})
-        simulator.control.set_events(DEMO_PROJECT, inbox, secret)
+        pipeline_header = {"x-golioth-sync-secret": os.environ[WEBHOOK_SECRET_ENV]}
+        simulator.control.set_webhook(DEMO_PROJECT, inbox, pipeline_header)
+        # Signed device events use the signing key, a different secret from the pipelines' header.
+        simulator.control.set_events(DEMO_PROJECT, inbox, os.environ[SIGNING_KEY_ENV])
 
 
 def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: int, *, ui_ready, has_console) -> None:
@@ -352,7 +370,7 @@ def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: 
     table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` every {interval} s")
     table.add_row(
         "CLI in another shell",
-        f'eval "$(golioth-sync env)" (it exports ${API_KEY_ENV}, the simulator\'s key), '
+        f'eval "$(golioth-sync env)" (it exports ${API_KEY_ENV}, the simulator\'s key, and {ALLOW_LOOPBACK_HTTP_ENV}), '
         f"then e.g. `golioth-sync sync --org {DEMO_ORG} --dry-run`",
     )
     if runtime.embedded:

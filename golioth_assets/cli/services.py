@@ -8,19 +8,21 @@ are read at the start of every run, so a change takes effect on the next run, no
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets import credentials
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import services as actions
 from golioth_assets.cli.output import CommandFailed, echo_json, json_option
 from golioth_assets.cli.render import list_table
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy, values
+from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY
 
 console = Console()
 
@@ -44,6 +46,7 @@ LABELS = {
     "webhook_secret_env": "--webhook-secret-env",
     "webhook_secret_header": "--webhook-header",
     "local_table": "--local-table",
+    "webhook_signing_key_env": "--webhook-signing-key-env",
 }
 
 
@@ -146,7 +149,15 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
             help="Accept Golioth webhooks for this service" + default("no") + ".",
         ),
         click.option(
-            "--webhook-secret-env", metavar="NAME", help="NAME of the environment variable holding the webhook secret."
+            "--webhook-secret-env",
+            metavar="NAME",
+            help="NAME of the GOLIOTH_… variable holding the Golioth pipelines' header secret (32+ random characters).",
+        ),
+        click.option(
+            "--webhook-signing-key-env",
+            metavar="NAME",
+            help="NAME of the GOLIOTH_… variable holding the Standard Webhooks signing key (whsec_…), "
+            "for signed device events.",
         ),
         click.option(
             "--webhook-header",
@@ -275,16 +286,29 @@ def show(service: str, as_json: bool) -> None:
 @_service_ref
 @_setting_options(adding=False)
 @click.option("--clear-overrides", is_flag=True, help="Drop every per-group policy override first.")
+@click.option(
+    "--rotation-window",
+    default="24h",
+    metavar="DURATION",
+    help="When a webhook secret's variable changes, how long the previous one is still accepted: "
+    "24h unless given (0s: not at all).",
+)
+@click.option("--end-rotation", is_flag=True, help="Stop accepting previous webhook secrets now.")
 @json_option
 @operator_errors
-def update(service: str, as_json: bool, **options: Any) -> None:
+def update(service: str, rotation_window: str, end_rotation: bool, as_json: bool, **options: Any) -> None:
     """Change settings of a service (SERVICE: its id or organization).
 
     Every setting is unchanged if its option is omitted. The next run uses the new settings."""
+    from golioth_assets.webhooks.cli import parse_duration
+
+    window = parse_duration(rotation_window)
     engine = open_engine()
     current = actions.get_service(engine, service)
     changes = _settings_from(options, current_overrides=current.policy_overrides)
-    updated = actions.update_service(engine, current.id, changes, labels=LABELS)
+    if end_rotation:
+        changes.update(actions.end_rotations())
+    updated = actions.update_service(engine, current.id, changes, labels=LABELS, rotation_window=window)
     if as_json:
         return echo_json({"service": service_json(updated), "changed": sorted(changes)})
     console.print(f"updated service {updated.id} ({updated.organization_id}): {', '.join(sorted(changes))}")
@@ -369,15 +393,27 @@ def service_json(service) -> dict[str, Any]:
     """Every setting (secrets are variable names, never values), and whether each variable is set here."""
     return {
         **service.model_dump(mode="json"),
-        "api_key_set": bool(os.environ.get(service.api_key_env)),
-        "webhook_secret_set": bool(service.webhook_secret_env and os.environ.get(service.webhook_secret_env)),
+        "api_key_set": credentials.secret_is_set(service.api_key_env),
+        "webhook_secret_set": bool(
+            service.webhook_secret_env and credentials.secret_is_set(service.webhook_secret_env)
+        ),
+        "webhook_signing_key_set": bool(
+            service.webhook_signing_key_env and credentials.secret_is_set(service.webhook_signing_key_env)
+        ),
     }
 
 
 def _env_status(name: str | None) -> str:
     if not name:
         return "-"
-    return f"${name} ({'set' if os.environ.get(name) else 'NOT SET here'})"
+    return f"${name} ({'set' if credentials.secret_is_set(name) else 'NOT SET here'})"
+
+
+def _previous_status(service, secret) -> str:
+    name, until = getattr(service, secret.previous), getattr(service, secret.until)
+    if not name or until is None or until <= datetime.now(UTC):
+        return "-"
+    return f"{_env_status(name)} until {until:%Y-%m-%d %H:%M %Z}"
 
 
 def settings_table(service) -> Table:
@@ -401,8 +437,11 @@ def settings_table(service) -> Table:
         ("deletes allowed", "yes" if service.allow_deletes else "no"),
         ("desired state path", service.desired_state_path),
         ("webhooks", "on" if service.webhook_enabled else "off"),
-        ("webhook secret", _env_status(service.webhook_secret_env)),
-        ("webhook header", service.webhook_secret_header),
+        ("pipeline secret", _env_status(service.webhook_secret_env)),
+        ("pipeline secret header", service.webhook_secret_header),
+        ("previous pipeline secret", _previous_status(service, PIPELINE_SECRET)),
+        ("signing key", _env_status(service.webhook_signing_key_env)),
+        ("previous signing key", _previous_status(service, SIGNING_KEY)),
         ("local table", actions.describe_local_table(service)),
     ]
     for key, value in rows:
