@@ -111,7 +111,7 @@ def test_a_script_adds_tests_plans_syncs_resolves_and_reads_history(script, engi
         device_id, golioth_id = conn.execute(
             sa.text(
                 "SELECT d.id::text, a.golioth_device_id FROM devices d JOIN device_service_assignments a "
-                "ON a.device_id = d.id WHERE d.organization_id = :o ORDER BY d.name LIMIT 1"
+                "ON a.device_id = d.id::text WHERE d.organization_id = :o ORDER BY d.name LIMIT 1"
             ),
             {"o": org},
         ).one()
