@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from golioth_assets.core.fields import OBSERVED_FIELDS
 from golioth_assets.store.bulk import read_frame, stage, stage_records
+from golioth_assets.store.local_table.fit import INTEGER_TYPES
 from golioth_assets.store.local_table.introspect import TableInfo, quote_ident
 from golioth_assets.store.local_table.mapping import SYNCED, FieldMapping, TableMapping
 from golioth_assets.store.local_table.sql import EPOCH_MICROS, Expressions, column, doc, doc_text, literal
@@ -36,7 +37,6 @@ skips rows the sync wrote itself, so they don't echo back."""
 TIMESTAMPS = ("updated_at", "deleted_at", "last_seen_online", "last_seen_offline", "last_report")
 ACTIVITY = ("last_seen_online", "last_seen_offline", "last_report")
 _UUID_TYPES = ("uuid",)
-_INTEGER_TYPES = ("smallint", "integer", "bigint", "numeric")
 
 
 class LocalTableError(RuntimeError):
@@ -152,7 +152,7 @@ class LocalTable:
         key_type = self.info.columns[self.mapping.key].base_type
         if key_type in _UUID_TYPES:
             return [i for i in ids if _is_uuid(i)]
-        if key_type in _INTEGER_TYPES:
+        if key_type in INTEGER_TYPES:
             return [i for i in ids if i.lstrip("-").isdigit()]
         return list(ids)
 
@@ -240,7 +240,7 @@ class LocalTable:
         if count <= 0:
             return []
         key = self.info.columns[self.mapping.key]
-        if key.base_type in _INTEGER_TYPES:
+        if key.base_type in INTEGER_TYPES:
             table = f"{quote_ident(self.mapping.table.schema_name)}.{quote_ident(self.mapping.table.name)}"
             sequence = conn.exec_driver_sql(
                 "SELECT pg_get_serial_sequence(%(t)s, %(c)s)", {"t": table, "c": self.mapping.key}
