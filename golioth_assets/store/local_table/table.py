@@ -75,11 +75,6 @@ class LocalTable:
     def deletes_possible(self) -> bool:
         return self.mapping.deletes_possible
 
-    @property
-    def creates_in_golioth_possible(self) -> bool:
-        """Without hardware ids, a create that dies after Golioth's answer can't be found again."""
-        return "hardware_ids" in self.mapping.fields
-
     def comparable_remote(self, remote: pd.DataFrame) -> pd.DataFrame:
         """Golioth's frame as this table can hold it: observed fields it doesn't map are dropped
         (else they would differ forever), and one firmware package stands for the map."""
