@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy.engine import URL, Engine, make_url
 
 from golioth_assets.store import database
+from golioth_assets.store.local_table import capture
 from golioth_assets.store.local_table.fit import fit_report
 from golioth_assets.store.local_table.introspect import TableInfo, TableNotFound, describe_table
 from golioth_assets.store.local_table.mapping import TableMapping, builtin_mapping
@@ -89,12 +90,14 @@ def open_local_table(db: Engine, service) -> LocalSide:
     try:
         with engine.connect() as conn:
             info = describe_table(conn, mapping.table)
+            # Without an updated_at column, capture's per-row change times date local edits.
+            captured = mapping.updated_at is None and capture.capture_installed(conn, mapping)
     except TableNotFound as exc:
         raise LocalTableError(f"local table: {exc}") from None
     problems = fits(mapping, info)
     if problems:
         raise LocalTableError(f"the mapping no longer fits {mapping.table}: " + "; ".join(problems))
-    return LocalSide(LocalTable(mapping, service.organization_id, info), engine, same)
+    return LocalSide(LocalTable(mapping, service.organization_id, info, captured=captured), engine, same)
 
 
 # -- does the mapping fit the live table? ----------------------------------------------------------

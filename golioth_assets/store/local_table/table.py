@@ -19,12 +19,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import pandas as pd
 from sqlalchemy.engine import Connection
 
 from golioth_assets.core.fields import OBSERVED_FIELDS
 from golioth_assets.store.bulk import read_frame, stage, stage_records
+from golioth_assets.store.local_table.capture import ROW_CHANGES
 from golioth_assets.store.local_table.fit import INTEGER_TYPES
 from golioth_assets.store.local_table.introspect import TableInfo, quote_ident
 from golioth_assets.store.local_table.mapping import SYNCED, FieldMapping, TableMapping
@@ -43,11 +45,21 @@ class LocalTableError(RuntimeError):
     """The local table cannot be used as mapped (one line, naming the column)."""
 
 
+class ChangeTracking(StrEnum):
+    """Where the time of a local edit comes from (what `newest_wins` compares with Golioth's)."""
+
+    column = "updated_at"  # the mapping's updated_at column
+    capture = "capture"  # change capture's latest change of the row (golioth_sync.row_changes)
+    none = "none"  # unknown: Golioth wins
+
+
 @dataclass
 class LocalTable:
     mapping: TableMapping
     organization_id: str
     info: TableInfo
+    captured: bool = False
+    """Change capture is installed on the table (connect.py looks, when the mapping has no updated_at)."""
     x: Expressions = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +74,12 @@ class LocalTable:
     @property
     def synced_fields(self) -> tuple[str, ...]:
         return self.mapping.synced_fields
+
+    @property
+    def change_tracking(self) -> ChangeTracking:
+        if self.mapping.updated_at:
+            return ChangeTracking.column
+        return ChangeTracking.capture if self.captured else ChangeTracking.none
 
     @property
     def observed_fields(self) -> tuple[str, ...]:
@@ -111,15 +129,33 @@ class LocalTable:
             elif name == "hardware_ids":
                 exprs.append("'{}'::text[]")  # unmapped: no hardware ids to match by
                 names.append(name)
-        for name, source in (("updated_at", self.mapping.updated_at), ("deleted_at", self.mapping.soft_delete)):
-            exprs.append(EPOCH_MICROS.format(self.x.read_timestamp(source)) if source else "NULL::bigint")
-            names.append(name)
+        exprs.append(self._change_time())
+        names.append("updated_at")
+        deleted = self.mapping.soft_delete
+        exprs.append(EPOCH_MICROS.format(self.x.read_timestamp(deleted)) if deleted else "NULL::bigint")
+        names.append("deleted_at")
         for name, m in self._observed_mappings().items():
             exprs.append(self._read_observed(name, m))
             names.append(name)
         exprs.append(self.x.fingerprint())
         names.append("fingerprint")
         return exprs, names
+
+    def _change_time(self) -> str:
+        """When the row was last edited locally: their updated_at column; else capture's latest
+        change of the row (kept per row, so consuming the outbox does not lose it); else unknown."""
+        tracking = self.change_tracking
+        if tracking is ChangeTracking.column:
+            return EPOCH_MICROS.format(self.x.read_timestamp(self.mapping.updated_at))  # type: ignore[arg-type]
+        if tracking is ChangeTracking.none:
+            return "NULL::bigint"
+        # Spelled as the trigger records them: to_jsonb(row) ->> column.
+        tenant = f"to_jsonb({column(self.mapping.tenant.column)}) #>> '{{}}'" if self.mapping.tenant else "''"
+        latest = (
+            f"(SELECT r.changed_at FROM {ROW_CHANGES} r WHERE r.table_name = {literal(self.name)} "
+            f"AND r.tenant = coalesce({tenant}, '') AND r.row_key = to_jsonb({column(self.mapping.key)}) #>> '{{}}')"
+        )
+        return EPOCH_MICROS.format(latest)
 
     def _read_observed(self, name: str, m: FieldMapping) -> str:
         if name == "firmware_versions" and m.package is not None:
