@@ -98,6 +98,10 @@ class LocalTable:
         (else they would differ forever), and one firmware package stands for the map."""
         unmapped = [c for c in OBSERVED_FIELDS if c in remote.columns and c not in self.observed_fields]
         remote = remote.drop(columns=unmapped)
+        if self.holds_one_hardware_id and "hardware_ids" in remote.columns:
+            # A text column holds one id: the first stands for the list, or the others would read as
+            # removed locally and be pushed away from Golioth.
+            remote = remote.assign(hardware_ids=[_first_only(v) for v in remote["hardware_ids"]])
         m = self._observed_mappings().get("firmware_versions")
         if m is not None and m.package is not None and "firmware_versions" in remote.columns:
             package = m.package
@@ -108,6 +112,15 @@ class LocalTable:
                 ]
             )
         return remote
+
+    @property
+    def holds_one_hardware_id(self) -> bool:
+        """hardware_ids maps to a plain text column (one id), not an array or JSON."""
+        m = self.mapping.fields.get("hardware_ids")
+        if m is None or m.path:
+            return False
+        c = self.info.columns[m.column]
+        return not c.is_array and not c.is_json
 
     def _observed_mappings(self) -> dict[str, FieldMapping]:
         """Core observed field → its mapping (firmware_version stands in for firmware_versions)."""
@@ -464,6 +477,12 @@ class LocalTable:
             {"org": self.organization_id},
         )
         return [r[0] for r in rows]
+
+
+def _first_only(ids: object) -> object:
+    if isinstance(ids, str) or not hasattr(ids, "__len__"):
+        return ids
+    return list(ids)[:1]  # type: ignore[call-overload]
 
 
 def _is_uuid(text: str) -> bool:
