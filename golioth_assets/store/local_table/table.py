@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy.engine import Connection
 
 from golioth_assets.core.fields import OBSERVED_FIELDS
-from golioth_assets.store.bulk import read_frame, stage, stage_records
+from golioth_assets.store.bulk import read_frame, source, stage, stage_records
 from golioth_assets.store.local_table.capture import ROW_CHANGES
 from golioth_assets.store.local_table.fit import INTEGER_TYPES
 from golioth_assets.store.local_table.introspect import TableInfo, quote_ident
@@ -411,21 +411,68 @@ class LocalTable:
             {"org": self.organization_id},
         ).rowcount
 
-    def update_observed(self, conn: Connection, frame: pd.DataFrame) -> int:
-        """Observed fields from Golioth (no compare-and-set: only Golioth writes them). Activity
-        timestamps only move forward: a webhook may already have written newer activity."""
-        mappings = {n: m for n, m in self._observed_mappings().items() if n in frame.columns}
-        if frame.empty or not mappings:
+    def update_observed(self, conn: Connection, frame: pd.DataFrame | Sequence[dict], *, patch: bool = False) -> int:
+        """Observed fields from Golioth, one statement (no compare-and-set: only Golioth writes
+        them). Activity timestamps only move forward: a webhook may already have written newer
+        activity, and a sync may bring older.
+
+        patch: the rows hold a batch of webhook events folded per device (device_id, status,
+        status_at, the activity timestamps, reported_state and firmware_versions as patches,
+        patch_at): a status counts only if `status_at` is not older than the activity the row
+        knows, and patches are merged key by key only if `patch_at` is not older than its last
+        report, so a late or replayed event never turns the row back in time."""
+        mapped = self._observed_mappings()
+        if patch and "reported_state" in self.mapping.observed:  # only webhooks carry reported values
+            mapped["reported_state"] = self.mapping.observed["reported_state"]
+        present = set(frame.columns) if isinstance(frame, pd.DataFrame) else set().union(*(r.keys() for r in frame))
+        mappings = {n: m for n, m in mapped.items() if n in present}
+        if len(frame) == 0 or not mappings:
             return 0
-        sets = [self._observed_set(n, m, mappings) for n, m in mappings.items()]
+        setter = self._patch_set if patch else self._observed_set
+        sets = [setter(n, m, mappings) for n, m in mappings.items()]
         if self.mapping.observed_at:
             sets.append(f"{quote_ident(self.mapping.observed_at)} = now()")
-        table = stage(conn, frame)
+        rows, params = source(conn, frame)
         return conn.exec_driver_sql(
-            f"UPDATE {self.x.table} t SET {', '.join(sets)} FROM {table} s "
+            f"UPDATE {self.x.table} t SET {', '.join(sets)} FROM {rows} "
             f"WHERE {column(self.mapping.key)} = {doc_text('device_id')}::{self.x.key_cast()} AND {self.x.tenant_filter()}",
-            {"org": self.organization_id},
+            {"org": self.organization_id, **params},
         ).rowcount
+
+    def _patch_set(self, name: str, m: FieldMapping, mappings: dict[str, FieldMapping]) -> str:
+        """One column's new value from a folded batch of webhook events (see update_observed)."""
+        c = self.info.columns[m.column]
+        if name == "status" and not m.path:
+            known = self._known(ACTIVITY)
+            when = f"{doc_text(name)} IS NOT NULL"
+            if known:
+                when += f" AND {self._doc_ts('status_at')} >= coalesce({known}, '-infinity')"
+            new = self.x.write_whole(name, m)  # a value the value map lacks keeps the current one
+            return f"{quote_ident(c.name)} = CASE WHEN {when} THEN {new} ELSE {column(c.name)} END"
+        if name not in ("reported_state", "firmware_versions"):
+            return self._observed_set(name, m, mappings)  # activity, settings: as a sync writes them
+        known = self._known(("last_report",))
+        when = f"jsonb_typeof({doc(name)}) = 'object'"
+        if known:
+            when += f" AND {self._doc_ts('patch_at')} >= coalesce({known}, '-infinity')"
+        if m.package is not None:  # one package's version, as text
+            version = f"({doc(name)} ->> {literal(m.package)})"
+            when += f" AND {version} IS NOT NULL"
+            if m.path:
+                value = self.x.assign_path(f"{column(c.name)}::jsonb", m, f"to_jsonb({version})", when)
+                return f"{quote_ident(c.name)} = ({value})::{c.type_sql}"
+            return f"{quote_ident(c.name)} = CASE WHEN {when} THEN {version}::{c.type_sql} ELSE {column(c.name)} END"
+        if m.path:
+            merged = f"(coalesce({self.x.raw(m)}, '{{}}'::jsonb) || {doc(name)})"
+            return f"{quote_ident(c.name)} = ({self.x.assign_path(f'{column(c.name)}::jsonb', m, merged, when)})::{c.type_sql}"
+        merged = f"(coalesce({column(c.name)}::jsonb, '{{}}'::jsonb) || {doc(name)})::{c.type_sql}"
+        return f"{quote_ident(c.name)} = CASE WHEN {when} THEN {merged} ELSE {column(c.name)} END"
+
+    def _known(self, names: tuple[str, ...]) -> str | None:
+        """The latest of these activity timestamps the row holds (those the table maps), or None."""
+        mapped = self._observed_mappings()
+        columns = [self.x.read_timestamp(mapped[n]) for n in names if n in mapped]
+        return f"greatest({', '.join(columns)})" if columns else None
 
     def _observed_set(self, name: str, m: FieldMapping, mappings: dict[str, FieldMapping]) -> str:
         c = self.info.columns[m.column]
