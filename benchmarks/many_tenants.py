@@ -46,12 +46,14 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# The simulator is plain http on loopback: a service may use it only with this explicit allowance.
+os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from webhook_to_local import Child, _bin, _drop  # noqa: E402  (process groups, the venv's binaries)
 
 POOL = "golioth_api"
-POOL_STEPS = ("golioth_device_inventory", "golioth_device_writes")  # the assets in the pool
+POOL_STEPS = ("golioth_sync",)  # the one op of a sync holds a golioth_api slot for the whole sync
 RUN_LIMIT, POOL_LIMIT = 8, 4  # dagster.yaml: max_concurrent_runs, pools.default_limit
 
 
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> dict:
         )
     orgs = [f"tenant-{i:03d}" for i in range(args.orgs)]
     keys = {
-        org: (f"BENCH_TENANT_KEY_{i:03d}", f"tenant-key-{i:03d}-{uuid.uuid4().hex[:8]}") for i, org in enumerate(orgs)
+        org: (f"GOLIOTH_BENCH_TENANT_KEY_{i:03d}", f"tenant-key-{i:03d}-{uuid.uuid4().hex[:8]}")
+        for i, org in enumerate(orgs)
     }
     for env, key in keys.values():
         os.environ[env] = key

@@ -36,6 +36,8 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# The simulator is plain http on loopback: a service may use it only with this explicit allowance.
+os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
 from golioth_assets.engine import sync as engine_sync  # noqa: E402
 from golioth_assets.engine.sync import SyncRequest, sync_organization  # noqa: E402
@@ -44,7 +46,7 @@ from golioth_assets.simulator import ProjectSpec, SimulatorServer  # noqa: E402
 from golioth_assets.store import database, embedded, migrate, services  # noqa: E402
 
 PROJECT, KEY, SEED = "bench-sync", "bench-sync-key", 42
-KEY_ENV = "GOLIOTH_SYNC_BENCH_KEY"
+KEY_ENV = "GOLIOTH_BENCH_KEY"
 STEPS = ("begin", "fetch_step", "plan_step", "remote_step", "local_step", "finish")
 
 

@@ -47,8 +47,10 @@ from golioth_assets.webhooks.testing import make_webhook_service  # noqa: E402
 from golioth_assets.webhooks.verify import sign  # noqa: E402
 
 LUA = Path(__file__).with_name("webhook_wrk.lua")
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-SECRET_ENV = "BENCH_WEBHOOK_SECRET"
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()  # signs the Standard Webhooks events
+SECRET_ENV = "GOLIOTH_BENCH_SIGNING_KEY"
+PIPELINE_SECRET = secrets.token_hex(32)  # the Golioth pipelines' header: a secret of its own
+PIPELINE_SECRET_ENV = "GOLIOTH_BENCH_PIPELINE_SECRET"
 P99_TARGET_MS = 50.0
 
 
@@ -125,7 +127,9 @@ def prepare_database(server: str, devices: int) -> tuple[sa.engine.URL, int, str
     migrate.upgrade(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES ('bench', 'bench')"))
-    service_id = make_webhook_service(engine, "bench", SECRET_ENV, project_id="bench")
+    service_id = make_webhook_service(
+        engine, "bench", pipeline_secret_env=PIPELINE_SECRET_ENV, signing_key_env=SECRET_ENV, project_id="bench"
+    )
     with engine.begin() as conn:
         # Set-based: one statement for all devices, one for all links.
         conn.execute(
@@ -152,7 +156,12 @@ def prepare_database(server: str, devices: int) -> tuple[sa.engine.URL, int, str
 
 class Receiver:
     def __init__(self, url: sa.engine.URL, port: int, workers: int, extra: list[str]):
-        env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False), SECRET_ENV: SECRET}
+        env = {
+            **os.environ,
+            "DATABASE_URL": url.render_as_string(hide_password=False),
+            SECRET_ENV: SECRET,
+            PIPELINE_SECRET_ENV: PIPELINE_SECRET,
+        }
         cmd = [
             sys.executable,
             "-c",
@@ -204,7 +213,7 @@ def run_wrk(
     env = {
         **os.environ,
         "BENCH_SERVICE": str(service_id),
-        "BENCH_SECRET": SECRET,
+        "BENCH_SECRET": PIPELINE_SECRET,
         "BENCH_PREFIX": prefix,
         "BENCH_DEVICES": str(devices),
         "BENCH_RATE": str(rate),
@@ -259,7 +268,7 @@ def probe_visibility(base: str, service_id: int, engine: sa.engine.Engine, probe
                 "ce-subject": "bench",
                 "ce-type": "io.golioth.data.v1/.s/",
                 "ce-id": f"probe-{uuid.uuid4().hex}",
-                "x-golioth-sync-secret": SECRET,
+                "x-golioth-sync-secret": PIPELINE_SECRET,
             }
             start = time.perf_counter()
             response = client.post(f"/webhooks/golioth/{service_id}", content=body, headers=headers)

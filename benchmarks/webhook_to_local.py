@@ -42,13 +42,15 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# The simulator is plain http on loopback: a service may use it only with this explicit allowance.
+os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
 from golioth_assets.store import database  # noqa: E402
 
 ORG = "bench"
 PROJECT = "bench-project"
-KEY_ENV = "BENCH_GOLIOTH_API_KEY"
-SECRET_ENV = "BENCH_WEBHOOK_SECRET"
+KEY_ENV = "GOLIOTH_BENCH_API_KEY"
+SECRET_ENV = "GOLIOTH_BENCH_SIGNING_KEY"
 
 
 def _bin(name: str) -> str:
@@ -128,7 +130,7 @@ def _local_name(engine, service_id: int, golioth_id: str) -> str | None:
     with engine.connect() as conn:
         return conn.execute(
             sa.text(
-                "SELECT d.name FROM devices d JOIN device_service_assignments a ON a.device_id = d.id "
+                "SELECT d.name FROM devices d JOIN device_service_assignments a ON a.device_id = d.id::text "
                 "WHERE a.service_id = :s AND a.golioth_device_id = :g"
             ),
             {"s": service_id, "g": golioth_id},
@@ -215,7 +217,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
                     api_key_env=KEY_ENV,
                     interval_seconds=3600,
                     webhook_enabled=True,
-                    webhook_secret_env=SECRET_ENV,
+                    webhook_signing_key_env=SECRET_ENV,
                 ),
             )
         # The first full sync links every device (and keeps the hourly schedule quiet meanwhile).

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 from golioth_assets.defs.assets import sync_assets
@@ -15,9 +13,10 @@ from sensors.organizations import organization_partitions_sensor
 from sensors.schedule import golioth_sync_schedule
 from sensors.webhooks import webhook_inbox_sensor
 
-# DATABASE_URL stays an EnvVar (Dagster shows its name, never its value); without it the store
-# starts the embedded PostgreSQL in GOLIOTH_SYNC_HOME.
-store = DeviceStore(database_url=dg.EnvVar("DATABASE_URL")) if os.environ.get("DATABASE_URL") else DeviceStore()
+# The store reads the variable it names when a run or tick starts, not when this module loads:
+# Dagster's config shows the name, never the URL. Unset, it is the embedded PostgreSQL in
+# GOLIOTH_SYNC_HOME (what `golioth-sync env` prepares for plain `dagster` commands).
+store = DeviceStore(database_url_env="DATABASE_URL")
 
 defs = dg.Definitions(
     assets=sync_assets,

@@ -1,5 +1,10 @@
-"""When a sync run fails or is cancelled, say so in golioth_sync_log and give its webhook events
-back to the queue (counting an attempt: after N, they become dead letters)."""
+"""When a sync run fails or is cancelled, give its webhook events back to the queue (counting an
+attempt: after N, they become dead letters).
+
+The run closes its own golioth_sync_log row however it ends, from inside the op (engine RunLog):
+success, a failed step, a refused inventory, a cancellation. These sensors only close the rows of
+runs that could not: a worker killed outright (OOM, SIGKILL; run monitoring fails the run), or a run
+that failed or was cancelled before its op started (then they open the row, to say so)."""
 
 import dagster as dg
 
@@ -44,7 +49,7 @@ def sync_cancel_sensor(context: dg.RunStatusSensorContext, store: DeviceStore) -
 
 def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> None:
     org = run.tags.get(RunTag.org) or run.tags.get(RunTag.partition)
-    db = store.engine()
+    db = store.engine
     if org:
         with db.connect() as conn:
             row = sync_log.latest_run(conn, org, dagster_run_id=run.run_id)

@@ -13,7 +13,7 @@ from golioth_assets.store import services
     description="Adds a partition for each organization with an enabled Golioth service; removes the rest.",
 )
 def organization_partitions_sensor(context: dg.SensorEvaluationContext, store: DeviceStore) -> dg.SensorResult:
-    with store.migrated_engine().connect() as conn:
+    with store.engine.connect() as conn:
         wanted = {s.organization_id for s in services.list_services(conn, enabled_only=True)}
     existing = set(context.instance.get_dynamic_partitions(organizations.name))
     requests = []

@@ -68,7 +68,7 @@ def _full_sync_in_flight(instance: dg.DagsterInstance, org: str) -> bool:
 def golioth_sync_schedule(context: dg.ScheduleEvaluationContext, store: DeviceStore):
     now = context.scheduled_execution_time.timestamp()
     partitions = set(context.instance.get_dynamic_partitions(organizations.name))
-    with store.migrated_engine().connect() as conn:
+    with store.engine.connect() as conn:
         due = due_organizations(conn, now)
     requests = []
     for org, slot in due:

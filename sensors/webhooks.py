@@ -5,6 +5,10 @@ one batch per organization, and requests one targeted sync per batch. The run ke
 the event ids (and their attempt count, so a retried batch gets a new key): run keys are
 deduplicated forever, so the same events never start two runs. The run marks its events processed
 when it finishes; the failure sensor puts them back (or, after N attempts, makes them dead letters).
+
+No sensor cursor: the inbox's own status column is the cursor. Claiming an event is committed in the
+same transaction that reads it, and a failed run's events come back as `failed` with ids below any
+high-water mark, so a cursor Dagster stores after the tick could only be stale or wrong.
 """
 
 import hashlib
@@ -15,6 +19,7 @@ from datetime import timedelta
 import dagster as dg
 
 from golioth_assets.core.vocabulary import RunTag, Trigger
+from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.jobs import run_tags, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore
@@ -50,9 +55,8 @@ def _unused_run_key(instance: dg.DagsterInstance, key: str) -> str:
 def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore) -> dg.SensorResult:
     started = time.monotonic()
     partitions = set(context.instance.get_dynamic_partitions(organizations.name))
-    db = store.migrated_engine()
+    db = store.engine
     requests: list[dg.RunRequest] = []
-    last_id = int(context.cursor or 0)
     with db.begin() as conn:
         webhook_events.release_stale_claims(conn, STALE_CLAIM)
         orgs = webhook_events.organizations_with_work(conn)
@@ -74,9 +78,8 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
             dg.RunRequest(
                 run_key=key,
                 partition_key=org,
-                run_config={"ops": {"golioth_device_inventory": {"config": {"device_ids": device_ids}}}},
+                run_config=sync_run_config(device_ids=device_ids),
                 tags=run_tags(org, Trigger.webhook, **{RunTag.claim: key}),
             )
         )
-        last_id = max(last_id, *event_ids)
-    return dg.SensorResult(run_requests=requests, cursor=str(last_id))
+    return dg.SensorResult(run_requests=requests)

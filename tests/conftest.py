@@ -1,7 +1,15 @@
 """Shared fixtures live in tests/fixtures/, one module per real dependency."""
 
+import os
+
 import pytest
 from dagster._core.storage.defs_state.base import DefsStateStorage
+
+from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
+
+# The simulator speaks plain http on 127.0.0.1: the suite allows that explicitly, as the demo does.
+# Set here, at import, so that every process a test starts (CLI, Dagster runs, receivers) inherits it.
+os.environ[ALLOW_LOOPBACK_HTTP_ENV] = "1"
 
 pytest_plugins = [
     "tests.fixtures.simulator",
@@ -9,6 +17,12 @@ pytest_plugins = [
     "tests.fixtures.sync",
     "tests.fixtures.local_tables",
 ]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from tests.fixtures.database import server_choice
+
+    return f"PostgreSQL for this session: {server_choice().why}"
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from golioth_assets.cli.output import ExitCode
 from golioth_assets.store import embedded
 
 GOLIOTH_SYNC = str(Path(sys.executable).with_name("golioth-sync"))
@@ -35,7 +36,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 @pytest.mark.parametrize("command", [("services", "list"), ("db", "status"), ("history", "--org", "acme")])
 def test_a_database_that_cannot_be_used_is_one_line_not_a_traceback(tmp_path, url, expected, command):
     result = _run(*command, env=_clean_env(DATABASE_URL=url, GOLIOTH_SYNC_HOME=str(tmp_path)), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == ExitCode.not_started
     assert "Traceback" not in result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.strip()]
     assert line.startswith("Error: ") and expected in line

@@ -41,7 +41,7 @@ def new_org() -> str:
 
 @pytest.fixture
 def key_env(monkeypatch, sim_project) -> str:
-    name = f"GS_CLI_KEY_{uuid.uuid4().hex[:6].upper()}"
+    name = f"GOLIOTH_CLI_KEY_{uuid.uuid4().hex[:6].upper()}"
     monkeypatch.setenv(name, sim_project.api_key)
     return name
 
@@ -175,7 +175,8 @@ def test_command_summaries_are_not_cut_short():
         (["--direction", "sideways"], "--direction: Input should be 'import', 'export' or 'bidirectional'"),
         (["--override", "tags=sometimes"], "unknown policy 'sometimes'"),
         (["--groups", "identity,colour"], "unknown field group(s) 'colour'"),
-        (["--base-url", "ftp://golioth"], "--base-url: base_url must start with http:// or https://"),
+        (["--base-url", "ftp://golioth"], "--base-url: base_url must start with https://"),
+        (["--base-url", "http://golioth.example"], "--base-url: base_url must start with https://"),
     ],
 )
 def test_invalid_settings_give_one_clear_line_and_store_nothing(
@@ -193,9 +194,10 @@ def test_invalid_settings_give_one_clear_line_and_store_nothing(
 
 
 def test_api_key_env_must_be_a_set_variable(db_env, new_org, sim_project, monkeypatch):
-    monkeypatch.delenv("GS_NOT_SET_ANYWHERE", raising=False)
-    line = one_line_error(_add(new_org, sim_project, "GS_NOT_SET_ANYWHERE"))
-    assert "--api-key-env: environment variable $GS_NOT_SET_ANYWHERE is not set" in line
+    monkeypatch.delenv("GOLIOTH_NOT_SET_ANYWHERE", raising=False)
+    line = one_line_error(_add(new_org, sim_project, "GOLIOTH_NOT_SET_ANYWHERE"))
+    assert "--api-key-env: the variable named is not set here" in line
+    assert "NOT_SET_ANYWHERE" not in line  # a refused value is never repeated: it may have been a secret
 
 
 @pytest.mark.parametrize("secret", SECRETS)
@@ -218,25 +220,25 @@ def test_the_value_of_a_variable_is_refused_naming_the_variable(db_env, new_org,
 
 
 def test_webhook_secret_env_is_checked_like_the_key(db_env, new_org, sim_project, key_env, monkeypatch):
-    monkeypatch.setenv("GS_CLI_WEBHOOK_SECRET", "whsec_" + "a" * 30)
+    pipeline_secret = "f3a9c1d7e5b2084f6a1c9e3d7b5f2a8c"
+    monkeypatch.setenv("GOLIOTH_CLI_WEBHOOK_SECRET", pipeline_secret)
     line = one_line_error(_add(new_org, sim_project, key_env, "--webhooks"))
     assert "webhook_enabled needs webhook_secret_env" in line
-    line = one_line_error(
-        _add(new_org, sim_project, key_env, "--webhooks", "--webhook-secret-env", "whsec_" + "a" * 30)
-    )
-    assert "that is the value of $GS_CLI_WEBHOOK_SECRET" in line and "aaaaaaaa" not in line
-    ok = _add(new_org, sim_project, key_env, "--webhooks", "--webhook-secret-env", "GS_CLI_WEBHOOK_SECRET")
+    line = one_line_error(_add(new_org, sim_project, key_env, "--webhooks", "--webhook-secret-env", pipeline_secret))
+    assert "that is the value of $GOLIOTH_CLI_WEBHOOK_SECRET" in line and pipeline_secret not in line
+    ok = _add(new_org, sim_project, key_env, "--webhooks", "--webhook-secret-env", "GOLIOTH_CLI_WEBHOOK_SECRET")
     assert ok.exit_code == 0, ok.output
 
 
-def test_validation_messages_never_contain_input_values():
+def test_validation_messages_never_contain_input_values(monkeypatch):
+    monkeypatch.setenv("GOLIOTH_TEST_VALIDATION_KEY", "a-key")
     with pytest.raises(InvalidInput) as caught:
         actions.validate_settings(
             {
                 "organization_id": "Not A Slug",
                 "name": "x",
                 "project_id": "p",
-                "api_key_env": "PATH",
+                "api_key_env": "GOLIOTH_TEST_VALIDATION_KEY",
                 "interval_seconds": 1,
             }
         )
@@ -272,7 +274,7 @@ def test_services_test_checks_key_reachability_and_counts_devices(
 
     monkeypatch.delenv(key_env)
     missing = run("services", "test", new_org)
-    assert missing.exit_code == 1 and f"${key_env} is not set" in missing.output
+    assert missing.exit_code == 1 and f"${key_env} (its Golioth API key) is not set" in missing.output
 
     monkeypatch.setenv(key_env, sim_project.api_key)
     with engine.begin() as conn:

@@ -59,6 +59,28 @@ def browser(console):
         yield client
 
 
+@pytest.fixture
+def guarded(engine):
+    server = ConsoleServer(create_app(engine, token=TOKEN, loopback_only=False))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def sign_in(client: httpx.Client) -> httpx.Response:
+    login = client.get("/login")
+    return client.post("/login", data={"csrf": csrf(login), "token": TOKEN})
+
+
+@pytest.fixture
+def operator(guarded):
+    """A browser signed in to a console that has a token: the operator."""
+    with httpx.Client(base_url=guarded.url, follow_redirects=False, timeout=30) as client:
+        assert sign_in(client).status_code == 303
+        yield client
+
+
 def csrf(page: httpx.Response) -> str:
     return re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text).group(1)
 
@@ -218,7 +240,8 @@ def test_posts_need_the_session_csrf_token_and_same_origin(harness, browser, con
     assert headers["x-frame-options"] == "DENY"
 
 
-def test_services_page_edits_with_the_cli_validation(harness, browser):
+def test_services_page_edits_with_the_cli_validation(harness, operator):
+    browser = operator
     sid = harness.service.id
     page = browser.get(f"/services/{sid}")
     assert page.status_code == 200 and harness.service.api_key_env in page.text
@@ -249,6 +272,13 @@ def test_services_page_edits_with_the_cli_validation(harness, browser):
     )
     assert leaked.status_code == 400 and "NAME of an environment variable" in leaked.text
     assert secret not in leaked.text  # neither in the message nor refilled into the form
+    named = post(
+        browser,
+        f"/services/{sid}",
+        [*{**form, "interval_seconds": "300", "api_key_env": "GOLIOTH_SYNC_CONSOLE_TOKEN"}.items(), *groups],
+        token_from=f"/services/{sid}",
+    )
+    assert named.status_code == 400 and "golioth-sync's own settings" in html.unescape(named.text)
     with harness.engine.connect() as conn:
         assert service_store.get_service(conn, sid).interval_seconds == harness.service.interval_seconds
 
@@ -282,15 +312,16 @@ def test_services_page_edits_with_the_cli_validation(harness, browser):
     assert f"Devices in Golioth: <strong>{harness.project.devices}</strong>" in tested.text
 
 
-def test_add_a_service_from_the_console(engine, browser, sim_project, monkeypatch):
-    monkeypatch.setenv("GS_CONSOLE_ADD_KEY", sim_project.api_key)
+def test_add_a_service_from_the_console(engine, operator, sim_project, monkeypatch):
+    browser = operator
+    monkeypatch.setenv("GOLIOTH_CONSOLE_ADD_KEY", sim_project.api_key)
     org = f"web-{uuid.uuid4().hex[:8]}"
     form = {
         "organization_id": org,
         "name": "Web fleet",
         "project_id": sim_project.project_id,
         "base_url": sim_project.url,
-        "api_key_env": "GS_CONSOLE_ADD_KEY",
+        "api_key_env": "GOLIOTH_CONSOLE_ADD_KEY",
         "sync_enabled": "on",
         "interval_seconds": "300",
         "direction": "import",
@@ -302,7 +333,11 @@ def test_add_a_service_from_the_console(engine, browser, sim_project, monkeypatc
     assert "added service" in flash(browser, response)
     with engine.connect() as conn:
         added = service_store.service_for_org(conn, org)
-    assert (added.direction, added.field_groups, added.api_key_env) == ("import", ["identity"], "GS_CONSOLE_ADD_KEY")
+    assert (added.direction, added.field_groups, added.api_key_env) == (
+        "import",
+        ["identity"],
+        "GOLIOTH_CONSOLE_ADD_KEY",
+    )
     assert org in browser.get("/services").text
 
 
@@ -333,7 +368,7 @@ def test_history_pages_show_the_device_audit_trail(harness, browser):
 
 
 def test_webhook_inbox_shows_dead_letters_and_replays_them(engine, org, browser):
-    service = make_webhook_service(engine, org, "GS_CONSOLE_WEBHOOK_SECRET")
+    service = make_webhook_service(engine, org, signing_key_env="GOLIOTH_CONSOLE_WEBHOOK_SECRET")
     events = [
         inbox.NewEvent(
             service,
@@ -364,15 +399,6 @@ def test_webhook_inbox_shows_dead_letters_and_replays_them(engine, org, browser)
 
 
 # -- access -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def guarded(engine):
-    server = ConsoleServer(create_app(engine, token=TOKEN, loopback_only=False))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_token_is_required_on_every_request(guarded):

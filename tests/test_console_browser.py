@@ -160,3 +160,35 @@ def test_resolve_conflicts_by_clicking_then_sync_applies_them(make_harness, cons
         assert "requeued 1 dead event(s)" in page.locator("p.flash").inner_text()
     finally:
         page.close()
+
+
+def test_sign_in_and_sign_out_in_a_browser(engine, chromium):
+    """With a token, the browser signs in through the form, sees "Sign out", and after pressing it
+    is back at the login page: the session ended server-side, so reloading does not get back in."""
+    from tests.test_console import TOKEN
+
+    server = ConsoleServer(create_app(engine, token=TOKEN, loopback_only=False))
+    page = chromium.new_page()
+    try:
+        page.goto(f"{server.url}/")
+        assert page.url.endswith("/login")
+        page.fill("input[name=token]", "not-the-token")
+        page.click("button[type=submit]")
+        assert "wrong token" in page.locator("p.flash.error").inner_text()
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#logout")
+        assert "signed in" in page.locator("p.flash").inner_text()
+        cookie = next(c for c in page.context.cookies() if c["name"] == "gs_console_auth")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > 0
+        page.click("#logout")
+        page.wait_for_url(f"{server.url}/login")
+        page.goto(f"{server.url}/services")
+        assert page.url.endswith("/login")
+        # Putting the old cookie back does not help: logout revoked the session.
+        page.context.add_cookies([cookie])
+        page.goto(f"{server.url}/services")
+        assert page.url.endswith("/login")
+    finally:
+        page.close()
+        server.stop()

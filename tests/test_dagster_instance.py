@@ -147,16 +147,14 @@ def test_golioth_api_pool_has_a_default_limit(project_instance):
     pools = project_instance.get_concurrency_config().pool_config
     assert pools.default_pool_limit == 4
     assert pools.pool_granularity.value == "op"
-    assert {a.key.to_user_string() for a in sync_assets if a.op.pool == "golioth_api"} == {
-        "golioth_device_inventory",
-        "golioth_device_writes",
-    }
+    # The sync is one op, so a run holds one golioth_api slot for its whole sync.
+    assert [a.op.name for a in sync_assets if a.op.pool == "golioth_api"] == ["golioth_sync"]
     # The event log storage enforces it: the fifth concurrent step waits for a slot. (A step's
     # executor sets the pool to the default limit on first use, as here.)
     storage = project_instance.event_log_storage
     assert storage.supports_global_concurrency_limits
     storage.initialize_concurrency_limit_to_default("golioth_api")
-    claims = [storage.claim_concurrency_slot("golioth_api", f"run-{i}", "golioth_device_inventory") for i in range(5)]
+    claims = [storage.claim_concurrency_slot("golioth_api", f"run-{i}", "golioth_sync") for i in range(5)]
     assert [c.is_claimed for c in claims] == [True, True, True, True, False]
     assert project_instance.event_log_storage.get_concurrency_info("golioth_api").slot_count == 4
 

@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ASSETS = [a.key.to_user_string() for a in sync_assets]
+ASSETS = [key.to_user_string() for a in sync_assets for key in a.keys]
 
 if not CHROMIUM.exists():
     pytest.skip(

@@ -60,13 +60,56 @@ def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_en
         rows = conn.execute(sa.text("SELECT count(*) FROM devices WHERE organization_id = 'demo'")).scalar_one()
     assert rows == 300
 
-    # The simulator is seeded the same way, so a second demo finds both sides already in step.
+    # The simulator's state is kept in GOLIOTH_SYNC_HOME, so a second demo finds both sides in step.
     argv[-1] = str(free_port())
     second = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
+    assert "kept from the last demo" in second.stdout
     assert _count("Golioth devices fetched", second.stdout) == 300
     for label in ("Created locally", "Updated locally", "Created in Golioth", "Updated in Golioth"):
         assert _count(label, second.stdout) == 0, label
+
+
+def _demo(env: dict, *extra: str) -> subprocess.CompletedProcess:
+    argv = [GOLIOTH_SYNC, "dev", "--no-ui", "--devices", "120", "--simulator-port", str(free_port()), *extra]
+    done = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_a_restarted_demo_keeps_what_earlier_syncs_wrote_to_the_simulator_and_env_hands_out_its_key(dev_env):
+    """Before, every start reseeded the simulator: a local edit pushed to Golioth by one demo came
+    back as a Golioth "edit" in the next, and the first sync reverted it locally."""
+    env, app = dev_env
+    _demo(env)
+    engine = database.engine_for(app)
+    with engine.begin() as conn:
+        edited = conn.execute(
+            sa.text(
+                "UPDATE devices SET name = 'renamed-between-demos' WHERE id = "
+                "(SELECT id FROM devices WHERE organization_id = 'demo' ORDER BY name LIMIT 1) RETURNING id::text"
+            )
+        ).scalar_one()
+    pushed = _demo(env)
+    assert _count("Updated in Golioth", pushed.stdout) == 1
+    restarted = _demo(env)
+    for label in ("Updated locally", "Updated in Golioth", "Created locally", "Created in Golioth"):
+        assert _count(label, restarted.stdout) == 0, (label, restarted.stdout)
+    with engine.connect() as conn:
+        name = conn.execute(sa.text("SELECT name FROM devices WHERE id = :id"), {"id": edited}).scalar_one()
+    assert name == "renamed-between-demos"
+
+    # A second shell gets the simulator's key from `golioth-sync env`: the same key every demo used.
+    exported = subprocess.run(
+        [GOLIOTH_SYNC, "env"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert exported.returncode == 0, exported.stderr
+    [line] = [line for line in exported.stdout.splitlines() if line.startswith("export GOLIOTH_DEMO_API_KEY=")]
+    key = line.split("=", 1)[1]
+    assert key and key == (Path(env["GOLIOTH_SYNC_HOME"]) / "simulator" / "api-key").read_text()
+
+    reseeded = _demo(env, "--fresh-simulator")  # the way back to a pristine project: its edit comes back
+    assert _count("Updated locally", reseeded.stdout) == 1
 
 
 def _descendants(root: int) -> set[int]:
@@ -114,7 +157,16 @@ def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(
         str(ports["console"]),
     ]
     with output.open("w") as out:
-        proc = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
+        # Started as a background job of a non-interactive shell is: with SIGINT ignored, which the
+        # demo inherits (and used to keep, so Ctrl-C did nothing).
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
     children: set[int] = set()
     try:
         deadline = time.monotonic() + 240
@@ -123,7 +175,7 @@ def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(1)
         text = output.read_text()
-        assert "GOLIOTH_DEMO_API_KEY" in text  # it tells the user how another shell's CLI gets in
+        assert 'eval "$(golioth-sync env)"' in text and "GOLIOTH_DEMO_API_KEY" in text  # another shell's CLI
         assert httpx.get(f"http://127.0.0.1:{ports['dagster']}/server_info", timeout=10).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{ports['webhook']}/healthz", timeout=10).status_code == 200
         children = _descendants(proc.pid)

@@ -259,8 +259,8 @@ def _assert_failed_fast_and_wrote_nothing(h, instance, db_url, *, expect: str, b
     assert not result.success
     stats = h.project.stats()
     restore()
-    # Fast: the inventory step gave up at once (no backoff between attempts)...
-    assert _step_seconds(instance, result.run_id, "golioth_device_inventory") < 5.0  # backoff would be far longer
+    # Fast: the sync gave up at its first request (no backoff between attempts)...
+    assert _step_seconds(instance, result.run_id, "golioth_sync") < 5.0  # backoff would be far longer
     assert wall < 45  # ...and the whole Dagster run with it (generous: the machine is shared)
     # ...with a handful of requests: no retry storm, and no writes at all.
     assert stats["total"] <= 3, stats["byRoute"]
@@ -269,14 +269,15 @@ def _assert_failed_fast_and_wrote_nothing(h, instance, db_url, *, expect: str, b
     # Nothing written on either side.
     assert _local_snapshot(h) == before_local
     assert h.remote() == before_remote
-    # The sync log says why; the run's later steps never started.
+    # The sync log says why; nothing after the inventory was materialized.
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == []
     runs = sync_log_rows(h)
     assert len(runs) == runs_before + 1
     failed = runs[-1]
     assert failed["status"] == "failed" and failed["finished_at"] is not None
     assert all(failed[k] == 0 for k in WRITE_COUNTS), failed
     step_failures = [e for e in result.all_events if e.is_step_failure]
-    assert [e.step_key for e in step_failures] == ["golioth_device_inventory"]
+    assert [e.step_key for e in step_failures] == ["golioth_sync"]
     assert failed["error"] in step_failures[0].step_failure_data.error.to_string()  # the same words in Dagster
     return failed["error"]
 

@@ -53,7 +53,9 @@ FLOOD_RATE = 10 * SUSTAINABLE
 FLOOD_SECONDS = 30
 DEVICES = 1000
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-SECRET_ENV = "GS_FAULTS_FLOOD_SECRET"
+SECRET_ENV = "GOLIOTH_FAULTS_FLOOD_SIGNING_KEY"
+PIPELINE_SECRET = secrets.token_hex(32)
+PIPELINE_SECRET_ENV = "GOLIOTH_FAULTS_FLOOD_PIPELINE_SECRET"
 
 
 @pytest.fixture
@@ -65,7 +67,9 @@ def flood_db(db_url):
     migrate.upgrade(engine)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES ('bench', 'bench')"))
-    service_id = make_webhook_service(engine, "bench", SECRET_ENV, project_id="bench")
+    service_id = make_webhook_service(
+        engine, "bench", pipeline_secret_env=PIPELINE_SECRET_ENV, signing_key_env=SECRET_ENV, project_id="bench"
+    )
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -95,7 +99,12 @@ def receiver(flood_db):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False), SECRET_ENV: SECRET}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        SECRET_ENV: SECRET,
+        PIPELINE_SECRET_ENV: PIPELINE_SECRET,
+    }
     proc = subprocess.Popen(
         [
             str(Path(sys.executable).with_name("golioth-sync")),
@@ -137,7 +146,7 @@ def run_wrk(base: str, service_id: int, prefix: str) -> dict:
     env = {
         **os.environ,
         "BENCH_SERVICE": str(service_id),
-        "BENCH_SECRET": SECRET,
+        "BENCH_SECRET": PIPELINE_SECRET,
         "BENCH_PREFIX": prefix,
         "BENCH_DEVICES": str(DEVICES),
         "BENCH_RATE": str(FLOOD_RATE),

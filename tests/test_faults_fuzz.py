@@ -37,7 +37,9 @@ from golioth_assets.webhooks.ingest import EVENT_TYPES
 from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
 
 SECRET = "whsec_" + base64.b64encode(b"fuzzing-secret-of-32-bytes-long!").decode()
-SECRET_ENV = f"GS_FAULTS_FUZZ_{uuid.uuid4().hex[:8].upper()}"
+SECRET_ENV = f"GOLIOTH_FAULTS_FUZZ_{uuid.uuid4().hex[:8].upper()}"
+PIPELINE_SECRET = "fuzzing-pipeline-secret-0123456789abcdef"
+PIPELINE_SECRET_ENV = SECRET_ENV + "_PIPELINE"
 STATIC_HEADER = "x-golioth-sync-secret"
 MAX_BODY = 4096
 FUZZ = settings(
@@ -85,19 +87,22 @@ class Target:
 def target(engine) -> Iterator[Target]:
     org = f"fuzz-{uuid.uuid4().hex[:10]}"
     os.environ[SECRET_ENV] = SECRET
+    os.environ[PIPELINE_SECRET_ENV] = PIPELINE_SECRET
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES (:o, :o)"), {"o": org})
-    service_id = make_webhook_service(engine, org, SECRET_ENV)
+    service_id = make_webhook_service(engine, org, pipeline_secret_env=PIPELINE_SECRET_ENV, signing_key_env=SECRET_ENV)
     golioth_id = f"fuzzdev{uuid.uuid4().hex[:12]}"
     device_id = make_linked_device(engine, org, service_id, golioth_id)
-    app = create_app(ReceiverConfig(max_body_bytes=MAX_BODY, service_cache_seconds=60), engine=engine)
+    config = ReceiverConfig(max_body_bytes=MAX_BODY, service_cache_seconds=60)
+    app = create_app(config, engine=engine)
     try:
-        with ServerThread(app) as server:
+        with ServerThread(app, limits=config) as server:
             t = Target(engine, server.url, service_id, golioth_id, device_id)
             yield t
             t.client.close()
     finally:
         os.environ.pop(SECRET_ENV, None)
+        os.environ.pop(PIPELINE_SECRET_ENV, None)
 
 
 json_scalars = (
@@ -214,7 +219,7 @@ def requests(draw, target: Target) -> tuple[str, bytes, dict[str, str]]:
     elif auth == "signed-partial":
         headers[draw(st.sampled_from(["webhook-id", "webhook-timestamp", "webhook-signature"]))] = draw(header_values)
     elif auth == "static":
-        headers[STATIC_HEADER] = SECRET
+        headers[STATIC_HEADER] = PIPELINE_SECRET
     elif auth == "static-bad":
         headers[STATIC_HEADER] = draw(header_values)
     for name in draw(st.lists(st.sampled_from(["ce-source", "ce-id", "ce-type", "ce-subject", "ce-time"]), max_size=4)):
@@ -255,7 +260,7 @@ def test_numbers_beyond_float_range_are_refused_with_400_not_500(target, number,
     body = (f'{{"type": "device.data", "device_id": "{target.golioth_id}", {where % number}}}').encode()
     for headers in (
         signed_headers(body, SECRET),
-        {"content-type": "application/json", STATIC_HEADER: SECRET, "ce-source": target.golioth_id},
+        {"content-type": "application/json", STATIC_HEADER: PIPELINE_SECRET, "ce-source": target.golioth_id},
     ):
         response = _check_answer(target, f"/webhooks/golioth/{target.service_id}", body, headers)
         assert response.status_code == 400 and response.json()["error"] in ("number out of range", "malformed JSON")

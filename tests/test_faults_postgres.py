@@ -323,10 +323,10 @@ def test_webhook_ingest_with_concurrent_senders_across_an_outage(private_pg, mon
 
     engine = start_private_postgres(private_pg)
     org = f"outage-{time.time_ns() % 10**9}"
-    monkeypatch.setenv("GS_FAULTS_OUTAGE_SECRET", WEBHOOK_SECRET)
+    monkeypatch.setenv("GOLIOTH_FAULTS_OUTAGE_SECRET", WEBHOOK_SECRET)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES (:o, :o)"), {"o": org})
-    service_id = make_webhook_service(engine, org, "GS_FAULTS_OUTAGE_SECRET")
+    service_id = make_webhook_service(engine, org, signing_key_env="GOLIOTH_FAULTS_OUTAGE_SECRET")
     devices = [f"{org}-dev-{i}" for i in range(20)]
     for gid in devices:
         make_linked_device(engine, org, service_id, gid)

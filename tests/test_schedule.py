@@ -47,7 +47,7 @@ def _service(engine, instance, *, interval, enabled=True, partition=True) -> str
                 name=org,
                 project_id=f"p-{org}",
                 base_url="http://127.0.0.1:9",
-                api_key_env="GS_SCHEDULE_TEST_KEY",
+                api_key_env="GOLIOTH_SCHEDULE_TEST_KEY",
                 interval_seconds=interval,
                 sync_enabled=enabled,
             ),

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.config import SYNC_OP
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
@@ -46,7 +47,7 @@ def _new_service(engine, *, enabled=True, interval=300, base_url="http://127.0.0
                 name=org,
                 project_id=f"p-{org}",
                 base_url=base_url,
-                api_key_env="GS_SENSOR_TEST_KEY",
+                api_key_env="GOLIOTH_SENSOR_TEST_KEY",
                 sync_enabled=enabled,
                 interval_seconds=interval,
             ),
@@ -101,7 +102,7 @@ def _tick(sensor, instance, resources, cursor=None) -> dg.SensorResult:
 
 
 def _device_ids(request: dg.RunRequest) -> list[str]:
-    return request.run_config["ops"]["golioth_device_inventory"]["config"]["device_ids"]
+    return request.run_config["ops"][SYNC_OP]["config"]["device_ids"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def _device_ids(request: dg.RunRequest) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_pending_events_become_one_run_per_organization_with_stable_keys_and_a_cursor(engine, instance, resources):
+def test_pending_events_become_one_run_per_organization_with_stable_keys(engine, instance, resources):
     a, b, unpartitioned = (_new_service(engine) for _ in range(3))
     instance.add_dynamic_partitions(organizations.name, [a.organization_id, b.organization_id])
     ids_a = _store_events(engine, a, ["dev-2", "dev-1", "dev-2"])  # two events of dev-2: one device id
@@ -131,20 +132,19 @@ def test_pending_events_become_one_run_per_organization_with_stable_keys_and_a_c
         # Claimed, and the claim is the run key: the run marks exactly these events processed.
         assert {e["status"] for e in _events(engine, ids).values()} == {"claimed"}
         assert {e["claimed_by"] for e in _events(engine, ids).values()} == {request.run_key}
-    assert int(result.cursor) == max(ids_a + ids_b)
+    assert result.cursor is None  # the inbox's status column is the cursor (sensors/webhooks.py)
     # An organization without a partition yet is left alone until the partition sensor adds it.
     assert {e["status"] for e in _events(engine, ids_u).values()} == {"pending"}
 
-    # The next tick requests nothing again: the events are claimed, and the cursor stays.
-    again = _tick(webhook_inbox_sensor, instance, resources, cursor=result.cursor)
+    # The next tick requests nothing again: the events are claimed.
+    again = _tick(webhook_inbox_sensor, instance, resources)
     assert again.run_requests == []
-    assert again.cursor == result.cursor
 
     # Once its partition exists, the other organization's events are picked up.
     instance.add_dynamic_partitions(organizations.name, [unpartitioned.organization_id])
-    later = _tick(webhook_inbox_sensor, instance, resources, cursor=result.cursor)
+    later = _tick(webhook_inbox_sensor, instance, resources)
     assert [r.partition_key for r in later.run_requests] == [unpartitioned.organization_id]
-    assert int(later.cursor) == max(ids_u)
+    assert _device_ids(later.run_requests[0]) == ["dev-5", "dev-6"] and len(ids_u) == 2
 
 
 def test_run_keys_are_derived_from_event_ids_and_attempt():
@@ -197,14 +197,14 @@ def test_tick_claims_at_most_a_batch_per_organization(engine, instance, resource
     ids = _store_events(engine, service, [f"dev-{i}" for i in range(7)])
 
     first = _tick(webhook_inbox_sensor, instance, resources)
-    second = _tick(webhook_inbox_sensor, instance, resources, cursor=first.cursor)
-    third = _tick(webhook_inbox_sensor, instance, resources, cursor=second.cursor)
+    second = _tick(webhook_inbox_sensor, instance, resources)
+    third = _tick(webhook_inbox_sensor, instance, resources)
 
     sizes = [len(_device_ids(r)) for t in (first, second, third) for r in t.run_requests]
     assert sizes == [3, 3, 1]
     keys = [r.run_key for t in (first, second, third) for r in t.run_requests]
     assert len(set(keys)) == 3
-    assert int(third.cursor) == max(ids)
+    assert {e["status"] for e in _events(engine, ids).values()} == {"claimed"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,10 +275,8 @@ def test_webhook_run_applies_the_edit_marks_events_processed_and_failures_retry_
     ids = _store_events(engine, h.service, [golioth_id])
     monkeypatch.setenv(h.service.api_key_env, "revoked-key")
     keys = []
-    cursor = None
     for attempt in range(1, MAX_EVENT_ATTEMPTS + 1):
-        tick = _tick(webhook_inbox_sensor, instance, resources, cursor=cursor)
-        cursor = tick.cursor
+        tick = _tick(webhook_inbox_sensor, instance, resources)
         [request] = tick.run_requests
         keys.append(request.run_key)
         failed = _execute(request, instance, resources)
@@ -297,7 +295,7 @@ def test_webhook_run_applies_the_edit_marks_events_processed_and_failures_retry_
             ).scalar_one()
         assert status == "failed"
     assert len(set(keys)) == MAX_EVENT_ATTEMPTS  # every retry is a new run key, so Dagster runs it
-    assert _tick(webhook_inbox_sensor, instance, resources, cursor=cursor).run_requests == []  # dead letters stay
+    assert _tick(webhook_inbox_sensor, instance, resources).run_requests == []  # dead letters stay
     assert h.local().loc[h.device_id_of(golioth_id), "name"] == "renamed-in-console"
 
     # The key is fixed and the operator replays the dead letters (attempts start again at 0). The
@@ -306,7 +304,7 @@ def test_webhook_run_applies_the_edit_marks_events_processed_and_failures_retry_
     monkeypatch.setenv(h.service.api_key_env, h.project.api_key)
     with engine.begin() as conn:
         assert webhook_events.replay_dead(conn, organization_id=h.org) == 1
-    [replayed] = _tick(webhook_inbox_sensor, instance, resources, cursor=cursor).run_requests
+    [replayed] = _tick(webhook_inbox_sensor, instance, resources).run_requests
     assert replayed.run_key not in keys and replayed.run_key.startswith(keys[0])
     assert _execute(replayed, instance, resources).success
     assert {e["status"] for e in _events(engine, ids).values()} == {"processed"}

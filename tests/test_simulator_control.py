@@ -254,3 +254,79 @@ def test_subprocess_mode():
         sim.stop()
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{sim.url}/_sim/health", timeout=1)
+
+
+# ---- churn while a listing pages ---------------------------------------------------------
+
+
+def _page(client, project, page: int, per_page: int = 10) -> dict:
+    return client.get(devices_url(project), params={"page": page, "perPage": per_page}).raise_for_status().json()
+
+
+def _all_ids(project) -> list[str]:
+    with project.client() as c:
+        return [d["id"] for d in _page(c, project, 0, 100)["list"]]
+
+
+def test_churn_serves_a_listing_as_an_in_order_reader_sees_it_whatever_the_request_order(sim_project_factory):
+    """Deletes on the pages already read and creates after the last page, total unchanged: the
+    first devices of page 2 slide onto page 1, already read, and are hidden; the deleted ones
+    were read before they went. Requests out of order (as concurrent pages arrive) see the same."""
+    orders = {"in order": [0, 1, 2, 3, 4], "out of order": [0, 4, 2, 3, 1]}
+    hidden = {}
+    for label, order in orders.items():
+        project = sim_project_factory(devices=50, seed=3)
+        before = _all_ids(project)
+        project.control.set_churn(project.project_id, {"page": 2, "deleteRead": 4, "createEnd": 4})
+        with project.client() as c:
+            pages = {p: _page(c, project, p) for p in order}
+        report = project.control.churn(project.project_id)
+        [done] = report["done"]
+        assert report["listings"] == 1 and (done["listing"], done["page"]) == (1, 2)
+        assert {p["total"] for p in pages.values()} == {50}  # nothing tells the reader
+        listed = [d["id"] for p in sorted(pages) for d in pages[p]["list"]]
+        assert len(listed) == len(set(listed)) == 50
+        assert set(done["deleted"]) <= set(before[:20]) and set(done["deleted"]) <= set(listed)  # read, then gone
+        assert set(listed) == (set(before) - set(before[20:24])) | set(done["created"])  # 20..23 hidden
+        hidden[label] = [before.index(i) for i in set(before) - set(listed) - set(done["deleted"])]
+    # The same step hides the same positions whatever the order of the requests.
+    assert sorted(hidden["in order"]) == sorted(hidden["out of order"]) == [20, 21, 22, 23]
+
+
+def test_churn_creates_on_pages_already_read_repeat_devices_and_renames_do_not_move_them(sim_project_factory):
+    project = sim_project_factory(devices=30, seed=4)
+    before = _all_ids(project)
+    project.control.set_churn(
+        project.project_id, {"page": 1, "createRead": 3}, {"listing": 2, "page": 1, "renameRead": 2}
+    )
+    with project.client() as c:
+        first = [_page(c, project, p) for p in range(4)]
+        second = [_page(c, project, p) for p in range(4)]
+    done = project.control.churn(project.project_id)["done"]
+    # Listing 1: three devices inserted on page 0 push page 0's last three onto page 1: served twice.
+    assert [p["total"] for p in first] == [30, 33, 33, 33]
+    served = [d["id"] for p in first for d in p["list"]]
+    assert sorted({i for i in served if served.count(i) > 1}) == sorted(before[7:10])
+    assert len(served) == 33 and set(served) == set(before)  # the three new ones went unseen
+    # Listing 2: a rename does not move a device; the renamed ones keep their place.
+    names = {d["id"]: d["name"] for p in second for d in p["list"]}
+    assert [d["id"] for p in second for d in p["list"]] == _all_ids(project)
+    # Renamed on a page already read: the listing has the old name, Golioth the new one.
+    assert done[1]["renamed"] and all(not names[i].endswith("-renamed") for i in done[1]["renamed"])
+    assert all(get_device(project, i)["name"] == names[i] + "-renamed" for i in done[1]["renamed"])
+
+
+def test_churn_control_refuses_bad_steps_and_can_be_cleared(sim_project):
+    control, pid = sim_project.control, sim_project.project_id
+    for bad in (
+        {"deleteRead": 1},
+        {"page": 1, "deleteReed": 1},
+        {"page": 1, "deleteRead": -1},
+        {"page": 1, "listing": 0},
+    ):
+        with pytest.raises(SimulatorControlError, match="400"):
+            control.set_churn(pid, bad)
+    control.set_churn(pid, {"page": 1, "deleteRead": 1})
+    control.clear_churn(pid)
+    assert control.churn(pid) == {"steps": [], "listings": 0, "done": []}
+    assert len(_all_ids(sim_project)) == 50  # nothing fired

@@ -113,7 +113,7 @@ def test_merge_bases_sets_fields_and_desired_keys(engine, org):
     frame = _device_frame(1)
     with engine.begin() as conn:
         service = services.create_service(
-            conn, services.ServiceSettings(organization_id=org, name=org, project_id="p", api_key_env="K")
+            conn, services.ServiceSettings(organization_id=org, name=org, project_id="p", api_key_env="GOLIOTH_K")
         )
         builtin_table(conn, org).insert(conn, frame)
         d = frame["device_id"].item()

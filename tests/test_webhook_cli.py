@@ -19,7 +19,7 @@ from golioth_assets.webhooks.testing import make_webhook_service
 @pytest.fixture
 def dead_and_processed(engine, org) -> dict[str, int]:
     """Two dead events and one old processed event for this organization."""
-    service = make_webhook_service(engine, org, "GS_TEST_CLI_SECRET")
+    service = make_webhook_service(engine, org, signing_key_env="GOLIOTH_TEST_CLI_SECRET")
     events = [
         inbox.NewEvent(
             service,

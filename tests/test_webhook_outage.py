@@ -87,10 +87,10 @@ class Sender(threading.Thread):
 
 def test_database_stopped_mid_test_503_and_nothing_accepted_is_missing(own_server, monkeypatch):
     pgdata, engine = own_server
-    monkeypatch.setenv("GS_OUTAGE_SECRET", SECRET)
+    monkeypatch.setenv("GOLIOTH_OUTAGE_SECRET", SECRET)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO organizations (id, name) VALUES ('outage', 'outage')"))
-    service_id = make_webhook_service(engine, "outage", "GS_OUTAGE_SECRET")
+    service_id = make_webhook_service(engine, "outage", signing_key_env="GOLIOTH_OUTAGE_SECRET")
     local = make_linked_device(engine, "outage", service_id, "dev-outage")
 
     app = create_app(ReceiverConfig(service_cache_seconds=60), engine=engine)

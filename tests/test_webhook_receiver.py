@@ -22,15 +22,16 @@ from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
 from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
 
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()  # the signing key
 OLD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+PIPELINE_SECRET = secrets.token_hex(32)  # the Golioth pipelines' header secret: another secret
 PIPELINE_SECRET_HEADER = "x-golioth-sync-secret"
 CONFIG = ReceiverConfig(max_body_bytes=64 * 1024, service_cache_seconds=0.2)
 
 
 @pytest.fixture(scope="module")
 def receiver(engine) -> Iterator[ServerThread]:
-    with ServerThread(create_app(CONFIG, engine=engine)) as server:
+    with ServerThread(create_app(CONFIG, engine=engine), limits=CONFIG) as server:
         yield server
 
 
@@ -42,9 +43,15 @@ def client(receiver) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def service(engine, org, monkeypatch) -> int:
-    env = f"GS_TEST_WEBHOOK_{uuid.uuid4().hex[:8].upper()}"
-    monkeypatch.setenv(env, SECRET)
-    return make_webhook_service(engine, org, env)
+    suffix = uuid.uuid4().hex[:8].upper()
+    monkeypatch.setenv(f"GOLIOTH_TEST_WEBHOOK_{suffix}", PIPELINE_SECRET)
+    monkeypatch.setenv(f"GOLIOTH_TEST_SIGNING_{suffix}", SECRET)
+    return make_webhook_service(
+        engine,
+        org,
+        pipeline_secret_env=f"GOLIOTH_TEST_WEBHOOK_{suffix}",
+        signing_key_env=f"GOLIOTH_TEST_SIGNING_{suffix}",
+    )
 
 
 @pytest.fixture
@@ -68,7 +75,7 @@ def device_row(engine, device_id: str) -> dict:
         return dict(conn.execute(sa.text("SELECT * FROM devices WHERE id = :id"), {"id": device_id}).mappings().one())
 
 
-def pipeline_headers(device_id: str, secret: str | None = SECRET, **extra: str) -> dict[str, str]:
+def pipeline_headers(device_id: str, secret: str | None = PIPELINE_SECRET, **extra: str) -> dict[str, str]:
     headers = {
         "content-type": "application/json",
         "ce-source": device_id,
@@ -108,7 +115,8 @@ def test_pipeline_delivery_with_correct_secret_is_stored_once(client, engine, se
     assert stored[0]["payload"]["ce_type"] == "io.golioth.data.v1/.s/env"
 
 
-@pytest.mark.parametrize("secret", ["wrong-secret", SECRET + "x", SECRET[:-1], "", None])
+# The signing key is not the pipeline secret: seeing one must not let anyone use the other format.
+@pytest.mark.parametrize("secret", ["wrong-secret", PIPELINE_SECRET + "x", PIPELINE_SECRET[:-1], "", None, SECRET])
 def test_pipeline_delivery_with_wrong_or_no_secret_is_401_and_not_stored(client, engine, service, device, secret):
     golioth_id, _ = device
     response = client.post(
@@ -116,7 +124,7 @@ def test_pipeline_delivery_with_wrong_or_no_secret_is_401_and_not_stored(client,
     )
     assert response.status_code == 401
     assert response.json() == {"error": "unauthorized"}
-    assert SECRET not in response.text
+    assert SECRET not in response.text and PIPELINE_SECRET not in response.text
     assert rows(engine, service) == []
 
 
@@ -234,9 +242,19 @@ def test_signature_rotation_sender_signs_with_old_and_new(client, engine, servic
 
 
 def test_signature_rotation_receiver_holds_old_and_new(client, engine, org, monkeypatch):
-    env = f"GS_TEST_WEBHOOK_{uuid.uuid4().hex[:8].upper()}"
-    monkeypatch.setenv(env, f"{SECRET} {OLD_SECRET}")
-    service_id = make_webhook_service(engine, org, env)
+    # The receiver is mid-rotation: the new key's variable is current, the old one's is accepted
+    # until its window ends (tests/test_security_webhooks.py covers the window's end).
+    suffix = uuid.uuid4().hex[:8].upper()
+    monkeypatch.setenv(f"GOLIOTH_TEST_SIGNING_{suffix}", SECRET)
+    monkeypatch.setenv(f"GOLIOTH_TEST_OLD_SIGNING_{suffix}", OLD_SECRET)
+    service_id = make_webhook_service(engine, org, signing_key_env=f"GOLIOTH_TEST_SIGNING_{suffix}")
+    with engine.begin() as conn:
+        update_service(
+            conn,
+            service_id,
+            webhook_signing_key_previous_env=f"GOLIOTH_TEST_OLD_SIGNING_{suffix}",
+            webhook_signing_key_previous_until=datetime.now(UTC) + timedelta(hours=1),
+        )
     body = signed_body("device.created", "dev-rot")
     old_only = client.post(f"/webhooks/golioth/{service_id}", content=body, headers=signed_headers(body, OLD_SECRET))
     stranger = "whsec_" + base64.b64encode(b"s" * 32).decode()
@@ -287,7 +305,7 @@ def _signed_variants(golioth_id: str) -> dict[str, tuple[bytes, dict[str, str]]]
 def test_forged_signed_events_are_401_and_not_stored(client, engine, service, device, case):
     body, headers = _signed_variants(device[0])[case]
     # A static secret alongside a bad signature must not rescue it.
-    headers = {**headers, PIPELINE_SECRET_HEADER: SECRET}
+    headers = {**headers, PIPELINE_SECRET_HEADER: PIPELINE_SECRET}
     response = client.post(f"/webhooks/golioth/{service}", content=body, headers=headers)
     assert response.status_code == 401
     assert response.json() == {"error": "unauthorized"}
@@ -395,8 +413,8 @@ def test_disabled_service_is_404_once_the_cache_expires(client, engine, service,
 
 
 def test_secret_variable_unset_is_503_and_writes_nothing(client, engine, org, monkeypatch):
-    service_id = make_webhook_service(engine, org, "GS_TEST_WEBHOOK_NEVER_SET")
-    monkeypatch.delenv("GS_TEST_WEBHOOK_NEVER_SET", raising=False)
+    service_id = make_webhook_service(engine, org, pipeline_secret_env="GOLIOTH_TEST_WEBHOOK_NEVER_SET")
+    monkeypatch.delenv("GOLIOTH_TEST_WEBHOOK_NEVER_SET", raising=False)
     response = client.post(f"/webhooks/golioth/{service_id}", content=b"{}", headers=pipeline_headers("d"))
     assert response.status_code == 503
     assert "Retry-After" in response.headers
@@ -407,11 +425,12 @@ def test_secrets_never_reach_the_logs(client, service, device, caplog):
     caplog.set_level(logging.DEBUG)
     url = f"/webhooks/golioth/{service}"
     client.post(url, content=b'{"n": 1}', headers=pipeline_headers(device[0]))
-    client.post(url, content=b'{"n": 1}', headers=pipeline_headers(device[0], secret=SECRET + "typo"))
+    client.post(url, content=b'{"n": 1}', headers=pipeline_headers(device[0], secret=PIPELINE_SECRET + "typo"))
     body = signed_body("device.created", device[0])
     client.post(url, content=body, headers=signed_headers(body, OLD_SECRET))
     assert caplog.records, "the unauthorized attempts should have been logged"
     assert SECRET not in caplog.text and SECRET[6:] not in caplog.text and OLD_SECRET not in caplog.text
+    assert PIPELINE_SECRET not in caplog.text
 
 
 # --- concurrency, health and refusal ----------------------------------------------------------
@@ -451,7 +470,10 @@ def test_unreachable_database_is_503_with_retry_after():
 
 def test_overload_is_refused_with_503_and_retry_after(engine, service, device):
     shedding = ReceiverConfig(max_queue=0)  # every event finds the queue "full"
-    with ServerThread(create_app(shedding, engine=engine)) as server, httpx.Client(base_url=server.url) as c:
+    with (
+        ServerThread(create_app(shedding, engine=engine), limits=shedding) as server,
+        httpx.Client(base_url=server.url) as c,
+    ):
         response = c.post(f"/webhooks/golioth/{service}", content=b'{"n": 1}', headers=pipeline_headers(device[0]))
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
@@ -461,14 +483,15 @@ def test_overload_is_refused_with_503_and_retry_after(engine, service, device):
 
 def test_secret_env_value_is_read_at_request_time(client, engine, org, monkeypatch):
     # Rotating the secret in the environment of a running receiver takes effect immediately.
-    env = f"GS_TEST_WEBHOOK_{uuid.uuid4().hex[:8].upper()}"
-    monkeypatch.setenv(env, SECRET)
-    service_id = make_webhook_service(engine, org, env)
+    env = f"GOLIOTH_TEST_WEBHOOK_{uuid.uuid4().hex[:8].upper()}"
+    monkeypatch.setenv(env, PIPELINE_SECRET)
+    service_id = make_webhook_service(engine, org, pipeline_secret_env=env)
     url = f"/webhooks/golioth/{service_id}"
     assert client.post(url, content=b'{"n": 0}', headers=pipeline_headers("d1")).status_code == 202
-    monkeypatch.setenv(env, "a-brand-new-secret")
+    brand_new = secrets.token_hex(32)
+    monkeypatch.setenv(env, brand_new)
     old = client.post(url, content=b'{"n": 1}', headers=pipeline_headers("d1"))
-    new = client.post(url, content=b'{"n": 1}', headers=pipeline_headers("d1", secret="a-brand-new-secret"))
+    new = client.post(url, content=b'{"n": 1}', headers=pipeline_headers("d1", secret=brand_new))
     assert (old.status_code, new.status_code) == (401, 202)
     assert len(rows(engine, service_id)) == 2
 
@@ -482,7 +505,7 @@ def test_the_simulators_deliveries_are_accepted(client, receiver, engine, servic
     url = f"{receiver.url}/webhooks/golioth/{service}"
     now_ns = time.time_ns()
     data = data_delivery(
-        WebhookTarget(url, {PIPELINE_SECRET_HEADER: SECRET}),
+        WebhookTarget(url, {PIPELINE_SECRET_HEADER: PIPELINE_SECRET}),
         "proj-test",
         golioth_id,
         "env",

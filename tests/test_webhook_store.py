@@ -20,7 +20,7 @@ T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def service(engine, org) -> int:
-    return make_webhook_service(engine, org, "GS_TEST_STORE_SECRET")
+    return make_webhook_service(engine, org, signing_key_env="GOLIOTH_TEST_STORE_SECRET")
 
 
 def event(service_id, org, event_id=None, *, event_type="device.updated", device="dev-1", observed=None) -> NewEvent:

@@ -5,8 +5,12 @@ adds what only an operator front end needs:
 
 - errors as one line, built from pydantic's error list *without* the input values, so a secret
   typed into the wrong field is never echoed back;
-- `api_key_env` / `webhook_secret_env` must name environment variables that are set here, and a
-  value that looks like a key (or is the value of some variable) is refused without repeating it.
+- secret names (`api_key_env`, `webhook_secret_env`, `webhook_signing_key_env`) must be allowed by
+  golioth_assets.credentials (a `GOLIOTH_` name outside golioth-sync's own settings), be set here
+  (environment or secrets folder), hold a strong enough value for their job, and hold three different
+  values; a refused value is never repeated (it may be the secret itself);
+- changing a webhook secret's variable starts a rotation: the previous variable stays accepted for
+  a window (24 hours unless told otherwise), so senders can move over without a failed delivery.
 
 Settings are read from the database at the start of every run, so a change takes effect on the
 next run without restarting anything.
@@ -18,20 +22,31 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
+from golioth_assets import credentials
 from golioth_assets.actions.errors import InvalidInput, NotFound, OperationError
 from golioth_assets.core.vocabulary import FieldGroup, Policy, values
 from golioth_assets.store import services as store
 
 SETTING_FIELDS: tuple[str, ...] = tuple(store.ServiceSettings.model_fields)
-ENV_FIELDS = ("api_key_env", "webhook_secret_env")
+ENV_FIELDS: tuple[str, ...] = store.SECRET_NAME_FIELDS
+# Settings that decide which secret is read and where it is sent: the console leaves them to the operator.
+CONNECTION_FIELDS: tuple[str, ...] = (
+    "base_url",
+    *ENV_FIELDS,
+    *(s.until for s in store.ROTATING_SECRETS),
+)
+DEFAULT_ROTATION_WINDOW = timedelta(hours=24)
+# Each current secret's job: how strong its value must be (the API key is Golioth's to judge).
+_STRENGTH = {s.current: s.problem for s in store.ROTATING_SECRETS}
+_CURRENT_SECRETS = ("api_key_env", *_STRENGTH)
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LOOKS_LIKE_KEY = re.compile(r"^[A-Za-z0-9]{24,}$")
 
 
@@ -79,12 +94,52 @@ def _value_of_some_variable(value: str) -> str | None:
     return None
 
 
+def _refused_name(field_label: str, value: str) -> str | None:
+    """Why `value` is refused as a secret's name, in words that never repeat it."""
+    if credentials.name_problem(value) is None and credentials.secret_is_set(value):
+        return None  # an allowed name of a secret that is set: a name, whatever it looks like
+    holder = _value_of_some_variable(value)
+    if holder:
+        return (
+            f"{field_label}: that is the value of ${holder}, not a variable name; pass the NAME (e.g. {holder}) "
+            "so the secret is never stored"
+        )
+    if not credentials.is_name_shaped(value) or looks_like_secret(value):
+        return (
+            f"{field_label}: takes the NAME of an environment variable (like GOLIOTH_API_KEY), not a key or "
+            "secret; the value given was refused and not stored"
+        )
+    problem = credentials.name_problem(value)
+    if problem:
+        return f"{field_label}: the variable {problem}; the name given was refused and not stored"
+    return None
+
+
+def _value_problem(field_name: str, field_label: str, name: str, *, require_set: bool) -> str | None:
+    """Is the named secret there (when it must be) and strong enough for its job?"""
+    try:
+        value = credentials.read_secret(name)
+    except credentials.SecretRefused as exc:
+        return f"{field_label}: {exc}"
+    if value is None:
+        if not require_set:
+            return None
+        return (
+            f"{field_label}: the variable named is not set here (nor a file in {credentials.secrets_dir()}); "
+            "export it first (only its name is stored, and the name given is not repeated in case it was a secret)"
+        )
+    judge = _STRENGTH.get(field_name)
+    problem = judge(value) if judge and require_set else None
+    return f"{field_label}: the value of that variable is refused: {problem}" if problem else None
+
+
 def check_env_reference(
     field_name: str, value: Any, *, require_set: bool = True, label: str | None = None
 ) -> str | None:
-    """Validate a setting that names an environment variable; return the name (None if empty).
+    """Validate a setting that names a secret; return the name (None if empty).
 
-    Never echoes a refused value: it might be the secret itself.
+    The name must pass golioth_assets.credentials' allow-list; with `require_set` the secret must be
+    set here and strong enough for its job. Never echoes a refused value: it might be the secret itself.
     """
     field_label = label or field_name
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -96,31 +151,36 @@ def check_env_reference(
     if not isinstance(value, str):
         raise InvalidInput(f"{field_label}: must be the name of an environment variable")
     value = value.strip()
-    if _ENV_NAME.match(value) and os.environ.get(value):
-        return value  # it names a variable that is set: a name, whatever it looks like
-    holder = _value_of_some_variable(value)
-    if holder:
-        raise InvalidInput(
-            f"{field_label}: that is the value of ${holder}, not a variable name; pass the NAME (e.g. {holder}) "
-            "so the secret is never stored"
-        )
-    if not _ENV_NAME.match(value) or looks_like_secret(value):
-        raise InvalidInput(
-            f"{field_label}: takes the NAME of an environment variable (like GOLIOTH_API_KEY), not a key or "
-            "secret; the value given was refused and not stored"
-        )
-    if require_set and not os.environ.get(value):
-        raise InvalidInput(
-            f"{field_label}: environment variable ${value} is not set here; export it first "
-            "(the secret stays in the environment, only its name is stored)"
-        )
+    problem = _refused_name(field_label, value) or _value_problem(
+        field_name, field_label, value, require_set=require_set
+    )
+    if problem:
+        raise InvalidInput(problem)
     return value
 
 
+def _same_values(data: Mapping[str, Any], labels: Mapping[str, str]) -> None:
+    """The API key, the pipeline secret and the signing key must be three different secrets."""
+    seen: dict[str, str] = {}
+    for name in _CURRENT_SECRETS:
+        ref = data.get(name)
+        value = credentials.read_secret(ref) if ref and not credentials.name_problem(ref) else None
+        if value is None:
+            continue
+        if value in seen:
+            first_label, second_label = labels.get(seen[value], seen[value]), labels.get(name, name)
+            raise InvalidInput(
+                f"{first_label} and {second_label} name variables holding the same value: "
+                "each job needs a secret of its own"
+            )
+        seen[value] = name
+
+
 def validate_settings(
-    data: Mapping[str, Any], *, check_env: tuple[str, ...] = ENV_FIELDS, labels: Mapping[str, str] | None = None
+    data: Mapping[str, Any], *, check_env: tuple[str, ...] = _CURRENT_SECRETS, labels: Mapping[str, str] | None = None
 ) -> store.ServiceSettings:
-    """Validate a full set of settings. `check_env` lists the env-name fields to check (both by default)."""
+    """Validate a full set of settings. `check_env` lists the secret fields whose variables must be set
+    here and strong enough (every current secret by default)."""
     labels = labels or {}
     data = dict(data)
     unknown = sorted(set(data) - set(SETTING_FIELDS))
@@ -130,6 +190,7 @@ def validate_settings(
     for name in ENV_FIELDS:
         if name in data:
             data[name] = check_env_reference(name, data[name], require_set=name in check_env, label=labels.get(name))
+    _same_values(data, labels)
     try:
         return store.ServiceSettings.model_validate(data)
     except ValidationError as exc:
@@ -223,10 +284,40 @@ def add_service(engine: Engine, data: Mapping[str, Any], *, labels: Mapping[str,
         return store.create_service(conn, settings)
 
 
+def rotation_changes(
+    current: store.ServiceSettings, changes: Mapping[str, Any], window: timedelta = DEFAULT_ROTATION_WINDOW
+) -> dict[str, Any]:
+    """`changes`, plus a rotation for each webhook secret whose variable changes: the old variable
+    stays accepted until now + `window` (a zero window ends the old one at once)."""
+    out = dict(changes)
+    ends = datetime.now(UTC) + window
+    for secret in store.ROTATING_SECRETS:
+        if secret.current not in changes or secret.previous in changes:
+            continue
+        old, new = getattr(current, secret.current), changes[secret.current]
+        if not old or not new or new == old:
+            continue  # nothing to rotate from, or the format is switched off
+        keep = window > timedelta(0)
+        out[secret.previous] = old if keep else None
+        out[secret.until] = ends if keep else None
+    return out
+
+
+def end_rotations() -> dict[str, None]:
+    """Changes that stop accepting every previous webhook secret now."""
+    return {field: None for s in store.ROTATING_SECRETS for field in (s.previous, s.until)}
+
+
 def update_service(
-    engine: Engine, ref: str | int, changes: Mapping[str, Any], *, labels: Mapping[str, str] | None = None
+    engine: Engine,
+    ref: str | int,
+    changes: Mapping[str, Any],
+    *,
+    labels: Mapping[str, str] | None = None,
+    rotation_window: timedelta = DEFAULT_ROTATION_WINDOW,
 ) -> store.Service:
-    """Change some settings; the merged result is validated as a whole before anything is written."""
+    """Change some settings; the merged result is validated as a whole before anything is written.
+    Changing a webhook secret's variable keeps the old one accepted for `rotation_window`."""
     changes = dict(changes)
     if not changes:
         raise InvalidInput("nothing to change: give at least one setting")
@@ -234,9 +325,11 @@ def update_service(
         raise InvalidInput("a service's organization cannot change; remove it and add a new one")
     with engine.begin() as conn:
         current = find_service(conn, ref)
+        changes = rotation_changes(current, changes, rotation_window)
         merged = {**current.model_dump(include=set(SETTING_FIELDS)), **changes}
         # Only variables named by this change must be set in this shell.
-        settings = validate_settings(merged, check_env=tuple(f for f in ENV_FIELDS if f in changes), labels=labels)
+        check_env = tuple(f for f in _CURRENT_SECRETS if f in changes)
+        settings = validate_settings(merged, check_env=check_env, labels=labels)
         try:
             return store.update_service(conn, current.id, **settings.model_dump())
         except ValidationError as exc:  # pragma: no cover - validated above
@@ -288,8 +381,8 @@ def check_connection(engine: Engine, ref: str | int, *, transport=None) -> Conne
     report = ConnectionReport(service)
     try:
         service.api_key()
-    except store.MissingSecret:
-        report.checks.append(Check("api key", False, f"${service.api_key_env} is not set in this environment"))
+    except store.MissingSecret as exc:
+        report.checks.append(Check("api key", False, str(exc)))
         return report
     report.checks.append(Check("api key", True, f"${service.api_key_env} is set"))
     try:
@@ -331,6 +424,7 @@ def check_connection(engine: Engine, ref: str | int, *, transport=None) -> Conne
 
 
 __all__ = [
+    "CONNECTION_FIELDS",
     "ConnectionReport",
     "OperationError",
     "SETTING_FIELDS",
@@ -345,6 +439,8 @@ __all__ = [
     "remove_service",
     "set_enabled",
     "check_connection",
+    "end_rotations",
+    "rotation_changes",
     "update_service",
     "validate_settings",
 ]

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import conflicts as actions
+from golioth_assets.cli.output import echo_json, json_option, verbose
 from golioth_assets.cli.render import list_table, shorten
 from golioth_assets.cli.services import open_engine, operator_errors
 
@@ -42,10 +43,13 @@ def conflicts() -> None:
 @click.option("--status", type=click.Choice(actions.STATUSES), default="pending", show_default=True)
 @click.option("--all-statuses", is_flag=True, help="Every status (overrides --status).")
 @click.option("--limit", default=200, show_default=True, type=int)
+@json_option
 @operator_errors
-def list_(organization_id: str | None, status: str, all_statuses: bool, limit: int) -> None:
+def list_(organization_id: str | None, status: str, all_statuses: bool, limit: int, as_json: bool) -> None:
     """Conflicts, newest first."""
     rows = actions.list_conflicts(open_engine(), organization_id, None if all_statuses else status, limit)
+    if as_json:
+        return echo_json({"conflicts": [conflict_json(r) for r in rows]})
     console.print(
         conflict_list_table(
             rows,
@@ -61,10 +65,13 @@ def list_(organization_id: str | None, status: str, all_statuses: bool, limit: i
 @conflicts.command()
 @click.argument("conflict_id")
 @click.option("--org", "organization_id", help="Fail unless the conflict belongs to this organization.")
+@json_option
 @operator_errors
-def show(conflict_id: str, organization_id: str | None) -> None:
+def show(conflict_id: str, organization_id: str | None, as_json: bool) -> None:
     """One conflict: base, local and Golioth values side by side."""
     row = actions.get_conflict(open_engine(), conflict_id, organization_id)
+    if as_json:
+        return echo_json({"conflict": conflict_json(row)})
     console.print(side_by_side(row))
     if row["status"] == "pending":
         console.print(
@@ -87,6 +94,7 @@ def show(conflict_id: str, organization_id: str | None) -> None:
 )
 @click.option("--all", "all_pending", is_flag=True, help="Every pending conflict of --org (bulk; needs --use).")
 @click.option("--now", is_flag=True, help="Run a targeted sync of the affected devices right away.")
+@json_option
 @operator_errors
 def resolve(
     conflict_ids: tuple[str, ...],
@@ -96,6 +104,7 @@ def resolve(
     organization_id: str | None,
     all_pending: bool,
     now: bool,
+    as_json: bool,
 ) -> None:
     """Choose the winning value of CONFLICT_IDS (or, with --org ORG --all, of every pending conflict).
 
@@ -103,30 +112,22 @@ def resolve(
     """
     if (use is None) == (value_json is None):
         raise click.UsageError("choose exactly one of --use local|remote or --value JSON")
+    if as_json and now:
+        raise click.UsageError("--now prints a sync summary; with --json, run `golioth-sync sync --device … --json`")
     engine = open_engine()
+    rows, skipped = _resolve_rows(engine, conflict_ids, use, value_json, resolved_by, organization_id, all_pending)
+    if as_json:
+        return echo_json(
+            {
+                "resolved": [conflict_json(r) for r in rows],
+                "skipped": [{"id": cid, "reason": reason} for cid, reason in skipped],
+            }
+        )
     if all_pending:
-        if conflict_ids:
-            raise click.UsageError("give conflict ids or --all, not both")
-        if not organization_id:
-            raise click.UsageError("--all needs --org ORG")
-        if value_json is not None:
-            raise click.UsageError("--all takes --use local|remote (a value fits one field, not all)")
-        result = actions.resolve_all(engine, organization_id, use=use, resolved_by=resolved_by)
-        rows = result.resolved
         console.print(f"resolved {len(rows)} conflict(s) of {organization_id} with {use}, by {resolved_by}")
-        for cid, reason in result.skipped:
+        for cid, reason in skipped:
             console.print(f"  skipped {cid}: {reason}")
     else:
-        if not conflict_ids:
-            raise click.UsageError("give at least one conflict id (or --org ORG --all)")
-        rows = actions.resolve(
-            engine,
-            conflict_ids,
-            use=use or "value",
-            value_json=value_json,
-            resolved_by=resolved_by,
-            organization_id=organization_id,
-        )
         for row in rows:
             console.print(
                 f"conflict {row['id']} resolved: {row['field']} of {row['device_name'] or row['device_id']} = "
@@ -140,22 +141,56 @@ def resolve(
     _sync_now(engine, rows)
 
 
+def _resolve_rows(
+    engine,
+    conflict_ids: tuple[str, ...],
+    use: str | None,
+    value_json: str | None,
+    resolved_by: str,
+    organization_id: str | None,
+    all_pending: bool,
+) -> tuple[list[dict], list[tuple[int, str]]]:
+    """(resolved rows, skipped (id, reason)): --all resolves every pending conflict of --org."""
+    if all_pending:
+        if conflict_ids:
+            raise click.UsageError("give conflict ids or --all, not both")
+        if not organization_id:
+            raise click.UsageError("--all needs --org ORG")
+        if value_json is not None:
+            raise click.UsageError("--all takes --use local|remote (a value fits one field, not all)")
+        result = actions.resolve_all(engine, organization_id, use=use, resolved_by=resolved_by)
+        return result.resolved, list(result.skipped)
+    if not conflict_ids:
+        raise click.UsageError("give at least one conflict id (or --org ORG --all)")
+    rows = actions.resolve(
+        engine,
+        conflict_ids,
+        use=use or "value",
+        value_json=value_json,
+        resolved_by=resolved_by,
+        organization_id=organization_id,
+    )
+    return rows, []
+
+
 def _sync_now(engine, rows: list[dict]) -> None:
-    from golioth_assets.cli.dagster_run import run_sync_job
+    from golioth_assets.cli.dagster_run import dead_runs_note, run_sync_job
     from golioth_assets.cli.runtime import prepare
     from golioth_assets.store import sync_log
 
     prepare()  # Dagster's instance and storage
     failures = []
     for org, device_ids in actions.sync_targets(rows).items():
-        launched = run_sync_job(org, device_ids=device_ids, trigger="cli", console=console)
+        launched = run_sync_job(org, device_ids=device_ids, trigger="cli", console=console, verbose=verbose())
         with engine.connect() as conn:
             run = sync_log.latest_run(conn, org, dagster_run_id=launched.run_id)
         if run:
             from golioth_assets.cli.render import summary_table
 
-            console.print(summary_table(run, seconds=launched.seconds))
+            console.print(summary_table(run))
         console.print(f"Dagster run {launched.run_id}")
+        if note := dead_runs_note(launched):
+            console.print(note, style="yellow")
         if not launched.success:
             failures.append(f"{org}: {launched.error or 'the sync failed'}")
     if failures:
@@ -172,6 +207,31 @@ def _reload(engine, rows: list[dict]) -> list[dict]:
 
 
 # -- rendering -----------------------------------------------------------------------------------------
+
+CONFLICT_KEYS = (
+    "id",
+    "organization_id",
+    "device_id",
+    "golioth_device_id",
+    "device_name",
+    "field",
+    "conflict_type",
+    "status",
+    "base_value",
+    "local_value",
+    "remote_value",
+    "resolution",
+    "resolved_value",
+    "resolved_by",
+    "resolved_at",
+    "applied_at",
+    "detected_at",
+)
+
+
+def conflict_json(row: dict) -> dict:
+    """A conflict in the documented shape (docs/operators.md): values are JSON, as --value takes them."""
+    return {key: row.get(key) for key in CONFLICT_KEYS}
 
 
 def conflict_list_table(rows: list[dict], *, title: str, show_org: bool = True) -> Table:

@@ -7,20 +7,18 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import dagster as dg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from golioth_assets.core.vocabulary import RunTag
-from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.assets import SPECS
+from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.jobs import run_tags
 from golioth_assets.defs.partitions import organizations
-
-STEP_NAMES = [a.key.to_user_string() for a in sync_assets]
-# Where a CLI run executes (execute_in_process: in this very process), so that a later command can
-# tell that a run still "started" in Dagster died with its process.
 
 
 @dataclass
@@ -28,7 +26,9 @@ class LaunchedRun:
     run_id: str
     success: bool
     seconds: float
-    error: str | None = None
+    error: str | None = None  # the root cause, in a line or two
+    detail: str | None = None  # the whole failure with Dagster's traceback (`golioth-sync -v`)
+    dead_runs: list[str] = field(default_factory=list)  # earlier CLI runs found dead and marked failed
 
 
 def run_sync_job(
@@ -40,89 +40,142 @@ def run_sync_job(
     device_ids: list[str] | None = None,
     trigger: str = "cli",
     console: Console | None = None,
+    verbose: bool = False,
 ) -> LaunchedRun:
+    """Run the sync job in this process, showing its steps on `console` as they finish.
+
+    Dagster's own event log is printed only with `verbose` (a failure's traceback is there); the
+    caller prints the root cause (`LaunchedRun.error`)."""
     from golioth_assets.definitions import defs
 
     console = console or Console()
     instance = dg.DagsterInstance.get()
-    for run_id in fail_dead_cli_runs(instance):
-        console.print(
-            f"[yellow]Dagster run {run_id} was still marked as started, but the process running it "
-            "is gone: marked it failed and freed its golioth_api pool slots[/yellow]"
-        )
+    dead_runs = fail_dead_cli_runs(instance)
     if organization_id not in instance.get_dynamic_partitions(organizations.name):
         instance.add_dynamic_partitions(organizations.name, [organization_id])
     job_name = "golioth_targeted_sync" if device_ids else "golioth_full_sync"
     job = defs.resolve_job_def(job_name)
-    config = {"dry_run": dry_run, "device_ids": list(device_ids or [])}
-    if direction:
-        config["direction"] = direction
-    if policy:
-        config["policy"] = policy
-
+    run_id = str(uuid.uuid4())  # known before the run starts, so progress follows this run only
+    run_config = {
+        **sync_run_config(**_launch_config(direction, dry_run, policy, device_ids)),
+        "loggers": {"console": {"config": {"log_level": "WARNING" if verbose else "CRITICAL"}}},
+    }
+    extra = {RunTag.host: socket.gethostname(), RunTag.pid: str(os.getpid())}
+    if dry_run:
+        extra[RunTag.dry_run] = "true"
     outcome: dict = {}
 
     def execute() -> None:
         try:
-            result = job.execute_in_process(
+            outcome["result"] = job.execute_in_process(
                 instance=instance,
                 partition_key=organization_id,
-                run_config={
-                    "ops": {"golioth_device_inventory": {"config": config}},
-                    # The terminal shows progress; Dagster's event log keeps the details.
-                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-                },
-                tags=run_tags(
-                    organization_id, trigger, **{RunTag.host: socket.gethostname(), RunTag.pid: str(os.getpid())}
-                ),
+                run_config=run_config,
+                run_id=run_id,
+                tags=run_tags(organization_id, trigger, **extra),
                 raise_on_error=False,
             )
-            outcome["result"] = result
         except Exception as exc:  # surfaced below with the run's own message
             outcome["error"] = exc
 
     started = time.perf_counter()
     worker = threading.Thread(target=execute, name="golioth-sync-run", daemon=True)
     worker.start()
-    done: set[str] = set()
+    # The sync is one op: its progress is the assets it has materialized so far, in graph order.
+    steps = [spec.key.to_user_string() for spec in SPECS]
+    _show_progress(instance, worker, run_id, steps, f"{job_name} [{organization_id}]", console)
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    seconds = time.perf_counter() - started
+    if result.success:
+        return LaunchedRun(run_id, True, seconds, dead_runs=dead_runs)
+    error = _failure(result.all_events)
+    return LaunchedRun(
+        run_id,
+        False,
+        seconds,
+        error=root_cause(error) if error else "the run failed",
+        detail=error.to_string() if error else None,
+        dead_runs=dead_runs,
+    )
+
+
+def _launch_config(direction: str | None, dry_run: bool, policy: str | None, device_ids: list[str] | None) -> dict:
+    config: dict = {"dry_run": dry_run, "device_ids": list(device_ids or [])}
+    if direction:
+        config["direction"] = direction
+    if policy:
+        config["policy"] = policy
+    return config
+
+
+def _show_progress(
+    instance: dg.DagsterInstance, worker: threading.Thread, run_id: str, steps: list[str], title: str, console: Console
+) -> None:
+    done: dict[str, None] = {}  # in the order the steps finished
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("{task.completed}/{task.total} assets"),
         TimeElapsedColumn(),
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task(f"{job_name} [{organization_id}]", total=len(STEP_NAMES))
+        task = progress.add_task(title, total=len(steps))
+
+        def update() -> None:
+            if instance.get_run_by_id(run_id) is None:
+                return  # not stored yet
+            of_type = dg.DagsterEventType.ASSET_MATERIALIZATION
+            for record in instance.get_records_for_run(run_id, of_type=of_type).records:
+                key = record.event_log_entry.dagster_event.asset_key.to_user_string()
+                if key in steps:
+                    done[key] = None
+            last = next(reversed(done), "starting")
+            progress.update(task, completed=len(done), description=f"{title} {last}")
+
         while worker.is_alive():
             worker.join(0.25)
-            run_id = _latest_run_id(instance, organization_id, trigger)
-            if run_id:
-                for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS).records:
-                    done.add(record.event_log_entry.step_key)
-                finished = [s for s in STEP_NAMES if s in done]
-                progress.update(
-                    task,
-                    completed=len(finished),
-                    description=f"{job_name} [{organization_id}] {finished[-1] if finished else 'starting'}",
-                )
-        progress.update(task, completed=len(done & set(STEP_NAMES)))
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
-    error = None
-    if not result.success:
-        failures = [e for e in result.all_events if e.is_step_failure]
-        error = failures[0].step_failure_data.error.message.strip() if failures else "the run failed"
-    return LaunchedRun(result.run_id, result.success, time.perf_counter() - started, error)
+            update()
+        update()
 
 
-def _latest_run_id(instance: dg.DagsterInstance, organization_id: str, trigger: str) -> str | None:
-    records = instance.get_run_records(
-        dg.RunsFilter(tags={RunTag.org: organization_id, RunTag.trigger: trigger}), limit=1
+def _failure(events):
+    """The first step failure's error, else the run failure's."""
+    for event in events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            return event.step_failure_data.error
+    for event in events:
+        if event.is_run_failure and event.job_failure_data and event.job_failure_data.error is not None:
+            return event.job_failure_data.error
+    return None
+
+
+def root_cause(error) -> str:
+    """The innermost error's message, in a line or two: Dagster wraps what our code raised in
+    DagsterExecutionStepExecutionError ("Error occurred while executing op …"), which says nothing.
+    Our own exceptions are shown by message alone; others keep their class name (ConnectError: …)."""
+    while error.cause is not None:
+        error = error.cause
+    message = error.message.strip()
+    name, _, text = message.partition(": ")
+    if text and "." in name and " " not in name:
+        message = text if name.startswith("golioth_assets.") else f"{name.rsplit('.', 1)[1]}: {text}"
+    lines = [line for line in message.splitlines() if line.strip()]
+    return "\n".join(lines[:2]) if lines else error.cls_name or "the run failed"
+
+
+def dead_runs_note(launched: LaunchedRun) -> str | None:
+    """Said after the run's own output, never before it: scripts take the first run id they see."""
+    if not launched.dead_runs:
+        return None
+    ids = ", ".join(launched.dead_runs)
+    return (
+        f"note: earlier Dagster run(s) {ids} were still marked as started, but the process running them "
+        "is gone: marked them failed and freed their golioth_api pool slots"
     )
-    return records[0].dagster_run.run_id if records else None
 
 
 def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:

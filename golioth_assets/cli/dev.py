@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -26,10 +27,13 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
+
 DEMO_ORG = "demo"
 DEMO_PROJECT = "demo-project"
 API_KEY_ENV = "GOLIOTH_DEMO_API_KEY"
-WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"
+WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"  # the pipelines' header secret
+SIGNING_KEY_ENV = "GOLIOTH_DEMO_SIGNING_KEY"  # the signed device events' whsec_ key: a different secret
 
 console = Console()
 
@@ -133,6 +137,17 @@ def _wait_http(url: str, timeout_s: float = 90.0) -> bool:
     return False
 
 
+def _demo_environment() -> None:
+    """The demo's secrets (made up unless exported) and its loopback allowance, in this process's
+    environment so every process it starts inherits them. The API key is kept (demo_api_key), so
+    `golioth-sync env` can hand it to another shell."""
+    os.environ[API_KEY_ENV] = demo_api_key()
+    os.environ.setdefault(WEBHOOK_SECRET_ENV, secrets.token_hex(32))  # the pipelines' header secret
+    os.environ.setdefault(SIGNING_KEY_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+    # The simulator speaks plain http on loopback: the demo allows that, explicitly.
+    os.environ[ALLOW_LOOPBACK_HTTP_ENV] = "1"
+
+
 def _register_demo_service(engine, simulator_url: str, interval: int):
     from golioth_assets.store import services
 
@@ -151,6 +166,7 @@ def _register_demo_service(engine, simulator_url: str, interval: int):
                 conflict_policy="manual",
                 webhook_enabled=True,
                 webhook_secret_env=WEBHOOK_SECRET_ENV,
+                webhook_signing_key_env=SIGNING_KEY_ENV,
             ),
         )
 
@@ -170,6 +186,14 @@ def _activity(control, stop: threading.Event, device_ids: list[str]) -> None:
             pass  # the demo carries on; the simulator may be stopping
 
 
+@dataclass
+class Ports:
+    dagster: int
+    simulator: int
+    webhook: int
+    console: int
+
+
 @click.command(short_help="Start everything on this machine for a first look.")
 @click.option("--devices", default=10_000, show_default=True, help="Devices in the simulated Golioth project.")
 @click.option("--no-ui", is_flag=True, help="Run one full sync headlessly, print the summary and exit.")
@@ -181,6 +205,7 @@ def _activity(control, stop: threading.Event, device_ids: list[str]) -> None:
 @click.option(
     "--activity/--no-activity", default=True, show_default=True, help="Simulate device traffic and console edits."
 )
+@click.option("--fresh-simulator", is_flag=True, help="Seed the simulated project anew, dropping the edits it kept.")
 def dev(
     devices: int,
     no_ui: bool,
@@ -190,106 +215,175 @@ def dev(
     webhook_port: int,
     console_port: int,
     activity: bool,
+    fresh_simulator: bool,
 ) -> None:
     """Start everything on this machine: database, simulator, a first sync, then the Dagster UI."""
-    from golioth_assets.cli.dagster_run import run_sync_job
-    from golioth_assets.cli.render import summary_table
-    from golioth_assets.cli.runtime import PROJECT_ROOT, WORKSPACE_YAML, prepare
-    from golioth_assets.simulator import ProjectSpec, SimulatorServer
-    from golioth_assets.store import sync_log
+    from golioth_assets.cli.runtime import prepare
 
     started = time.perf_counter()
-    # `kill`, a closed terminal or `docker stop` must clean up like Ctrl-C does: Python's default
-    # for SIGTERM/SIGHUP is to die on the spot, leaving the webserver, daemon and receiver running.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+    install_signal_handlers()
     runtime = prepare()
     console.print(f"[green]✓[/] database {runtime.describe()}")
-
-    # A key chosen by the user (exported before `make demo`) lets another shell's CLI reach the demo.
-    key_was_chosen = bool(os.environ.get(API_KEY_ENV))
-    os.environ.setdefault(API_KEY_ENV, secrets.token_hex(24))
-    os.environ.setdefault(WEBHOOK_SECRET_ENV, "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
-    simulator = SimulatorServer(
-        projects=[ProjectSpec(DEMO_PROJECT, os.environ[API_KEY_ENV], devices=devices, seed=42)],
-        port=simulator_port,
-    ).start_subprocess()
+    simulator = _start_simulator(devices, simulator_port, fresh=fresh_simulator)
     children = Children()
     stop_activity = threading.Event()
     try:
-        console.print(f"[green]✓[/] Golioth simulator at {simulator.url} with {devices:,} devices")
         service = _register_demo_service(runtime.engine, simulator.url, interval)
         console.print(f"[green]✓[/] organization [bold]{DEMO_ORG}[/] → project {DEMO_PROJECT} (service {service.id})")
-
-        launched = run_sync_job(DEMO_ORG, trigger="demo", console=console)
-        with runtime.engine.connect() as conn:
-            run = sync_log.latest_run(conn, DEMO_ORG, dagster_run_id=launched.run_id)
-        if run:
-            console.print(summary_table(run, seconds=launched.seconds))
-        if not launched.success:
-            raise click.ClickException(launched.error or "the first sync failed")
+        _first_sync(runtime.engine)
         if no_ui:
             console.print(
                 f"Done in {time.perf_counter() - started:.1f} s. Look next: `golioth-sync history --org {DEMO_ORG}`, "
                 "the `devices` table over SQL (`golioth-sync db status` says where), or `make demo` for the UI."
             )
             return
-
-        webhook_url = f"http://127.0.0.1:{webhook_port}"
-        children.start(
-            "webhooks",
-            [_bin("golioth-sync"), "webhooks", "serve", "--port", str(webhook_port)],
-            PROJECT_ROOT,
-        )
-        children.start(
-            "dagster-webserver",
-            [_bin("dagster-webserver"), "-w", str(WORKSPACE_YAML), "-h", "127.0.0.1", "-p", str(dagster_port)],
-            PROJECT_ROOT,
-        )
-        children.start("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], PROJECT_ROOT)
-        has_console = _console_available()
-        if has_console:
-            children.start("console", [_bin("golioth-sync"), "console", "--port", str(console_port)], PROJECT_ROOT)
-
-        if _wait_http(f"{webhook_url}/healthz", 60):
-            inbox = f"{webhook_url}/webhooks/golioth/{service.id}"
-            secret = os.environ[WEBHOOK_SECRET_ENV]
-            simulator.control.set_webhook(DEMO_PROJECT, inbox, {"x-golioth-sync-secret": secret})
-            simulator.control.set_events(DEMO_PROJECT, inbox, secret)
-        ui_ready = _wait_http(f"http://127.0.0.1:{dagster_port}/server_info", 120)
-
+        ports = Ports(dagster_port, simulator.port, webhook_port, console_port)
+        ui_ready, has_console = _start_services(children, ports)
+        _connect_webhooks(simulator, ports, service.id)
         if activity:
             ids = _some_device_ids(simulator)
             threading.Thread(target=_activity, args=(simulator.control, stop_activity, ids), daemon=True).start()
-
-        table = Table(title="golioth-sync is running (Ctrl-C stops everything)", show_header=False)
-        table.add_row("Dagster UI", f"http://127.0.0.1:{dagster_port}" + ("" if ui_ready else " (still starting)"))
-        table.add_row("Webhook receiver", f"{webhook_url}/webhooks/golioth/{service.id}")
-        if has_console:
-            table.add_row("Web console", f"http://127.0.0.1:{console_port}")
-        table.add_row("Golioth simulator", simulator.url)
-        table.add_row("Database", runtime.describe())
-        table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
-        table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` every {interval} s")
-        if not key_was_chosen:
-            table.add_row(
-                "CLI in another shell",
-                f"needs ${API_KEY_ENV}: this run made one up; export one in both shells before `make demo`",
-            )
-        console.print(table)
-        while True:
-            time.sleep(1)
-            dead = children.dead()
-            if dead:
-                raise click.ClickException(f"{', '.join(dead)} stopped unexpectedly; see the logs folder")
+        _print_running(runtime, simulator, ports, service.id, interval, ui_ready=ui_ready, has_console=has_console)
+        _watch(children)
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
         stop_activity.set()
         children.stop(wait_for_runs=_wait_for_runs)
-        simulator.stop()  # last: runs still finishing talk to it
+        simulator.stop()  # last: runs still finishing talk to it; it saves its state on the way out
         if children.procs:
-            console.print("stopped")
+            console.print("stopped" + (f"; {EMBEDDED_STAYS_UP}" if runtime.embedded else ""))
+
+
+EMBEDDED_STAYS_UP = "the embedded PostgreSQL keeps running (CLI commands share it; `golioth-sync db stop` stops it)"
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C, `kill`, a closed terminal or `docker stop` all clean up the same way. Set explicitly:
+    started in the background from a non-interactive shell, we inherit SIGINT ignored (SIG_IGN),
+    and Python's default for SIGTERM/SIGHUP is to die on the spot, leaving the children running."""
+    signal.signal(signal.SIGINT, _interrupt)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+
+
+def demo_home() -> Path:
+    from golioth_assets.settings import get_settings
+
+    return get_settings().home / "simulator"
+
+
+def demo_api_key() -> str:
+    """The simulated project's key: $GOLIOTH_DEMO_API_KEY if set, else the one an earlier demo made
+    up (kept in GOLIOTH_SYNC_HOME, so `golioth-sync env` can hand it to another shell), else a new one."""
+    key_file = demo_home() / "api-key"
+    key = os.environ.get(API_KEY_ENV) or (key_file.read_text().strip() if key_file.exists() else "")
+    key = key or secrets.token_hex(24)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_text(key)
+    return key
+
+
+def demo_exports() -> dict[str, str]:
+    """What `golioth-sync env` adds for the demo: its simulated API key, once a demo has made one.
+    (A simulator key, made up on this machine: it opens nothing but the demo's simulator.)"""
+    key_file = demo_home() / "api-key"
+    if not key_file.exists():
+        return {}
+    # The simulator speaks plain http on loopback, which only an explicit allowance permits.
+    return {API_KEY_ENV: key_file.read_text().strip(), ALLOW_LOOPBACK_HTTP_ENV: "1"}
+
+
+def _start_simulator(devices: int, port: int, *, fresh: bool):
+    from golioth_assets.simulator import ProjectSpec, SimulatorServer
+
+    _demo_environment()
+    state_file = demo_home() / "state.json"
+    if fresh:
+        state_file.unlink(missing_ok=True)
+    kept = state_file.exists()
+    simulator = SimulatorServer(
+        projects=[ProjectSpec(DEMO_PROJECT, os.environ[API_KEY_ENV], devices=devices, seed=42)],
+        port=port,
+        state_file=state_file,
+    ).start_subprocess()
+    where = f"kept from the last demo in {state_file} (--fresh-simulator reseeds)" if kept else f"{devices:,} devices"
+    console.print(f"[green]✓[/] Golioth simulator at {simulator.url}, {where}")
+    return simulator
+
+
+def _first_sync(engine) -> None:
+    from golioth_assets.cli.dagster_run import dead_runs_note, run_sync_job
+    from golioth_assets.cli.render import summary_table
+    from golioth_assets.store import sync_log
+
+    launched = run_sync_job(DEMO_ORG, trigger="demo", console=console)
+    with engine.connect() as conn:
+        run = sync_log.latest_run(conn, DEMO_ORG, dagster_run_id=launched.run_id)
+    if run:
+        console.print(summary_table(run))
+    if note := dead_runs_note(launched):
+        console.print(note, style="yellow")
+    if not launched.success:
+        raise click.ClickException(launched.error or "the first sync failed")
+
+
+def _start_services(children: Children, ports: Ports) -> tuple[bool, bool]:
+    """The receiver, the Dagster webserver and daemon, and the console: (UI answering, console started)."""
+    from golioth_assets.cli.runtime import PROJECT_ROOT, WORKSPACE_YAML
+
+    workspace = str(WORKSPACE_YAML)
+    children.start("webhooks", [_bin("golioth-sync"), "webhooks", "serve", "--port", str(ports.webhook)], PROJECT_ROOT)
+    children.start(
+        "dagster-webserver",
+        [_bin("dagster-webserver"), "-w", workspace, "-h", "127.0.0.1", "-p", str(ports.dagster)],
+        PROJECT_ROOT,
+    )
+    children.start("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", workspace], PROJECT_ROOT)
+    has_console = _console_available()
+    if has_console:
+        children.start("console", [_bin("golioth-sync"), "console", "--port", str(ports.console)], PROJECT_ROOT)
+    return _wait_http(f"http://127.0.0.1:{ports.dagster}/server_info", 120), has_console
+
+
+def _connect_webhooks(simulator, ports: Ports, service_id: int) -> None:
+    """Point the simulator's pipeline webhook and signed device events at the receiver."""
+    webhook_url = f"http://127.0.0.1:{ports.webhook}"
+    if _wait_http(f"{webhook_url}/healthz", 60):
+        inbox = f"{webhook_url}/webhooks/golioth/{service_id}"
+        pipeline_header = {"x-golioth-sync-secret": os.environ[WEBHOOK_SECRET_ENV]}
+        simulator.control.set_webhook(DEMO_PROJECT, inbox, pipeline_header)
+        # Signed device events use the signing key, a different secret from the pipelines' header.
+        simulator.control.set_events(DEMO_PROJECT, inbox, os.environ[SIGNING_KEY_ENV])
+
+
+def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: int, *, ui_ready, has_console) -> None:
+    table = Table(title="golioth-sync is running (Ctrl-C stops it)", show_header=False)
+    table.add_row("Dagster UI", f"http://127.0.0.1:{ports.dagster}" + ("" if ui_ready else " (still starting)"))
+    table.add_row("Webhook receiver", f"http://127.0.0.1:{ports.webhook}/webhooks/golioth/{service_id}")
+    if has_console:
+        table.add_row("Web console", f"http://127.0.0.1:{ports.console}")
+    table.add_row("Golioth simulator", f"{simulator.url} (its state is kept in {demo_home()})")
+    table.add_row("Database", runtime.describe())
+    table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
+    table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` every {interval} s")
+    table.add_row(
+        "CLI in another shell",
+        f'eval "$(golioth-sync env)" (it exports ${API_KEY_ENV}, the simulator\'s key, and {ALLOW_LOOPBACK_HTTP_ENV}), '
+        f"then e.g. `golioth-sync sync --org {DEMO_ORG} --dry-run`",
+    )
+    if runtime.embedded:
+        table.add_row("After Ctrl-C", EMBEDDED_STAYS_UP)
+    console.print(table)
+
+
+def _watch(children: Children) -> None:
+    while True:
+        time.sleep(1)
+        dead = children.dead()
+        if dead:
+            raise click.ClickException(f"{', '.join(dead)} stopped unexpectedly; see the logs folder")
 
 
 def _interrupt(signum, frame) -> None:

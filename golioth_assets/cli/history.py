@@ -17,6 +17,7 @@ from rich.table import Table
 
 from golioth_assets.actions import history as actions
 from golioth_assets.actions.status import dagster_run_url
+from golioth_assets.cli.output import echo_json, json_option, run_json
 from golioth_assets.cli.render import SIDES, list_table, shorten, summary_table
 from golioth_assets.cli.services import open_engine, operator_errors
 
@@ -38,12 +39,15 @@ def _when(value) -> str:
 @click.option("--device", "device", help="A device's local id, Golioth id or exact name: its change history.")
 @click.option("--run", "run_id", type=int, help="One run in full, with its per-device entries.")
 @click.option("--limit", default=20, show_default=True, type=int, help="Runs (or device changes) to show.")
+@json_option
 @operator_errors
-def history(organization_id: str, device: str | None, run_id: int | None, limit: int) -> None:
+def history(organization_id: str, device: str | None, run_id: int | None, limit: int, as_json: bool) -> None:
     """Sync history of an organization, one run, or one device."""
     engine = open_engine()
     if device and run_id:
         raise click.UsageError("give --device or --run, not both")
+    if as_json:
+        return echo_json(history_json(engine, organization_id, device, run_id, limit))
     if device:
         found = actions.device_history(engine, organization_id, device, limit=limit)
         console.print(device_table(found))
@@ -64,6 +68,56 @@ def history(organization_id: str, device: str | None, run_id: int | None, limit:
     for r in rows:
         if r.get("error"):
             console.print(f"run {r['id']} {r['status']}: {shorten(r['error'])} (full text: --run {r['id']})")
+
+
+ENTRY_KEYS = (
+    "id",
+    "sync_log_id",
+    "dagster_run_id",
+    "device_id",
+    "golioth_device_id",
+    "device_name",
+    "side",
+    "action",
+    "status",
+    "changes",
+    "error",
+    "changed_by",
+    "created_at",
+)
+CHANGE_KEYS = (
+    "created_at",
+    "sync_log_id",
+    "dagster_run_id",
+    "trigger",
+    "side",
+    "action",
+    "field",
+    "old",
+    "new",
+    "status",
+    "error",
+    "changed_by",
+)
+
+
+def history_json(engine, organization_id: str, device: str | None, run_id: int | None, limit: int) -> dict:
+    """The three forms of `history --json` (docs/operators.md): runs, one run, one device."""
+    from golioth_assets.cli.conflicts import conflict_json
+
+    if device:
+        found = actions.device_history(engine, organization_id, device, limit=limit)
+        return {
+            "organization_id": organization_id,
+            "device": {"label": found.label, "local_ids": found.local_ids, "golioth_ids": found.golioth_ids},
+            "changes": [{k: c.get(k) for k in CHANGE_KEYS} for c in found.changes()],
+            "conflicts": [conflict_json(c) for c in found.conflicts],
+        }
+    if run_id is not None:
+        run, entries = actions.run_detail(engine, run_id, organization_id, limit=max(limit, 1))
+        return {"run": run_json(run), "entries": [{k: e.get(k) for k in ENTRY_KEYS} for e in entries]}
+    rows = actions.runs(engine, organization_id, limit)
+    return {"organization_id": organization_id, "runs": [run_json(r) for r in rows]}
 
 
 def _kind(run: dict) -> str:
@@ -98,8 +152,7 @@ def runs_table(rows: list[dict], *, title: str) -> Table:
 def run_table(run: dict) -> Table:
     """One run in full: the summary a sync prints, with when and why it ran."""
     details = [("Started", _when(run["started_at"])), ("Trigger / kind", f"{run['trigger']} / {_kind(run)}")]
-    seconds = (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None
-    return summary_table(run, seconds=seconds, details=details)
+    return summary_table(run, details=details)
 
 
 def entries_table(entries: list[dict], *, title: str) -> Table:

@@ -16,6 +16,7 @@ SUMMARY_ROWS = [
     ("Created locally", "created_local"),
     ("Updated locally", "updated_local"),
     ("Deleted locally", "deleted_local"),
+    ("Observed fields updated locally", "observed_local"),
     ("Created in Golioth", "created_remote"),
     ("Updated in Golioth", "updated_remote"),
     ("Deleted in Golioth", "deleted_remote"),
@@ -48,6 +49,10 @@ def shorten(text: str, limit: int = 40) -> str:
 
 
 def summary_table(run: dict, *, seconds: float | None = None, details: Sequence[tuple[str, str]] = ()) -> Table:
+    """A run's summary. Counters the run never reached are left out rather than shown as 0: a run
+    that failed before planning says so, and requests it made before counting them are "not counted"."""
+    from golioth_assets.cli.output import requests_counted, run_seconds
+
     # The id is golioth_sync_log's, global rather than a count per organization: "run 10", as
     # `history --run 10` takes it.
     table = Table(title=f"run {run['id']} ({run['organization_id']}): {run['status']}", show_header=False)
@@ -58,8 +63,15 @@ def summary_table(run: dict, *, seconds: float | None = None, details: Sequence[
     )
     for label, value in details:
         table.add_row(label, value)
+    planned = "plan" in (run.get("details") or {})
+    if not planned and run["status"] == "failed":
+        table.add_row("Outcome", "failed before planning: nothing was written")
     for label, key in SUMMARY_ROWS:
-        table.add_row(label, str(run.get(key, 0)))
+        if key in ("api_requests", "api_retries"):
+            table.add_row(label, str(run.get(key, 0)) if requests_counted(run) else "not counted (failed first)")
+        elif planned or run["status"] != "failed":
+            table.add_row(label, str(run.get(key, 0)))
+    seconds = run_seconds(run) if seconds is None else seconds
     if seconds is not None:
         table.add_row("Time taken", f"{seconds:.1f} s")
     if run.get("error"):

@@ -8,18 +8,21 @@ are read at the start of every run, so a change takes effect on the next run, no
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets import credentials
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import services as actions
+from golioth_assets.cli.output import CommandFailed, echo_json, json_option
 from golioth_assets.cli.render import list_table
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy, values
+from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY
 
 console = Console()
 
@@ -43,6 +46,7 @@ LABELS = {
     "webhook_secret_env": "--webhook-secret-env",
     "webhook_secret_header": "--webhook-header",
     "local_table": "--local-table",
+    "webhook_signing_key_env": "--webhook-signing-key-env",
 }
 
 
@@ -145,7 +149,15 @@ def _setting_options(*, adding: bool) -> Callable[[Callable], Callable]:
             help="Accept Golioth webhooks for this service" + default("no") + ".",
         ),
         click.option(
-            "--webhook-secret-env", metavar="NAME", help="NAME of the environment variable holding the webhook secret."
+            "--webhook-secret-env",
+            metavar="NAME",
+            help="NAME of the GOLIOTH_… variable holding the Golioth pipelines' header secret (32+ random characters).",
+        ),
+        click.option(
+            "--webhook-signing-key-env",
+            metavar="NAME",
+            help="NAME of the GOLIOTH_… variable holding the Standard Webhooks signing key (whsec_…), "
+            "for signed device events.",
         ),
         click.option(
             "--webhook-header",
@@ -220,13 +232,16 @@ def services() -> None:
 @services.command(short_help="Connect an organization to a Golioth project.")
 @click.option("--org", "organization_id", required=True, help="The organization (a lowercase slug).")
 @_setting_options(adding=True)
+@json_option
 @operator_errors
-def add(organization_id: str, **options: Any) -> None:
+def add(organization_id: str, as_json: bool, **options: Any) -> None:
     """Add a service: which Golioth project an organization syncs with, and how."""
     data = {"organization_id": organization_id, **_settings_from(options)}
     if "project_id" not in data:
         raise click.UsageError("missing --project-id (or set GOLIOTH_PROJECT_ID)")
     service = actions.add_service(open_engine(), data, labels=LABELS)
+    if as_json:
+        return echo_json({"service": service_json(service)})
     console.print(f"added service {service.id} for organization [bold]{service.organization_id}[/]")
     console.print(settings_table(service))
     console.print(
@@ -236,10 +251,13 @@ def add(organization_id: str, **options: Any) -> None:
 
 
 @services.command("list")
+@json_option
 @operator_errors
-def list_() -> None:
+def list_(as_json: bool) -> None:
     """Every service with its main settings."""
     rows = actions.list_services(open_engine())
+    if as_json:
+        return echo_json({"services": [service_json(s) for s in rows]})
     # Base URL and key variable are in `services show`: with them the table no longer fits 80 columns.
     table = list_table(
         "services", ("id", "org", "project", "schedule", "direction", "policy", "name"), cut=("project", "name")
@@ -254,25 +272,45 @@ def list_() -> None:
 
 @services.command()
 @_service_ref
+@json_option
 @operator_errors
-def show(service: str) -> None:
+def show(service: str, as_json: bool) -> None:
     """All settings of one service (SERVICE: its id or organization)."""
-    console.print(settings_table(actions.get_service(open_engine(), service)))
+    found = actions.get_service(open_engine(), service)
+    if as_json:
+        return echo_json({"service": service_json(found)})
+    console.print(settings_table(found))
 
 
 @services.command()
 @_service_ref
 @_setting_options(adding=False)
 @click.option("--clear-overrides", is_flag=True, help="Drop every per-group policy override first.")
+@click.option(
+    "--rotation-window",
+    default="24h",
+    metavar="DURATION",
+    help="When a webhook secret's variable changes, how long the previous one is still accepted: "
+    "24h unless given (0s: not at all).",
+)
+@click.option("--end-rotation", is_flag=True, help="Stop accepting previous webhook secrets now.")
+@json_option
 @operator_errors
-def update(service: str, **options: Any) -> None:
+def update(service: str, rotation_window: str, end_rotation: bool, as_json: bool, **options: Any) -> None:
     """Change settings of a service (SERVICE: its id or organization).
 
     Every setting is unchanged if its option is omitted. The next run uses the new settings."""
+    from golioth_assets.webhooks.cli import parse_duration
+
+    window = parse_duration(rotation_window)
     engine = open_engine()
     current = actions.get_service(engine, service)
     changes = _settings_from(options, current_overrides=current.policy_overrides)
-    updated = actions.update_service(engine, current.id, changes, labels=LABELS)
+    if end_rotation:
+        changes.update(actions.end_rotations())
+    updated = actions.update_service(engine, current.id, changes, labels=LABELS, rotation_window=window)
+    if as_json:
+        return echo_json({"service": service_json(updated), "changed": sorted(changes)})
     console.print(f"updated service {updated.id} ({updated.organization_id}): {', '.join(sorted(changes))}")
     console.print(settings_table(updated))
 
@@ -317,10 +355,25 @@ def remove(service: str, yes: bool) -> None:
 
 @services.command("test", short_help="Check the key and the connection; count the devices.")
 @_service_ref
+@json_option
 @operator_errors
-def test_(service: str) -> None:
-    """Check the connection: the key is set and accepted, the project reachable; print the device count."""
+def test_(service: str, as_json: bool) -> None:
+    """Check the connection: the key is set and accepted, the project reachable; print the device count.
+
+    Exits 1 when a check fails."""
     report = actions.check_connection(open_engine(), service)
+    if as_json:
+        echo_json(
+            {
+                "service": service_json(report.service),
+                "ok": report.ok,
+                "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks],
+                "device_count": report.device_count,
+            }
+        )
+        if not report.ok:
+            raise CommandFailed("connection test failed")
+        return
     s = report.service
     console.print(f"service {s.id} ({s.organization_id}) → project {s.project_id} at {s.base_url}")
     for check in report.checks:
@@ -336,10 +389,31 @@ def test_(service: str) -> None:
 # -- rendering -----------------------------------------------------------------------------------------
 
 
+def service_json(service) -> dict[str, Any]:
+    """Every setting (secrets are variable names, never values), and whether each variable is set here."""
+    return {
+        **service.model_dump(mode="json"),
+        "api_key_set": credentials.secret_is_set(service.api_key_env),
+        "webhook_secret_set": bool(
+            service.webhook_secret_env and credentials.secret_is_set(service.webhook_secret_env)
+        ),
+        "webhook_signing_key_set": bool(
+            service.webhook_signing_key_env and credentials.secret_is_set(service.webhook_signing_key_env)
+        ),
+    }
+
+
 def _env_status(name: str | None) -> str:
     if not name:
         return "-"
-    return f"${name} ({'set' if os.environ.get(name) else 'NOT SET here'})"
+    return f"${name} ({'set' if credentials.secret_is_set(name) else 'NOT SET here'})"
+
+
+def _previous_status(service, secret) -> str:
+    name, until = getattr(service, secret.previous), getattr(service, secret.until)
+    if not name or until is None or until <= datetime.now(UTC):
+        return "-"
+    return f"{_env_status(name)} until {until:%Y-%m-%d %H:%M %Z}"
 
 
 def settings_table(service) -> Table:
@@ -363,8 +437,11 @@ def settings_table(service) -> Table:
         ("deletes allowed", "yes" if service.allow_deletes else "no"),
         ("desired state path", service.desired_state_path),
         ("webhooks", "on" if service.webhook_enabled else "off"),
-        ("webhook secret", _env_status(service.webhook_secret_env)),
-        ("webhook header", service.webhook_secret_header),
+        ("pipeline secret", _env_status(service.webhook_secret_env)),
+        ("pipeline secret header", service.webhook_secret_header),
+        ("previous pipeline secret", _previous_status(service, PIPELINE_SECRET)),
+        ("signing key", _env_status(service.webhook_signing_key_env)),
+        ("previous signing key", _previous_status(service, SIGNING_KEY)),
         ("local table", actions.describe_local_table(service)),
     ]
     for key, value in rows:

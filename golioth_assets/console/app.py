@@ -1,7 +1,7 @@
 """The web console: server-rendered pages (starlette + jinja2), no JavaScript at all.
 
 Pages: organization status, services (editable), the conflict queue, sync history with each
-device's audit trail, and the webhook inbox with dead-letter replay. Every write goes through
+device's audit trail, the webhook inbox with dead-letter replay, and charts (console/charts.py). Every write goes through
 golioth_assets.actions, the same functions the CLI and the Dagster resolve job use.
 
     create_app(engine)                        # loopback use, no token
@@ -10,7 +10,6 @@ golioth_assets.actions, the same functions the CLI and the Dagster resolve job u
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 from collections.abc import Callable
@@ -34,7 +33,17 @@ from golioth_assets.actions import history as history_ops
 from golioth_assets.actions import services as service_ops
 from golioth_assets.actions import status as status_ops
 from golioth_assets.actions import webhooks as webhook_ops
-from golioth_assets.console.security import AUTH_COOKIE, Guard, auth_cookie_value, first, read_form
+from golioth_assets.console.charts import ChartPages
+from golioth_assets.console.security import (
+    AUTH_COOKIE,
+    SESSION_COOKIE,
+    Guard,
+    LoginThrottle,
+    client_of,
+    first,
+    read_form,
+    too_many_attempts,
+)
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy
 from golioth_assets.core.vocabulary import values as choices
 from golioth_assets.store.webhook_events import STATUSES as EVENT_STATUSES
@@ -99,6 +108,7 @@ class Console:
                 "csrf_token": request.state.csrf_token,
                 "flash": message,
                 "operator": unquote(request.cookies.get(OPERATOR_COOKIE, ""))[:100],
+                "signed_in": request.state.guard.operator_signed_in,
                 "dagster_ui_url": self.dagster_ui_url,
                 "run_url": lambda run_id: status_ops.dagster_run_url(run_id, self.dagster_ui_url),
                 **context,
@@ -137,13 +147,14 @@ class Console:
         rows = await self.call(service_ops.list_services, self.engine)
         return self.render(request, "services.html", {"page": "services", "services": rows})
 
-    def _form_context(self, service: Any, values: dict, error: str | None, *, new: bool) -> dict:
+    def _form_context(self, request: Request, service: Any, values: dict, error: str | None, *, new: bool) -> dict:
         return {
             "page": "services",
             "service": service,
             "values": values,
             "error": error,
             "new": new,
+            "connection_locked": not request.state.guard.operator_signed_in,
             "directions": choices(Direction),
             "policies": choices(Policy),
             "groups": choices(FieldGroup),
@@ -152,7 +163,7 @@ class Console:
     async def service_edit(self, request: Request) -> Response:
         service = await self._service_or_404(request.path_params["service_id"])
         values = service.model_dump(include=set(service_ops.SETTING_FIELDS))
-        return self.render(request, "service_form.html", self._form_context(service, values, None, new=False))
+        return self.render(request, "service_form.html", self._form_context(request, service, values, None, new=False))
 
     async def service_new(self, request: Request) -> Response:
         values = {
@@ -173,8 +184,9 @@ class Console:
             "webhook_enabled": False,
             "webhook_secret_env": None,
             "webhook_secret_header": "x-golioth-sync-secret",
+            "webhook_signing_key_env": None,
         }
-        return self.render(request, "service_form.html", self._form_context(None, values, None, new=True))
+        return self.render(request, "service_form.html", self._form_context(request, None, values, None, new=True))
 
     async def service_save(self, request: Request) -> Response:
         form = await read_form(request)
@@ -182,6 +194,7 @@ class Console:
         submitted = settings_from_form(form, include_org=new)
         try:
             if new:
+                _operator_only(request, "adding a service")
                 service = await self.call(service_ops.add_service, self.engine, submitted)
                 return self.redirect(
                     f"/services/{service.id}", f"added service {service.id} for {service.organization_id}"
@@ -191,6 +204,9 @@ class Console:
             changes = {k: v for k, v in submitted.items() if values.get(k) != v}
             if not changes:
                 return self.redirect(f"/services/{current.id}", "nothing changed")
+            touched = sorted(set(changes) & set(service_ops.CONNECTION_FIELDS))
+            if touched:
+                _operator_only(request, f"changing {', '.join(touched)}")
             service = await self.call(service_ops.update_service, self.engine, current.id, changes)
             return self.redirect(
                 f"/services/{service.id}", f"saved {', '.join(sorted(changes))}; the next run uses the new settings"
@@ -199,19 +215,20 @@ class Console:
             service = None if new else await self._service_or_404(request.path_params["service_id"])
             base = {} if new else service.model_dump(include=set(service_ops.SETTING_FIELDS))
             values = {**base, **submitted}
-            # A refused secret-name field is not shown back: it may hold the secret itself.
+            # Secret-name fields are never shown back as typed: a refused one may hold the secret itself.
             for name in service_ops.ENV_FIELDS:
-                if str(exc).startswith(f"{name}:"):
-                    values[name] = base.get(name) or ""
-            context = self._form_context(service, values, str(exc), new=new)
-            return self.render(request, "service_form.html", context, status_code=400)
+                values[name] = base.get(name) or ""
+            context = self._form_context(request, service, values, str(exc), new=new)
+            return self.render(
+                request, "service_form.html", context, status_code=403 if isinstance(exc, OperatorOnly) else 400
+            )
 
     async def service_test(self, request: Request) -> Response:
         await read_form(request)
         service = await self._service_or_404(request.path_params["service_id"])
         report = await self.call(service_ops.check_connection, self.engine, service.id)
         values = service.model_dump(include=set(service_ops.SETTING_FIELDS))
-        context = {**self._form_context(service, values, None, new=False), "report": report}
+        context = {**self._form_context(request, service, values, None, new=False), "report": report}
         return self.render(request, "service_form.html", context)
 
     async def _service_or_404(self, ref: str):
@@ -367,25 +384,53 @@ class Console:
         form = await read_form(request)
         if not guard.token:
             return self.redirect("/")
-        sent = first(form, "token", "") or ""
-        if not hmac.compare_digest(sent.encode(), guard.token.encode()):
+        client = client_of(request)
+        wait = guard.throttle.retry_after(client)
+        if wait:
+            return too_many_attempts(wait)
+        if not guard.token_matches(first(form, "token", "") or ""):
+            guard.throttle.failed(client)
             return self.render(request, "login.html", {"page": "login", "needed": True, "error": "wrong token"}, 401)
+        guard.throttle.succeeded(client)
+        session_id = await self.call(guard.open_session)
+        secure = request.url.scheme == "https"
         response = self.redirect("/", "signed in")
         response.set_cookie(
             AUTH_COOKIE,
-            auth_cookie_value(guard.token),
+            session_id,
+            max_age=int(guard.session_lifetime.total_seconds()),
             httponly=True,
             samesite="strict",
             path="/",
-            secure=request.url.scheme == "https",
+            secure=secure,
         )
+        # A fresh CSRF session too, so a session id planted before sign-in is worth nothing after.
+        response.set_cookie(SESSION_COOKIE, secrets.token_urlsafe(32), httponly=True, samesite="strict", secure=secure)
         return response
 
     async def logout(self, request: Request) -> Response:
         await read_form(request)
+        guard: Guard = request.state.guard
+        session_id = request.cookies.get(AUTH_COOKIE)
+        if session_id:
+            await self.call(guard.revoke_session, session_id)
         response = self.redirect("/login")
         response.delete_cookie(AUTH_COOKIE, path="/")
         return response
+
+
+class OperatorOnly(OperationError):
+    """A change only the operator (the console token's holder, or the CLI) may make."""
+
+
+def _operator_only(request: Request, what: str) -> None:
+    """Where a service's secrets are read from and sent to is the operator's call: on a console
+    without a token (any local user can reach it) those settings are read-only."""
+    if not request.state.guard.operator_signed_in:
+        raise OperatorOnly(
+            f"{what} needs the operator: start the console with GOLIOTH_SYNC_CONSOLE_TOKEN and sign in, "
+            "or use `golioth-sync services add|update`"
+        )
 
 
 def _local_path(url: str) -> bool:
@@ -415,6 +460,7 @@ def settings_from_form(form: dict[str, list[str]], *, include_org: bool) -> dict
         "webhook_enabled": first(form, "webhook_enabled") is not None,
         "webhook_secret_env": text("webhook_secret_env"),
         "webhook_secret_header": text("webhook_secret_header") or "",
+        "webhook_signing_key_env": text("webhook_signing_key_env"),
     }
     interval = text("interval_seconds") or ""
     data["interval_seconds"] = int(interval) if interval.lstrip("-").isdigit() else interval
@@ -432,8 +478,10 @@ def create_app(
     token: str | None = None,
     loopback_only: bool = True,
     dagster_ui_url: str | None = None,
+    throttle: LoginThrottle | None = None,
 ) -> Starlette:
     console = Console(engine, _templates(), dagster_ui_url)
+    charts = ChartPages(console)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
         if not hasattr(request.state, "csrf_token"):
@@ -460,6 +508,7 @@ def create_app(
         Route("/history", console.history),
         Route("/history/{org}/device", console.device),
         Route("/history/{org}/runs/{run_id:int}", console.run),
+        Route("/charts", charts.page),
         Route("/webhooks", console.webhooks),
         Route("/webhooks/replay", console.replay, methods=["POST"]),
         Route("/login", console.login, methods=["GET", "POST"]),
@@ -467,5 +516,12 @@ def create_app(
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
-    app.add_middleware(Guard, secret=secrets.token_bytes(32), token=token, loopback_only=loopback_only)
+    app.add_middleware(
+        Guard,
+        secret=secrets.token_bytes(32),
+        token=token,
+        loopback_only=loopback_only,
+        engine=engine,
+        throttle=throttle,
+    )
     return app

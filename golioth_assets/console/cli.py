@@ -1,15 +1,22 @@
 """`golioth-sync console`: serve the web console.
 
 Bound to 127.0.0.1 by default. Binding any other address needs GOLIOTH_SYNC_CONSOLE_TOKEN (at least
-16 characters); every request must then carry it (`Authorization: Bearer …`, or the cookie the
-/login page sets). Put a TLS-terminating proxy in front when it is reachable over a network.
+16 characters); every request must then carry it (`Authorization: Bearer …`, or the session the
+/login page opens). Put a TLS-terminating proxy in front when it is reachable over a network, and
+name it with `--forwarded-allow-ips` so that its X-Forwarded-Proto/-For are believed: then the
+session cookie is `Secure` and login throttling sees the real client. Headers from anyone else are
+ignored.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import uvicorn
 
 from golioth_assets.console.security import MIN_TOKEN_LENGTH, TOKEN_ENV, is_loopback
 
@@ -40,7 +47,14 @@ def console_settings(host: str) -> tuple[str | None, bool]:
     show_default=True,
     help="Where run links point (env DAGSTER_UI_URL).",
 )
-def console(host: str, port: int, dagster_ui_url: str) -> None:
+@click.option(
+    "--forwarded-allow-ips",
+    metavar="IPS",
+    default=None,
+    help="Comma-separated addresses of the TLS proxy in front, whose X-Forwarded-* headers are trusted "
+    "(default: none are).",
+)
+def console(host: str, port: int, dagster_ui_url: str, forwarded_allow_ips: str | None) -> None:
     """Serve the web console: status, services, conflicts, history, webhook inbox."""
     import uvicorn
 
@@ -54,5 +68,24 @@ def console(host: str, port: int, dagster_ui_url: str) -> None:
     click.echo(
         f"golioth-sync console on http://{shown}:{port} (database {runtime.describe()})"
         + ("; token required" if token else "")
+        + (f"; trusting X-Forwarded-* from {forwarded_allow_ips}" if forwarded_allow_ips else "")
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, proxy_headers=False)
+    uvicorn.Server(server_config(app, host, port, forwarded_allow_ips)).run()
+
+
+def server_config(app, host: str, port: int, forwarded_allow_ips: str | None) -> uvicorn.Config:
+    """uvicorn's settings for the console. X-Forwarded-Proto/-For are believed only from the named
+    proxies (uvicorn would otherwise trust loopback by default, and any local user could claim https
+    or another client address)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or "",
+        ws="none",
+    )

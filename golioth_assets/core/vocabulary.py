@@ -151,6 +151,7 @@ class RunTag:
     trigger = "golioth-sync/trigger"
     claim = "golioth-sync/claim"  # the webhook events a run owns
     host = "golioth-sync/host"
+    dry_run = "golioth-sync/dry-run"  # "true" on dry runs only
     pid = "golioth-sync/pid"
     partition = "dagster/partition"  # every run of a partitioned job carries it
     run_key = "dagster/run_key"  # what the daemon tags a sensor's or schedule's runs with

@@ -1,394 +1,306 @@
-"""The sync as a Dagster asset graph, one partition per organization.
+"""The sync as Dagster assets, one partition per organization: six assets made by ONE op.
 
     golioth_device_inventory ─┐
                               ├─► device_reconciliation ─► golioth_device_writes ─► local_device_writes ─► device_conflicts
     local_devices ────────────┘
 
-Each asset is a thin call into golioth_assets.engine; data flows between them through our PostgreSQL
-tables (golioth_inventory, sync_plan, device_conflicts), so steps can run in separate processes.
-The run's golioth_sync_log row ties the steps of one Dagster run together.
+`golioth_sync` is a non-subsettable multi-asset: the six steps only ever run together, in this
+order, in one op (Dagster refuses a selection of some of them), so a step can never run without
+the ones before it. Its body is the engine's SyncRun (engine/run.py), one call per asset, each
+followed by that asset's metadata. Data still passes between the steps through our PostgreSQL
+tables (golioth_inventory, sync_plan, device_conflicts), and the run's golioth_sync_log row ties
+them together.
+
+Blocking checks: Dagster applies a blocking check at the end of the op that reports it, which here
+is after every asset. So the engine refuses by itself: plan_step raises when the inventory does not
+add up, after the inventory's failed checks were reported, and nothing is written.
 """
 
 import os
 import time
 
 import dagster as dg
-import pandas as pd
-import sqlalchemy as sa
 
+from golioth_assets.core.plan import CHANGE_COLUMNS
+from golioth_assets.core.tables import changes_table, conflicts_table
 from golioth_assets.core.vocabulary import RunTag
-from golioth_assets.defs.config import SyncRunConfig
-from golioth_assets.defs.metadata import PREVIEW_ROWS, counts, duration, markdown_table, preview
+from golioth_assets.defs.config import SYNC_OP, SyncRunConfig
+from golioth_assets.defs.metadata import counts, duration, preview
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
-from golioth_assets.engine import sync as engine
-from golioth_assets.store import sync_log, webhook_events
-from golioth_assets.store.local_table.connect import open_local_table
+from golioth_assets.engine import run as sync_run
+from golioth_assets.store.conflicts import PENDING_COLUMNS
+from golioth_assets.store.local_table.table import PREVIEW_COLUMNS as DEVICE_COLUMNS
 
 GROUP = "golioth_sync"
-CHANGE_COLUMNS = ["device_id", "golioth_device_id", "field", "action", "side", "old_value", "new_value", "status"]
+# What a preview of plan rows shows: core's columns, without the bookkeeping ones, plus the status
+# a write got.
+PLAN_PREVIEW = [c for c in CHANGE_COLUMNS if c not in ("reason", "blocked", "conflict_id", "changed_by")] + ["status"]
+DEVICE_PREVIEW = [c for c in DEVICE_COLUMNS if c != "device_id"]
+
+INVENTORY = dg.AssetKey("golioth_device_inventory")
+LOCAL = dg.AssetKey("local_devices")
+RECONCILIATION = dg.AssetKey("device_reconciliation")
+GOLIOTH_WRITES = dg.AssetKey("golioth_device_writes")
+LOCAL_WRITES = dg.AssetKey("local_device_writes")
+CONFLICTS = dg.AssetKey("device_conflicts")
+
+SPECS = [
+    dg.AssetSpec(
+        INVENTORY,
+        group_name=GROUP,
+        kinds={"golioth", "postgres"},
+        description="Every Golioth device of the organization's project (or the devices a targeted sync "
+        "names), stored in golioth_inventory with tags, blueprint and cohort by name.",
+    ),
+    dg.AssetSpec(
+        LOCAL,
+        group_name=GROUP,
+        kinds={"postgres", "pandas"},
+        description="The product's own device table (`devices`) for the organization, as the sync reads it.",
+    ),
+    dg.AssetSpec(
+        RECONCILIATION,
+        group_name=GROUP,
+        kinds={"pandas", "postgres"},
+        deps=[INVENTORY, LOCAL],
+        description="The field-level three-way diff of local, Golioth and last-agreed state: the plan "
+        "(sync_plan) and the conflicts it finds (device_conflicts).",
+    ),
+    dg.AssetSpec(
+        GOLIOTH_WRITES,
+        group_name=GROUP,
+        kinds={"golioth"},
+        deps=[RECONCILIATION],
+        description="The plan's Golioth side: creates, PATCHes of changed fields, LightDB State, deletes.",
+    ),
+    dg.AssetSpec(
+        LOCAL_WRITES,
+        group_name=GROUP,
+        kinds={"postgres"},
+        deps=[GOLIOTH_WRITES],
+        description="The plan's local side: device rows, links, base snapshots, audit entries.",
+    ),
+    dg.AssetSpec(
+        CONFLICTS,
+        group_name=GROUP,
+        kinds={"postgres"},
+        deps=[LOCAL_WRITES],
+        description="Conflicts waiting for an operator (device_conflicts): resolve them with "
+        "`golioth-sync conflicts resolve`, the resolve job, or the web console.",
+    ),
+]
+
+CHECKS = [
+    dg.AssetCheckSpec(
+        "inventory_ids_unique",
+        asset=INVENTORY,
+        blocking=True,
+        description="Device ids and hardware ids are unique in the inventory.",
+    ),
+    dg.AssetCheckSpec(
+        "inventory_accounts_for_total",
+        asset=INVENTORY,
+        blocking=True,
+        description="Every device the API's `total` counts was served by the listing, once or (shifted) "
+        "twice; linked devices the listing lacked were confirmed or found gone one by one.",
+    ),
+    dg.AssetCheckSpec(
+        "no_failed_golioth_writes", asset=GOLIOTH_WRITES, description="Every planned Golioth write succeeded."
+    ),
+    dg.AssetCheckSpec(
+        "sync_converged",
+        asset=LOCAL_WRITES,
+        description="A fresh diff of a sample of the devices this run wrote finds nothing left to do "
+        "but pending conflicts and writes the direction blocks.",
+    ),
+    dg.AssetCheckSpec(
+        "unresolved_conflicts_below_share",
+        asset=CONFLICTS,
+        description="Pending conflicts stay below GOLIOTH_SYNC_CONFLICT_WARN_SHARE (default 1%) of the "
+        "organization's devices.",
+    ),
+]
 
 
-def _run_row(context: dg.AssetExecutionContext, store: DeviceStore) -> dict:
-    """This Dagster run's log row (opened by the inventory step, or here if it was not in the run)."""
-    db = store.engine()
-    with db.connect() as conn:
-        row = sync_log.latest_run(conn, context.partition_key, dagster_run_id=context.run.run_id)
-    if row is None:
-        service = store.service(context.partition_key)
-        request = engine.SyncRequest(context.partition_key, dagster_run_id=context.run.run_id, trigger="manual")
-        sync_log_id = engine.begin(db, service, request)
-        with db.connect() as conn:
-            row = sync_log.get_run(conn, sync_log_id)
-    return row
-
-
-@dg.asset(
+@dg.multi_asset(
+    name=SYNC_OP,
+    specs=SPECS,
+    check_specs=CHECKS,
+    can_subset=False,
     partitions_def=organizations,
-    group_name=GROUP,
-    kinds={"golioth", "postgres"},
     pool="golioth_api",
-    description="Every Golioth device of the organization's project (or the devices a targeted sync "
-    "names), stored in golioth_inventory with tags, blueprint and cohort by name.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "inventory_ids_unique",
-            asset="golioth_device_inventory",
-            blocking=True,
-            description="Device ids and hardware ids are unique in the inventory.",
-        ),
-        dg.AssetCheckSpec(
-            "inventory_count_matches_total",
-            asset="golioth_device_inventory",
-            blocking=True,
-            description="The number of devices fetched equals the API's `total`.",
-        ),
-    ],
+    description="One sync of one organization: the six steps, in order, in one op.",
 )
-def golioth_device_inventory(
-    context: dg.AssetExecutionContext, config: SyncRunConfig, store: DeviceStore, golioth: GoliothApi
-):
-    started = time.perf_counter()
+def golioth_sync(context: dg.AssetExecutionContext, config: SyncRunConfig, store: DeviceStore, golioth: GoliothApi):
+    store.require_schema()
     org = context.partition_key
-    db = store.migrated_engine()
-    service = store.service(org)
     request = config.to_request(org, context.run.run_id, context.run.tags)
-    sync_log_id = engine.begin(db, service, request)
-    scope = engine.resolve_scope(db, service, request.device_ids)
-    try:
-        with golioth.client_for(service) as client:
-            fetched = engine.fetch_step(db, service, client, scope, sync_log_id)
-            stats = client.stats.as_metadata()
-    except Exception as exc:
-        engine.finish(db, sync_log_id, error=str(exc))
-        raise
+    run = sync_run.SyncRun(
+        store.engine,
+        store.service(org),
+        request,
+        open_client=golioth.client_for,
+        claim=context.run.tags.get(RunTag.claim),
+    )
+    with run:
+        started = time.perf_counter()
+        yield _inventory(run.fetch(), started)
+        started = time.perf_counter()
+        yield _local_devices(run.local_devices(), started)
+        started = time.perf_counter()
+        yield _reconciliation(run, run.plan(), started)
+        started = time.perf_counter()
+        yield _golioth_writes(run, run.write_golioth(), started)
+        started = time.perf_counter()
+        written = run.write_local()
+        left, usage = run.writes_left()
+        yield _local_writes(written, left, usage, run.finish(), started)
+        started = time.perf_counter()
+        yield _conflicts(run.pending_conflicts(), started)
 
-    with db.connect() as conn:
-        dupes = conn.execute(
-            sa.text(
-                """
-                SELECT (SELECT count(*) - count(DISTINCT golioth_device_id) FROM golioth_inventory WHERE organization_id = :o),
-                       (SELECT count(*) - count(DISTINCT hw) FROM golioth_inventory, unnest(hardware_ids) hw WHERE organization_id = :o)
-                """
-            ),
-            {"o": org},
-        ).one()
-        sample = pd.DataFrame(
-            conn.execute(
-                sa.text(
-                    "SELECT golioth_device_id, name, hardware_ids, tags, blueprint, cohort, enabled, status "
-                    "FROM golioth_inventory WHERE organization_id = :o ORDER BY name LIMIT 20"
-                ),
-                {"o": org},
-            )
-            .mappings()
-            .all()
-        )
-    count_ok = fetched.total is None or fetched.total == fetched.fetched - len(scope.golioth_ids or [])
-    yield dg.MaterializeResult(
+
+def _inventory(fetched: sync_run.Fetched, started: float) -> dg.MaterializeResult:
+    count = fetched.result.count
+    return dg.MaterializeResult(
+        asset_key=INVENTORY,
         metadata={
             "duration_seconds": duration(started),
-            "sync_log_id": dg.MetadataValue.int(sync_log_id),
-            "devices": dg.MetadataValue.int(fetched.fetched),
-            "api_total": dg.MetadataValue.int(fetched.total if fetched.total is not None else fetched.fetched),
-            "targeted": dg.MetadataValue.bool(not scope.full),
-            "missing_in_golioth": dg.MetadataValue.int(len(fetched.missing)),
-            **counts(stats),
-            "preview": preview(sample, ["name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"]),
+            "devices": dg.MetadataValue.int(fetched.result.fetched),
+            "targeted": dg.MetadataValue.bool(count.api_total is None),
+            **counts(
+                {
+                    "api_total": count.api_total,  # as the API reported it (a targeted sync has none)
+                    "requested": count.requested,
+                    "listed": count.listed,
+                    "duplicates_served": count.duplicates,
+                    "relistings": count.relistings,
+                    "confirmed_by_get": count.confirmed,
+                    "confirmed_gone": count.gone,
+                }
+            ),
+            **counts(fetched.usage.stats.as_metadata()),
+            "preview": preview(fetched.preview, DEVICE_PREVIEW),
         },
         check_results=[
             dg.AssetCheckResult(
+                asset_key=INVENTORY,
                 check_name="inventory_ids_unique",
-                passed=bool(dupes[0] == 0 and dupes[1] == 0),
-                metadata={"duplicate_ids": int(dupes[0]), "duplicate_hardware_ids": int(dupes[1])},
+                passed=count.ids_unique,
+                metadata={"duplicate_ids": count.duplicate_ids, "duplicate_hardware_ids": count.duplicate_hardware_ids},
             ),
             dg.AssetCheckResult(
-                check_name="inventory_count_matches_total",
-                passed=bool(count_ok),
-                metadata={"fetched": fetched.fetched, "api_total": fetched.total if fetched.total is not None else -1},
+                asset_key=INVENTORY,
+                check_name="inventory_accounts_for_total",
+                passed=count.accounts_for_total,
+                metadata={
+                    "api_total": count.api_total if count.api_total is not None else -1,
+                    "listed": count.listed,
+                    "duplicates_served": count.duplicates,
+                    "confirmed_by_get": count.confirmed,
+                    "confirmed_gone": count.gone,
+                },
             ),
         ],
     )
 
 
-@dg.asset(
-    partitions_def=organizations,
-    group_name=GROUP,
-    kinds={"postgres", "pandas"},
-    description="The organization's local device table (the product's own, or the built-in `devices`), "
-    "as the sync reads it.",
-)
-def local_devices(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.MaterializeResult:
-    started = time.perf_counter()
-    db = store.migrated_engine()
-    org = context.partition_key
-    # Counts and a preview only: the reconciliation loads the devices itself (from PostgreSQL, maybe
-    # in another process), so loading all of them here (seconds at 100k) would be for nothing.
-    side = open_local_table(db, store.service(org))
-    with side.engine.connect() as conn:
-        counted = side.table.count_by_state(conn)
-        shown = side.table.preview(conn, PREVIEW_ROWS)
-    live, soft_deleted = counted["live"], counted["deleted"]
-    shown_columns = ["name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"]
-    table = markdown_table(shown, [c for c in shown_columns if c in shown])
-    if live > len(shown):
-        table += f"\n\n_…and {live - len(shown)} more rows (see the table in PostgreSQL)_"
+def _local_devices(local: sync_run.LocalDevices, started: float) -> dg.MaterializeResult:
+    table = preview(local.preview, DEVICE_PREVIEW).value
+    if local.live > len(local.preview):
+        table += f"\n\n_…and {local.live - len(local.preview)} more rows (see the table in PostgreSQL)_"
     return dg.MaterializeResult(
+        asset_key=LOCAL,
         metadata={
             "duration_seconds": duration(started),
-            "devices": dg.MetadataValue.int(live),
-            "soft_deleted": dg.MetadataValue.int(soft_deleted),
+            "devices": dg.MetadataValue.int(local.live),
+            "soft_deleted": dg.MetadataValue.int(local.soft_deleted),
             "preview": dg.MetadataValue.md(table),
-        }
+        },
     )
 
 
-@dg.asset(
-    partitions_def=organizations,
-    group_name=GROUP,
-    kinds={"pandas", "postgres"},
-    deps=[golioth_device_inventory, local_devices],
-    description="The field-level three-way diff of local, Golioth and last-agreed state: the plan "
-    "(sync_plan) and the conflicts it finds (device_conflicts).",
-)
-def device_reconciliation(context: dg.AssetExecutionContext, store: DeviceStore) -> dg.MaterializeResult:
-    started = time.perf_counter()
-    db = store.engine()
-    run = _run_row(context, store)
-    service = store.service(context.partition_key)
-    request = engine.request_of(run)
-    scope = engine.resolve_scope(db, service, request.device_ids)
-    plan = engine.plan_step(db, service, request, scope, run["id"])
-    from golioth_assets.core.tables import changes_table, conflicts_table
-
+def _reconciliation(run: sync_run.SyncRun, plan, started: float) -> dg.MaterializeResult:
     changes = changes_table(plan)
-    visible = changes[changes["action"] != "agree"]
     return dg.MaterializeResult(
+        asset_key=RECONCILIATION,
         metadata={
             "duration_seconds": duration(started),
-            "sync_log_id": dg.MetadataValue.int(run["id"]),
-            "dry_run": dg.MetadataValue.bool(request.dry_run),
-            "direction": dg.MetadataValue.text(run["direction"]),
+            "sync_log_id": dg.MetadataValue.int(run.sync_log_id),
+            "dry_run": dg.MetadataValue.bool(run.request.dry_run),
+            "direction": dg.MetadataValue.text(run.request.direction or run.service.direction),
             **counts(plan.counts()),
-            "plan_preview": preview(visible, CHANGE_COLUMNS),
+            "plan_preview": preview(changes[changes["action"] != "agree"], PLAN_PREVIEW),
             "conflicts_preview": preview(
                 conflicts_table(plan),
                 ["device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"],
             ),
-        }
+        },
     )
 
 
-def _applied_preview(db, sync_log_id: int, side: str) -> dg.MarkdownMetadataValue:
-    with db.connect() as conn:
-        plan = sync_log.load_plan(conn, sync_log_id, side=side)
-    return preview(plan[plan["action"] != "agree"], CHANGE_COLUMNS)
-
-
-@dg.asset(
-    partitions_def=organizations,
-    group_name=GROUP,
-    kinds={"golioth"},
-    pool="golioth_api",
-    deps=[device_reconciliation],
-    description="The plan's Golioth side: creates, PATCHes of changed fields, LightDB State, deletes.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "no_failed_golioth_writes",
-            asset="golioth_device_writes",
-            description="Every planned Golioth write succeeded.",
-        ),
-    ],
-)
-def golioth_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, golioth: GoliothApi):
-    started = time.perf_counter()
-    db = store.engine()
-    run = _run_row(context, store)
-    service = store.service(context.partition_key)
-    if engine.request_of(run).dry_run:
-        yield dg.MaterializeResult(
-            metadata={"dry_run": True, "written": 0, "duration_seconds": duration(started)},
-            check_results=[dg.AssetCheckResult(check_name="no_failed_golioth_writes", passed=True)],
-        )
-        return
-    with golioth.client_for(service) as client:
-        try:
-            outcome = engine.remote_step(db, service, client, run["id"])
-        except engine.SyncFailed as exc:
-            engine.finish(db, run["id"], error=str(exc))
-            raise
-        stats = client.stats.as_metadata()
-    yield dg.MaterializeResult(
+def _golioth_writes(run: sync_run.SyncRun, writes: sync_run.GoliothWrites, started: float) -> dg.MaterializeResult:
+    failures = int(writes.counts.get("failures", 0))
+    return dg.MaterializeResult(
+        asset_key=GOLIOTH_WRITES,
         metadata={
             "duration_seconds": duration(started),
-            "sync_log_id": dg.MetadataValue.int(run["id"]),
-            **counts(outcome.counts),
-            **counts(stats),
-            "preview": _applied_preview(db, run["id"], "remote"),
+            "dry_run": dg.MetadataValue.bool(run.request.dry_run),
+            **counts(writes.counts),
+            **counts(writes.usage.stats.as_metadata()),
+            "preview": preview(writes.applied, PLAN_PREVIEW),
         },
         check_results=[
             dg.AssetCheckResult(
+                asset_key=GOLIOTH_WRITES,
                 check_name="no_failed_golioth_writes",
-                passed=outcome.counts["failures"] == 0,
+                passed=failures == 0,
                 severity=dg.AssetCheckSeverity.ERROR,
-                metadata={"failures": outcome.counts["failures"]},
+                metadata={"failures": failures},
             )
         ],
     )
 
 
-@dg.asset(
-    partitions_def=organizations,
-    group_name=GROUP,
-    kinds={"postgres"},
-    deps=[golioth_device_writes],
-    description="The plan's local side: device rows, links, base snapshots, audit entries.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "sync_converged",
-            asset="local_device_writes",
-            description="A fresh diff of the devices this run wrote finds nothing left to do "
-            "but pending conflicts and writes the direction blocks.",
-        ),
-    ],
-)
-def local_device_writes(context: dg.AssetExecutionContext, store: DeviceStore, golioth: GoliothApi):
-    started = time.perf_counter()
-    db = store.engine()
-    run = _run_row(context, store)
-    service = store.service(context.partition_key)
-    request = engine.request_of(run)
-    if not request.dry_run:
-        outcome = engine.local_step(db, service, run["id"])
-        written = outcome.counts
-    else:
-        written = {}
-    status = engine.finish(db, run["id"])
-    claim = context.run.tags.get(RunTag.claim)
-    if claim:
-        with db.begin() as conn:
-            webhook_events.mark_processed(conn, claim)
-    left = 0 if request.dry_run else _left_to_do(db, service, run["id"], golioth)
-    yield dg.MaterializeResult(
+def _local_writes(
+    written: sync_run.LocalWrites, left: int, usage: sync_run.Usage, finished: sync_run.Finished, started: float
+) -> dg.MaterializeResult:
+    row = finished.row
+    return dg.MaterializeResult(
+        asset_key=LOCAL_WRITES,
         metadata={
             "duration_seconds": duration(started),
-            "sync_log_id": dg.MetadataValue.int(run["id"]),
-            "status": dg.MetadataValue.text(status),
-            **counts(written),
-            "preview": _applied_preview(db, run["id"], "local"),
-        },
-        check_results=[
-            dg.AssetCheckResult(check_name="sync_converged", passed=left == 0, metadata={"writes_left": left})
-        ],
-    )
-
-
-CONVERGENCE_PER_KIND = 10  # devices re-checked per kind of write (side, action, field)
-CONVERGENCE_SAMPLE = 200  # and at most this many in all
-
-
-def _left_to_do(db, service, sync_log_id: int, golioth: GoliothApi) -> int:
-    """Diff again a sample of the devices this run wrote: up to CONVERGENCE_PER_KIND of each kind of
-    write (side, action, field), so every kind is covered however large the run.
-
-    Devices the run wrote in Golioth are re-read from it. Devices it wrote only locally are diffed
-    against the inventory this very run fetched, which their writes were planned from: re-reading
-    them from Golioth (a GET and a state GET each) would only cost requests. A sample, not every
-    device: the check is there to catch a kind of write that does not converge (a field that
-    doesn't round-trip), and failed writes have their own check."""
-    with db.connect() as conn:
-        plan = sync_log.load_plan(conn, sync_log_id)
-    touched = plan[(plan["status"] == "applied") & plan["action"].isin(["create", "update", "delete"])]
-    if touched.empty:
-        return 0
-    touched = touched.assign(key=touched["device_id"].where(touched["device_id"].notna(), touched["golioth_device_id"]))
-    sample: dict[str, None] = {}
-    for _, rows in touched.groupby(["side", "action", touched["field"].fillna("")], sort=True):
-        sample.update(dict.fromkeys(sorted(set(rows["key"]))[:CONVERGENCE_PER_KIND]))
-    picked = touched[touched["key"].isin(list(sample)[:CONVERGENCE_SAMPLE])]
-
-    def ids_of(rows) -> list[str]:
-        return sorted(set(rows["golioth_device_id"].dropna()) | set(rows["device_id"].dropna()))
-
-    ids = ids_of(picked)
-    request = engine.SyncRequest(service.organization_id, device_ids=ids, dry_run=True)
-    scope = engine.resolve_scope(db, service, ids)
-    written_in_golioth = ids_of(picked[picked["side"] == "remote"])
-    if written_in_golioth:
-        with golioth.client_for(service) as client:
-            engine.fetch_step(db, service, client, engine.resolve_scope(db, service, written_in_golioth))
-    fresh, _ = engine.build_plan(db, service, request, scope)
-    return len(fresh.writes())
-
-
-@dg.asset(
-    partitions_def=organizations,
-    group_name=GROUP,
-    kinds={"postgres"},
-    deps=[local_device_writes],
-    description="Conflicts waiting for an operator (device_conflicts): resolve them with "
-    "`golioth-sync conflicts resolve`, the resolve job, or the web console.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "unresolved_conflicts_below_share",
-            asset="device_conflicts",
-            description="Pending conflicts stay below GOLIOTH_SYNC_CONFLICT_WARN_SHARE "
-            "(default 1%) of the organization's devices.",
-        ),
-    ],
-)
-def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
-    started = time.perf_counter()
-    db = store.engine()
-    org = context.partition_key
-    with db.connect() as conn:
-        pending = pd.DataFrame(
-            conn.execute(
-                sa.text(
-                    "SELECT id, device_id::text, golioth_device_id, field, conflict_type, local_value, remote_value, "
-                    "detected_at FROM device_conflicts WHERE organization_id = :o AND status = 'pending' "
-                    "ORDER BY detected_at DESC"
-                ),
-                {"o": org},
-            )
-            .mappings()
-            .all()
-        )
-        total = local_device_count(db, store.service(org))
-    share_limit = float(os.environ.get("GOLIOTH_SYNC_CONFLICT_WARN_SHARE", "0.01"))
-    share = len(pending) / total if total else 0.0
-    yield dg.MaterializeResult(
-        metadata={
-            "duration_seconds": duration(started),
-            "pending_conflicts": dg.MetadataValue.int(len(pending)),
-            "share_of_devices": dg.MetadataValue.float(round(share, 4)),
-            "preview": preview(
-                pending,
-                ["id", "device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"],
-            ),
+            "sync_log_id": dg.MetadataValue.int(row["id"]),
+            "status": dg.MetadataValue.text(finished.status),
+            **counts(written.counts),
+            # The convergence check's own requests, then the run's totals (every step's, as logged).
+            **counts(usage.stats.as_metadata()),
+            "run_api_requests": dg.MetadataValue.int(int(row["api_requests"])),
+            "run_api_retries": dg.MetadataValue.int(int(row["api_retries"])),
+            "preview": preview(written.applied, PLAN_PREVIEW),
         },
         check_results=[
             dg.AssetCheckResult(
+                asset_key=LOCAL_WRITES, check_name="sync_converged", passed=left == 0, metadata={"writes_left": left}
+            )
+        ],
+    )
+
+
+def _conflicts(found: sync_run.Conflicts, started: float) -> dg.MaterializeResult:
+    share_limit = float(os.environ.get("GOLIOTH_SYNC_CONFLICT_WARN_SHARE", "0.01"))
+    share = found.pending / found.devices if found.devices else 0.0
+    return dg.MaterializeResult(
+        asset_key=CONFLICTS,
+        metadata={
+            "duration_seconds": duration(started),
+            "pending_conflicts": dg.MetadataValue.int(found.pending),
+            "share_of_devices": dg.MetadataValue.float(round(share, 4)),
+            "preview": preview(found.preview, PENDING_COLUMNS),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                asset_key=CONFLICTS,
                 check_name="unresolved_conflicts_below_share",
                 passed=share <= share_limit,
                 severity=dg.AssetCheckSeverity.WARN,
@@ -398,17 +310,4 @@ def device_conflicts(context: dg.AssetExecutionContext, store: DeviceStore):
     )
 
 
-sync_assets = [
-    golioth_device_inventory,
-    local_devices,
-    device_reconciliation,
-    golioth_device_writes,
-    local_device_writes,
-    device_conflicts,
-]
-
-
-def local_device_count(db, service) -> int:
-    side = open_local_table(db, service)
-    with side.engine.connect() as conn:
-        return side.table.count_by_state(conn)["live"]
+sync_assets = [golioth_sync]

@@ -1,4 +1,6 @@
-"""Launchpad configuration for a sync run (a pydantic `dagster.Config`)."""
+"""Launchpad configuration for a sync run (a pydantic `dagster.Config`), and the one place that
+builds a sync's run config: the sensors, the CLI and the resolve job's hint all go through
+`sync_run_config`, so the op's name is written once."""
 
 from collections.abc import Mapping
 
@@ -7,6 +9,8 @@ from pydantic import Field
 
 from golioth_assets.core.vocabulary import Direction, Policy, RunTag, Trigger
 from golioth_assets.engine.sync import SyncRequest
+
+SYNC_OP = "golioth_sync"  # the sync's one op: the multi-asset in defs/assets.py
 
 
 class SyncRunConfig(dg.Config):
@@ -30,3 +34,9 @@ class SyncRunConfig(dg.Config):
             trigger=tags.get(RunTag.trigger, Trigger.manual),
             dagster_run_id=run_id,
         )
+
+
+def sync_run_config(**config: object) -> dict:
+    """A sync's run config (`ops: golioth_sync: config: ...`), for SyncRunConfig's fields."""
+    SyncRunConfig(**config)  # fail here, at the caller, on a field the launchpad would refuse
+    return {"ops": {SYNC_OP: {"config": config}}}

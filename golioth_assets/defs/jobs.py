@@ -4,13 +4,12 @@ import dagster as dg
 
 from golioth_assets.core.vocabulary import RunTag, SyncKind
 from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.config import SYNC_OP
 
 sync_selection = dg.AssetSelection.assets(*sync_assets)
 
-# Both jobs run their six steps inside the run worker. The steps form a chain (nothing runs in
-# parallel) and pass data through PostgreSQL, so a process per step only added start-up time: ~3 s
-# of Python imports per step, most of a small sync. A multiprocess or Kubernetes executor still
-# works unchanged when steps must be isolated (docs/dagster.md).
+# The sync is one op (the golioth_sync multi-asset), so a run is one step: run it inside the run
+# worker rather than in a process of its own (~3 s of Python imports, most of a small sync).
 full_sync_job = dg.define_asset_job(
     "golioth_full_sync",
     selection=sync_selection,
@@ -22,7 +21,7 @@ full_sync_job = dg.define_asset_job(
 targeted_sync_job = dg.define_asset_job(
     "golioth_targeted_sync",
     selection=sync_selection,
-    description="Sync only the devices listed in ops.golioth_device_inventory.config.device_ids.",
+    description=f"Sync only the devices listed in ops.{SYNC_OP}.config.device_ids.",
     tags={RunTag.kind: SyncKind.targeted.value},
     executor_def=dg.in_process_executor,
 )

@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-PREVIEW_ROWS = 20
+from golioth_assets.engine.run import PREVIEW_ROWS  # the engine picks the rows a preview shows
 
 
 def _cell(value: Any) -> str:

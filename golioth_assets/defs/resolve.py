@@ -22,6 +22,7 @@ from pydantic import Field
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import conflicts as actions
 from golioth_assets.core.vocabulary import Resolution, RunTag, SyncKind
+from golioth_assets.defs.config import SYNC_OP
 from golioth_assets.defs.metadata import markdown_table
 from golioth_assets.defs.resources import DeviceStore
 
@@ -56,7 +57,8 @@ class ResolveConfig(dg.Config):
     out=dg.Out(dg.Nothing),
 )
 def resolve_conflicts(context: dg.OpExecutionContext, config: ResolveConfig, store: DeviceStore):
-    engine = store.migrated_engine()
+    store.require_schema()
+    engine = store.engine
     skipped: list[tuple[int, str]] = []
     try:
         if config.all_pending:
@@ -133,7 +135,7 @@ def _apply_hint(targets: dict[str, list[str]]) -> str:
     lines = ["The schedule's next full sync applies these. To apply them now, launch `golioth_targeted_sync`:"]
     for org, device_ids in targets.items():
         ids = ", ".join(f'"{d}"' for d in device_ids[:50])
-        lines.append(f"\n- partition `{org}`, config `ops.golioth_device_inventory.config.device_ids: [{ids}]`")
+        lines.append(f"\n- partition `{org}`, config `ops.{SYNC_OP}.config.device_ids: [{ids}]`")
     return "\n".join(lines)
 
 

@@ -34,7 +34,13 @@ SKIPPED_EDITED = "the device was edited locally during the sync; next run retrie
 @dataclass
 class LocalOutcome:
     counts: dict[str, int] = field(
-        default_factory=lambda: {"created_local": 0, "updated_local": 0, "deleted_local": 0, "skipped": 0}
+        default_factory=lambda: {
+            "created_local": 0,
+            "updated_local": 0,
+            "deleted_local": 0,
+            "observed_local": 0,
+            "skipped": 0,
+        }
     )
     plan_status: list[dict] = field(default_factory=list)
 
@@ -60,6 +66,7 @@ class LocalResults:
     created: dict[str, str] = field(default_factory=dict)  # golioth_device_id → new local key
     updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    observed: int = 0  # rows whose observed fields were written
 
 
 @dataclass
@@ -207,7 +214,7 @@ def write_local(conn: Connection, table: LocalTable, writes: LocalWrites) -> Loc
         results.created = {g: k for g, k in zip(frame["golioth_device_id"], keys) if k in inserted}
     results.updated = table.update(conn, writes.updates)
     if not writes.observed.empty:
-        table.update_observed(conn, writes.observed)
+        results.observed = table.update_observed(conn, writes.observed)
     if writes.deletes:
         results.deleted = table.update(conn, writes.deletes)
     table.set_links(conn, writes.links)
@@ -226,12 +233,14 @@ def bookkeeping(
     fields: tuple[str, ...],
     table_name: str,
 ) -> Bookkeeping:
-    book = Bookkeeping(counts={"created_local": 0, "updated_local": 0, "deleted_local": 0, "skipped": 0})
+    book = Bookkeeping(
+        counts={"created_local": 0, "updated_local": 0, "deleted_local": 0, "observed_local": 0, "skipped": 0}
+    )
     planned = plan[plan["status"] == PlanStatus.planned]
     _book_creates(book, writes, results, remote, fields, table_name)
     _book_links(book, planned)
     applied = _book_updates(book, plan, writes, results)
-    book.plan_status += [_status(i, PlanStatus.applied) for i in writes.observe_ids]
+    _book_observed(book, plan, writes, results)
     _book_deletes(book, writes, results)
     applied |= _book_unlinks(book, plan, planned)
     _book_bases(book, plan, applied)
@@ -303,6 +312,24 @@ def _book_updates(book: Bookkeeping, plan: pd.DataFrame, writes: LocalWrites, re
             }
         )
     return applied
+
+
+def _book_observed(book: Bookkeeping, plan: pd.DataFrame, writes: LocalWrites, results: LocalResults) -> None:
+    """Observed fields are never compare-and-set, so every planned one is applied; they go into the
+    audit trail too, so that a device's history shows what Golioth reported."""
+    book.plan_status += [_status(i, PlanStatus.applied) for i in writes.observe_ids]
+    book.counts["observed_local"] = results.observed
+    rows = plan[plan["id"].isin(writes.observe_ids)]
+    book.entries += [
+        {
+            "device_id": d,
+            "golioth_device_id": g,
+            "side": Side.local,
+            "action": Action.observe,
+            "changes": {f: {"new": v} for f, v in (new or {}).items()},
+        }
+        for d, g, new in zip(rows["device_id"], rows["golioth_device_id"], rows["new_value"])
+    ]
 
 
 def _book_deletes(book: Bookkeeping, writes: LocalWrites, results: LocalResults) -> None:

@@ -1,9 +1,10 @@
-"""One sync of one organization, as four steps that can run in one process (the CLI) or as separate
-Dagster assets in separate processes: every step reads its input from PostgreSQL and writes its
-output there.
+"""One sync of one organization, as four steps that read their input from PostgreSQL and write their
+output there:
 
-    fetch   Golioth → golioth_inventory (a full list, or a GET per device for a targeted sync)
-    plan    inventory + local devices + base snapshots → sync_plan, device_conflicts
+    fetch   Golioth → golioth_inventory (a full list, or a GET per device for a targeted sync), with
+            the inventory's accounting in the run's log row
+    plan    inventory + local devices + base snapshots → sync_plan, device_conflicts (refused when
+            the inventory does not add up)
     remote  sync_plan (Golioth side) → Golioth
     local   sync_plan (local side) → the local table, links, base snapshots, audit entries
 
@@ -11,13 +12,16 @@ The local table is reached only through its `LocalTable` (store/local_table/): g
 built-in `devices`, or the product's own table described by the service's mapping, maybe in
 another database. Each step opens it afresh, and a mapping that no longer fits the live table
 stops the step before anything is written, naming the column.
+
+RunLog holds the run's golioth_sync_log row for the whole run. sync_organization runs the four in
+one call (the engine's own callers and tests); engine/run.py runs them for the Dagster op.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import httpx
@@ -35,6 +39,7 @@ from golioth_assets.engine.local_apply import LocalApplyPending, apply_plan_loca
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.gcpause import gc_paused
+from golioth_assets.golioth.stats import ClientStats
 from golioth_assets.store import assignments, conflicts, inventory, services, sync_log
 from golioth_assets.store.local_table.connect import LocalSide, open_local_table
 from golioth_assets.store.local_table.table import LocalTable, LocalTableError
@@ -50,6 +55,13 @@ log = logging.getLogger(__name__)
 
 class SyncFailed(RuntimeError):
     """The run could not complete (e.g. Golioth rejected the API key); the sync log says why."""
+
+
+class InventoryInconsistent(SyncFailed):
+    """The fetched inventory does not add up: nothing may be planned or written from it."""
+
+
+INTERRUPTED = "the run was interrupted before it finished (cancelled, or its process was stopped)"
 
 
 @dataclass
@@ -175,6 +187,57 @@ def resolve_scope(db: Engine, service: services.Service, device_ids: Sequence[st
 
 
 @dataclass
+class InventoryCount:
+    """What a fetch saw, counted so that the blocking inventory check asserts what matters: every
+    device the API says exists is accounted for, and none counts twice.
+
+    A full listing: the API reports `api_total`; its pages served `listed` distinct devices plus
+    `duplicates` (served twice when devices created on pages already read shifted the rest right).
+    Linked devices the listing lacked (hidden when deletes on pages already read shifted the rest
+    left, or really deleted) were fetched one by one: `confirmed` exist, `gone` answered 404.
+    A targeted sync reads its `requested` devices one by one, so it has no total."""
+
+    api_total: int | None = None
+    listed: int = 0
+    duplicates: int = 0
+    relistings: int = 0
+    requested: int = 0
+    confirmed: int = 0
+    gone: int = 0
+    duplicate_ids: int = 0  # rows of the stored inventory sharing a device id
+    duplicate_hardware_ids: int = 0  # ... or a hardware id
+
+    @property
+    def stored(self) -> int:
+        return self.listed + self.confirmed
+
+    @property
+    def accounts_for_total(self) -> bool:
+        """Every device the API's `total` counts was served by a page (a page that came back short
+        would hide devices with nothing to tell which). Linked devices the listing lacked were
+        looked up one by one, so each is confirmed or gone: none can go missing unnoticed."""
+        return self.api_total is None or self.listed + self.duplicates == self.api_total
+
+    @property
+    def ids_unique(self) -> bool:
+        return not (self.duplicate_ids or self.duplicate_hardware_ids)
+
+    def problems(self) -> list[str]:
+        found = []
+        if not self.accounts_for_total:
+            found.append(
+                f"the listing's pages held {self.listed + self.duplicates} devices for the API's total of "
+                f"{self.api_total}: a page came back short"
+            )
+        if not self.ids_unique:
+            found.append(
+                f"{self.duplicate_ids} device ids and {self.duplicate_hardware_ids} hardware ids are held by "
+                "more than one inventory row"
+            )
+        return found
+
+
+@dataclass
 class FetchResult:
     fetched: int
     total: int | None
@@ -182,6 +245,7 @@ class FetchResult:
     references: References
     requests: int = 0
     retries: int = 0
+    count: InventoryCount = field(default_factory=InventoryCount)
 
 
 @gc_paused()  # see "Garbage collection" at the top
@@ -189,49 +253,51 @@ def fetch_step(
     db: Engine, service: services.Service, client: GoliothClient, scope: Scope, sync_log_id: int | None = None
 ) -> FetchResult:
     """Read Golioth into golioth_inventory. A device that a link expects but the list lacks is
-    confirmed with a GET before anyone treats it as deleted: offset pages can shift under writes."""
+    confirmed with a GET before anyone treats it as deleted: offset pages can shift under writes.
+    With a log row, the inventory's accounting goes into its details (plan_step checks it)."""
     before = client.stats.snapshot()
     refs = _project_read(client, lambda: fetch_references(client, service))
     state_path = service.desired_state_path if "desired_state" in service.field_groups else None
-    total: int | None = None
     if scope.full:
-        listed = _project_read(client, lambda: client.list_devices(state_path=state_path))
-        total = len(listed)
+        listing = _project_read(client, lambda: client.list_devices_counted(state_path=state_path))
         with db.connect() as conn:
             linked = assignments.linked_golioth_ids(conn, service.id)
-        unexpected_gone = sorted(linked - {d.id for d in listed})
+        unexpected_gone = sorted(linked - {d.id for d in listing.devices})
         found, missing = _get_devices(client, unexpected_gone, state_path)
-        frame = devices_to_frame(listed + found, refs)
-        del listed, found  # the parsed models take several times the frame's memory: free them first
+        count = InventoryCount(
+            api_total=listing.total,
+            listed=len(listing.devices),
+            duplicates=listing.duplicates,
+            relistings=listing.relistings,
+            confirmed=len(found),
+            gone=len(missing),
+        )
+        frame = devices_to_frame(listing.devices + found, refs)
+        del listing, found  # the parsed models take several times the frame's memory: free them first
     else:
         found, missing = _get_devices(client, scope.golioth_ids or [], state_path)
         if missing:
             # Every device of a deleted project answers 404 too: check that the project is there
             # before taking these devices for deleted (and deleting or unlinking them locally).
             _project_read(client, lambda: next(client.iter_device_pages(per_page=1)))
+        count = InventoryCount(requested=len(scope.golioth_ids or []), confirmed=len(found), gone=len(missing))
         frame = devices_to_frame(found, refs)
     with db.begin() as conn:
-        if scope.full:
-            inventory.replace_inventory(conn, service.organization_id, frame)
-        else:
-            inventory.upsert_inventory(conn, service.organization_id, frame)
-        inventory.delete_inventory_rows(conn, service.organization_id, missing)
-        inventory.replace_references(conn, service.organization_id, refs.to_frame())
-        after = client.stats.snapshot()
+        _store_inventory(conn, service.organization_id, scope, frame, missing, refs)
+        count.duplicate_ids, count.duplicate_hardware_ids = inventory.duplicate_counts(conn, service.organization_id)
         if sync_log_id is not None:
-            sync_log.add_counts(
-                conn,
-                sync_log_id,
-                {"api_requests": after.requests - before.requests, "api_retries": after.retries - before.retries},
-            )
-    return FetchResult(
-        fetched=len(frame),
-        total=total,
-        missing=missing,
-        references=refs,
-        requests=after.requests - before.requests,
-        retries=after.retries - before.retries,
-    )
+            sync_log.set_details(conn, sync_log_id, {"inventory": asdict(count)})
+    used = client.stats.since(before)
+    return FetchResult(len(frame), count.api_total, missing, refs, used.requests, used.retries, count)
+
+
+def _store_inventory(conn, org: str, scope: Scope, frame: pd.DataFrame, missing: list[str], refs: References) -> None:
+    if scope.full:
+        inventory.replace_inventory(conn, org, frame)
+    else:
+        inventory.upsert_inventory(conn, org, frame)
+    inventory.delete_inventory_rows(conn, org, missing)
+    inventory.replace_references(conn, org, refs.to_frame())
 
 
 def _project_read(client: GoliothClient, read):
@@ -403,7 +469,9 @@ def build_plan(db: Engine, service: services.Service, request: SyncRequest, scop
 
 @gc_paused()  # see "Garbage collection" at the top
 def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope: Scope, sync_log_id: int) -> Plan:
-    """Plan and store the plan; outside a dry run, record the conflicts."""
+    """Plan and store the plan; outside a dry run, record the conflicts. Refuses (InventoryInconsistent)
+    when the run's inventory does not add up: no plan, so nothing is written on either side."""
+    refuse_inconsistent_inventory(db, sync_log_id)
     plan, fetched = build_plan(db, service, request, scope)
     fingerprints = fetched.pop("local_fingerprints")
     counts = plan.counts()
@@ -423,12 +491,24 @@ def plan_step(db: Engine, service: services.Service, request: SyncRequest, scope
     return plan
 
 
+def refuse_inconsistent_inventory(db: Engine, sync_log_id: int) -> None:
+    """The guard behind the blocking inventory checks. In Dagster they run inside the same op as
+    the writes, where a blocking check cannot stop a later asset: the engine stops itself."""
+    with db.connect() as conn:
+        saved = (sync_log.get_run(conn, sync_log_id)["details"] or {}).get("inventory")
+    problems = InventoryCount(**saved).problems() if saved else []
+    if problems:
+        raise InventoryInconsistent(
+            f"the Golioth inventory does not add up ({'; '.join(problems)}): nothing was planned or written, "
+            "and the next sync lists Golioth again"
+        )
+
+
 # -- apply ------------------------------------------------------------------------------------------
 
 
 @gc_paused()  # see "Garbage collection" at the top
 def remote_step(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int):
-    before = client.stats.snapshot()
     side = open_local_table(db, service)
     with db.connect() as conn:
         plan = sync_log.load_plan(conn, sync_log_id, side="remote")
@@ -456,20 +536,11 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
         before_create=persist_hardware_ids,
         fields=settings_for(service, request_of_run(db, sync_log_id), side.table).fields,
     )
-    after = client.stats.snapshot()
     with db.begin() as conn:
         assignments.insert_links(conn, service.id, outcome.new_links)
         sync_log.mark_plan(conn, outcome.plan_status)
         sync_log.insert_entries(conn, sync_log_id, service.organization_id, outcome.entries)
-        sync_log.add_counts(
-            conn,
-            sync_log_id,
-            {
-                **outcome.counts,
-                "api_requests": after.requests - before.requests,
-                "api_retries": after.retries - before.retries,
-            },
-        )
+        sync_log.add_counts(conn, sync_log_id, outcome.counts)
         inventory.replace_references(conn, service.organization_id, refs.to_frame())
     if outcome.auth_error:
         raise SyncFailed(outcome.auth_error)
@@ -492,15 +563,84 @@ def request_of_run(db: Engine, sync_log_id: int) -> SyncRequest:
         return request_of(sync_log.get_run(conn, sync_log_id))
 
 
-def finish(db: Engine, sync_log_id: int, *, error: str | None = None) -> str:
+def golioth_side(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int):
+    """remote_step. When it stops the run (SyncFailed: Golioth rejected the key mid-way), the
+    local step still records what did succeed before the failure (links, base snapshots, audit),
+    then the failure goes on."""
+    try:
+        return remote_step(db, service, client, sync_log_id)
+    except SyncFailed:
+        local_step(db, service, sync_log_id)
+        raise
+
+
+def finish(db: Engine, sync_log_id: int, *, error: str | None = None, counts: Mapping[str, int] | None = None) -> str:
     with db.begin() as conn:
+        if counts:
+            sync_log.add_counts(conn, sync_log_id, counts)
         run = sync_log.get_run(conn, sync_log_id)
         status = "failed" if error else ("partial" if run["failures"] else "success")
         sync_log.finish_run(conn, sync_log_id, status=status, error=error)
     return status
 
 
+class RunLog:
+    """A run's golioth_sync_log row: opened on entry, closed on exit however the run ends. A clean
+    exit finishes it (success or partial); an exception fails it with the exception's words; an
+    interrupt (Ctrl-C, a Dagster cancellation, a closed generator) fails it as INTERRUPTED. Closing
+    also records the API requests and retries the run's one client made since the row was opened:
+    every step, the convergence self-check and the requests of a step that failed included."""
+
+    def __init__(
+        self, db: Engine, service: services.Service, request: SyncRequest, client: GoliothClient | None = None
+    ) -> None:
+        self.db, self.service, self.request = db, service, request
+        self.id = 0
+        self.status: str | None = None
+        self.client: GoliothClient | None = None
+        self._since = ClientStats()
+        if client is not None:
+            self.attach(client)
+
+    def attach(self, client: GoliothClient) -> None:
+        """The client whose requests this run's row counts (from now on)."""
+        self.client, self._since = client, client.stats.snapshot()
+
+    def __enter__(self) -> RunLog:
+        self.id = begin(self.db, self.service, self.request)
+        return self
+
+    def close(self, error: str | None = None) -> str:
+        """Finish the row, once: a later call returns the status it got."""
+        if self.status is None:
+            used = self.client.stats.since(self._since) if self.client is not None else ClientStats()
+            counts = {"api_requests": used.requests, "api_retries": used.retries}
+            self.status = finish(self.db, self.id, error=error, counts=counts)
+        return self.status
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        if exc is None:
+            self.close()
+            return False
+        error = (str(exc) or type(exc).__name__) if isinstance(exc, Exception) else INTERRUPTED
+        try:
+            self.close(error=error[:2000])
+        except Exception:  # the database may be what failed: never hide the run's own error
+            log.warning("could not record the end of sync run %s", self.id, exc_info=True)
+        return False
+
+
 # -- all four steps in one process --------------------------------------------------------------------
+
+
+def _all_steps(db: Engine, service: services.Service, request: SyncRequest, client: GoliothClient, run_id: int) -> Plan:
+    scope = resolve_scope(db, service, request.device_ids)
+    fetch_step(db, service, client, scope, run_id)
+    plan = plan_step(db, service, request, scope, run_id)
+    if not request.dry_run:
+        golioth_side(db, service, client, run_id)
+        local_step(db, service, run_id)
+    return plan
 
 
 def sync_organization(db: Engine, request: SyncRequest, *, client: GoliothClient | None = None) -> SyncResult:
@@ -509,40 +649,19 @@ def sync_organization(db: Engine, request: SyncRequest, *, client: GoliothClient
         service = services.service_for_org(conn, request.organization_id)
     own_client = client is None
     client = client or open_client(service)
-    sync_log_id = begin(db, service, request)
     try:
-        try:
-            scope = resolve_scope(db, service, request.device_ids)
-        except LocalTableError as exc:
-            finish(db, sync_log_id, error=str(exc))
-            raise SyncFailed(str(exc)) from exc
-        try:
-            fetch_step(db, service, client, scope, sync_log_id)
-        except errors.GoliothError as exc:
-            finish(db, sync_log_id, error=str(exc))
-            raise SyncFailed(str(exc)) from exc
-        try:
-            plan = plan_step(db, service, request, scope, sync_log_id)
-        except LocalTableError as exc:
-            finish(db, sync_log_id, error=str(exc))
-            raise SyncFailed(str(exc)) from exc
-        if request.dry_run:
-            status = finish(db, sync_log_id)
-        else:
+        with RunLog(db, service, request, client) as run:
             try:
-                remote_step(db, service, client, sync_log_id)
-            except SyncFailed as exc:
-                local_step(db, service, sync_log_id)  # record what did succeed before the failure
-                finish(db, sync_log_id, error=str(exc))
-                raise
-            local_step(db, service, sync_log_id)
-            status = finish(db, sync_log_id)
+                plan = _all_steps(db, service, request, client, run.id)
+            except (LocalTableError, errors.GoliothError) as exc:  # the run could not complete
+                raise SyncFailed(str(exc)) from exc
+            status = run.close()
         with db.connect() as conn:
-            run = sync_log.get_run(conn, sync_log_id)
+            row = sync_log.get_run(conn, run.id)
         return SyncResult(
-            sync_log_id=sync_log_id,
+            sync_log_id=run.id,
             status=status,
-            counts={k: run[k] for k in sync_log.COUNT_COLUMNS},
+            counts={k: row[k] for k in sync_log.COUNT_COLUMNS},
             plan=changes_table(plan),
             conflicts=conflicts_table(plan),
             seconds=time.perf_counter() - started,

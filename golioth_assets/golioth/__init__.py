@@ -1,6 +1,6 @@
 """Golioth Management API client: httpx, pydantic models from the spec, typed errors, retries."""
 
-from .client import DEFAULT_TIMEOUT, GoliothClient, NameMap
+from .client import DEFAULT_TIMEOUT, DeviceListing, GoliothClient, NameMap
 from .errors import (
     AlreadyExistsError,
     AuthenticationError,
@@ -34,6 +34,7 @@ from .stats import ClientStats
 __all__ = [
     "DEFAULT_TIMEOUT",
     "GoliothClient",
+    "DeviceListing",
     "NameMap",
     "RetryPolicy",
     "ClientStats",

@@ -67,6 +67,31 @@ DEVICE_FILTERS = frozenset({"deviceName", "hardwareId", "tags", "blueprintId", "
 
 
 @dataclass(frozen=True)
+class DeviceListing:
+    """One consistent listing: every page reported the same `total`.
+
+    `served` counts the devices the pages held; a device served on two pages (the list shifted
+    right under the reader) is kept once and counted in `duplicates`. So `served == total` unless
+    a page came back short, and `len(devices) + duplicates == served` always."""
+
+    devices: list[Device]
+    total: int  # the API's own `total`, as every page reported it
+    served: int
+    duplicates: int
+    relistings: int  # listings discarded because their pages disagreed on `total`
+
+    @classmethod
+    def of(cls, pages: list[ListPage[Device]], *, relistings: int) -> DeviceListing:
+        unique: dict[str, Device] = {}
+        served = 0
+        for page in pages:
+            served += len(page.list)
+            for device in page.list:
+                unique.setdefault(device.id, device)
+        return cls(list(unique.values()), pages[0].total, served, served - len(unique), relistings)
+
+
+@dataclass(frozen=True)
 class NameMap:
     """ids <-> names for tags, blueprints or cohorts (names are unique within a project)."""
 
@@ -173,7 +198,19 @@ class GoliothClient:
         attempts: int = 3,
         **filters: Any,
     ) -> list[Device]:
-        """All matching devices: page 0 first (for `total`), then the rest concurrently.
+        """All matching devices (see `list_devices_counted`)."""
+        return self.list_devices_counted(per_page=per_page, state_path=state_path, attempts=attempts, **filters).devices
+
+    def list_devices_counted(
+        self,
+        *,
+        per_page: int = MAX_PER_PAGE,
+        state_path: str | None = None,
+        attempts: int = 3,
+        **filters: Any,
+    ) -> DeviceListing:
+        """All matching devices, with the listing's own accounting: page 0 first (for `total`),
+        then the rest concurrently.
 
         Pages fetched out of order while devices are created or deleted can shift a device onto
         a page already read, hiding it; a sync would then take it for deleted. So when the pages
@@ -187,9 +224,10 @@ class GoliothClient:
             raise ValueError("attempts must be >= 1")
         with gc_paused():
             for attempt in range(1, attempts + 1):
-                devices, totals = self._list_devices_once(path, params, per_page)
+                pages = self._list_devices_once(path, params, per_page)
+                totals = {page.total for page in pages}
                 if len(totals) == 1:
-                    return devices
+                    return DeviceListing.of(pages, relistings=attempt - 1)
                 log.warning(
                     "device list changed while paging (totals %s); attempt %d/%d", sorted(totals), attempt, attempts
                 )
@@ -201,7 +239,7 @@ class GoliothClient:
             base_url=self.base_url,
         )
 
-    def _list_devices_once(self, path: str, params: dict[str, Any], per_page: int) -> tuple[list[Device], set[int]]:
+    def _list_devices_once(self, path: str, params: dict[str, Any], per_page: int) -> list[ListPage[Device]]:
         first = self._get_page(path, DEVICE_PAGE, params, 0, per_page)
         # The server's page size, should it clamp ours down; anything else would skip devices.
         size = first.per_page if 0 < first.per_page <= per_page else per_page
@@ -211,12 +249,7 @@ class GoliothClient:
                 for p in range(1, math.ceil(first.total / size))
             }
         )
-        pages = [first, *(rest[p] for p in sorted(rest))]
-        unique: dict[str, Device] = {}
-        for page in pages:
-            for device in page.list:
-                unique.setdefault(device.id, device)  # a duplicate is also caught by `totals`
-        return list(unique.values()), {page.total for page in pages}
+        return [first, *(rest[p] for p in sorted(rest))]
 
     def get_device(self, device_id: str) -> Device:
         response = self._send("GET", self._device_path(device_id))

@@ -47,6 +47,18 @@ class ClientStats:
                 Counter(self.by_status),
             )
 
+    def since(self, before: ClientStats) -> ClientStats:
+        """What was counted after `before` (an earlier snapshot of these stats): one step's share."""
+        now = self.snapshot()
+        return ClientStats(
+            now.requests - before.requests,
+            now.retries - before.retries,
+            now.pages - before.pages,
+            now.transport_errors - before.transport_errors,
+            now.backoff_seconds - before.backoff_seconds,
+            now.by_status - before.by_status,
+        )
+
     def as_metadata(self) -> dict[str, int | float]:
         """Flat, JSON-friendly values, ready for `context.add_output_metadata`."""
         s = self.snapshot()

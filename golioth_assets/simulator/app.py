@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from .churn import ChurnStep
 from .clock import require_object_id
 from .errors import INTERNAL, NOT_FOUND, UNIMPLEMENTED, ApiError, error_body, invalid
 from .faults import FaultConfig
@@ -368,6 +369,9 @@ class ControlApi:
             r(p + "/devices/{deviceId}", endpoint(self.console_delete), methods=["DELETE"]),
             r(p + "/devices/{deviceId}/activity", endpoint(self.activity), methods=["POST"]),
             r(p + "/mutate", endpoint(self.mutate), methods=["POST"]),
+            r(p + "/churn", endpoint(self.get_churn), methods=["GET"]),
+            r(p + "/churn", endpoint(self.set_churn), methods=["PUT"]),
+            r(p + "/churn", endpoint(self.clear_churn), methods=["DELETE"]),
             r(p + "/webhook", endpoint(self.set_webhook), methods=["PUT"]),
             r(p + "/webhook", endpoint(self.clear_webhook), methods=["DELETE"]),
             r(p + "/events", endpoint(self.set_events), methods=["PUT"]),
@@ -468,6 +472,20 @@ class ControlApi:
         body = await read_json(request)
         changed = self.state.mutate(request.path_params["projectId"], int(body["count"]), int(body.get("seed", 0)))
         return ok_json({"deviceIds": changed})
+
+    async def get_churn(self, request: Request) -> Response:
+        return ok_json(self.state.churn_report(request.path_params["projectId"]))
+
+    async def set_churn(self, request: Request) -> Response:
+        body = await read_json(request, required=True)
+        steps = body.get("steps") if isinstance(body, dict) else None
+        if not isinstance(steps, list) or not steps:
+            raise invalid("give `steps`: a non-empty list of churn steps")
+        parsed = [ChurnStep.from_dict(step) for step in steps]
+        return ok_json(self.state.set_churn(request.path_params["projectId"], parsed))
+
+    async def clear_churn(self, request: Request) -> Response:
+        return ok_json(self.state.set_churn(request.path_params["projectId"], None))
 
     async def set_webhook(self, request: Request) -> Response:
         target = webhook_from_dict(await read_json(request, required=True))

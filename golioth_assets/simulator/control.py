@@ -131,6 +131,19 @@ class SimulatorControl:
     def mutate(self, project_id: str, count: int, seed: int = 0) -> list[str]:
         return self._call("POST", f"/projects/{project_id}/mutate", json={"count": count, "seed": seed})["deviceIds"]
 
+    # churn while a listing pages (simulator/churn.py)
+
+    def set_churn(self, project_id: str, *steps: dict) -> dict:
+        """Arm churn steps, e.g. {"page": 2, "deleteRead": 30, "createEnd": 30}; returns the report."""
+        return self._call("PUT", f"/projects/{project_id}/churn", json={"steps": list(steps)})
+
+    def churn(self, project_id: str) -> dict:
+        """The armed steps, the listings seen since arming, and what each fired step did (device ids)."""
+        return self._call("GET", f"/projects/{project_id}/churn")
+
+    def clear_churn(self, project_id: str) -> None:
+        self._call("DELETE", f"/projects/{project_id}/churn")
+
     # webhooks
 
     def set_webhook(

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .churn import Churn
 from .clock import ObjectIdFactory, WriteClock, format_ms, format_ns, require_object_id
 from .errors import already_exists, invalid, not_found
 from .lightdb import _MISSING, delete_at, get_at, set_at, split_path
@@ -81,6 +82,7 @@ class Project:
         self.deleted_mode: str | None = None
         self.webhook: WebhookTarget | None = None
         self.events: EventsTarget | None = None
+        self.churn: Churn | None = None  # deterministic churn while a listing pages (churn.py)
 
     # ---- helpers -------------------------------------------------------------------
 
@@ -317,7 +319,18 @@ class Project:
         self._filter_cache[flt] = (self.version, result)
         return result
 
+    def move_device(self, device: Device, position: int) -> None:
+        """Put a device at `position` in the list order (churn: a device created on an earlier page)."""
+        order = self.ordered_devices()
+        order.remove(device)
+        order.insert(position, device)
+        self._changed()
+
     def list_devices(self, flt: DeviceFilter, page: int, per_page: int, state_path: str | None) -> bytes:
+        if self.churn is not None and flt.is_empty():
+            served = self.churn.serve(self, page, per_page, state_path)
+            if served is not None:
+                return page_envelope(served[0], page, per_page, served[1])
         matching = self._filtered(flt)
         items = [d.json_with_state(state_path) for d in paginate(matching, page, per_page)]
         return page_envelope(items, page, per_page, len(matching))

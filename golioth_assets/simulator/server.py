@@ -18,10 +18,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from . import persist
 from .app import build_app
 from .control import SimulatorControl
 from .faults import FaultConfig
@@ -59,8 +61,10 @@ class SimulatorServer:
         *,
         webhook_attempts: int = 3,
         webhook_backoff_s: float = 0.2,
+        state_file: str | Path | None = None,
     ) -> None:
         self.projects = list(projects)
+        self.state_file = Path(state_file) if state_file else None  # persist.py: kept across restarts
         self.faults = faults or FaultConfig()
         self.host = host
         self.port = port
@@ -73,6 +77,7 @@ class SimulatorServer:
         self._proc: subprocess.Popen | None = None
         self._control: SimulatorControl | None = None
         self._sock: socket.socket | None = None
+        self._saver: persist.Saver | None = None
 
     # ---- thread mode ----------------------------------------------------------------
 
@@ -81,6 +86,9 @@ class SimulatorServer:
         self._ensure_stopped()
         sender = WebhookSender(attempts=self.webhook_attempts, backoff_s=self.webhook_backoff_s)
         self._state = SimState(self.projects, self.faults, sender)
+        if self.state_file:
+            persist.restore(self._state, self.state_file)
+            self._saver = persist.Saver(self._state, self.state_file).start()
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._server = _uvicorn_server(build_app(self._state))
@@ -115,6 +123,7 @@ class SimulatorServer:
             "port": self.port,
             "webhookAttempts": self.webhook_attempts,
             "webhookBackoffS": self.webhook_backoff_s,
+            "stateFile": str(self.state_file) if self.state_file else None,
         }
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "golioth_assets.simulator", "--config-json", json.dumps(config)],
@@ -162,6 +171,9 @@ class SimulatorServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._saver is not None:
+            self._saver.stop()
+            self._saver = None
         if self._state is not None:
             self._state.close()
         if self._proc is not None:
@@ -202,10 +214,16 @@ def run(
     webhook_attempts: int = 3,
     webhook_backoff_s: float = 0.2,
     announce: Callable[[str], None] | None = None,
+    state_file: Path | None = None,
 ) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM (the CLI and subprocess mode call this)."""
+    """Serve in the foreground until SIGINT/SIGTERM (the CLI and subprocess mode call this). With
+    `state_file`, projects saved there replace their seeded copies, and are saved back (persist.py)."""
     sender = WebhookSender(attempts=webhook_attempts, backoff_s=webhook_backoff_s)
     state = SimState(list(projects), faults, sender)
+    saver = None
+    if state_file is not None:
+        persist.restore(state, state_file)
+        saver = persist.Saver(state, state_file).start()
     sock = _bind(host, port)
     url = _url(host, sock.getsockname()[1])
     server = _uvicorn_server(build_app(state))
@@ -216,11 +234,20 @@ def run(
         (announce or _print_ready)(url)
 
     server.startup = startup_then_announce  # type: ignore[method-assign]
+    # uvicorn shuts down on SIGTERM, then raises it again for the handler that was there before:
+    # Python's default would end the process before the `finally` below saves the state.
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
         server.run(sockets=[sock])
     finally:
+        if saver is not None:
+            saver.stop()
         state.close()
         sock.close()
+
+
+def _exit_quietly(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def _print_ready(url: str) -> None:
@@ -239,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             int(config.get("port", 0)),
             webhook_attempts=int(config.get("webhookAttempts", 3)),
             webhook_backoff_s=float(config.get("webhookBackoffS", 0.2)),
+            state_file=Path(config["stateFile"]) if config.get("stateFile") else None,
         )
         return 0
     from .cli import simulator_command

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .churn import Churn, ChurnStep
 from .clock import WriteClock
 from .errors import (
     MSG_PERMISSION_DENIED,
@@ -255,6 +256,18 @@ class SimState:
             message = {} if data is None else data
             self.sender.send(data_delivery(webhook, project_id, device_id, path, message, now_ns))
         return result
+
+    def set_churn(self, project_id: str, steps: list[ChurnStep] | None) -> dict:
+        """Arm churn steps for the project's next listings (None: disarm). Returns the report."""
+        with self.lock:
+            project = self._project(project_id)
+            project.churn = Churn(steps) if steps else None
+            return project.churn.report() if project.churn else {"steps": [], "listings": 0, "done": []}
+
+    def churn_report(self, project_id: str) -> dict:
+        with self.lock:
+            churn = self._project(project_id).churn
+            return churn.report() if churn else {"steps": [], "listings": 0, "done": []}
 
     def set_webhook(self, project_id: str, target: WebhookTarget | None) -> None:
         with self.lock:

@@ -154,3 +154,23 @@ def resolve(conn: Connection, conflict_id: int, *, use: str, value=None, resolve
     if row is None:
         raise ConflictNotPending(f"conflict {conflict_id} is already {current['status']}; nothing changed")
     return dict(row)
+
+
+PENDING_COLUMNS = ["id", "device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"]
+
+
+def pending_summary(conn: Connection, organization_id: str, limit: int) -> tuple[int, pd.DataFrame]:
+    """How many conflicts of the organization wait for an operator, and the newest `limit` of them."""
+    count = conn.exec_driver_sql(
+        "SELECT count(*) FROM device_conflicts WHERE organization_id = %(org)s AND status = 'pending'",
+        {"org": organization_id},
+    ).scalar_one()
+    rows = conn.exec_driver_sql(
+        """
+        SELECT id, device_id::text, golioth_device_id, field, conflict_type, local_value, remote_value
+        FROM device_conflicts WHERE organization_id = %(org)s AND status = 'pending'
+        ORDER BY detected_at DESC, id DESC LIMIT %(limit)s
+        """,
+        {"org": organization_id, "limit": int(limit)},
+    ).fetchall()
+    return int(count), pd.DataFrame.from_records(rows, columns=PENDING_COLUMNS)

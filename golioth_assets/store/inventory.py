@@ -130,3 +130,31 @@ def load_references(conn: Connection, organization_id: str) -> pd.DataFrame:
         {"org": organization_id},
     ).fetchall()
     return pd.DataFrame.from_records(rows, columns=["kind", "golioth_id", "name"])
+
+
+def duplicate_counts(conn: Connection, organization_id: str) -> tuple[int, int]:
+    """(device ids, hardware ids) held by more than one inventory row: both 0 in a sound inventory."""
+    return tuple(
+        conn.exec_driver_sql(
+            """
+            SELECT (SELECT count(*) - count(DISTINCT golioth_device_id) FROM golioth_inventory
+                    WHERE organization_id = %(org)s),
+                   (SELECT count(*) - count(DISTINCT hw) FROM golioth_inventory, unnest(hardware_ids) hw
+                    WHERE organization_id = %(org)s)
+            """,
+            {"org": organization_id},
+        ).one()
+    )
+
+
+PREVIEW_COLUMNS = ["golioth_device_id", "name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status"]
+
+
+def preview_inventory(conn: Connection, organization_id: str, limit: int) -> pd.DataFrame:
+    """The first `limit` inventory rows by name: a preview for operators."""
+    rows = conn.exec_driver_sql(
+        f"SELECT {', '.join(PREVIEW_COLUMNS)} FROM golioth_inventory WHERE organization_id = %(org)s "
+        "ORDER BY name LIMIT %(limit)s",
+        {"org": organization_id, "limit": int(limit)},
+    ).fetchall()
+    return pd.DataFrame.from_records(rows, columns=PREVIEW_COLUMNS)

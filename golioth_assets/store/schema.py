@@ -37,6 +37,13 @@ def _updated_at() -> sa.Column:
 TextArray = ARRAY(sa.Text)
 
 FIELD_GROUPS = values(FieldGroup)
+# Columns naming the variables of webhook secrets (api_key_env has its own, older constraint).
+SECRET_NAME_COLUMNS = (
+    "webhook_secret_env",
+    "webhook_signing_key_env",
+    "webhook_secret_previous_env",
+    "webhook_signing_key_previous_env",
+)
 
 organizations = sa.Table(
     "organizations",
@@ -118,17 +125,29 @@ device_services = sa.Table(
     sa.Column("allow_deletes", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("desired_state_path", sa.Text, nullable=False, server_default="desired"),
     sa.Column("webhook_enabled", sa.Boolean, nullable=False, server_default=sa.false()),
-    # The NAME of the environment variable holding the webhook secret.
+    # The NAME of the environment variable holding the Golioth pipelines' static header secret.
     sa.Column("webhook_secret_env", sa.Text),
     sa.Column("webhook_secret_header", sa.Text, nullable=False, server_default="x-golioth-sync-secret"),
     # The mapping onto the product's own device table (store/local_table/mapping.py); NULL: `devices`.
     sa.Column("local_table", JSONB(none_as_null=True)),
     _created_at(),
     _updated_at(),
+    # The NAME of the variable holding the Standard Webhooks signing key (never the pipeline secret).
+    sa.Column("webhook_signing_key_env", sa.Text),
+    # During a rotation the previous variable is accepted too, until the window ends.
+    sa.Column("webhook_secret_previous_env", sa.Text),
+    sa.Column("webhook_secret_previous_until", sa.DateTime(timezone=True)),
+    sa.Column("webhook_signing_key_previous_env", sa.Text),
+    sa.Column("webhook_signing_key_previous_until", sa.DateTime(timezone=True)),
     sa.CheckConstraint(sql_in("direction", Direction), name="direction"),
     sa.CheckConstraint(sql_in("conflict_policy", Policy), name="conflict_policy"),
     sa.CheckConstraint("interval_seconds >= 60", name="interval"),
     sa.CheckConstraint(r"api_key_env ~ '^[A-Za-z_][A-Za-z0-9_]*$'", name="api_key_env_is_a_name"),
+    *(
+        sa.CheckConstraint(rf"{column} ~ '^[A-Za-z_][A-Za-z0-9_]*$'", name=f"{column}_is_a_name")
+        for column in SECRET_NAME_COLUMNS
+    ),
+    sa.CheckConstraint("webhook_secret_env <> webhook_signing_key_env", name="one_secret_per_webhook_format"),
 )
 
 device_service_assignments = sa.Table(
@@ -173,6 +192,8 @@ golioth_sync_log = sa.Table(
     sa.Column("created_local", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_local", sa.Integer, nullable=False, server_default="0"),
     sa.Column("deleted_local", sa.Integer, nullable=False, server_default="0"),
+    # Devices whose observed fields (last seen, firmware, ...) this run wrote locally.
+    sa.Column("observed_local", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_remote", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_remote", sa.Integer, nullable=False, server_default="0"),
     sa.Column("deleted_remote", sa.Integer, nullable=False, server_default="0"),
@@ -184,6 +205,7 @@ golioth_sync_log = sa.Table(
     sa.Column("details", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Index("ix_golioth_sync_log_org_started", "organization_id", sa.text("started_at DESC")),
     sa.Index("ix_golioth_sync_log_dagster_run_id", "dagster_run_id"),
+    sa.Index("ix_golioth_sync_log_started_at", "started_at"),  # the charts' fleet view (0005)
 )
 
 golioth_sync_log_entries = sa.Table(
@@ -269,6 +291,7 @@ webhook_events = sa.Table(
     sa.CheckConstraint("status IN ('pending','claimed','processed','failed','dead')", name="status"),
     sa.Index("ix_webhook_events_status_id", "status", "id"),
     sa.Index("ix_webhook_events_claimed_by", "claimed_by"),
+    sa.Index("ix_webhook_events_received_at", "received_at"),  # the charts (0005)
 )
 
 golioth_inventory = sa.Table(
@@ -351,4 +374,19 @@ local_apply_intents = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.CheckConstraint("status IN ('pending','done','aborted')", name="status"),
     sa.Index("ix_local_apply_intents_pending", "service_id", postgresql_where=sa.text("status = 'pending'")),
+)
+
+# Console sign-ins: server-side, so they expire and can be revoked. Only a hash of the session
+# cookie is stored: whoever reads this table cannot sign in with it.
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("id_hash", sa.Text, primary_key=True),
+    # Which console token the session was opened with (a hash): a new token ends every older session.
+    sa.Column("token_hash", sa.Text, nullable=False),
+    _created_at(),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_console_sessions_expires_at", "expires_at"),
 )

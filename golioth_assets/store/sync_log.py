@@ -18,6 +18,7 @@ COUNT_COLUMNS = (
     "created_local",
     "updated_local",
     "deleted_local",
+    "observed_local",
     "created_remote",
     "updated_remote",
     "deleted_remote",

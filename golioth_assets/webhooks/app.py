@@ -15,7 +15,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,14 +28,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from golioth_assets.store.services import Service
+from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY, MissingSecret, Service
 from golioth_assets.store.webhook_events import NewEvent, store_batch
 from golioth_assets.webhooks.batcher import DatabaseUnavailable, EventRejected, GroupCommitter, Overloaded
 from golioth_assets.webhooks.config import ReceiverConfig
 from golioth_assets.webhooks.ingest import BadRequest, is_json, pipeline_event, signed_event
 from golioth_assets.webhooks.local_sides import LocalSideCache
 from golioth_assets.webhooks.service_cache import ServiceCache
-from golioth_assets.webhooks.verify import Unauthorized, check_static_secret, split_secrets, verify_signature
+from golioth_assets.webhooks.verify import Unauthorized, check_static_secret, is_signed, verify_signature
 
 log = logging.getLogger(__name__)
 
@@ -192,23 +191,9 @@ class Receiver:
             body = await _read_body(headers, receive, self.config.max_body_bytes)
         except _TooLarge:
             return Answer(413, {"error": f"body exceeds {self.config.max_body_bytes} bytes"}, {"Connection": "close"})
-        secrets = split_secrets(os.environ.get(service.webhook_secret_env or ""))
-        if not secrets:
-            # Misconfiguration on our side: the sender should retry once the operator fixes it.
-            log.error(
-                "service %s reads its webhook secret from $%s, which is not set in this process",
-                service.id,
-                service.webhook_secret_env,
-            )
-            return Answer(503, {"error": "receiver not configured"}, {"Retry-After": "60"})
-        try:
-            event = self._parse(service, headers, body, secrets)
-        except Unauthorized:
-            client = scope.get("client") or ("?", 0)
-            log.info("unauthorized delivery for service %s from %s", service.id, client[0])
-            return Answer(401, {"error": "unauthorized"})
-        except BadRequest as exc:
-            return Answer(400, {"error": exc.reason})
+        event = self._authenticated_event(scope, service, headers, body)
+        if isinstance(event, Answer):
+            return event
         try:
             is_new = await self.committer.submit(event)
         except Overloaded:
@@ -221,11 +206,33 @@ class Receiver:
             return Answer(202, {"status": "accepted", "event_id": event.event_id})
         return Answer(200, {"status": "duplicate", "event_id": event.event_id})
 
-    def _parse(self, service: Service, headers: Mapping[str, str], body: bytes, secrets: list[str]) -> NewEvent:
+    def _authenticated_event(
+        self, scope: Scope, service: Service, headers: Mapping[str, str], body: bytes
+    ) -> NewEvent | Answer:
+        signed = is_signed(headers)
+        try:
+            # Each format has its own secret: a pipeline secret seen in transit can't sign events.
+            secrets = service.webhook_secrets(SIGNING_KEY if signed else PIPELINE_SECRET)
+        except MissingSecret as exc:
+            # Misconfiguration on our side: the sender should retry once the operator fixes it.
+            log.error("%s", exc)
+            return Answer(503, {"error": "receiver not configured"}, {"Retry-After": "60"})
+        try:
+            if secrets is None:
+                raise Unauthorized  # the service does not take deliveries in this format
+            return self._parse(service, headers, body, secrets, signed=signed)
+        except Unauthorized:
+            client = scope.get("client") or ("?", 0)
+            log.info("unauthorized delivery for service %s from %s", service.id, client[0])
+            return Answer(401, {"error": "unauthorized"})
+        except BadRequest as exc:
+            return Answer(400, {"error": exc.reason})
+
+    def _parse(
+        self, service: Service, headers: Mapping[str, str], body: bytes, secrets: list[str], *, signed: bool
+    ) -> NewEvent:
         now = datetime.now(UTC)
-        # Any Standard Webhooks header selects the signed format, so a signed request can never
-        # fall back to the weaker static-secret check.
-        if "webhook-signature" in headers or "webhook-id" in headers or "webhook-timestamp" in headers:
+        if signed:
             webhook_id = verify_signature(
                 body, headers, secrets, tolerance_seconds=self.config.signature_tolerance_seconds
             )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import click
 import sqlalchemy as sa
@@ -12,7 +14,7 @@ import sqlalchemy as sa
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import webhooks as webhook_ops
 from golioth_assets.store import webhook_events as inbox
-from golioth_assets.webhooks.config import ReceiverConfig
+from golioth_assets.webhooks.config import ENV_PREFIX, ReceiverConfig
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -39,6 +41,42 @@ def _engine() -> sa.engine.Engine:
     from golioth_assets.store.database import app_engine
 
     return app_engine()
+
+
+def _bound_options(fn: Callable) -> Callable:
+    """The request bounds, each also settable as GOLIOTH_SYNC_WEBHOOK_<FIELD> (how workers receive them)."""
+    defaults = ReceiverConfig()
+    options = [
+        ("--max-header-bytes", "max_header_bytes", "16KiB", str, "Request line + headers (431 above)."),
+        ("--max-headers", "max_headers", defaults.max_headers, int, "Header fields per request (431 above)."),
+        ("--max-url-bytes", "max_url_bytes", defaults.max_url_bytes, int, "Request target (414 above)."),
+        (
+            "--header-timeout",
+            "header_timeout_seconds",
+            defaults.header_timeout_seconds,
+            float,
+            "Seconds to receive a request's headers (408 after).",
+        ),
+        (
+            "--body-timeout",
+            "body_timeout_seconds",
+            defaults.body_timeout_seconds,
+            float,
+            "Seconds to receive a body after its headers.",
+        ),
+        (
+            "--max-connections",
+            "max_connections",
+            defaults.max_connections,
+            int,
+            "Open connections per worker (more are closed).",
+        ),
+    ]
+    for flag, name, default, kind, text in reversed(options):
+        fn = click.option(
+            flag, name, default=default, type=kind, show_default=True, envvar=ENV_PREFIX + name.upper(), help=text
+        )(fn)
+    return fn
 
 
 @click.group()
@@ -84,6 +122,7 @@ def webhooks() -> None:
 @click.option(
     "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
 )
+@_bound_options
 def serve(
     host: str,
     port: int,
@@ -95,8 +134,12 @@ def serve(
     writers: int,
     cache_seconds: float,
     log_level: str,
+    **bounds: Any,
 ) -> None:
-    """Run the receiver: POST /webhooks/golioth/{service_id}, GET /healthz."""
+    """Run the receiver: POST /webhooks/golioth/{service_id}, GET /healthz.
+
+    Request heads, header counts, slow clients and open connections are bounded in the receiver
+    itself (see docs/webhooks.md), so it is safe without a proxy in front."""
     import uvicorn
 
     from golioth_assets.store.database import render, resolve_urls
@@ -108,6 +151,7 @@ def serve(
         max_loop_lag_ms=max_loop_lag_ms,
         writers=writers,
         service_cache_seconds=cache_seconds,
+        **{**bounds, "max_header_bytes": parse_size(bounds["max_header_bytes"])},
     )
     engine = _engine()  # starts the embedded server once, here, rather than racing in each worker
     with engine.connect() as conn:
@@ -125,7 +169,8 @@ def serve(
         port=port,
         workers=workers,
         loop="uvloop",
-        http="httptools",
+        http="golioth_assets.webhooks.protocol:BoundedHttpToolsProtocol",
+        ws="none",  # no WebSocket upgrades: nothing here speaks it, and it would bypass the bounds
         access_log=False,
         log_level=log_level,
         # Above the load balancer's idle timeout, so it is the one that closes idle connections.
@@ -137,7 +182,8 @@ def serve(
 @click.option("--status", type=click.Choice(inbox.STATUSES), help="Only events in this state.")
 @click.option("--org", "organization_id", help="Only this organization's events.")
 @click.option("--limit", default=50, show_default=True, type=int)
-def list_(status: str | None, organization_id: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see docs/operators.md).")
+def list_(status: str | None, organization_id: str | None, limit: int, as_json: bool) -> None:
     """Show the inbox, newest first, with per-status counts."""
     from rich.console import Console
 
@@ -147,6 +193,8 @@ def list_(status: str | None, organization_id: str | None, limit: int) -> None:
     with engine.connect() as conn:
         rows = inbox.list_events(conn, status=status, organization_id=organization_id, limit=limit)
         counts = inbox.count_by_status(conn, organization_id)
+    if as_json:
+        return _print_json(rows, counts)
     columns = ["id", "org", "type", "device", "status", "attempts", "received", "last error"]
     if organization_id:
         columns.remove("org")
@@ -166,6 +214,15 @@ def list_(status: str | None, organization_id: str | None, limit: int) -> None:
     console = Console()
     console.print(table)
     console.print("  ".join(f"{name}: {n}" for name, n in counts.items()))
+
+
+def _print_json(rows, counts: dict[str, int]) -> None:
+    """Events without their payloads (device data; `webhook_events` has them), and counts by status."""
+    from golioth_assets.cli.output import echo_json
+
+    keys = ("id", "organization_id", "event_type", "golioth_device_id", "status", "attempts", "received_at")
+    events = [{**{k: getattr(row, k) for k in keys}, "last_error": row.last_error} for row in rows]
+    echo_json({"events": events, "counts": counts})
 
 
 @webhooks.command()

@@ -35,6 +35,19 @@ class ReceiverConfig:
     """Threads committing batches concurrently (each holds one database connection)."""
     overload_retry_after: int = 1
     database_retry_after: int = 5
+    # Bounds on what a client may send before the app sees a request (webhooks/protocol.py).
+    max_header_bytes: int = 16 * 1024
+    """Request line and headers together; a longer head is answered 431 and the connection closed."""
+    max_headers: int = 100
+    """Header fields per request; more are answered 431."""
+    max_url_bytes: int = 2048
+    """The request target (path and query); longer is answered 414."""
+    header_timeout_seconds: float = 10.0
+    """From accepting a connection (or a later request's first byte) to the end of the headers; 408 after."""
+    body_timeout_seconds: float = 30.0
+    """From the end of the headers to the end of the body; the connection is closed after."""
+    max_connections: int = 1000
+    """Connections open at once in this process; more are closed as soon as they are accepted."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> ReceiverConfig:

@@ -2,7 +2,11 @@
 
 Everything that PostgreSQL would refuse later (NUL characters, unpaired surrogates, NaN, huge
 identifiers) is refused here with a 400, because a row that fails inside a group commit would
-otherwise fail its whole batch.
+otherwise fail its whole batch. So is every shape that would make a later step recurse deeply:
+JSON nested more than MAX_JSON_DEPTH levels, object keys over MAX_KEY_CHARS, and Ce-Type paths of
+more than MAX_PATH_SEGMENTS segments or segments over MAX_SEGMENT_CHARS (the path nests the data
+once more in reported_state). Without these bounds an event 900 levels deep passed parsing and
+failed with RecursionError inside the commit: a 500 that a sender retries for ever.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ _IDENTIFIER = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _PIPELINE_PATH = re.compile(r"^\.[A-Za-z]+/?")
 _METADATA_KEYS = {"data", "device_id", "project_id", "timestamp"}
+MAX_JSON_DEPTH = 32
+MAX_KEY_CHARS = 200
+MAX_PATH_SEGMENTS = 16
+MAX_SEGMENT_CHARS = 100
 
 
 class BadRequest(Exception):
@@ -56,9 +64,32 @@ def _finite_float(text: str) -> float:
 
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise BadRequest("malformed JSON") from None
+    check_json_shape(value)
+    return value
+
+
+def check_json_shape(value: Any) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and keys longer than MAX_KEY_CHARS. Iterative, so no
+    depth of input can make this check itself recurse."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            if any(len(key) > MAX_KEY_CHARS for key in node):
+                raise BadRequest(f"JSON object keys must be at most {MAX_KEY_CHARS} characters")
+            children = node.values()
+        else:
+            children = node
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def to_storable_json(value: Any) -> str:
@@ -220,7 +251,12 @@ def pipeline_path(ce_type: str) -> list[str]:
     """`io.golioth.data.v1/.s/env/temp` → ['env', 'temp']: where the message sits in the device's data."""
     _, _, rest = ce_type.partition("/")
     rest = _PIPELINE_PATH.sub("", rest)
-    return [segment for segment in rest.split("/") if segment]
+    path = [segment for segment in rest.split("/") if segment]
+    if len(path) > MAX_PATH_SEGMENTS or any(len(segment) > MAX_SEGMENT_CHARS for segment in path):
+        raise BadRequest(
+            f"Ce-Type path must have at most {MAX_PATH_SEGMENTS} segments of at most {MAX_SEGMENT_CHARS} characters"
+        )
+    return path
 
 
 def pipeline_event(

@@ -10,6 +10,8 @@ from types import TracebackType
 import uvicorn
 from starlette.types import ASGIApp
 
+from golioth_assets.webhooks.config import ReceiverConfig
+from golioth_assets.webhooks.protocol import protocol_for
 from golioth_assets.webhooks.verify import sign
 
 
@@ -28,10 +30,20 @@ def signed_headers(
 
 
 class ServerThread:
-    """Run an ASGI app under uvicorn in a background thread on a free loopback port."""
+    """Run an ASGI app under uvicorn in a background thread on a free loopback port, with the
+    receiver's bounded HTTP protocol (`limits`: the bounds; ReceiverConfig's defaults if not given)."""
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0):
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, limits: ReceiverConfig | None = None):
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            http=protocol_for(limits or ReceiverConfig()),
+            ws="none",
+        )
         self.server = uvicorn.Server(self.config)
         self._thread = threading.Thread(target=self.server.run, name="receiver-under-test", daemon=True)
         self.port = port
@@ -57,8 +69,16 @@ class ServerThread:
         self._thread.join(15)
 
 
-def make_webhook_service(engine, organization_id: str, secret_env: str, *, project_id: str = "proj-test") -> int:
-    """A webhook-enabled service for `organization_id`; returns its id."""
+def make_webhook_service(
+    engine,
+    organization_id: str,
+    *,
+    pipeline_secret_env: str | None = None,
+    signing_key_env: str | None = None,
+    project_id: str = "proj-test",
+) -> int:
+    """A webhook-enabled service for `organization_id` taking Golioth pipeline deliveries (checked
+    against the variable `pipeline_secret_env`) and/or signed events (`signing_key_env`); returns its id."""
     from golioth_assets.store.services import ServiceSettings, create_service
 
     settings = ServiceSettings(
@@ -66,7 +86,8 @@ def make_webhook_service(engine, organization_id: str, secret_env: str, *, proje
         name=f"{organization_id} golioth",
         project_id=project_id,
         webhook_enabled=True,
-        webhook_secret_env=secret_env,
+        webhook_secret_env=pipeline_secret_env,
+        webhook_signing_key_env=signing_key_env,
     )
     with engine.begin() as conn:
         return create_service(conn, settings).id

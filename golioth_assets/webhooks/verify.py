@@ -1,8 +1,8 @@
 """Who may write into the inbox: the static secret header and Standard Webhooks signatures.
 
-One secret per service, read from the environment variable the service names. The variable may
-hold several secrets separated by whitespace so a secret can be rotated without dropping
-deliveries: put the new one next to the old, move the senders over, then remove the old one.
+Each format has a secret of its own (store.services.PIPELINE_SECRET and SIGNING_KEY), and each may
+be rotating: the checks take the list of values currently accepted (the current secret, plus the
+previous one until its rotation window ends) and match any of them.
 
 Nothing here logs, raises with, or returns a secret: failures are a bare `Unauthorized`, and the
 HTTP layer answers 401 without saying which check failed.
@@ -29,8 +29,10 @@ class Unauthorized(Exception):
     """Missing or wrong secret or signature; deliberately without detail."""
 
 
-def split_secrets(value: str | None) -> list[str]:
-    return value.split() if value else []
+def is_signed(headers: Mapping[str, str]) -> bool:
+    """Any Standard Webhooks header selects the signed format, so a signed request can never fall
+    back to the weaker static-secret check."""
+    return "webhook-signature" in headers or "webhook-id" in headers or "webhook-timestamp" in headers
 
 
 def _digest(value: str) -> bytes:

@@ -41,6 +41,10 @@ ACTIVITY = ("last_seen_online", "last_seen_offline", "last_report")
 _UUID_TYPES = ("uuid",)
 
 
+# What a preview of devices shows (operators' pages and run metadata): the columns a table maps.
+PREVIEW_COLUMNS = ("device_id", "name", "hardware_ids", "tags", "blueprint", "cohort", "enabled", "status")
+
+
 class LocalTableError(RuntimeError):
     """The local table cannot be used as mapped (one line, naming the column)."""
 

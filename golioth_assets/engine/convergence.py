@@ -1,0 +1,60 @@
+"""The convergence self-check: after a run's writes, a fresh diff of a sample of the devices it wrote
+should find nothing left to do (pending conflicts and writes the direction blocks aside).
+
+It is there to catch a kind of write that does not converge (a field that doesn't round-trip), not
+to re-verify every device, so it diffs a sample: up to PER_KIND devices of each kind of write (side,
+action, field), so that every kind is covered however large the run, and at most SAMPLE in all.
+Failed writes have their own check.
+
+Devices the run wrote in Golioth are re-read from it, with the run's own client, so that those
+requests and their retries count in the run's log. Devices it wrote only locally are diffed against
+the inventory this very run fetched, which their writes were planned from: re-reading them from
+Golioth (a GET and a state GET each) would only cost requests.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from golioth_assets.core.vocabulary import Action, PlanStatus, Side
+from golioth_assets.engine import sync as steps
+from golioth_assets.golioth.client import GoliothClient
+from golioth_assets.store import services, sync_log
+
+PER_KIND = 10  # devices re-checked per kind of write (side, action, field)
+SAMPLE = 200  # and at most this many in all
+
+
+def sample_written(plan: pd.DataFrame) -> pd.DataFrame:
+    """The plan rows of the sampled devices, among the applied creates, updates and deletes."""
+    touched = plan[
+        (plan["status"] == PlanStatus.applied) & plan["action"].isin([Action.create, Action.update, Action.delete])
+    ]
+    if touched.empty:
+        return touched
+    key = touched["device_id"].where(touched["device_id"].notna(), touched["golioth_device_id"])
+    touched = touched.assign(key=key)
+    sample: dict[str, None] = {}
+    for _, rows in touched.groupby(["side", "action", touched["field"].fillna("")], sort=True):
+        sample.update(dict.fromkeys(sorted(set(rows["key"]))[:PER_KIND]))
+    return touched[touched["key"].isin(list(sample)[:SAMPLE])]
+
+
+def _ids(rows: pd.DataFrame) -> list[str]:
+    return sorted(set(rows["golioth_device_id"].dropna()) | set(rows["device_id"].dropna()))
+
+
+def writes_left(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int) -> int:
+    """How many writes a fresh diff of the sampled devices still plans: 0 when the run converged."""
+    with db.connect() as conn:
+        picked = sample_written(sync_log.load_plan(conn, sync_log_id))
+    if picked.empty:
+        return 0
+    ids = _ids(picked)
+    written_in_golioth = _ids(picked[picked["side"] == Side.remote])
+    if written_in_golioth:
+        steps.fetch_step(db, service, client, steps.resolve_scope(db, service, written_in_golioth))
+    request = steps.SyncRequest(service.organization_id, device_ids=ids, dry_run=True)
+    fresh, _ = steps.build_plan(db, service, request, steps.resolve_scope(db, service, ids))
+    return len(fresh.writes())
