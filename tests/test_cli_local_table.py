@@ -63,7 +63,7 @@ def cli_env(db_url, tmp_path, acme_database, sim_project_factory):
         "DATABASE_URL": db_url.render_as_string(hide_password=False),
         "DAGSTER_DATABASE_URL": dagster_url.render_as_string(hide_password=False),
         "ACME_DATABASE_URL": acme_database.render_as_string(hide_password=False),
-        "ACME_GOLIOTH_KEY": project.api_key,
+        "GOLIOTH_ACME_KEY": project.api_key,
         "COLUMNS": "200",
     }
     try:
@@ -89,7 +89,7 @@ def test_a_table_golioth_sync_never_saw_syncs_both_ways_from_one_mapping_file(cl
 
     golioth_sync(
         env, tmp_path, "services", "add", "--org", org, "--name", "Acme fleet", "--project-id", project.project_id,
-        "--base-url", project.url, "--golioth-org", project.organization_id, "--api-key-env", "ACME_GOLIOTH_KEY",
+        "--base-url", project.url, "--golioth-org", project.organization_id, "--api-key-env", "GOLIOTH_ACME_KEY",
         "--local-table", str(mapping_file),
     )  # fmt: skip
     checked = golioth_sync(env, tmp_path, "local", "check", "--org", org)

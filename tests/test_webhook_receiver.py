@@ -528,11 +528,11 @@ def test_the_simulators_deliveries_are_accepted(client, receiver, engine, servic
 @pytest.fixture
 def product_service(make_acme_harness, monkeypatch):
     """examples/acme_fleet in a database of its own, linked by a first sync, with webhooks on."""
-    env = f"GS_TEST_WEBHOOK_{uuid.uuid4().hex[:8].upper()}"
+    env = f"GOLIOTH_TEST_SIGNING_{uuid.uuid4().hex[:8].upper()}"
     monkeypatch.setenv(env, SECRET)
     h = make_acme_harness(devices=2)
     assert h.sync().status == "success"
-    h.configure(webhook_enabled=True, webhook_secret_env=env)
+    h.configure(webhook_enabled=True, webhook_signing_key_env=env)
     return h
 
 
@@ -613,12 +613,12 @@ def meters_in_our_database(engine, org, monkeypatch):
             f"INSERT INTO {schema}.meters (utility, serial, label) VALUES (%(u)s, 'HN-1', 'Main street 12') RETURNING id",
             {"u": org},
         ).scalar_one()
-    env = f"GS_TEST_WEBHOOK_{uuid.uuid4().hex[:8].upper()}"
+    env = f"GOLIOTH_TEST_SIGNING_{uuid.uuid4().hex[:8].upper()}"
     monkeypatch.setenv(env, SECRET)
     mapping = mapping_with(
         "hydro_meters", connection_env=None, table=f"{schema}.meters", tenant={"column": "utility", "equals": org}
     )
-    service_id = make_webhook_service(engine, org, env)
+    service_id = make_webhook_service(engine, org, signing_key_env=env)
     gid = uuid.uuid4().hex[:24]
     with engine.begin() as conn:
         update_service(conn, service_id, local_table=mapping)
