@@ -288,5 +288,6 @@ def _warnings(conn: Connection, report: CheckReport, mapping: TableMapping) -> N
         report.warn(
             Misfit.no_change_tracking,
             None,
-            "no updated_at and no change capture: newest_wins cannot date local edits and falls back to Golioth",
+            "no updated_at and no change capture: newest_wins cannot date local edits, so Golioth wins them"
+            " (name an updated_at column, or run `golioth-sync local install-capture`)",
         )
