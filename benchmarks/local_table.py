@@ -26,6 +26,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV  # noqa: E402
 from golioth_assets.engine.sync import SyncRequest, sync_organization  # noqa: E402
 from golioth_assets.simulator import ProjectSpec, SimulatorServer  # noqa: E402
 from golioth_assets.store import database, migrate, services  # noqa: E402
@@ -49,7 +50,7 @@ def _drop(url) -> None:
 
 
 def _service(engine, org: str, project: str, base_url: str, mapping=None) -> None:
-    key_env = f"GOLIOTH_SYNC_BENCH_KEY_{org.upper()}"
+    key_env = f"GOLIOTH_BENCH_KEY_{org.upper()}"  # a GOLIOTH_ name, outside golioth-sync's own GOLIOTH_SYNC_
     os.environ[key_env] = f"{project}-key"
     with engine.begin() as conn:
         services.upsert_service(
@@ -78,6 +79,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    os.environ[ALLOW_LOOPBACK_HTTP_ENV] = "1"  # the simulator speaks plain http on loopback
     sim = SimulatorServer(
         projects=[
             ProjectSpec("bench-builtin", "bench-builtin-key", devices=args.devices, seed=42),
