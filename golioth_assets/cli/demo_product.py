@@ -68,6 +68,7 @@ def prepare_database(app_url: URL) -> URL:
 
 def register_service(engine: Engine, simulator_url: str, interval: int, webhook_envs: tuple[str, str]):
     """Acme's service: its project in the simulator, its table by the example's mapping."""
+    from golioth_assets.core.vocabulary import Direction, Policy
     from golioth_assets.store import services
 
     secret_env, signing_env = webhook_envs
@@ -82,8 +83,8 @@ def register_service(engine: Engine, simulator_url: str, interval: int, webhook_
                 golioth_organization_id="sim-org",
                 api_key_env=ACME_API_KEY_ENV,
                 interval_seconds=interval,
-                direction="bidirectional",
-                conflict_policy="manual",
+                direction=Direction.bidirectional,
+                conflict_policy=Policy.manual,
                 webhook_enabled=True,
                 webhook_secret_env=secret_env,
                 webhook_signing_key_env=signing_env,
