@@ -15,7 +15,6 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.database",
     "tests.fixtures.sync",
-    "tests.fixtures.foreign",
     "tests.fixtures.local_tables",
 ]
 

@@ -871,6 +871,11 @@ KIND_SCENARIOS = {
     ),
     Reason.new_in_golioth: (lambda: plan([], [remote_row()], []), ("create", "local"), "new in Golioth"),
     Reason.new_locally: (lambda: plan([local_row()], [], []), ("create", "remote"), "new locally"),
+    Reason.no_hardware_ids: (
+        lambda: plan([local_row()], [], [], unsynced_fields=frozenset({"hardware_ids"})),
+        ("create", "remote"),
+        "new locally; not created in Golioth: the local table maps no hardware_ids column",
+    ),
 }
 
 

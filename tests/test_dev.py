@@ -40,12 +40,34 @@ def dev_env(db_url, tmp_path):
     database.engine_for(app).dispose()
     drop_database(app)
     drop_database(dagster)
+    drop_database(app.set(database=app.database + "_acme"))  # the second organization's own database
 
 
 def _count(label: str, output: str) -> int:
     match = re.search(rf"{label}\s*│?\s*([\d,]+)", output)
     assert match, f"no {label!r} in:\n{output}"
     return int(match.group(1).replace(",", ""))
+
+
+def _summary(org: str, output: str) -> str:
+    """The summary table of the first sync of `org` in the demo's output."""
+    match = re.search(rf"run \d+ \({org}\): success(.*?)(?=run \d+ \(|Done in|$)", output, re.S)
+    assert match, f"no successful sync of {org} in:\n{output}"
+    return match.group(1)
+
+
+def _acme_devices(app) -> int:
+    """Acme's devices, in Acme's own table of its own database (examples/acme_fleet)."""
+    acme = sa.create_engine(app.set(database=app.database + "_acme"), poolclass=sa.NullPool)
+    with acme.connect() as conn:
+        count = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM app.devices d JOIN app.organizations o ON o.id = d.organization_id "
+                "WHERE o.slug = 'acme'"
+            )
+        ).scalar_one()
+    acme.dispose()
+    return count
 
 
 def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_env):
@@ -59,6 +81,13 @@ def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_en
     with database.engine_for(app).connect() as conn:
         rows = conn.execute(sa.text("SELECT count(*) FROM devices WHERE organization_id = 'demo'")).scalar_one()
     assert rows == 300
+    # The second organization: its 20 Golioth devices came into Acme's own table, and Acme's 3
+    # seeded devices went to Golioth.
+    acme = _summary("acme", first.stdout)
+    assert (_count("Golioth devices fetched", acme), _count("Local devices read", acme)) == (20, 3)
+    assert (_count("Created locally", acme), _count("Created in Golioth", acme)) == (20, 3)
+    assert _acme_devices(app) == 23
+    assert "psql postgresql://" in first.stdout and "UPDATE app.devices SET display_name" in first.stdout
 
     # The simulator's state is kept in GOLIOTH_SYNC_HOME, so a second demo finds both sides in step.
     argv[-1] = str(free_port())
@@ -66,8 +95,11 @@ def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_en
     assert second.returncode == 0, second.stdout + second.stderr
     assert "kept from the last demo" in second.stdout
     assert _count("Golioth devices fetched", second.stdout) == 300
-    for label in ("Created locally", "Updated locally", "Created in Golioth", "Updated in Golioth"):
-        assert _count(label, second.stdout) == 0, label
+    for org in ("demo", "acme"):
+        summary = _summary(org, second.stdout)
+        for label in ("Created locally", "Updated locally", "Created in Golioth", "Updated in Golioth"):
+            assert _count(label, summary) == 0, (org, label)
+    assert _acme_devices(app) == 23
 
 
 def _demo(env: dict, *extra: str) -> subprocess.CompletedProcess:
@@ -174,9 +206,24 @@ def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(
             assert proc.poll() is None, output.read_text()
             assert time.monotonic() < deadline, output.read_text()
             time.sleep(1)
-        text = output.read_text()
+        while "Edit one of Acme's devices in their own table: psql" not in (text := output.read_text()):
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
         assert 'eval "$(golioth-sync env)"' in text and "GOLIOTH_DEMO_API_KEY" in text  # another shell's CLI
         assert httpx.get(f"http://127.0.0.1:{ports['dagster']}/server_info", timeout=10).status_code == 200
+        # Both organizations side by side: a run of each in Dagster, a service of each in the console.
+        runs = httpx.post(
+            f"http://127.0.0.1:{ports['dagster']}/graphql",
+            json={"query": "{ runsOrError { ... on Runs { results { status tags { key value } } } } }"},
+            timeout=30,
+        ).json()["data"]["runsOrError"]["results"]
+        synced = {
+            t["value"] for r in runs if r["status"] == "SUCCESS" for t in r["tags"] if t["key"] == "dagster/partition"
+        }
+        assert {"demo", "acme"} <= synced, runs
+        services_page = httpx.get(f"http://127.0.0.1:{ports['console']}/services", timeout=10)
+        assert services_page.status_code == 200, services_page.text[:500]
+        assert "Demo fleet" in services_page.text and "Acme fleet" in services_page.text
         assert httpx.get(f"http://127.0.0.1:{ports['webhook']}/healthz", timeout=10).status_code == 200
         children = _descendants(proc.pid)
         assert len(children) >= 4  # receiver, webserver, daemon, console (and their own children)

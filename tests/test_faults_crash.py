@@ -7,10 +7,15 @@ storage, the project's dagster.yaml with its pools) → the sync assets. The tes
 simulator's request counters from outside and kills the process group when a chosen number of
 Golioth writes has gone through: nothing in the child knows it is about to die.
 
-Three kills in a row, with new local edits between them (some re-editing devices whose previous
-edit was in flight when the process died), then one run that is left to finish. Afterwards:
-Golioth holds no duplicate device, every link is one-to-one, and the latest local edit of every
-device is what both sides show.
+Kills in a row, with new local edits between them (some re-editing devices whose previous edit
+was in flight when the process died), then one run that is left to finish. Afterwards: Golioth
+holds no duplicate device, every link is one-to-one, and the latest local edit of every device is
+what both sides show.
+
+Each test runs on the built-in `devices` table and on a product's own table in a database of its
+own (examples/acme_fleet). The mapped run is smaller (half the devices, two kills instead of four):
+what it adds is the second database (their table, our bookkeeping, generated hardware ids stored
+in their table before a create), not more kill points.
 """
 
 from __future__ import annotations
@@ -48,8 +53,19 @@ CLI = str(Path(sys.executable).with_name("golioth-sync"))
 WRITE_LATENCY = {"latency_ms": 500, "methods": list(WRITE_METHODS)}
 
 
+@pytest.fixture(params=["builtin", "acme_fleet"])
+def local_table(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def cli_env(db_url, tmp_path, make_harness):
+def make_any_harness(request, local_table):
+    """The built-in table, or examples/acme_fleet's table in its own database."""
+    return request.getfixturevalue("make_harness" if local_table == "builtin" else "make_acme_harness")
+
+
+@pytest.fixture
+def cli_env(db_url, tmp_path):
     """The environment `golioth-sync` runs with: our test database for the app tables, a fresh
     database for Dagster's run storage, a throwaway GOLIOTH_SYNC_HOME."""
     dagster_url = db_url.set(database=f"gs_faults_dagster_{uuid.uuid4().hex[:8]}")
@@ -79,7 +95,7 @@ def run_cli(h, env: dict, tmp_path: Path, *, kill_after_writes: int | None, time
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [CLI, "sync", "--org", h.org],
-            env={**env, h.service.api_key_env: h.project.api_key},
+            env={**env, **h.cli_env()},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -126,15 +142,16 @@ def _drained_stats(h, timeout: float = 60) -> dict:
     return stats
 
 
-def _edit_tags(h, device_ids: list[str], tags: list[str]) -> None:
-    with h.engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE devices SET tags = :t WHERE id = ANY(CAST(:ids AS uuid[]))"), {"t": tags, "ids": device_ids}
-        )
+def test_sigkill_during_golioth_writes_at_several_points_then_converges(
+    make_any_harness, local_table, cli_env, tmp_path
+):
+    mapped = local_table != "builtin"
+    scale = 0.5 if mapped else 1.0  # the built-in table: 300 devices; the mapped one: 150
 
+    def n(count: float) -> int:
+        return round(count * scale)
 
-def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_harness, cli_env, tmp_path):
-    h = make_harness(devices=300, seed=31)
+    h = make_any_harness(devices=n(300), seed=31)
     assert h.sync().status == "success"
     ids = list(h.local().sort_index().index)
     h.project.set_faults(**WRITE_LATENCY)
@@ -143,25 +160,25 @@ def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_har
     # which the sync generates and stores before the create), 20 console renames to pull. About
     # 300 writes in all: the four kills take about 190 of them plus what lands meanwhile, which
     # leaves round 4 plenty to die in the middle of.
-    expected = bulk_edit_local(h, ids[:260], "r1")
-    _edit_tags(h, ids[:60], ["killed-1"])
-    expected.update(bulk_create_local(h, 30, "born-r1", with_hardware_ids=False))
-    pulled = {h.golioth_id_of(d): f"console-{d[:8]}" for d in ids[280:300]}
+    expected = bulk_edit_local(h, ids[: n(260)], "r1")
+    h.set_tags_many(ids[: n(60)], ["killed-1"])
+    expected.update(bulk_create_local(h, n(30), "born-r1", with_hardware_ids=False))
+    pulled = {h.golioth_id_of(d): f"console-{d[:8]}" for d in ids[n(280) : n(300)]}
     for gid, name in pulled.items():
         h.edit_remote(gid, name=name)
-    kill_points = [25]
-    killed = [run_cli(h, cli_env, tmp_path, kill_after_writes=25)]
+    kill_points = [n(25)]
+    killed = [run_cli(h, cli_env, tmp_path, kill_after_writes=kill_points[-1])]
 
     # Round 2: re-edit 50 devices of round 1 (their first edit may be half-applied), 10 more creates.
-    expected.update(bulk_edit_local(h, ids[150:200], "r2"))
-    _edit_tags(h, ids[40:60], ["killed-2"])
-    expected.update(bulk_create_local(h, 10, "born-r2"))
-    kill_points.append(120)
-    killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=120))
+    expected.update(bulk_edit_local(h, ids[n(150) : n(200)], "r2"))
+    h.set_tags_many(ids[n(40) : n(60)], ["killed-2"])
+    expected.update(bulk_create_local(h, n(10), "born-r2"))
+    kill_points.append(n(120))
+    killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=kill_points[-1]))
 
     # Rounds 3 and 4: no new edits; die part-way through what is left each time. Four kills: as
     # many as the golioth_api pool has slots, each killed run holding one (see below).
-    for kill_after in (35, 8):
+    for kill_after in () if mapped else (35, 8):
         kill_points.append(kill_after)
         killed.append(run_cli(h, cli_env, tmp_path, kill_after_writes=kill_after))
 
@@ -171,8 +188,8 @@ def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_har
         assert run["killed_at"] is not None and run["killed_at"] >= kill_after, run["killed_at"]
     assert sum(run["writes"] for run in killed) >= sum(kill_points)
     runs = sync_log_rows(h)
-    assert [r["status"] for r in runs[-4:]] == ["running"] * 4  # nobody finished their log rows
-    killed_run_ids = [r["dagster_run_id"] for r in runs[-4:]]
+    assert [r["status"] for r in runs[-len(killed) :]] == ["running"] * len(killed)  # nobody finished
+    killed_run_ids = [r["dagster_run_id"] for r in runs[-len(killed) :]]
 
     # The next run is left alone: it finishes, and a run after it has nothing left to do. It must
     # not wait for ever on the pool slots the killed runs held (it did, before the CLI learned to
@@ -188,7 +205,7 @@ def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_har
     with sa.create_engine(cli_env["DAGSTER_DATABASE_URL"], poolclass=sa.NullPool).connect() as conn:
         statuses = dict(conn.execute(sa.text("SELECT run_id, status FROM runs")).all())
         held = conn.execute(sa.text("SELECT run_id FROM concurrency_slots WHERE run_id IS NOT NULL")).scalars().all()
-    assert [statuses[r] for r in killed_run_ids] == ["FAILURE"] * 4
+    assert [statuses[r] for r in killed_run_ids] == ["FAILURE"] * len(killed)
     assert held == []
     h.project.clear_faults()
     final = h.sync()
@@ -196,15 +213,15 @@ def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_har
     assert h.conflicts().empty
 
     remote = assert_no_duplicates(h)
-    assert len(remote) == 300 + 40
+    assert len(remote) == n(300) + n(30) + n(10)
     local = h.local()
     links = h.links().set_index("device_id")["golioth_device_id"]
     tags = h.tag_names()
     for device_id, name in expected.items():  # the latest local edit, on both sides
         assert local.loc[device_id, "name"] == name
         assert remote[links[device_id]]["name"] == name, device_id
-    for device_id in ids[:60]:
-        want = ["killed-2"] if device_id in ids[40:60] else ["killed-1"]
+    for device_id in ids[: n(60)]:
+        want = ["killed-2"] if device_id in ids[n(40) : n(60)] else ["killed-1"]
         assert list(local.loc[device_id, "tags"]) == want
         assert [tags[t] for t in remote[links[device_id]].get("tagIds", [])] == want
     for gid, name in pulled.items():  # the console edits arrived too
@@ -212,7 +229,7 @@ def test_sigkill_during_golioth_writes_at_several_points_then_converges(make_har
         assert local.loc[h.device_id_of(gid), "name"] == name
 
 
-def test_killed_run_failed_by_dagster_then_newer_local_edits_win(make_harness, cli_env, tmp_path, monkeypatch):
+def test_killed_run_failed_by_dagster_then_newer_local_edits_win(make_any_harness, cli_env, tmp_path, monkeypatch):
     """After a kill, Dagster learns the run is dead (here: the next CLI command's check; in a
     deployment: run monitoring's max runtime) and the failure sensor finishes its log row as
     failed. The PATCHes that landed before the kill must still be recognised as our own writes:
@@ -224,7 +241,7 @@ def test_killed_run_failed_by_dagster_then_newer_local_edits_win(make_harness, c
     from golioth_assets.defs.resources import DeviceStore
     from sensors.failures import _record_stopped_run
 
-    h = make_harness(devices=100, seed=32)
+    h = make_any_harness(devices=100, seed=32)
     assert h.sync().status == "success"
     ids = list(h.local().sort_index().index)
     # Slower writes than the other test: at most 16 complete per second, so from the 40th to the

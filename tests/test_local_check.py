@@ -78,7 +78,11 @@ BREAKS = [
     (
         "acme_fleet",
         "ALTER TABLE app.devices ALTER COLUMN metadata TYPE text",
-        "column metadata: tags at a JSON path needs jsonb, but it is text",
+        (  # one line per field mapped inside it
+            "column metadata: tags at a JSON path needs jsonb, but it is text",
+            "column metadata: blueprint at a JSON path needs jsonb, but it is text",
+            "column metadata: cohort at a JSON path needs jsonb, but it is text",
+        ),
     ),
     (
         "acme_fleet",
@@ -152,7 +156,8 @@ def test_each_misfit_is_one_line_naming_the_column(example_urls, example, ddl, e
             transaction.rollback()
         unbroken = run_check(conn, mapping)
     engine.dispose()
-    assert error_lines("\n".join(broken.lines())) == [f"error: {expected}"]
+    lines = expected if isinstance(expected, tuple) else (expected,)
+    assert error_lines("\n".join(broken.lines())) == [f"error: {line}" for line in lines]
     assert unbroken.ok, unbroken.lines()
 
 
@@ -274,12 +279,87 @@ def test_an_org_without_a_mapping_checks_the_builtin_table(db_env, engine, org):
     ]
 
 
+def test_an_org_with_a_stored_mapping_checks_its_table(db_env, product_database, monkeypatch):
+    """`services add … --local-table FILE` stores the mapping; `local check --org` checks that one,
+    against the database its variable names, and sees a misfit made after it was stored."""
+    product = product_database("hydro_meters")
+    org = f"hydro-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("GOLIOTH_TEST_HYDRO_KEY", "not-used-here")
+    added = run(
+        "services", "add", "--org", org, "--name", "Hydro", "--project-id", "p", "--api-key-env", "GOLIOTH_TEST_HYDRO_KEY",
+        "--local-table", str(product.mapping_path),
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    result = run("local", "check", "--org", org)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith(f"public.meters in {product.url.render_as_string()}")
+    assert "fits the mapping: 0 error(s), 2 warning(s)" in result.output
+    product.execute("ALTER TABLE meters RENAME COLUMN last_contact TO last_contact_at")
+    result = run("local", "check", "--org", org)
+    assert result.exit_code == 1
+    assert error_lines(result.output) == [
+        "error: column last_contact: does not exist in public.meters (observed.last_seen_online);"
+        " did you mean last_contact_at?"
+    ]
+
+
 def test_an_org_without_a_service_is_one_line(db_env):
     result = run("local", "check", "--org", "nobody-here")
     assert result.exit_code == 1
     assert result.output.strip() == (
         "Error: organization 'nobody-here' has no Golioth service; add one with `golioth-sync services add`"
     )
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY; ALTER TABLE app.things ALTER COLUMN id TYPE uuid USING gen_random_uuid()",
+        "ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY; ALTER TABLE app.things ALTER COLUMN id TYPE text",
+        "ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY; ALTER TABLE app.things ALTER COLUMN id TYPE varchar(64)",
+        "ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY;"
+        " ALTER TABLE app.things ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY",
+    ],
+    ids=["uuid", "text", "varchar(64)", "identity"],
+)
+def test_a_key_without_a_default_is_fine_where_golioth_sync_chooses_keys(example_urls, ddl):
+    """uuid and text keys get a uuid from the sync itself, integer keys their own sequence: no
+    default needed. The sync's own rules (connect.fits) say the same as the check."""
+    from golioth_assets.store.local_table.connect import fits
+    from golioth_assets.store.local_table.introspect import describe_table
+    from golioth_assets.store.local_table.mapping import TableMapping, TableName
+
+    mapping = TableMapping.model_validate(THINGS_MAPPING)
+    engine = sa.create_engine(example_urls["acme_fleet"], poolclass=sa.NullPool)
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.exec_driver_sql(THINGS)
+        conn.exec_driver_sql(ddl)
+        report = check_mapping(conn, mapping)
+        shape = fits(mapping, describe_table(conn, TableName.parse("app.things")))
+        transaction.rollback()
+    engine.dispose()
+    assert error_lines("\n".join(report.lines())) == [] and shape == []
+
+
+def test_the_sync_refuses_what_the_check_reports_as_an_error(example_urls):
+    """One set of rules: each shape error of the check is what the sync refuses before writing."""
+    from golioth_assets.store.local_table.connect import fits
+    from golioth_assets.store.local_table.introspect import describe_table
+    from golioth_assets.store.local_table.mapping import TableMapping, TableName
+
+    mapping = TableMapping.model_validate(
+        {**THINGS_MAPPING, "fields": {"name": "name", "enabled": "lifecycle"}, "updated_at": "fw", "observed": {}}
+    )
+    engine = sa.create_engine(example_urls["acme_fleet"], poolclass=sa.NullPool)
+    with engine.connect() as conn, conn.begin() as transaction:
+        conn.exec_driver_sql(THINGS)
+        conn.exec_driver_sql("ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY")
+        report = check_mapping(conn, mapping)
+        shape = fits(mapping, describe_table(conn, TableName.parse("app.things")))
+        transaction.rollback()
+    engine.dispose()
+    assert len(shape) == 3
+    assert [f"error: {line}" for line in shape] == error_lines("\n".join(report.lines()))
 
 
 # -- least privilege: the GRANTs docs/local-tables.md gives are enough, and a missing one is named ---
@@ -417,7 +497,19 @@ RULES = [
     (
         "ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY",
         {},
-        "column id: the key has no default or identity, so new devices cannot be inserted (add DEFAULT gen_random_uuid() or an identity)",
+        "column id: an integer key without an identity or an owned sequence: golioth-sync cannot choose keys"
+        " for new rows (make it GENERATED … AS IDENTITY or serial)",
+    ),
+    (
+        "ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY; ALTER TABLE app.things ALTER COLUMN id TYPE varchar(20)",
+        {},
+        "column id: the key holds at most 20 characters; new rows get a uuid (36 characters)",
+    ),
+    (
+        "ALTER TABLE app.things ALTER COLUMN id DROP IDENTITY; ALTER TABLE app.things ALTER COLUMN id TYPE date USING DATE '2020-01-01' + id::int",
+        {},
+        "column id: the key is date: golioth-sync can choose keys for new rows only in uuid, text or integer keys"
+        " with a sequence",
     ),
     ("", {"updated_at": "fw", "observed": {}}, "column fw: updated_at needs a timestamp, but it is text"),
 ]

@@ -6,6 +6,10 @@ The crash is injected in the HTTP transport: the first N writes reach the simula
 link, no log row update). With N counted across creates, PATCHes, LightDB writes and tag
 creation, a crash lands between a Golioth write and its local bookkeeping, including between a
 Golioth create and the link insert. One test kills a real subprocess with SIGKILL.
+
+Every test runs twice: on the built-in `devices` table, and on a product's own table in a database
+of its own (examples/acme_fleet under its mapping), where the local step's writes and golioth-sync's
+bookkeeping are two transactions in two databases (docs/reliability.md, "Two databases").
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ import sqlalchemy as sa
 from golioth_assets.engine import local_apply
 from golioth_assets.engine.sync import SyncRequest, open_client, sync_organization
 from tests.fixtures.faults import WRITE_METHODS, assert_no_duplicates
+
+
+@pytest.fixture(params=["builtin", "acme_fleet"])
+def make_any_harness(request):
+    """The built-in table, or examples/acme_fleet's table in its own database."""
+    return request.getfixturevalue("make_harness" if request.param == "builtin" else "make_acme_harness")
 
 
 class Crash(BaseException):
@@ -97,11 +107,7 @@ def edit_both_sides(h) -> dict:
             "enabled": False,
         },
     }
-    with h.engine.begin() as conn:
-        conn.execute(
-            sa.text("UPDATE devices SET desired_state = CAST(:d AS jsonb) WHERE id = :id"),
-            {"d": '{"mode": "eco"}', "id": next(iter(new_ids))},
-        )
+    h.edit_local(next(iter(new_ids)), desired_state={"mode": "eco"})
     new_ids[next(iter(new_ids))]["desired_state"] = {"mode": "eco"}
     expected_local.update(new_ids)
     expected_remote: dict[str, dict] = {}
@@ -140,8 +146,8 @@ def _plain(value):
 
 
 @pytest.mark.parametrize("writes", [1, 2, 3, 5, 8, 13])
-def test_crash_after_n_golioth_writes_then_the_next_run_converges(make_harness, writes):
-    h = make_harness(devices=10, seed=5)
+def test_crash_after_n_golioth_writes_then_the_next_run_converges(make_any_harness, writes):
+    h = make_any_harness(devices=10, seed=5)
     assert h.sync().status == "success"
     expected = edit_both_sides(h)
 
@@ -156,10 +162,10 @@ def test_crash_after_n_golioth_writes_then_the_next_run_converges(make_harness, 
     assert h.sync().plan.empty
 
 
-def test_crash_between_golioth_create_and_link_insert_refinds_the_device(make_harness):
+def test_crash_between_golioth_create_and_link_insert_refinds_the_device(make_any_harness):
     """The create reached Golioth, the process died before it learned the id: the next run must find
     the device again by hardware id (including a generated one) instead of creating a second one."""
-    h = make_harness(devices=2, seed=5)
+    h = make_any_harness(devices=2, seed=5)
     h.sync()
     generated = h.create_local(name="half-created", tags=["fresh"], enabled=False)
     h.edit_local(generated, desired_state={"k": 1})
@@ -182,9 +188,9 @@ def test_crash_between_golioth_create_and_link_insert_refinds_the_device(make_ha
     assert h.sync().plan.empty
 
 
-def test_crash_in_the_local_step_after_golioth_writes(make_harness, monkeypatch):
+def test_crash_in_the_local_step_after_golioth_writes(make_any_harness, monkeypatch):
     """Golioth got the writes, the local transaction (pulls, base snapshots, audit) never committed."""
-    h = make_harness(devices=6, seed=5)
+    h = make_any_harness(devices=6, seed=5)
     h.sync()
     # Both from one sorted read: rows come back in no fixed order, so two reads could pick one device twice.
     ids = h.local().sort_index().index
@@ -215,8 +221,8 @@ def test_crash_in_the_local_step_after_golioth_writes(make_harness, monkeypatch)
     assert h.sync().plan.empty
 
 
-def test_local_edit_made_during_a_crashed_run_is_not_lost(make_harness):
-    h = make_harness(devices=4, seed=5)
+def test_local_edit_made_during_a_crashed_run_is_not_lost(make_any_harness):
+    h = make_any_harness(devices=4, seed=5)
     h.sync()
     device_id = h.local().index[0]
     h.edit_local(device_id, name="first-edit")
@@ -260,8 +266,8 @@ _KILLER = textwrap.dedent(
 )
 
 
-def test_sigkill_mid_apply_then_the_next_run_converges(make_harness, db_url):
-    h = make_harness(devices=10, seed=6)
+def test_sigkill_mid_apply_then_the_next_run_converges(make_any_harness, db_url):
+    h = make_any_harness(devices=10, seed=6)
     assert h.sync().status == "success"
     expected = edit_both_sides(h)
     env = {**os.environ, h.service.api_key_env: h.project.api_key}

@@ -644,8 +644,8 @@ def stack_cases(draw) -> StackCase:
 
 @pytest.fixture(params=["builtin", "mapped"])
 def stack_harness(request):
-    """The built-in table, or a product's own table in its own database (tests/fixtures/foreign.py)."""
-    return request.getfixturevalue("make_harness" if request.param == "builtin" else "make_foreign_harness")
+    """The built-in table, or a product's own table in its own database (examples/acme_fleet)."""
+    return request.getfixturevalue("make_harness" if request.param == "builtin" else "make_acme_harness")
 
 
 def _prepare(make_harness, case: StackCase, policy: str):

@@ -520,3 +520,129 @@ def test_the_simulators_deliveries_are_accepted(client, receiver, engine, servic
         assert response.status_code == 202, response.text
     row = device_row(engine, local_id)
     assert (row["reported_state"], row["status"]) == ({"env": {"battery": 5}}, "offline")
+
+
+# --- a product's own table (issue 10): the fast path through its LocalTable --------------------------
+
+
+@pytest.fixture
+def product_service(make_acme_harness, monkeypatch):
+    """examples/acme_fleet in a database of its own, linked by a first sync, with webhooks on."""
+    env = f"GOLIOTH_TEST_SIGNING_{uuid.uuid4().hex[:8].upper()}"
+    monkeypatch.setenv(env, SECRET)
+    h = make_acme_harness(devices=2)
+    assert h.sync().status == "success"
+    h.configure(webhook_enabled=True, webhook_signing_key_env=env)
+    return h
+
+
+def _wait_for(condition, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return value
+
+
+def test_observed_fields_reach_a_product_table_in_another_database(client, engine, product_service):
+    """The events commit first (and are answered); then one statement writes their table, in the
+    product's own vocabulary: ONLINE/OFFLINE in its enum, the firmware map merged."""
+    h = product_service
+    device_id, gid = h.links().sort_values("golioth_device_id").iloc[0][["device_id", "golioth_device_id"]]
+    audits = h.audit_count()
+    t0 = datetime.now(UTC) - timedelta(seconds=30)
+    online = signed_body("device.online", gid, {"firmware_versions": {"main": "9.9.9"}}, timestamp=t0.isoformat())
+    offline = signed_body("device.offline", gid, timestamp=(t0 + timedelta(seconds=10)).isoformat())
+    late = signed_body("device.online", gid, timestamp=(t0 + timedelta(seconds=5)).isoformat())  # older: no flip
+    url = f"/webhooks/golioth/{h.service.id}"
+    for body in (online, offline, late):
+        assert client.post(url, content=body, headers=signed_headers(body, SECRET)).status_code == 202
+
+    def applied():
+        row = h.rows().loc[device_id]
+        return row.to_dict() if row["last_online_at"] == t0 + timedelta(seconds=5) else None
+
+    row = _wait_for(applied)
+    assert row["connectivity"] == "OFFLINE"
+    assert row["last_offline_at"] == t0 + timedelta(seconds=10)
+    assert row["firmware"]["main"] == "9.9.9"
+    assert h.audit_count() == audits + 3  # their audit trigger saw each write: ordinary UPDATEs
+    assert [r["status"] for r in rows(engine, h.service.id)] == ["processed"] * 3
+    assert h.sync().plan.query("action != 'observe'").empty  # no synced field looks edited
+
+
+def test_a_product_table_that_refuses_the_write_loses_nothing_but_those_fields(client, engine, product_service, caplog):
+    """Their database refuses the observed fields (a column renamed under the receiver): the events
+    are committed and answered all the same, one line says what was not written, and the row is
+    unchanged. The next sync brings the fields from Golioth."""
+    h = product_service
+    device_id, gid = h.links().sort_values("golioth_device_id").iloc[0][["device_id", "golioth_device_id"]]
+    url = f"/webhooks/golioth/{h.service.id}"
+    warmup = signed_body("device.offline", gid, timestamp=(datetime.now(UTC) - timedelta(seconds=60)).isoformat())
+    assert client.post(url, content=warmup, headers=signed_headers(warmup, SECRET)).status_code == 202
+    _wait_for(lambda: h.rows().loc[device_id, "connectivity"] == "OFFLINE")  # the table is open and cached
+    before = h.rows().loc[device_id]
+    caplog.set_level(logging.WARNING, logger="golioth_assets.store.webhook_events")
+    with h.product.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE app.devices RENAME COLUMN connectivity TO link_state"))
+    try:
+        body = signed_body("device.online", gid, timestamp=datetime.now(UTC).isoformat())
+        assert client.post(url, content=body, headers=signed_headers(body, SECRET)).status_code == 202
+        line = _wait_for(lambda: [r.getMessage() for r in caplog.records if "not written to" in r.getMessage()])
+        assert "observed fields of 1 device(s) not written to" in line[0] and "app.devices" in line[0]
+        assert "connectivity" in line[0] and "next sync brings them" in line[0]
+        after = h.rows().loc[device_id]
+        assert after["last_online_at"] == before["last_online_at"]
+        assert [r["status"] for r in rows(engine, h.service.id)] == ["processed", "processed"]
+    finally:
+        with h.product.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE app.devices RENAME COLUMN link_state TO connectivity"))
+
+
+@pytest.fixture
+def meters_in_our_database(engine, org, monkeypatch):
+    """examples/hydro_meters' table created in golioth-sync's own database (its own schema), one
+    meter linked to a Golioth device: (service id, meter id, Golioth id, schema)."""
+    from tests.fixtures.local_tables import EXAMPLES, mapping_with
+
+    schema = f"hydro_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}; SET LOCAL search_path = {schema}")
+        conn.exec_driver_sql((EXAMPLES / "hydro_meters" / "schema.sql").read_text().replace("%", "%%"))
+        meter = conn.exec_driver_sql(
+            f"INSERT INTO {schema}.meters (utility, serial, label) VALUES (%(u)s, 'HN-1', 'Main street 12') RETURNING id",
+            {"u": org},
+        ).scalar_one()
+    env = f"GOLIOTH_TEST_SIGNING_{uuid.uuid4().hex[:8].upper()}"
+    monkeypatch.setenv(env, SECRET)
+    mapping = mapping_with(
+        "hydro_meters", connection_env=None, table=f"{schema}.meters", tenant={"column": "utility", "equals": org}
+    )
+    service_id = make_webhook_service(engine, org, signing_key_env=env)
+    gid = uuid.uuid4().hex[:24]
+    with engine.begin() as conn:
+        update_service(conn, service_id, local_table=mapping)
+        conn.execute(
+            sa.text(
+                "INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id) VALUES (:s, :d, :g)"
+            ),
+            {"s": service_id, "d": str(meter), "g": gid},
+        )
+    yield service_id, meter, gid, schema
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_product_table_in_our_own_database_is_written_in_the_events_transaction(
+    client, engine, meters_in_our_database
+):
+    service_id, meter, gid, schema = meters_in_our_database
+    t0 = datetime.now(UTC) - timedelta(seconds=30)
+    body = signed_body("device.online", gid, {"firmware_versions": {"main": "3.0.1"}}, timestamp=t0.isoformat())
+    response = client.post(f"/webhooks/golioth/{service_id}", content=body, headers=signed_headers(body, SECRET))
+    assert response.status_code == 202
+    # No polling: the 2xx means the meter row is committed with the event.
+    with engine.connect() as conn:
+        row = conn.exec_driver_sql(f"SELECT * FROM {schema}.meters WHERE id = %(id)s", {"id": meter}).mappings().one()
+    assert (row["last_contact"], row["fw"], row["label"]) == (t0, "3.0.1", "Main street 12")
+    assert [r["status"] for r in rows(engine, service_id)] == ["processed"]

@@ -2,8 +2,9 @@
 
 1. the embedded PostgreSQL (or DATABASE_URL), migrated;
 2. the Golioth simulator with 10,000 devices;
-3. a demo organization whose service points at the simulator;
-4. one full sync through Dagster, with a summary;
+3. a demo organization whose service points at the simulator, and a second one, `acme`, whose
+   devices live in a product's own table in a database of its own (cli/demo_product.py);
+4. one full sync of each through Dagster, with a summary;
 5. the webhook receiver, the Dagster webserver and daemon (and the web console, when installed),
    until Ctrl-C stops them all. `--no-ui` stops after step 4: one headless sync, then exit.
 """
@@ -27,6 +28,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.cli import demo_product
 from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
 
 DEMO_ORG = "demo"
@@ -267,20 +269,28 @@ def dev(
     try:
         service = _register_demo_service(runtime.engine, simulator.url, interval)
         console.print(f"[green]✓[/] organization [bold]{DEMO_ORG}[/] → project {DEMO_PROJECT} (service {service.id})")
-        _first_sync(runtime.engine)
+        acme = _register_acme(runtime, simulator.url, interval)
+        _first_sync(runtime.engine, DEMO_ORG)
+        _first_sync(runtime.engine, demo_product.ACME_ORG)
         if no_ui:
             console.print(
                 f"Done in {time.perf_counter() - started:.1f} s. Look next: `golioth-sync history --org {DEMO_ORG}`, "
-                "the `devices` table over SQL (`golioth-sync db status` says where), or `make demo` for the UI."
+                "the `devices` table over SQL (`golioth-sync db status` says where), or `make demo` for the UI. "
+                f"Acme's devices are in their own table: {demo_product.psql_line(acme_url(runtime))}",
+                soft_wrap=True,  # the command stays on one line, to be copied
             )
             return
         ports = Ports(dagster_port, simulator.port, webhook_port, console_port)
         ui_ready, has_console = _start_services(children, ports)
-        _connect_webhooks(simulator, ports, service.id)
+        _connect_webhooks(simulator, ports, {DEMO_PROJECT: service.id, demo_product.ACME_PROJECT: acme.id})
         if activity:
             ids = _some_device_ids(simulator)
             threading.Thread(target=_activity, args=(simulator.control, stop_activity, ids), daemon=True).start()
         _print_running(runtime, simulator, ports, service.id, interval, ui_ready=ui_ready, has_console=has_console)
+        console.print(
+            f"Edit one of Acme's devices in their own table: {demo_product.psql_line(acme_url(runtime))}",
+            soft_wrap=True,
+        )
         _watch(children)
     except KeyboardInterrupt:
         console.print("stopping…")
@@ -322,14 +332,17 @@ def demo_api_key() -> str:
     return key
 
 
-def demo_exports() -> dict[str, str]:
-    """What `golioth-sync env` adds for the demo: its simulated API key, once a demo has made one.
-    (A simulator key, made up on this machine: it opens nothing but the demo's simulator.)"""
+def demo_exports(app_url=None) -> dict[str, str]:
+    """What `golioth-sync env` adds for the demo: its simulated API keys, once a demo has made one,
+    and where Acme's table is. (Simulator keys, made up on this machine: they open nothing but the
+    demo's simulator.)"""
     key_file = demo_home() / "api-key"
     if not key_file.exists():
         return {}
+    key = key_file.read_text().strip()
+    acme = demo_product.exports(app_url, key) if app_url is not None else {}
     # The simulator speaks plain http on loopback, which only an explicit allowance permits.
-    return {API_KEY_ENV: key_file.read_text().strip(), ALLOW_LOOPBACK_HTTP_ENV: "1"}
+    return {API_KEY_ENV: key, ALLOW_LOOPBACK_HTTP_ENV: "1", **acme}
 
 
 def _start_simulator(devices: int, port: int, *, fresh: bool):
@@ -341,7 +354,10 @@ def _start_simulator(devices: int, port: int, *, fresh: bool):
         state_file.unlink(missing_ok=True)
     kept = state_file.exists()
     simulator = SimulatorServer(
-        projects=[ProjectSpec(DEMO_PROJECT, os.environ[API_KEY_ENV], devices=devices, seed=42)],
+        projects=[
+            ProjectSpec(DEMO_PROJECT, os.environ[API_KEY_ENV], devices=devices, seed=42),
+            demo_product.project_spec(devices, os.environ[API_KEY_ENV]),
+        ],
         port=port,
         state_file=state_file,
     ).start_subprocess()
@@ -350,20 +366,35 @@ def _start_simulator(devices: int, port: int, *, fresh: bool):
     return simulator
 
 
-def _first_sync(engine) -> None:
+def _register_acme(runtime, simulator_url: str, interval: int):
+    """The second organization: Acme's own table, in its own database (cli/demo_product.py)."""
+    url = demo_product.prepare_database(runtime.app_url)
+    acme = demo_product.register_service(runtime.engine, simulator_url, interval, (WEBHOOK_SECRET_ENV, SIGNING_KEY_ENV))
+    console.print(
+        f"[green]✓[/] organization [bold]{demo_product.ACME_ORG}[/] → project {demo_product.ACME_PROJECT} "
+        f"(service {acme.id}), devices in {demo_product.mapping().table} of {url.render_as_string(hide_password=True)}"
+    )
+    return acme
+
+
+def acme_url(runtime):
+    return demo_product.product_url(runtime.app_url)
+
+
+def _first_sync(engine, org: str) -> None:
     from golioth_assets.cli.dagster_run import dead_runs_note, run_sync_job
     from golioth_assets.cli.render import summary_table
     from golioth_assets.store import sync_log
 
-    launched = run_sync_job(DEMO_ORG, trigger="demo", console=console)
+    launched = run_sync_job(org, trigger="demo", console=console)
     with engine.connect() as conn:
-        run = sync_log.latest_run(conn, DEMO_ORG, dagster_run_id=launched.run_id)
+        run = sync_log.latest_run(conn, org, dagster_run_id=launched.run_id)
     if run:
         console.print(summary_table(run))
     if note := dead_runs_note(launched):
         console.print(note, style="yellow")
     if not launched.success:
-        raise click.ClickException(launched.error or "the first sync failed")
+        raise click.ClickException(launched.error or f"the first sync of {org} failed")
 
 
 def _start_services(children: Children, ports: Ports) -> tuple[bool, bool]:
@@ -384,15 +415,16 @@ def _start_services(children: Children, ports: Ports) -> tuple[bool, bool]:
     return _wait_http(f"http://127.0.0.1:{ports.dagster}/server_info", 120), has_console
 
 
-def _connect_webhooks(simulator, ports: Ports, service_id: int) -> None:
-    """Point the simulator's pipeline webhook and signed device events at the receiver."""
+def _connect_webhooks(simulator, ports: Ports, services: dict[str, int]) -> None:
+    """Point each project's pipeline webhook and signed device events at its service's inbox."""
     webhook_url = f"http://127.0.0.1:{ports.webhook}"
     if _wait_http(f"{webhook_url}/healthz", 60):
-        inbox = f"{webhook_url}/webhooks/golioth/{service_id}"
-        pipeline_header = {"x-golioth-sync-secret": os.environ[WEBHOOK_SECRET_ENV]}
-        simulator.control.set_webhook(DEMO_PROJECT, inbox, pipeline_header)
-        # Signed device events use the signing key, a different secret from the pipelines' header.
-        simulator.control.set_events(DEMO_PROJECT, inbox, os.environ[SIGNING_KEY_ENV])
+        for project, service_id in services.items():
+            inbox = f"{webhook_url}/webhooks/golioth/{service_id}"
+            pipeline_header = {"x-golioth-sync-secret": os.environ[WEBHOOK_SECRET_ENV]}
+            simulator.control.set_webhook(project, inbox, pipeline_header)
+            # Signed device events use the signing key, a different secret from the pipelines' header.
+            simulator.control.set_events(project, inbox, os.environ[SIGNING_KEY_ENV])
 
 
 def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: int, *, ui_ready, has_console) -> None:
@@ -404,7 +436,11 @@ def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: 
     table.add_row("Golioth simulator", f"{simulator.url} (its state is kept in {demo_home()})")
     table.add_row("Database", runtime.describe())
     table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
-    table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` every {interval} s")
+    table.add_row("Next sync", f"the schedule syncs `{DEMO_ORG}` and `{demo_product.ACME_ORG}` every {interval} s")
+    table.add_row(
+        "Acme's own table",
+        f"{demo_product.mapping().table} in {acme_url(runtime).render_as_string(hide_password=True)}",
+    )
     table.add_row(
         "CLI in another shell",
         f'eval "$(golioth-sync env)" (it exports ${API_KEY_ENV}, the simulator\'s key, and {ALLOW_LOOPBACK_HTTP_ENV}), '

@@ -135,7 +135,7 @@ def env() -> None:
         click.echo(f"export {name}={shlex.quote(os.environ[name])}")
     from golioth_assets.cli.dev import demo_exports
 
-    for name, value in demo_exports().items():  # the demo simulator's made-up key, once a demo ran
+    for name, value in demo_exports(runtime.app_url).items():  # the demo simulator's made-up keys, once a demo ran
         click.echo(f"export {name}={shlex.quote(value)}")
 
 

@@ -105,6 +105,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.matched_unfinished_create: "matched by hardware id: created by an unfinished run",
     Reason.new_in_golioth: "new in Golioth",
     Reason.new_locally: "new locally",
+    Reason.no_hardware_ids: "new locally; not created in Golioth: the local table maps no hardware_ids column",
 }
 assert set(REASON_TEXT) == set(Reason), "every kind has its text"
 
@@ -276,7 +277,7 @@ def plan_sync(
         field_diff(present, fields, settings, resolutions),
         observed_rows(sides, present, settings),
         deletions(sides, pairing, fields, settings, resolutions),
-        links_and_creates(sides, pairing),
+        links_and_creates(sides, pairing, settings),
     ]
     return assemble(phases, sides, pairing.pairs, settings, open_conflicts)
 
@@ -842,8 +843,12 @@ def _device_changed(survivor: pd.DataFrame, base: list[dict[str, Any]], fields: 
     return changed
 
 
-def links_and_creates(sides: Sides, pairing: Pairing) -> PhaseRows:
-    """New links by hardware id, creates on the side a device is missing from, identity conflicts."""
+def links_and_creates(sides: Sides, pairing: Pairing, settings: SyncSettings) -> PhaseRows:
+    """New links by hardware id, creates on the side a device is missing from, identity conflicts.
+    A local table that maps no hardware ids holds its new devices back from Golioth: a create that
+    died before its link was recorded could never be found again, and the next run would create a
+    duplicate (Reason.no_hardware_ids, blocked by `assemble`)."""
+    new_locally = Reason.no_hardware_ids if "hardware_ids" in settings.unsynced_fields else Reason.new_locally
     matching = pairing.matching
     changes = []
     if not matching.new_links.empty:
@@ -865,7 +870,7 @@ def links_and_creates(sides: Sides, pairing: Pairing) -> PhaseRows:
         )
     for ids, side, kind in (
         (matching.remote_only, Side.local, Reason.new_in_golioth),
-        (matching.local_only, Side.remote, Reason.new_locally),
+        (matching.local_only, Side.remote, new_locally),
     ):
         missing = ids.to_numpy()
         changes.append(
@@ -919,6 +924,7 @@ def assemble(
     changes = pd.concat([empty_changes(), *frames], ignore_index=True)
     changes["blocked"] = ~changes["side"].map(settings.writes).astype(bool)
     changes.loc[changes["side"] == Side.none, "blocked"] = False
+    changes.loc[changes["kind"] == Reason.no_hardware_ids, "blocked"] = True
     conflict_frames = [c for phase in phases for c in phase.conflicts]
     conflicts = (
         pd.concat(conflict_frames, ignore_index=True) if conflict_frames else pd.DataFrame(columns=CONFLICT_COLUMNS)

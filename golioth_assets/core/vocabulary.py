@@ -79,6 +79,7 @@ class Reason(StrEnum):
     matched_unfinished_create = "matched_unfinished_create"
     new_in_golioth = "new_in_golioth"
     new_locally = "new_locally"
+    no_hardware_ids = "no_hardware_ids"  # new locally, held: the local table maps no hardware ids
 
 
 class PlanStatus(StrEnum):

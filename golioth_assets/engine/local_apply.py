@@ -48,6 +48,7 @@ def apply_plan_locally(db: Engine, side: LocalSide, service, sync_log_id: int, f
     plan, remote, fingerprints = _inputs(db, service, sync_log_id)
     rows = plan[(plan["status"] == PlanStatus.planned) & (plan["side"] == Side.local)]
     table = side.table
+    remote = table.comparable_remote(remote)  # as the plan saw it: the bases it leaves must agree
     with side.engine.connect() as their:
         with their.begin():  # (a) … (c) on leaving the block
             table.mark_writer(their)

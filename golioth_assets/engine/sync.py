@@ -33,7 +33,6 @@ from golioth_assets.core.normalize import encode
 from golioth_assets.core.plan import Plan, plan_sync
 from golioth_assets.core.policy import SyncSettings
 from golioth_assets.core.tables import changes_table, conflicts_table
-from golioth_assets.core.vocabulary import Action, Side
 from golioth_assets.engine.apply_remote import apply_remote
 from golioth_assets.engine.golioth_frames import References, devices_to_frame, fetch_references
 from golioth_assets.engine.local_apply import LocalApplyPending, apply_plan_locally, recover
@@ -46,7 +45,6 @@ from golioth_assets.store.local_table.connect import LocalSide, open_local_table
 from golioth_assets.store.local_table.table import LocalTable, LocalTableError
 
 log = logging.getLogger(__name__)
-NO_HARDWARE_IDS = "new locally; not created in Golioth: the local table maps no hardware_ids column"
 
 
 # Garbage collection: the heavy steps below run with the cyclic garbage collector paused (golioth.gcpause). At 100k
@@ -464,21 +462,9 @@ def build_plan(db: Engine, service: services.Service, request: SyncRequest, scop
         open_conflicts=open_conflicts[open_conflicts["status"] == "pending"],
         unconfirmed_creates=unconfirmed.loc[unconfirmed["action"] == "create", "device_id"],
     )
-    if not side.table.creates_in_golioth_possible:
-        _hold_creates_in_golioth(plan)
     # The local rows' fingerprints the plan was made from: what local_step compares-and-sets against.
     fingerprints = dict(zip(local["device_id"], local["fingerprint"]))
     return plan, {"fetched_local": len(local), "fetched_remote": len(remote), "local_fingerprints": fingerprints}
-
-
-def _hold_creates_in_golioth(plan: Plan) -> None:
-    """Without hardware ids, a create in Golioth that dies before its link is recorded could never
-    be found again (the next run would create a duplicate): such devices stay in the plan, blocked,
-    with the reason."""
-    changes = plan.changes
-    held = (changes["action"] == Action.create) & (changes["side"] == Side.remote)
-    changes.loc[held, "blocked"] = True
-    changes.loc[held, "reason"] = NO_HARDWARE_IDS
 
 
 @gc_paused()  # see "Garbage collection" at the top

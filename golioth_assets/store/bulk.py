@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -74,6 +74,24 @@ def stage(conn: Connection, frame: pd.DataFrame) -> str:
             yield text if text.endswith("\n") else text + "\n"
 
     return _copy_lines(conn, chunks())
+
+
+INLINE_MAX_ROWS = 1_000
+INLINE_SOURCE = "jsonb_array_elements(CAST(%(staged)s AS jsonb)) AS s(doc)"
+
+
+def source(conn: Connection, rows: pd.DataFrame | Sequence[dict]) -> tuple[str, dict]:
+    """A FROM item `s(doc jsonb)` holding the rows (a frame, or plain dicts), and the parameters
+    it needs. A few rows (a webhook batch, say) go inline as one JSON array parameter: no temp
+    table to create and drop, so the whole write is one statement. More are COPYed (`stage`)."""
+    frame = isinstance(rows, pd.DataFrame)
+    if len(rows) > INLINE_MAX_ROWS:
+        return f"{stage(conn, rows) if frame else stage_records(conn, rows)} s", {}  # type: ignore[arg-type]
+    if frame:
+        text = _iso_utc(rows).to_json(orient="records", date_format="iso", date_unit="us", force_ascii=False)  # type: ignore[union-attr]
+    else:
+        text = json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows], default=str, ensure_ascii=False)
+    return INLINE_SOURCE, {"staged": text}
 
 
 def _iso_utc(part: pd.DataFrame) -> pd.DataFrame:

@@ -2,10 +2,14 @@
 
 Two audiences:
 
-* the receiver stores a batch of verified events in one transaction (`store_events`): insert
+* the receiver stores a batch of verified events in one transaction (`store_batch`): insert
   idempotently, then apply observed fields (status, last seen, reported values, firmware) straight
-  to the device row. Events that the fast path fully handled are stored as `processed`, so only
-  registry changes and events for devices we don't know yet wake the sensor.
+  to the device row, through the organization's LocalTable (the built-in `devices` table or the
+  product's own). Events that the fast path handled are stored as `processed`, so only registry
+  changes and events for devices we don't know yet wake the sensor. A table in golioth-sync's own
+  database is written in the same transaction; one in another database cannot be: its observed
+  fields come back in `StoredBatch.elsewhere`, for the caller to apply once the events are
+  committed (`apply_elsewhere`: best effort, the next sync brings whatever it misses).
 * the sensor and the targeted sync move events through their lifecycle:
   pending → claimed → processed, or claimed → failed (attempts + 1, claimable again) → dead after
   `max_attempts`; `replay_dead` requeues dead letters and `prune_processed` applies retention.
@@ -15,14 +19,19 @@ The caller owns the transaction: every function takes a Connection and never com
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from golioth_assets.store.local_table.connect import LocalSide, first_line, open_local_table
+from golioth_assets.store.services import ServiceNotFound, get_service
+
+log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 STATUSES = ("pending", "claimed", "processed", "failed", "dead")
@@ -115,11 +124,14 @@ _INSERT = sa.text(
             CAST(:sources AS text[]), CAST(:event_types AS text[]), CAST(:device_ids AS text[]),
             CAST(:payloads AS jsonb[]), CAST(:observed AS boolean[]))
             AS u(service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, observed)
-    ), linked AS (
-        -- The fast path serves the built-in table (a service without a mapping); events of a
-        -- product's own table stay pending: the targeted sync applies them through its mapping.
+    ), k AS (
+        -- Only services whose local table the caller could open get the fast path; the others'
+        -- events stay pending, for the targeted sync.
+        SELECT DISTINCT service_id, golioth_device_id FROM u
+        WHERE observed AND service_id = ANY(CAST(:fast_services AS bigint[]))
+    ), builtin AS (
         SELECT a.service_id, a.golioth_device_id, d.id::text AS device_id
-        FROM (SELECT DISTINCT service_id, golioth_device_id FROM u WHERE observed) k
+        FROM k
         JOIN device_service_assignments a
           ON a.service_id = k.service_id AND a.golioth_device_id = k.golioth_device_id
         JOIN device_services sv ON sv.id = a.service_id AND sv.local_table IS NULL
@@ -127,6 +139,15 @@ _INSERT = sa.text(
         WHERE d.deleted_at IS NULL
         ORDER BY d.id
         FOR UPDATE OF d
+    ), linked AS (
+        SELECT * FROM builtin
+        UNION ALL
+        -- A product's own table (maybe in another database): the link says which row.
+        SELECT a.service_id, a.golioth_device_id, a.device_id
+        FROM k
+        JOIN device_service_assignments a
+          ON a.service_id = k.service_id AND a.golioth_device_id = k.golioth_device_id
+        JOIN device_services sv ON sv.id = a.service_id AND sv.local_table IS NOT NULL
     ), ins AS (
         INSERT INTO webhook_events
             (service_id, organization_id, event_id, source, event_type, golioth_device_id, payload, status,
@@ -146,36 +167,6 @@ _INSERT = sa.text(
     SELECT ins.service_id, ins.event_id, l.device_id
     FROM ins LEFT JOIN linked l
       ON l.service_id = ins.service_id AND l.golioth_device_id = ins.golioth_device_id
-    """
-)
-
-# A status only moves forward in time: an event older than what the row already knows doesn't
-# flip it back, and reported values older than the last report don't overwrite newer ones. Only
-# observed columns change, which the devices trigger ignores, so this never looks like a local edit.
-_APPLY_OBSERVED = sa.text(
-    """
-    UPDATE devices d SET
-        status = CASE
-            WHEN u.status IS NOT NULL AND u.status_at >= COALESCE(
-                GREATEST(d.last_seen_online, d.last_seen_offline, d.last_report), '-infinity')
-            THEN u.status ELSE d.status END,
-        last_seen_online = GREATEST(d.last_seen_online, u.seen_online),
-        last_seen_offline = GREATEST(d.last_seen_offline, u.seen_offline),
-        last_report = GREATEST(d.last_report, u.last_report),
-        reported_state = CASE
-            WHEN u.reported IS NOT NULL AND u.patch_at >= COALESCE(d.last_report, '-infinity')
-            THEN d.reported_state || u.reported ELSE d.reported_state END,
-        firmware_versions = CASE
-            WHEN u.firmware IS NOT NULL AND u.patch_at >= COALESCE(d.last_report, '-infinity')
-            THEN d.firmware_versions || u.firmware ELSE d.firmware_versions END,
-        observed_at = now()
-    FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:status_ats AS timestamptz[]),
-        CAST(:seen_onlines AS timestamptz[]), CAST(:seen_offlines AS timestamptz[]),
-        CAST(:reports AS timestamptz[]), CAST(:reported AS jsonb[]), CAST(:firmware AS jsonb[]),
-        CAST(:patch_ats AS timestamptz[]))
-        AS u(id, status, status_at, seen_online, seen_offline, last_report, reported, firmware, patch_at)
-    WHERE d.id = u.id
     """
 )
 
@@ -227,21 +218,32 @@ def fold_observed(updates: Iterable[tuple[K, ObservedUpdate]]) -> dict[K, _Devic
     return folded
 
 
-def _json_or_none(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+SideOf = Callable[[int], LocalSide | None]
+"""Service id → its local table, opened (None: unknown service, or its table can't be used now)."""
 
 
-def store_events(conn: Connection, events: Sequence[NewEvent]) -> list[bool]:
-    """Insert a batch idempotently and apply its observed fields; True per event that is new.
+@dataclass
+class StoredBatch:
+    new: list[bool]
+    """Per event: stored now (False: a duplicate)."""
+    elsewhere: list[tuple[LocalSide, list[dict[str, Any]]]] = field(default_factory=list)
+    """Observed fields for tables in another database: apply them once the batch is committed."""
+
+
+def store_batch(conn: Connection, events: Sequence[NewEvent], side_of: SideOf | None = None) -> StoredBatch:
+    """Insert a batch idempotently and apply its observed fields; `new` is True per event stored now.
 
     A key already in the table (or earlier in the same batch) is a duplicate: it is answered as
     accepted by the receiver but changes nothing, so a retried delivery can't replay old data over
     newer data. Observed-data events (data/online/offline) of a linked device are stored as
-    `processed`: the fast path did all there is to do. Everything else is `pending` for the sensor.
-    Two statements; call inside a transaction and acknowledge only after it commits.
+    `processed`: the fast path did (or, for a table in another database, is about to do) all there
+    is to do. Everything else is `pending` for the sensor. Call inside a transaction and acknowledge
+    only after it commits; then apply `elsewhere` (`apply_elsewhere`).
     """
     if not events:
-        return []
+        return StoredBatch([])
+    side_of = side_of or _opener(conn)
+    sides = {sid: side_of(sid) for sid in {e.service_id for e in events if e.observed is not None}}
     rows = conn.execute(
         _INSERT,
         {
@@ -254,43 +256,97 @@ def store_events(conn: Connection, events: Sequence[NewEvent]) -> list[bool]:
             "payloads": [e.payload_json for e in events],
             "observed": [e.observed is not None and e.golioth_device_id is not None for e in events],
             "fast_types": list(FAST_PATH_TYPES),
+            "fast_services": [sid for sid, side in sides.items() if side is not None],
         },
     ).all()
     device_of_new = {(r.service_id, r.event_id): r.device_id for r in rows}
 
-    new: list[bool] = []
-    observed: list[tuple[str, ObservedUpdate]] = []
+    batch = StoredBatch([])
+    observed: dict[int, list[tuple[str, ObservedUpdate]]] = {}
     for event in events:
         # Only the first occurrence of a key in this batch counts as the stored one.
         is_new = event.key in device_of_new
-        new.append(is_new)
+        batch.new.append(is_new)
         if is_new:
             device = device_of_new.pop(event.key)
             if device is not None and event.observed is not None:
-                observed.append((str(device), event.observed))
-    if observed:
-        apply_observed(conn, fold_observed(observed))
-    return new
+                observed.setdefault(event.service_id, []).append((str(device), event.observed))
+    for service_id, updates in sorted(observed.items()):
+        side = sides[service_id]
+        assert side is not None  # the insert links devices of opened tables only
+        frame = observed_records(fold_observed(updates))
+        if side.same_database:
+            side.table.update_observed(conn, frame, patch=True)
+        else:
+            batch.elsewhere.append((side, frame))
+    return batch
 
 
-def apply_observed(conn: Connection, folded: dict[str, _DeviceUpdate]) -> None:
-    """Write folded observed fields to device rows (by local device id), in one statement."""
-    ids = sorted(folded)
-    values = [folded[i] for i in ids]
-    conn.execute(
-        _APPLY_OBSERVED,
+def store_events(conn: Connection, events: Sequence[NewEvent], side_of: SideOf | None = None) -> list[bool]:
+    """`store_batch`, with the observed fields meant for a table in another database applied right
+    away, before the caller commits (harmless: they are Golioth's values either way). The receiver
+    uses store_batch, to apply those only after its commit and to acknowledge first."""
+    batch = store_batch(conn, events, side_of)
+    for side, frame in batch.elsewhere:
+        apply_elsewhere(side, frame)
+    return batch.new
+
+
+def _opener(conn: Connection) -> SideOf:
+    """Open each service's local table on demand (the receiver passes a cached one instead)."""
+    engine = conn.engine
+
+    def side_of(service_id: int) -> LocalSide | None:
+        try:
+            return open_local_table(engine, get_service(conn, service_id))
+        except ServiceNotFound:
+            return None
+
+    return side_of
+
+
+def observed_records(folded: dict[str, _DeviceUpdate]) -> list[dict[str, Any]]:
+    """Folded updates as the rows LocalTable.update_observed(patch=True) takes, one per device.
+    Plain dicts with times as ISO text (the SQL casts them): a DataFrame would cost more than the
+    rest of the batch's write."""
+    return [
         {
-            "ids": ids,
-            "statuses": [v.status for v in values],
-            "status_ats": [v.status_at for v in values],
-            "seen_onlines": [v.seen_online for v in values],
-            "seen_offlines": [v.seen_offline for v in values],
-            "reports": [v.last_report for v in values],
-            "reported": [_json_or_none(v.reported) for v in values],
-            "firmware": [_json_or_none(v.firmware) for v in values],
-            "patch_ats": [v.patch_at for v in values],
-        },
-    )
+            "device_id": device_id,
+            "status": v.status,
+            "status_at": _iso(v.status_at),
+            "last_seen_online": _iso(v.seen_online),
+            "last_seen_offline": _iso(v.seen_offline),
+            "last_report": _iso(v.last_report),
+            "reported_state": v.reported,
+            "firmware_versions": v.firmware,
+            "patch_at": _iso(v.patch_at),
+        }
+        for device_id, v in sorted(folded.items())
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def apply_elsewhere(side: LocalSide, rows: list[dict[str, Any]]) -> bool:
+    """Observed fields for a table in another database, after the events are committed. Best
+    effort: on failure one line says so (the events stay processed; the next sync brings the
+    fields from Golioth)."""
+    try:
+        with side.engine.begin() as their:
+            side.table.mark_writer(their)
+            side.table.update_observed(their, rows, patch=True)
+    except Exception as exc:
+        log.warning(
+            "webhook fast path: observed fields of %d device(s) not written to %s (%s): %s; the next sync brings them",
+            len(rows),
+            side.where,
+            side.table.organization_id,
+            first_line(exc),
+        )
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

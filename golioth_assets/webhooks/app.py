@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -28,10 +29,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY, MissingSecret, Service
-from golioth_assets.store.webhook_events import NewEvent
+from golioth_assets.store.webhook_events import NewEvent, store_batch
 from golioth_assets.webhooks.batcher import DatabaseUnavailable, EventRejected, GroupCommitter, Overloaded
 from golioth_assets.webhooks.config import ReceiverConfig
 from golioth_assets.webhooks.ingest import BadRequest, is_json, pipeline_event, signed_event
+from golioth_assets.webhooks.local_sides import LocalSideCache
 from golioth_assets.webhooks.service_cache import ServiceCache
 from golioth_assets.webhooks.verify import Unauthorized, check_static_secret, is_signed, verify_signature
 
@@ -99,8 +101,13 @@ class Receiver:
         self.config = config
         self.engine = engine
         self.services = ServiceCache(engine, config.service_cache_seconds)
+        self.local_sides = LocalSideCache(engine, config.service_cache_seconds)
         self.committer = GroupCommitter(
-            engine, max_queue=config.max_queue, max_batch=config.max_batch, writers=config.writers
+            engine,
+            max_queue=config.max_queue,
+            max_batch=config.max_batch,
+            writers=config.writers,
+            store=functools.partial(store_batch, side_of=self.local_sides.get),
         )
         self.in_flight = 0
         self.loop_lag = 0.0

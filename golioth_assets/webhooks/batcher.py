@@ -6,7 +6,8 @@ threads take everything queued (up to `max_batch`), store it in one transaction 
 each request's future. Batches grow with load on their own: while one commits, the next fills.
 
 A request is answered 2xx only after the commit that holds its event returned, so an accepted
-event is never lost. When the database is unreachable every waiting request gets
+event is never lost. Observed fields for a product table in another database are written after
+that, once the requests are answered (store/webhook_events.py, `apply_elsewhere`). When the database is unreachable every waiting request gets
 `DatabaseUnavailable` (503), and for a short moment after that new requests fail fast instead of
 each waiting for a connection attempt.
 """
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-from golioth_assets.store.webhook_events import NewEvent, store_events
+from golioth_assets.store.webhook_events import NewEvent, StoredBatch, apply_elsewhere, store_batch
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class GroupCommitter:
         max_queue: int = 1000,
         max_batch: int = 500,
         writers: int = 2,
-        store: Callable[[Connection, Sequence[NewEvent]], list[bool]] = store_events,
+        store: Callable[[Connection, Sequence[NewEvent]], StoredBatch] = store_batch,
     ):
         self._engine = engine
         self._max_queue = max_queue
@@ -135,6 +136,7 @@ class GroupCommitter:
 
     def _commit(self, writer: _Writer, batch: list[Item]) -> None:
         events = [item[0] for item in batch]
+        writer.elsewhere.clear()
         try:
             outcomes: list[object] = list(writer.store(events))
         except Exception as exc:
@@ -148,6 +150,8 @@ class GroupCommitter:
             self.batches += 1
             self.committed += len(batch)
         _resolve(batch, outcomes)
+        for side, frame in writer.elsewhere:  # answered already: their database's speed is not ours
+            apply_elsewhere(side, frame)
 
     def _isolate(self, writer: _Writer, events: list[NewEvent], exc: Exception) -> list[object]:
         """One bad event must not sink its batch: store them one by one, fail only the culprits."""
@@ -170,10 +174,12 @@ class GroupCommitter:
 class _Writer:
     """One writer thread's connection, reopened after it breaks."""
 
-    def __init__(self, engine: Engine, store: Callable[[Connection, Sequence[NewEvent]], list[bool]]):
+    def __init__(self, engine: Engine, store: Callable[[Connection, Sequence[NewEvent]], StoredBatch]):
         self._engine = engine
         self._store = store
         self._conn: Connection | None = None
+        self.elsewhere: list = []
+        """What committed batches left for tables in other databases, applied after answering."""
 
     def store(self, events: Sequence[NewEvent], attempts: int = 3) -> list[bool]:
         for attempt in range(attempts):
@@ -183,7 +189,9 @@ class _Writer:
                 self._conn = self._engine.connect()
             try:
                 with self._conn.begin():
-                    return self._store(self._conn, events)
+                    stored = self._store(self._conn, events)
+                self.elsewhere += stored.elsewhere
+                return stored.new
             except sa_exc.DBAPIError as exc:
                 if _is_connection_problem(exc):
                     self.close()

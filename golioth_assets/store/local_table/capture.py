@@ -5,6 +5,9 @@
 * schema `golioth_sync` (if missing);
 * table `golioth_sync.changes`: one row per captured change (id, table_name, row_key, tenant,
   operation, changed_at, txid), shared by every captured table of that database;
+* table `golioth_sync.row_changes`: each captured row's latest change time (table_name, tenant,
+  row_key, changed_at). A consumer never deletes from it: it is how a sync dates their app's
+  edits (`newest_wins`) when the mapping names no `updated_at` column, whatever was consumed;
 * function `golioth_sync.capture()`: one generic trigger function, SECURITY DEFINER, so the
   product's own roles need no grant on our schema;
 * trigger `golioth_sync_capture` on the mapped table: AFTER INSERT OR UPDATE OR DELETE, FOR EACH ROW,
@@ -40,6 +43,7 @@ from golioth_assets.store.local_table.tenant import tenant_value
 
 SCHEMA = "golioth_sync"
 CHANGES = f"{SCHEMA}.changes"
+ROW_CHANGES = f"{SCHEMA}.row_changes"
 FUNCTION = f"{SCHEMA}.capture"
 TRIGGER = "golioth_sync_capture"
 OPERATIONS = ("insert", "update", "delete")
@@ -55,6 +59,16 @@ _CHANGES_TABLE = f"""CREATE TABLE IF NOT EXISTS {CHANGES} (
     operation   text NOT NULL CHECK (operation IN ({", ".join(f"'{o}'" for o in OPERATIONS)})),
     changed_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     txid        bigint NOT NULL DEFAULT txid_current()
+)"""
+
+# Not an outbox: one row per captured row, overwritten by each change. The tenant is '' for a table
+# without one (a primary key column cannot be NULL).
+_ROW_CHANGES_TABLE = f"""CREATE TABLE IF NOT EXISTS {ROW_CHANGES} (
+    table_name  text NOT NULL,
+    tenant      text NOT NULL,
+    row_key     text NOT NULL,
+    changed_at  timestamptz NOT NULL,
+    PRIMARY KEY (table_name, tenant, row_key)
 )"""
 
 # Trigger arguments: table label, key column, tenant column ('' for none), then one watched path
@@ -83,6 +97,10 @@ BEGIN
             INSERT INTO {CHANGES} (table_name, row_key, tenant, operation)
             VALUES (TG_ARGV[0], old_row ->> TG_ARGV[1], old_row ->> nullif(TG_ARGV[2], ''), 'delete'),
                    (TG_ARGV[0], new_row ->> TG_ARGV[1], new_row ->> nullif(TG_ARGV[2], ''), 'insert');
+            INSERT INTO {ROW_CHANGES} AS r (table_name, tenant, row_key, changed_at)
+            VALUES (TG_ARGV[0], coalesce(old_row ->> nullif(TG_ARGV[2], ''), ''), old_row ->> TG_ARGV[1], clock_timestamp()),
+                   (TG_ARGV[0], coalesce(new_row ->> nullif(TG_ARGV[2], ''), ''), new_row ->> TG_ARGV[1], clock_timestamp())
+            ON CONFLICT (table_name, tenant, row_key) DO UPDATE SET changed_at = greatest(r.changed_at, EXCLUDED.changed_at);
             RETURN NULL;
         END IF;
         FOR i IN 3 .. TG_NARGS - 1 LOOP
@@ -101,6 +119,12 @@ BEGIN
             coalesce(new_row, old_row) ->> TG_ARGV[1],
             coalesce(new_row, old_row) ->> nullif(TG_ARGV[2], ''),
             lower(TG_OP));
+    INSERT INTO {ROW_CHANGES} AS r (table_name, tenant, row_key, changed_at)
+    VALUES (TG_ARGV[0],
+            coalesce(coalesce(new_row, old_row) ->> nullif(TG_ARGV[2], ''), ''),
+            coalesce(new_row, old_row) ->> TG_ARGV[1],
+            clock_timestamp())
+    ON CONFLICT (table_name, tenant, row_key) DO UPDATE SET changed_at = greatest(r.changed_at, EXCLUDED.changed_at);
     RETURN NULL;
 END
 """
@@ -110,10 +134,14 @@ BEGIN
     IF to_regclass('{CHANGES}') IS NOT NULL THEN
         DELETE FROM {CHANGES} WHERE table_name = :label;
     END IF;
-    -- The function and the side table stay while another table of this database is captured.
+    IF to_regclass('{ROW_CHANGES}') IS NOT NULL THEN
+        DELETE FROM {ROW_CHANGES} WHERE table_name = :label;
+    END IF;
+    -- The function and the side tables stay while another table of this database is captured.
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgfoid = to_regprocedure('{FUNCTION}()')) THEN
         DROP FUNCTION IF EXISTS {FUNCTION}();
         DROP TABLE IF EXISTS {CHANGES};
+        DROP TABLE IF EXISTS {ROW_CHANGES};
     END IF;
     -- The schema goes only when nothing else is in it.
     IF to_regnamespace('{SCHEMA}') IS NOT NULL
@@ -178,6 +206,7 @@ def install_statements(mapping: TableMapping) -> list[str]:
         f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
         _CHANGES_TABLE,
         f"CREATE INDEX IF NOT EXISTS changes_table_tenant_id ON {CHANGES} (table_name, tenant, id)",
+        _ROW_CHANGES_TABLE,
         f"CREATE OR REPLACE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER\n"
         f"SET search_path = pg_catalog, pg_temp AS $golioth_sync${_FUNCTION_BODY}$golioth_sync$",
         f"COMMENT ON FUNCTION {FUNCTION}() IS "
@@ -244,8 +273,8 @@ def capture_status(conn: Connection, mapping: TableMapping) -> CaptureStatus:
     row = conn.exec_driver_sql(
         "SELECT tg.tgargs FROM pg_trigger tg"
         " WHERE tg.tgrelid = to_regclass(%(t)s) AND tg.tgname = %(n)s"
-        " AND tg.tgfoid = to_regprocedure(%(f)s) AND to_regclass(%(c)s) IS NOT NULL",
-        {"t": quote_table(mapping.table), "n": TRIGGER, "f": f"{FUNCTION}()", "c": CHANGES},
+        " AND tg.tgfoid = to_regprocedure(%(f)s) AND to_regclass(%(c)s) IS NOT NULL AND to_regclass(%(r)s) IS NOT NULL",
+        {"t": quote_table(mapping.table), "n": TRIGGER, "f": f"{FUNCTION}()", "c": CHANGES, "r": ROW_CHANGES},
     ).first()
     if row is None:
         return CaptureStatus.absent
@@ -272,7 +301,8 @@ def pending_changes(conn: Connection, mapping: TableMapping, after_id: int = 0, 
 
 
 def delete_changes(conn: Connection, ids: list[int]) -> int:
-    """Delete changes once they are safely queued elsewhere; returns how many were deleted."""
+    """Delete changes once they are safely queued elsewhere; returns how many were deleted. Each
+    row's latest change time stays in `row_changes`: the sync still dates their edits."""
     if not ids:
         return 0
     result = conn.exec_driver_sql(f"DELETE FROM {CHANGES} WHERE id = ANY(%(ids)s)", {"ids": list(ids)})

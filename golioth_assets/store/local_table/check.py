@@ -1,10 +1,10 @@
 """`golioth-sync local check`: does a mapping fit the live table? Read-only, every misfit one line.
 
-Errors are what would make a sync fail or write something the table refuses: a missing table or
-column, a type that cannot hold the Golioth field, a NOT NULL column that an insert leaves empty, a
-value an enum or a CHECK constraint rejects, a tenant that selects nothing, a key that is not unique,
-a privilege the role lacks. Warnings are what works but may surprise (no hardware ids, no deletes,
-no change tracking). Each line begins with the column at fault (`column lifecycle: …`).
+The rules the table's shape decides are fit.py's, the very ones a sync applies before it writes
+(`connect.fits`). On top of them the check probes what needs the database: values an enum or a
+CHECK constraint rejects, a tenant that selects nothing, a privilege the role lacks, and the
+warnings (no hardware ids, no deletes, how local edits are dated). Each line begins with the
+column at fault (`column lifecycle: …`).
 
 The caller owns the transaction and makes it read-only (`run_check` does both); candidate values
 are tried inside savepoints, so a value a type refuses does not end the check.
@@ -12,16 +12,22 @@ are tried inside savepoints, so a value a type refuses does not end the check.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from golioth_assets.store.local_table import capture
 from golioth_assets.store.local_table.connect import first_line
+from golioth_assets.store.local_table.fit import (
+    BOOLEAN,
+    OPEN_ENDED,
+    VOCABULARY,
+    CheckReport,
+    Misfit,
+    Severity,
+    fit_report,
+    kind_of,
+    usages,
+)
 from golioth_assets.store.local_table.introspect import (
     ColumnInfo,
     TableInfo,
@@ -30,135 +36,10 @@ from golioth_assets.store.local_table.introspect import (
     quote_ident,
     quote_table,
 )
-from golioth_assets.store.local_table.mapping import FieldMapping, TableMapping, TableName
+from golioth_assets.store.local_table.mapping import TableMapping, TableName
 from golioth_assets.store.local_table.tenant import TenantError, lookup_tenant
 
-
-class Severity(StrEnum):
-    error = "error"
-    warning = "warning"
-
-
-class Misfit(StrEnum):
-    """What kind of problem a line reports (the `code` in --json), so callers can filter."""
-
-    table_missing = "table_missing"
-    column_missing = "column_missing"
-    column_type = "column_type"
-    value_map = "value_map"
-    not_writable = "not_writable"
-    not_null = "not_null"
-    value_not_allowed = "value_not_allowed"
-    check_not_evaluated = "check_not_evaluated"
-    tenant = "tenant"
-    tenant_empty = "tenant_empty"
-    key = "key"
-    link = "link"
-    privilege = "privilege"
-    may_be_empty = "may_be_empty"
-    no_hardware_ids = "no_hardware_ids"
-    no_soft_delete = "no_soft_delete"
-    no_change_tracking = "no_change_tracking"
-    capture_stale = "capture_stale"
-
-
-@dataclass(frozen=True)
-class Problem:
-    severity: Severity
-    code: Misfit
-    column: str | None
-    message: str
-    """The whole line, starting with `column <name>:` when a column is at fault."""
-
-
-@dataclass
-class CheckReport:
-    table: str
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity is Severity.error]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity is Severity.warning]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def error(self, code: Misfit, column: str | None, message: str) -> None:
-        self.problems.append(Problem(Severity.error, code, column, _prefixed(column, message)))
-
-    def warn(self, code: Misfit, column: str | None, message: str) -> None:
-        self.problems.append(Problem(Severity.warning, code, column, _prefixed(column, message)))
-
-    def lines(self) -> list[str]:
-        """What `local check` prints, errors first: `error: column x: …`, `warning: …`."""
-        return [f"{p.severity}: {p.message}" for p in (*self.errors, *self.warnings)]
-
-    def as_json(self) -> dict:
-        return {
-            "table": self.table,
-            "ok": self.ok,
-            "errors": len(self.errors),
-            "warnings": len(self.warnings),
-            "problems": [{k: str(v) if v is not None else None for k, v in asdict(p).items()} for p in self.problems],
-        }
-
-
-def _prefixed(column: str | None, message: str) -> str:
-    return f"column {column}: {message}" if column else message
-
-
-# -- what each Golioth field accepts ---------------------------------------------------------------
-
-# A column's kind, as the rules below speak of it.
-TEXT, TEXT_ARRAY, JSON, BOOLEAN, TIMESTAMP, ENUM = "text", "text[]", "jsonb", "boolean", "timestamp", "enum"
-
-ACCEPTS: dict[str, tuple[frozenset[str], str]] = {
-    "name": (frozenset({TEXT}), "a text column"),
-    "hardware_ids": (frozenset({TEXT, TEXT_ARRAY, JSON}), "text, text[] or jsonb (an array)"),
-    "tags": (frozenset({TEXT_ARRAY, JSON}), "text[], jsonb (an array) or a JSON path"),
-    "blueprint": (frozenset({TEXT}), "a text column or a JSON path"),
-    "cohort": (frozenset({TEXT}), "a text column or a JSON path"),
-    "enabled": (frozenset({BOOLEAN, TEXT, ENUM}), "boolean, or text/enum with a value map"),
-    "desired_state": (frozenset({JSON}), "jsonb or a JSON path"),
-    "status": (frozenset({TEXT, ENUM}), "text or an enum"),
-    "last_seen_online": (frozenset({TIMESTAMP}), "a timestamp"),
-    "last_seen_offline": (frozenset({TIMESTAMP}), "a timestamp"),
-    "last_report": (frozenset({TIMESTAMP}), "a timestamp"),
-    "firmware_versions": (frozenset({JSON}), "jsonb or a JSON path"),
-    "firmware_version": (frozenset({TEXT}), "a text column"),
-    "settings_status": (frozenset({TEXT, ENUM}), "text or an enum"),
-    "reported_state": (frozenset({JSON}), "jsonb or a JSON path"),
-}
-
-# Fields with a closed set of Golioth values: the only ones a value map applies to.
-VOCABULARY: dict[str, tuple[str, ...]] = {
-    "enabled": ("true", "false"),
-    "status": ("online", "offline"),
-    "settings_status": ("no-settings", "in-sync", "out-of-sync"),
-}
-
-# Golioth fields that are often empty (no blueprint, never seen, …): a NOT NULL column for one
-# refuses those devices.
-MAY_BE_EMPTY: tuple[str, ...] = ("blueprint", "cohort", "status", "last_seen_online", "last_seen_offline")
-MAY_BE_EMPTY += ("last_report", "firmware_version", "settings_status")
-
-# Fields whose values are open-ended: a CHECK on their column cannot be tried in advance.
-OPEN_ENDED = ("name", "hardware_ids", "tags", "blueprint", "cohort", "desired_state")
-
-
-def kind_of(column: ColumnInfo) -> str:
-    if column.is_array:
-        return TEXT_ARRAY if column.category == "S" else column.type_sql
-    if column.is_json:
-        return JSON
-    if column.is_timestamp:
-        return TIMESTAMP
-    return {"S": TEXT, "B": BOOLEAN, "E": ENUM}.get(column.category, column.type_sql)
+__all__ = ["CheckReport", "Misfit", "Severity", "check_mapping", "run_check"]
 
 
 # -- the check --------------------------------------------------------------------------------------
@@ -179,11 +60,7 @@ def check_mapping(conn: Connection, mapping: TableMapping) -> CheckReport:
     info = _describe(conn, report, mapping.table)
     if info is None:
         return report
-    _columns_exist(report, mapping, info)
-    _field_types(report, mapping, info)
-    _key_and_link(report, mapping, info)
-    _timestamps(report, mapping, info)
-    _insert_coverage(report, mapping, info)
+    fit_report(mapping, info, report)  # what the sync itself refuses (connect.fits): the same rules
     _allowed_values(conn, report, mapping, info)
     _tenant(conn, report, mapping, info)
     _privileges(conn, report, mapping, info)
@@ -200,153 +77,6 @@ def _describe(conn: Connection, report: CheckReport, table: TableName, role: str
     except sa.exc.DBAPIError as exc:  # no USAGE on its schema, say
         report.error(Misfit.privilege, None, f"table {table}: this role cannot read it: {first_line(exc)}{role}")
     return None
-
-
-def usages(mapping: TableMapping) -> Iterator[tuple[str, str]]:
-    """(column, what the mapping uses it for), for every column the mapping names."""
-    yield mapping.key, "key"
-    if mapping.tenant:
-        yield mapping.tenant.column, "tenant"
-    if mapping.link:
-        yield mapping.link, "link"
-    for group, mappings in (("fields", mapping.fields), ("observed", mapping.observed)):
-        for name, m in mappings.items():
-            yield m.column, f"{group}.{name}"
-    for column in mapping.insert_defaults:
-        yield column, "insert_defaults"
-    if mapping.soft_delete:
-        yield mapping.soft_delete, "soft_delete"
-    if mapping.updated_at:
-        yield mapping.updated_at, "updated_at"
-
-
-def _columns_exist(report: CheckReport, mapping: TableMapping, info: TableInfo) -> None:
-    named = {column for column, _ in usages(mapping)}
-    unmapped = [c for c in info.columns if c not in named]
-    for column, role in usages(mapping):
-        if column in info.columns:
-            continue
-        hint = difflib.get_close_matches(column, unmapped, n=1, cutoff=0.6)
-        suffix = f"; did you mean {hint[0]}?" if hint else ""
-        report.error(Misfit.column_missing, column, f"does not exist in {mapping.table} ({role}){suffix}")
-
-
-def _field_types(report: CheckReport, mapping: TableMapping, info: TableInfo) -> None:
-    for name, m in {**mapping.fields, **mapping.observed}.items():
-        column = info.columns.get(m.column)
-        if column is not None:
-            _field_type(report, name, m, column)
-
-
-def _field_type(report: CheckReport, name: str, m: FieldMapping, column: ColumnInfo) -> None:
-    if column.generated or column.identity == "a":
-        report.error(Misfit.not_writable, m.column, f"is generated by the database and cannot hold {name}")
-        return
-    if m.path:
-        if column.base_type != "jsonb" or column.is_array:
-            report.error(
-                Misfit.column_type, m.column, f"{name} at a JSON path needs jsonb, but it is {column.type_sql}"
-            )
-        return
-    accepted, wording = ACCEPTS[name]
-    kind = kind_of(column)
-    if kind not in accepted:
-        report.error(Misfit.column_type, m.column, f"{name} needs {wording}, but it is {column.type_sql}")
-        return
-    if name == "firmware_version" and not m.package:
-        report.error(Misfit.value_map, m.column, "firmware_version needs `package:` (the firmware package, e.g. main)")
-    _value_map(report, name, m, kind)
-
-
-def _value_map(report: CheckReport, name: str, m: FieldMapping, kind: str) -> None:
-    if m.values is None:
-        if name == "enabled" and kind in (TEXT, ENUM):
-            report.error(
-                Misfit.value_map,
-                m.column,
-                "enabled on a text or enum column needs a value map (values: {true: …, false: …})",
-            )
-        return
-    if name not in VOCABULARY or kind == BOOLEAN:
-        report.error(
-            Misfit.value_map,
-            m.column,
-            f"{name} takes no value map here (value maps are for text or enum columns of {', '.join(VOCABULARY)})",
-        )
-        return
-    unknown = sorted(set(m.values.entries) - set(VOCABULARY[name]))
-    if unknown:
-        report.error(
-            Misfit.value_map,
-            m.column,
-            f"the value map for {name} has Golioth value(s) {', '.join(unknown)}; {name} is one of {', '.join(VOCABULARY[name])}",
-        )
-    uncovered = [v for v in VOCABULARY[name] if m.values.written(v) is None]
-    if uncovered:
-        report.error(Misfit.value_map, m.column, f"the value map for {name} has no entry for {', '.join(uncovered)}")
-
-
-def _unique_within_tenant(mapping: TableMapping, info: TableInfo, column: str) -> bool:
-    scopes = [{column}] + ([{column, mapping.tenant.column}] if mapping.tenant else [])
-    return any(set(u) in scopes for u in info.unique)
-
-
-def _key_and_link(report: CheckReport, mapping: TableMapping, info: TableInfo) -> None:
-    key = info.columns.get(mapping.key)
-    if key is not None:
-        if not _unique_within_tenant(mapping, info, mapping.key):
-            report.error(Misfit.key, mapping.key, f"the key is neither the primary key nor unique in {mapping.table}")
-        if not (key.has_default or key.identity or key.generated):
-            report.error(
-                Misfit.key,
-                mapping.key,
-                "the key has no default or identity, so new devices cannot be inserted (add DEFAULT gen_random_uuid() or an identity)",
-            )
-    link = info.columns.get(mapping.link) if mapping.link else None
-    if link is not None:
-        if kind_of(link) != TEXT:
-            report.error(
-                Misfit.link, mapping.link, f"the link holds Golioth device ids (text), but it is {link.type_sql}"
-            )
-        elif not _unique_within_tenant(mapping, info, link.name):
-            report.warn(
-                Misfit.link,
-                link.name,
-                "the link is not unique: two rows could claim one Golioth device (add a unique constraint)",
-            )
-
-
-def _timestamps(report: CheckReport, mapping: TableMapping, info: TableInfo) -> None:
-    for role, name in (("soft_delete", mapping.soft_delete), ("updated_at", mapping.updated_at)):
-        column = info.columns.get(name) if name else None
-        if column is None:
-            continue
-        if not column.is_timestamp:
-            report.error(Misfit.column_type, column.name, f"{role} needs a timestamp, but it is {column.type_sql}")
-        elif role == "soft_delete" and not column.nullable:
-            report.error(Misfit.column_type, column.name, "soft_delete must be nullable (NULL marks a live row)")
-
-
-def _insert_coverage(report: CheckReport, mapping: TableMapping, info: TableInfo) -> None:
-    written = mapping.columns_written()
-    for info_column in info.columns.values():
-        if info_column.nullable or info_column.has_default or info_column.identity or info_column.generated:
-            continue
-        if info_column.name in written:
-            continue
-        report.error(
-            Misfit.not_null,
-            info_column.name,
-            "NOT NULL without a default, and the mapping gives it no value on insert (map it, or add it to insert_defaults)",
-        )
-    for name, m in {**mapping.fields, **mapping.observed}.items():
-        column = info.columns.get(m.column)
-        if name in MAY_BE_EMPTY and not m.path and column is not None and not column.nullable:
-            report.warn(
-                Misfit.may_be_empty,
-                m.column,
-                f"NOT NULL, but Golioth's {name} is often empty: such devices cannot be written",
-            )
 
 
 # -- values the table must accept -------------------------------------------------------------------
@@ -558,5 +288,6 @@ def _warnings(conn: Connection, report: CheckReport, mapping: TableMapping) -> N
         report.warn(
             Misfit.no_change_tracking,
             None,
-            "no updated_at and no change capture: newest_wins cannot date local edits and falls back to Golioth",
+            "no updated_at and no change capture: newest_wins cannot date local edits, so Golioth wins them"
+            " (name an updated_at column, or run `golioth-sync local install-capture`)",
         )

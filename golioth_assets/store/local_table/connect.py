@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, Engine, make_url
 
-from golioth_assets.core.fields import FIELD_KIND
 from golioth_assets.store import database
-from golioth_assets.store.local_table.introspect import ColumnInfo, TableInfo, TableNotFound, describe_table
-from golioth_assets.store.local_table.mapping import FieldMapping, TableMapping, builtin_mapping
-from golioth_assets.store.local_table.sql import OBSERVED_KIND
+from golioth_assets.store.local_table import capture
+from golioth_assets.store.local_table.fit import fit_report
+from golioth_assets.store.local_table.introspect import TableInfo, TableNotFound, describe_table
+from golioth_assets.store.local_table.mapping import TableMapping, builtin_mapping
 from golioth_assets.store.local_table.table import LocalTable, LocalTableError
 
 
@@ -90,83 +90,24 @@ def open_local_table(db: Engine, service) -> LocalSide:
     try:
         with engine.connect() as conn:
             info = describe_table(conn, mapping.table)
+            # Without an updated_at column, capture's per-row change times date local edits.
+            captured = mapping.updated_at is None and capture.capture_installed(conn, mapping)
     except TableNotFound as exc:
         raise LocalTableError(f"local table: {exc}") from None
     problems = fits(mapping, info)
     if problems:
         raise LocalTableError(f"the mapping no longer fits {mapping.table}: " + "; ".join(problems))
-    return LocalSide(LocalTable(mapping, service.organization_id, info), engine, same)
+    return LocalSide(LocalTable(mapping, service.organization_id, info, captured=captured), engine, same)
 
 
-# -- does the mapping fit the live table? -----------------------------------------------------------
+# -- does the mapping fit the live table? ----------------------------------------------------------
 
 
 def fits(mapping: TableMapping, info: TableInfo) -> list[str]:
     """Every reason the mapping cannot be read and written as it stands, one line each, naming the
-    column: missing columns, types that can't hold the field, enum labels a value map lacks, NOT NULL
-    columns an insert would leave empty. (`golioth-sync local check` reports these and more.)"""
-    problems: list[str] = []
-    for name, m in {**mapping.fields, **mapping.observed}.items():
-        problems += _field_fits(name, m, info)
-    for role, name in (
-        ("key", mapping.key),
-        ("link", mapping.link),
-        ("soft_delete", mapping.soft_delete),
-        ("updated_at", mapping.updated_at),
-        ("observed_at", mapping.observed_at),
-        ("tenant", mapping.tenant.column if mapping.tenant else None),
-        *(("insert_defaults", c) for c in mapping.insert_defaults),
-    ):
-        if name is not None and name not in info.columns:
-            problems.append(f"column {name} ({role}) does not exist")
-    for role, name in (("soft_delete", mapping.soft_delete), ("updated_at", mapping.updated_at)):
-        if name in info.columns and not info.columns[name].is_timestamp:
-            problems.append(f"column {name} ({role}) is {info.columns[name].type_sql}, not a timestamp")
-    if mapping.key in info.columns and not info.is_unique(mapping.key):
-        problems.append(f"column {mapping.key} (key) is not unique")
-    problems += _unfilled_on_insert(mapping, info)
-    return problems
-
-
-def _field_fits(name: str, m: FieldMapping, info: TableInfo) -> list[str]:
-    c = info.columns.get(m.column)
-    label = f"column {m.describe()} ({name})"
-    if c is None:
-        return [f"column {m.column} ({name}) does not exist"]
-    if c.generated:
-        return [f"{label} is a generated column: it cannot be written"]
-    if m.path:
-        return [] if c.is_json else [f"{label} has a JSON path but is {c.type_sql}, not json/jsonb"]
-    kind = FIELD_KIND.get(name) or OBSERVED_KIND.get(name, "text")
-    problems = []
-    if m.values is not None and c.enum_labels:
-        missing = sorted({v for values in m.values.entries.values() for v in values} - set(c.enum_labels))
-        if missing:
-            problems.append(f"{label}: value(s) {', '.join(missing)} are not labels of enum {c.type_sql}")
-    if not _kind_fits(kind, c, m):
-        problems.append(f"{label} is {c.type_sql}, which cannot hold a {kind} value")
-    return problems
-
-
-def _kind_fits(kind: str, c: ColumnInfo, m: FieldMapping) -> bool:
-    if kind == "list":
-        return c.is_array or c.is_json or c.is_text
-    if kind == "json":
-        return c.is_json or (m.package is not None and (c.is_text or c.category == "E"))
-    if kind == "timestamp":
-        return c.is_timestamp or c.is_text
-    if kind == "bool":
-        return c.base_type == "boolean" or (m.values is not None and (c.is_text or c.category == "E"))
-    return not c.is_array and not c.is_json and c.category in ("S", "E", "N", "U")
-
-
-def _unfilled_on_insert(mapping: TableMapping, info: TableInfo) -> list[str]:
-    written = mapping.columns_written()
-    return [
-        f"column {c.name} is NOT NULL without a default and the mapping gives it no value (add it to insert_defaults)"
-        for c in info.columns.values()
-        if not c.nullable and not c.has_default and not c.identity and not c.generated and c.name not in written
-    ]
+    column: fit.py's errors, the same rules `golioth-sync local check` applies (it adds the probes
+    that need the database, and the warnings)."""
+    return [p.message for p in fit_report(mapping, info).errors]
 
 
 def builtin_table(conn, organization_id: str) -> LocalTable:

@@ -32,6 +32,8 @@ class ColumnInfo:
     generated: bool
     """A generated (computed) column: never written."""
     enum_labels: tuple[str, ...] = ()
+    has_sequence: bool = False
+    """A sequence the column owns (serial, or an identity): what new integer keys are taken from."""
 
     @property
     def is_json(self) -> bool:
@@ -84,7 +86,8 @@ SELECT a.attname,
        a.attidentity::text,
        a.attgenerated <> '',
        coalesce((SELECT array_agg(e.enumlabel ORDER BY e.enumsortorder)
-                 FROM pg_enum e WHERE e.enumtypid = coalesce(nullif(t.typelem, 0), t.oid)), '{}')
+                 FROM pg_enum e WHERE e.enumtypid = coalesce(nullif(t.typelem, 0), t.oid)), '{}'),
+       pg_get_serial_sequence(a.attrelid::regclass::text, a.attname) IS NOT NULL
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = nullif(t.typelem, 0) AND t.typcategory = 'A'
@@ -146,6 +149,7 @@ def describe_table(conn: Connection, table: TableName) -> TableInfo:
             identity=row[7] or "",
             generated=bool(row[8]),
             enum_labels=tuple(row[9] or ()),
+            has_sequence=bool(row[10]),
         )
         for row in conn.exec_driver_sql(_COLUMNS, params).fetchall()
     }

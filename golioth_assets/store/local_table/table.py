@@ -19,12 +19,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import pandas as pd
 from sqlalchemy.engine import Connection
 
 from golioth_assets.core.fields import OBSERVED_FIELDS
-from golioth_assets.store.bulk import read_frame, stage, stage_records
+from golioth_assets.store.bulk import read_frame, source, stage, stage_records
+from golioth_assets.store.local_table.capture import ROW_CHANGES
+from golioth_assets.store.local_table.fit import INTEGER_TYPES
 from golioth_assets.store.local_table.introspect import TableInfo, quote_ident
 from golioth_assets.store.local_table.mapping import SYNCED, FieldMapping, TableMapping
 from golioth_assets.store.local_table.sql import EPOCH_MICROS, Expressions, column, doc, doc_text, literal
@@ -36,7 +39,6 @@ skips rows the sync wrote itself, so they don't echo back."""
 TIMESTAMPS = ("updated_at", "deleted_at", "last_seen_online", "last_seen_offline", "last_report")
 ACTIVITY = ("last_seen_online", "last_seen_offline", "last_report")
 _UUID_TYPES = ("uuid",)
-_INTEGER_TYPES = ("smallint", "integer", "bigint", "numeric")
 
 
 # What a preview of devices shows (operators' pages and run metadata): the columns a table maps.
@@ -47,11 +49,21 @@ class LocalTableError(RuntimeError):
     """The local table cannot be used as mapped (one line, naming the column)."""
 
 
+class ChangeTracking(StrEnum):
+    """Where the time of a local edit comes from (what `newest_wins` compares with Golioth's)."""
+
+    column = "updated_at"  # the mapping's updated_at column
+    capture = "capture"  # change capture's latest change of the row (golioth_sync.row_changes)
+    none = "none"  # unknown: Golioth wins
+
+
 @dataclass
 class LocalTable:
     mapping: TableMapping
     organization_id: str
     info: TableInfo
+    captured: bool = False
+    """Change capture is installed on the table (connect.py looks, when the mapping has no updated_at)."""
     x: Expressions = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +80,12 @@ class LocalTable:
         return self.mapping.synced_fields
 
     @property
+    def change_tracking(self) -> ChangeTracking:
+        if self.mapping.updated_at:
+            return ChangeTracking.column
+        return ChangeTracking.capture if self.captured else ChangeTracking.none
+
+    @property
     def observed_fields(self) -> tuple[str, ...]:
         """The core's observed fields this table holds (firmware_version is read as firmware_versions)."""
         mapped = set(self.mapping.observed)
@@ -79,16 +97,15 @@ class LocalTable:
     def deletes_possible(self) -> bool:
         return self.mapping.deletes_possible
 
-    @property
-    def creates_in_golioth_possible(self) -> bool:
-        """Without hardware ids, a create that dies after Golioth's answer can't be found again."""
-        return "hardware_ids" in self.mapping.fields
-
     def comparable_remote(self, remote: pd.DataFrame) -> pd.DataFrame:
         """Golioth's frame as this table can hold it: observed fields it doesn't map are dropped
         (else they would differ forever), and one firmware package stands for the map."""
         unmapped = [c for c in OBSERVED_FIELDS if c in remote.columns and c not in self.observed_fields]
         remote = remote.drop(columns=unmapped)
+        if self.holds_one_hardware_id and "hardware_ids" in remote.columns:
+            # A text column holds one id: the first stands for the list, or the others would read as
+            # removed locally and be pushed away from Golioth.
+            remote = remote.assign(hardware_ids=[_first_only(v) for v in remote["hardware_ids"]])
         m = self._observed_mappings().get("firmware_versions")
         if m is not None and m.package is not None and "firmware_versions" in remote.columns:
             package = m.package
@@ -99,6 +116,15 @@ class LocalTable:
                 ]
             )
         return remote
+
+    @property
+    def holds_one_hardware_id(self) -> bool:
+        """hardware_ids maps to a plain text column (one id), not an array or JSON."""
+        m = self.mapping.fields.get("hardware_ids")
+        if m is None or m.path:
+            return False
+        c = self.info.columns[m.column]
+        return not c.is_array and not c.is_json
 
     def _observed_mappings(self) -> dict[str, FieldMapping]:
         """Core observed field → its mapping (firmware_version stands in for firmware_versions)."""
@@ -120,15 +146,33 @@ class LocalTable:
             elif name == "hardware_ids":
                 exprs.append("'{}'::text[]")  # unmapped: no hardware ids to match by
                 names.append(name)
-        for name, source in (("updated_at", self.mapping.updated_at), ("deleted_at", self.mapping.soft_delete)):
-            exprs.append(EPOCH_MICROS.format(self.x.read_timestamp(source)) if source else "NULL::bigint")
-            names.append(name)
+        exprs.append(self._change_time())
+        names.append("updated_at")
+        deleted = self.mapping.soft_delete
+        exprs.append(EPOCH_MICROS.format(self.x.read_timestamp(deleted)) if deleted else "NULL::bigint")
+        names.append("deleted_at")
         for name, m in self._observed_mappings().items():
             exprs.append(self._read_observed(name, m))
             names.append(name)
         exprs.append(self.x.fingerprint())
         names.append("fingerprint")
         return exprs, names
+
+    def _change_time(self) -> str:
+        """When the row was last edited locally: their updated_at column; else capture's latest
+        change of the row (kept per row, so consuming the outbox does not lose it); else unknown."""
+        tracking = self.change_tracking
+        if tracking is ChangeTracking.column:
+            return EPOCH_MICROS.format(self.x.read_timestamp(self.mapping.updated_at))  # type: ignore[arg-type]
+        if tracking is ChangeTracking.none:
+            return "NULL::bigint"
+        # Spelled as the trigger records them: to_jsonb(row) ->> column.
+        tenant = f"to_jsonb({column(self.mapping.tenant.column)}) #>> '{{}}'" if self.mapping.tenant else "''"
+        latest = (
+            f"(SELECT r.changed_at FROM {ROW_CHANGES} r WHERE r.table_name = {literal(self.name)} "
+            f"AND r.tenant = coalesce({tenant}, '') AND r.row_key = to_jsonb({column(self.mapping.key)}) #>> '{{}}')"
+        )
+        return EPOCH_MICROS.format(latest)
 
     def _read_observed(self, name: str, m: FieldMapping) -> str:
         if name == "firmware_versions" and m.package is not None:
@@ -156,7 +200,7 @@ class LocalTable:
         key_type = self.info.columns[self.mapping.key].base_type
         if key_type in _UUID_TYPES:
             return [i for i in ids if _is_uuid(i)]
-        if key_type in _INTEGER_TYPES:
+        if key_type in INTEGER_TYPES:
             return [i for i in ids if i.lstrip("-").isdigit()]
         return list(ids)
 
@@ -244,7 +288,7 @@ class LocalTable:
         if count <= 0:
             return []
         key = self.info.columns[self.mapping.key]
-        if key.base_type in _INTEGER_TYPES:
+        if key.base_type in INTEGER_TYPES:
             table = f"{quote_ident(self.mapping.table.schema_name)}.{quote_ident(self.mapping.table.name)}"
             sequence = conn.exec_driver_sql(
                 "SELECT pg_get_serial_sequence(%(t)s, %(c)s)", {"t": table, "c": self.mapping.key}
@@ -371,21 +415,68 @@ class LocalTable:
             {"org": self.organization_id},
         ).rowcount
 
-    def update_observed(self, conn: Connection, frame: pd.DataFrame) -> int:
-        """Observed fields from Golioth (no compare-and-set: only Golioth writes them). Activity
-        timestamps only move forward: a webhook may already have written newer activity."""
-        mappings = {n: m for n, m in self._observed_mappings().items() if n in frame.columns}
-        if frame.empty or not mappings:
+    def update_observed(self, conn: Connection, frame: pd.DataFrame | Sequence[dict], *, patch: bool = False) -> int:
+        """Observed fields from Golioth, one statement (no compare-and-set: only Golioth writes
+        them). Activity timestamps only move forward: a webhook may already have written newer
+        activity, and a sync may bring older.
+
+        patch: the rows hold a batch of webhook events folded per device (device_id, status,
+        status_at, the activity timestamps, reported_state and firmware_versions as patches,
+        patch_at): a status counts only if `status_at` is not older than the activity the row
+        knows, and patches are merged key by key only if `patch_at` is not older than its last
+        report, so a late or replayed event never turns the row back in time."""
+        mapped = self._observed_mappings()
+        if patch and "reported_state" in self.mapping.observed:  # only webhooks carry reported values
+            mapped["reported_state"] = self.mapping.observed["reported_state"]
+        present = set(frame.columns) if isinstance(frame, pd.DataFrame) else set().union(*(r.keys() for r in frame))
+        mappings = {n: m for n, m in mapped.items() if n in present}
+        if len(frame) == 0 or not mappings:
             return 0
-        sets = [self._observed_set(n, m, mappings) for n, m in mappings.items()]
+        setter = self._patch_set if patch else self._observed_set
+        sets = [setter(n, m, mappings) for n, m in mappings.items()]
         if self.mapping.observed_at:
             sets.append(f"{quote_ident(self.mapping.observed_at)} = now()")
-        table = stage(conn, frame)
+        rows, params = source(conn, frame)
         return conn.exec_driver_sql(
-            f"UPDATE {self.x.table} t SET {', '.join(sets)} FROM {table} s "
+            f"UPDATE {self.x.table} t SET {', '.join(sets)} FROM {rows} "
             f"WHERE {column(self.mapping.key)} = {doc_text('device_id')}::{self.x.key_cast()} AND {self.x.tenant_filter()}",
-            {"org": self.organization_id},
+            {"org": self.organization_id, **params},
         ).rowcount
+
+    def _patch_set(self, name: str, m: FieldMapping, mappings: dict[str, FieldMapping]) -> str:
+        """One column's new value from a folded batch of webhook events (see update_observed)."""
+        c = self.info.columns[m.column]
+        if name == "status" and not m.path:
+            known = self._known(ACTIVITY)
+            when = f"{doc_text(name)} IS NOT NULL"
+            if known:
+                when += f" AND {self._doc_ts('status_at')} >= coalesce({known}, '-infinity')"
+            new = self.x.write_whole(name, m)  # a value the value map lacks keeps the current one
+            return f"{quote_ident(c.name)} = CASE WHEN {when} THEN {new} ELSE {column(c.name)} END"
+        if name not in ("reported_state", "firmware_versions"):
+            return self._observed_set(name, m, mappings)  # activity, settings: as a sync writes them
+        known = self._known(("last_report",))
+        when = f"jsonb_typeof({doc(name)}) = 'object'"
+        if known:
+            when += f" AND {self._doc_ts('patch_at')} >= coalesce({known}, '-infinity')"
+        if m.package is not None:  # one package's version, as text
+            version = f"({doc(name)} ->> {literal(m.package)})"
+            when += f" AND {version} IS NOT NULL"
+            if m.path:
+                value = self.x.assign_path(f"{column(c.name)}::jsonb", m, f"to_jsonb({version})", when)
+                return f"{quote_ident(c.name)} = ({value})::{c.type_sql}"
+            return f"{quote_ident(c.name)} = CASE WHEN {when} THEN {version}::{c.type_sql} ELSE {column(c.name)} END"
+        if m.path:
+            merged = f"(coalesce({self.x.raw(m)}, '{{}}'::jsonb) || {doc(name)})"
+            return f"{quote_ident(c.name)} = ({self.x.assign_path(f'{column(c.name)}::jsonb', m, merged, when)})::{c.type_sql}"
+        merged = f"(coalesce({column(c.name)}::jsonb, '{{}}'::jsonb) || {doc(name)})::{c.type_sql}"
+        return f"{quote_ident(c.name)} = CASE WHEN {when} THEN {merged} ELSE {column(c.name)} END"
+
+    def _known(self, names: tuple[str, ...]) -> str | None:
+        """The latest of these activity timestamps the row holds (those the table maps), or None."""
+        mapped = self._observed_mappings()
+        columns = [self.x.read_timestamp(mapped[n]) for n in names if n in mapped]
+        return f"greatest({', '.join(columns)})" if columns else None
 
     def _observed_set(self, name: str, m: FieldMapping, mappings: dict[str, FieldMapping]) -> str:
         c = self.info.columns[m.column]
@@ -437,6 +528,12 @@ class LocalTable:
             {"org": self.organization_id},
         )
         return [r[0] for r in rows]
+
+
+def _first_only(ids: object) -> object:
+    if isinstance(ids, str) or not hasattr(ids, "__len__"):
+        return ids
+    return list(ids)[:1]  # type: ignore[call-overload]
 
 
 def _is_uuid(text: str) -> bool:
