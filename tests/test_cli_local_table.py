@@ -9,6 +9,7 @@ every row of the other tenant, is byte for byte what it was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -112,6 +113,10 @@ def test_a_table_golioth_sync_never_saw_syncs_both_ways_from_one_mapping_file(cl
         )
     console = remote["Roof gateway"]["id"]
     project.control.console_update(project.project_id, console, name="Roof gateway (renamed in Golioth)")
+    # A dry run names their columns: Golioth's `name` is Acme's `display_name`.
+    planned = json.loads(golioth_sync(env, tmp_path, "sync", "--org", org, "--dry-run", "--json"))["plan"]
+    renames = {(r["field"], r["local_column"], r["side"]) for r in planned if r["action"] == "update"}
+    assert renames == {("name", "display_name", "remote"), ("name", "display_name", "local")}
     golioth_sync(env, tmp_path, "sync", "--org", org)
 
     remote_names = {d["name"] for d in _remote(project)}

@@ -77,10 +77,15 @@ def test_edits_on_both_sides_under_each_policy(make_acme_harness, policy):
 
 
 def test_a_conflict_resolved_by_an_operator_reaches_both_sides(make_acme_harness):
+    from golioth_assets.actions import conflicts as conflict_actions
     from golioth_assets.store import conflicts as conflict_store
 
     h = make_acme_harness(devices=3)
     conflict_id, device_id, gid = h.make_conflict(0, local="ours", remote="theirs")
+    # Operators read the product's column names: Golioth's `name` is Acme's `display_name`.
+    [listed] = conflict_actions.list_conflicts(h.engine, h.org)
+    assert (listed["field"], listed["local_column"]) == ("name", "display_name")
+    assert conflict_actions.get_conflict(h.engine, conflict_id)["local_column"] == "display_name"
     with h.engine.begin() as conn:
         conflict_store.resolve(conn, conflict_id, use="local", resolved_by="ops@example.com")
     assert h.sync().status == "success"

@@ -23,6 +23,7 @@ from golioth_assets.actions.errors import AlreadySettled, InvalidInput, NotFound
 from golioth_assets.core.fields import DESIRED_PREFIX, FIELD_KIND
 from golioth_assets.core.vocabulary import ConflictStatus, values
 from golioth_assets.store import conflicts as store
+from golioth_assets.store.local_table.connect import mapping_for_organization as local_mapping
 
 CHOICES = ("local", "remote", "value")
 STATUSES = values(ConflictStatus)
@@ -72,12 +73,24 @@ def list_conflicts(
             ),
             {"org": organization_id, "status": status, "limit": limit},
         ).mappings()
-        return [dict(r) for r in rows]
+        return _with_local_columns(conn, [dict(r) for r in rows])
 
 
 def _load(conn: Connection, conflict_id: int) -> dict | None:
     row = conn.execute(sa.text(_SELECT + " WHERE c.id = :id"), {"id": conflict_id}).mappings().first()
-    return dict(row) if row else None
+    return _with_local_columns(conn, [dict(row)])[0] if row else None
+
+
+def _with_local_columns(conn: Connection, rows: list[dict]) -> list[dict]:
+    """Each conflict's field as its organization's local table names it (`local_column`): a product
+    table's own column, e.g. `display_name` for Golioth's `name`."""
+    mappings: dict[str, Any] = {}
+    for row in rows:
+        org = row["organization_id"]
+        if org not in mappings:
+            mappings[org] = local_mapping(conn, org)
+        row["local_column"] = mappings[org].column_of(row["field"])
+    return rows
 
 
 def parse_id(value: Any) -> int:

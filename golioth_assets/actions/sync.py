@@ -6,9 +6,10 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 
 from golioth_assets.core.tables import conflicts_table
+from golioth_assets.core.vocabulary import Action
 from golioth_assets.engine import sync as engine_sync
 from golioth_assets.store import history, services, sync_log
-from golioth_assets.store.local_table.connect import open_local_table
+from golioth_assets.store.local_table.connect import mapping_for_organization, open_local_table
 
 
 def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
@@ -34,4 +35,18 @@ def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
     found["device_name"] = [
         names.get(str(d)) or names.get(str(g)) for d, g in zip(found["device_id"], found["golioth_device_id"])
     ]
-    return found
+    return with_local_columns(found, side.table.mapping)
+
+
+def with_local_columns(frame: pd.DataFrame, mapping) -> pd.DataFrame:
+    """`frame` with `local_column`: each row's field as the local table names it."""
+    return frame.assign(local_column=[mapping.column_of(str(f)) for f in frame["field"]])
+
+
+def dry_run_plan(engine: Engine, sync_log_id: int) -> pd.DataFrame:
+    """A dry run's plan rows (agreements left out), with the local table's column names."""
+    with engine.connect() as conn:
+        plan = sync_log.load_plan(conn, sync_log_id)
+        run = sync_log.get_run(conn, sync_log_id)
+        mapping = mapping_for_organization(conn, run["organization_id"])
+    return with_local_columns(plan[plan["action"] != Action.agree], mapping)

@@ -17,7 +17,7 @@ from rich.table import Table
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import conflicts as actions
 from golioth_assets.cli.output import echo_json, json_option, verbose
-from golioth_assets.cli.render import list_table, shorten
+from golioth_assets.cli.render import field_label, list_table, shorten
 from golioth_assets.cli.services import open_engine, operator_errors
 
 console = Console()
@@ -215,6 +215,7 @@ CONFLICT_KEYS = (
     "golioth_device_id",
     "device_name",
     "field",
+    "local_column",
     "conflict_type",
     "status",
     "base_value",
@@ -246,7 +247,7 @@ def conflict_list_table(rows: list[dict], *, title: str, show_org: bool = True) 
             "id": str(row["id"]),
             "org": row["organization_id"],
             "device": row["device_name"] or row["device_id"] or row["golioth_device_id"] or "",
-            "field": row["field"],
+            "field": field_label(row),
             "type": row["conflict_type"],
             "local": show_value(row["local_value"], limit=40),
             "Golioth": show_value(row["remote_value"], limit=40),
@@ -261,7 +262,7 @@ def conflict_list_table(rows: list[dict], *, title: str, show_org: bool = True) 
 def side_by_side(row: dict) -> Table:
     device = row["device_name"] or "(unnamed)"
     table = Table(
-        title=f"conflict {row['id']} · {row['organization_id']} · {device} · field {row['field']}",
+        title=f"conflict {row['id']} · {row['organization_id']} · {device} · field {field_label(row)}",
         caption=(
             f"type {row['conflict_type']} · status {row['status']} · detected {row['detected_at']:%Y-%m-%d %H:%M:%S} · "
             f"local id {row['device_id'] or '-'} · Golioth id {row['golioth_device_id'] or '-'}"
@@ -294,7 +295,7 @@ def dry_run_conflicts_table(frame: pd.DataFrame, *, limit: int = 50) -> Table:
         device = getattr(row, "device_name", None) or row.device_id or row.golioth_device_id or ""
         table.add_row(
             str(device),
-            row.field,
+            field_label(row),
             row.conflict_type,
             show_value(row.base_value, limit=40),
             show_value(row.local_value, limit=40),

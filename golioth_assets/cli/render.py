@@ -96,8 +96,19 @@ def plan_table(plan: pd.DataFrame, *, title: str, limit: int = 50) -> Table | st
         device = row.device_id or row.golioth_device_id or ""
         side = SIDES.get(row.side, row.side)
         table.add_row(
-            str(device), row.field, row.action, side, _short(row.old_value), _short(row.new_value), row.status
+            str(device), field_label(row), row.action, side, _short(row.old_value), _short(row.new_value), row.status
         )
     if len(plan) > limit:
         table.caption = f"{len(plan) - limit} more rows in sync_plan"
     return table
+
+
+def field_label(row) -> str:
+    """A plan or conflict row's field, with the local table's own column where it is named otherwise
+    (`name → display_name`), so that operators of a product table read their column names."""
+    local = getattr(row, "local_column", None) if not isinstance(row, dict) else row.get("local_column")
+    return row_field(row) if not local or local == row_field(row) else f"{row_field(row)} → {local}"
+
+
+def row_field(row) -> str:
+    return str(row["field"] if isinstance(row, dict) else row.field)

@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 
 from golioth_assets.cli.output import CommandFailed, ExitCode, echo_json, json_option, not_started, run_json, verbose
-from golioth_assets.core.vocabulary import Action, Direction, Policy, RunStatus, values
+from golioth_assets.core.vocabulary import Direction, Policy, RunStatus, values
 
 console = Console()
 notes = Console(stderr=True)
@@ -96,12 +96,9 @@ def _run_of(engine, organization_id: str, launched, dry_run: bool) -> dict[str, 
 
 
 def _dry_run_findings(engine, run: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from golioth_assets.actions.sync import dry_run_conflicts
-    from golioth_assets.store import sync_log
+    from golioth_assets.actions.sync import dry_run_conflicts, dry_run_plan
 
-    with engine.connect() as conn:
-        plan = sync_log.load_plan(conn, run["id"])
-    return plan[plan["action"] != Action.agree], dry_run_conflicts(engine, run["id"])
+    return dry_run_plan(engine, run["id"]), dry_run_conflicts(engine, run["id"])
 
 
 def sync_json(run: dict, command_seconds: float, plan: pd.DataFrame | None, found: pd.DataFrame | None) -> dict:

@@ -47,6 +47,7 @@ GROUP = "golioth_sync"
 # What a preview of plan rows shows: core's columns, without the bookkeeping ones, plus the status
 # a write got.
 PLAN_PREVIEW = [c for c in CHANGE_COLUMNS if c not in ("reason", "blocked", "conflict_id", "changed_by")] + ["status"]
+PLAN_PREVIEW.insert(PLAN_PREVIEW.index("field") + 1, "local_column")  # the product table's own column
 DEVICE_PREVIEW = [c for c in DEVICE_COLUMNS if c != "device_id"]
 
 INVENTORY = dg.AssetKey("golioth_device_inventory")
@@ -249,10 +250,18 @@ def _reconciliation(run: sync_run.SyncRun, plan, started: float) -> dg.Materiali
             "dry_run": dg.MetadataValue.bool(run.request.dry_run),
             "direction": dg.MetadataValue.text(run.request.direction or run.service.direction),
             **counts(planned),
-            "plan_preview": preview(changes[changes["action"] != "agree"], PLAN_PREVIEW),
+            "plan_preview": preview(run.with_local_columns(changes[changes["action"] != "agree"]), PLAN_PREVIEW),
             "conflicts_preview": preview(
-                conflicts_table(plan),
-                ["device_id", "golioth_device_id", "field", "conflict_type", "local_value", "remote_value"],
+                run.with_local_columns(conflicts_table(plan)),
+                [
+                    "device_id",
+                    "golioth_device_id",
+                    "field",
+                    "local_column",
+                    "conflict_type",
+                    "local_value",
+                    "remote_value",
+                ],
             ),
         },
     )
@@ -318,7 +327,7 @@ def _conflicts(found: sync_run.Conflicts, started: float) -> dg.MaterializeResul
             "duration_seconds": duration(started),
             "pending_conflicts": dg.MetadataValue.int(found.pending),
             "share_of_devices": dg.MetadataValue.float(round(share, 4)),
-            "preview": preview(found.preview, PENDING_COLUMNS),
+            "preview": preview(found.preview, [*PENDING_COLUMNS[:4], "local_column", *PENDING_COLUMNS[4:]]),
         },
         check_results=[
             dg.AssetCheckResult(

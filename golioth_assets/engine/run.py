@@ -25,7 +25,7 @@ from golioth_assets.engine import sync as steps
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.stats import ClientStats
 from golioth_assets.store import conflicts, inventory, services, sync_log, webhook_events
-from golioth_assets.store.local_table.connect import open_local_table
+from golioth_assets.store.local_table.connect import mapping_of, open_local_table
 
 PREVIEW_ROWS = 20
 STEPS = ("fetch", "local_devices", "plan", "write_golioth", "write_local", "writes_left", "finish")
@@ -199,12 +199,19 @@ class SyncRun:
         """After the run: the organization's conflicts waiting for an operator."""
         with self.db.connect() as conn:
             pending, preview = conflicts.pending_summary(conn, self.service.organization_id, PREVIEW_ROWS)
+        preview = self.with_local_columns(preview)
         side = open_local_table(self.db, self.service)
         with side.engine.connect() as conn:
             total = side.table.count_by_state(conn)["live"]
         return Conflicts(pending, total, preview)
 
+    def with_local_columns(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame` with `local_column`: each row's field as the local table names it (a product
+        table's own column, e.g. `display_name` for `name`), so that previews speak its language."""
+        mapping = mapping_of(self.service)
+        return frame.assign(local_column=[mapping.column_of(str(f)) for f in frame["field"]])
+
     def _applied(self, side: str) -> pd.DataFrame:
         with self.db.connect() as conn:
             plan = sync_log.load_plan(conn, self.log.id, side=side)
-        return plan[plan["action"] != "agree"]
+        return self.with_local_columns(plan[plan["action"] != "agree"])

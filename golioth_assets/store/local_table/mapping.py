@@ -322,6 +322,18 @@ class TableMapping(BaseModel):
         """Without a soft-delete column nothing is ever deleted, on either side."""
         return self.soft_delete is not None
 
+    def column_of(self, field: str) -> str:
+        """Where a plan's or a conflict's field lives in this table, as operators know it: their
+        column (and JSON path), e.g. `display_name` or `config -> 'interval'`. A field the table
+        doesn't map, or a whole-device row (`*`, `identity`), keeps its Golioth name."""
+        if self.kind == "builtin":
+            return field  # golioth-sync's own table: its columns are named after the fields
+        name, dot, key = field.partition(".")
+        mapped = self.fields.get(name) or self.observed.get(name)
+        if mapped is None:
+            return field
+        return mapped.describe() + (f" -> '{key}'" if dot else "")
+
     def columns_written(self) -> set[str]:
         """Every column a sync may write: the rest of the table is never touched."""
         columns = {m.column for m in {**self.fields, **self.observed}.values()}
