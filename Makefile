@@ -46,11 +46,13 @@ test-soak: $(STAMP)
 test-embedded: $(STAMP)
 	GOLIOTH_SYNC_TEST_SYSTEM_PG=127.0.0.1:1 $(PYTEST) -m "not soak"
 
-## make lint: formatting, lint (complexity and length rules) and types (mypy: strict on core/ and golioth/)
+## make lint: formatting, lint (complexity and length rules), types (mypy: strict on core/ and golioth/)
+## and the module graph (lint-imports: the layers of docs/architecture.md)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .golioth-sync

@@ -238,12 +238,12 @@ def dev(
             )
             return
         ports = Ports(dagster_port, simulator.port, webhook_port, console_port)
-        ui_ready, has_console = _start_services(children, ports)
+        ui_ready = _start_services(children, ports)
         _connect_webhooks(simulator, ports, service.id)
         if activity:
             ids = _some_device_ids(simulator)
             threading.Thread(target=_activity, args=(simulator.control, stop_activity, ids), daemon=True).start()
-        _print_running(runtime, simulator, ports, service.id, interval, ui_ready=ui_ready, has_console=has_console)
+        _print_running(runtime, simulator, ports, service.id, interval, ui_ready=ui_ready)
         _watch(children)
     except KeyboardInterrupt:
         console.print("stopping…")
@@ -329,8 +329,8 @@ def _first_sync(engine) -> None:
         raise click.ClickException(launched.error or "the first sync failed")
 
 
-def _start_services(children: Children, ports: Ports) -> tuple[bool, bool]:
-    """The receiver, the Dagster webserver and daemon, and the console: (UI answering, console started)."""
+def _start_services(children: Children, ports: Ports) -> bool:
+    """The receiver, the Dagster webserver and daemon, and the console: whether the UI answers."""
     from golioth_assets.cli.runtime import PROJECT_ROOT, WORKSPACE_YAML
 
     workspace = str(WORKSPACE_YAML)
@@ -341,10 +341,8 @@ def _start_services(children: Children, ports: Ports) -> tuple[bool, bool]:
         PROJECT_ROOT,
     )
     children.start("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", workspace], PROJECT_ROOT)
-    has_console = _console_available()
-    if has_console:
-        children.start("console", [_bin("golioth-sync"), "console", "--port", str(ports.console)], PROJECT_ROOT)
-    return _wait_http(f"http://127.0.0.1:{ports.dagster}/server_info", 120), has_console
+    children.start("console", [_bin("golioth-sync"), "console", "--port", str(ports.console)], PROJECT_ROOT)
+    return _wait_http(f"http://127.0.0.1:{ports.dagster}/server_info", 120)
 
 
 def _connect_webhooks(simulator, ports: Ports, service_id: int) -> None:
@@ -358,12 +356,11 @@ def _connect_webhooks(simulator, ports: Ports, service_id: int) -> None:
         simulator.control.set_events(DEMO_PROJECT, inbox, os.environ[SIGNING_KEY_ENV])
 
 
-def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: int, *, ui_ready, has_console) -> None:
+def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: int, *, ui_ready: bool) -> None:
     table = Table(title="golioth-sync is running (Ctrl-C stops it)", show_header=False)
     table.add_row("Dagster UI", f"http://127.0.0.1:{ports.dagster}" + ("" if ui_ready else " (still starting)"))
     table.add_row("Webhook receiver", f"http://127.0.0.1:{ports.webhook}/webhooks/golioth/{service_id}")
-    if has_console:
-        table.add_row("Web console", f"http://127.0.0.1:{ports.console}")
+    table.add_row("Web console", f"http://127.0.0.1:{ports.console}")
     table.add_row("Golioth simulator", f"{simulator.url} (its state is kept in {demo_home()})")
     table.add_row("Database", runtime.describe())
     table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
@@ -388,12 +385,6 @@ def _watch(children: Children) -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _console_available() -> bool:
-    from golioth_assets.cli.main import cli
-
-    return "console" in cli.commands
 
 
 def _some_device_ids(simulator, limit: int = 50) -> list[str]:

@@ -11,14 +11,14 @@ import click
 from rich.console import Console
 
 from golioth_assets.cli.conflicts import conflicts
+from golioth_assets.cli.console import console as console_command
 from golioth_assets.cli.dev import dev
 from golioth_assets.cli.history import history
 from golioth_assets.cli.local import local
 from golioth_assets.cli.services import services
 from golioth_assets.cli.sync import sync
-from golioth_assets.console.cli import console as console_command
+from golioth_assets.cli.webhooks import webhooks
 from golioth_assets.simulator.cli import simulator_command
-from golioth_assets.webhooks.cli import webhooks
 
 console = Console()
 

@@ -300,7 +300,7 @@ def update(service: str, rotation_window: str, end_rotation: bool, as_json: bool
     """Change settings of a service (SERVICE: its id or organization).
 
     Every setting is unchanged if its option is omitted. The next run uses the new settings."""
-    from golioth_assets.webhooks.cli import parse_duration
+    from golioth_assets.cli.webhooks import parse_duration
 
     window = parse_duration(rotation_window)
     engine = open_engine()
