@@ -32,7 +32,8 @@ from golioth_assets.store.services import ServiceSettings, create_service
 from golioth_assets.webhooks import ingest
 from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
-from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
+from golioth_assets.webhooks.testing import ServerThread, make_webhook_service, signed_headers
+from tests.fixtures.webhooks import make_linked_device
 
 HEADER = "x-golioth-sync-secret"
 CONFIG = ReceiverConfig(service_cache_seconds=0)  # every request reads the service: settings apply at once

@@ -20,7 +20,8 @@ from golioth_assets.store import database
 from golioth_assets.store.services import update_service
 from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
-from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
+from golioth_assets.webhooks.testing import ServerThread, make_webhook_service, signed_headers
+from tests.fixtures.webhooks import make_linked_device
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()  # the signing key
 OLD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from golioth_assets.store import webhook_events as inbox
 from golioth_assets.store.webhook_events import NewEvent, ObservedUpdate, fold_observed
-from golioth_assets.webhooks.testing import make_linked_device, make_webhook_service
+from golioth_assets.webhooks.testing import make_webhook_service
+from tests.fixtures.webhooks import make_linked_device
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -395,20 +395,7 @@ def _unconfirmed_writes(db: Engine, service: services.Service) -> pd.DataFrame:
     reports failed (a dead worker, a step that raised part-way through its writes), and its
     landed PATCHes must not then read as console edits that conflict with newer local ones."""
     with db.connect() as conn:
-        rows = conn.exec_driver_sql(
-            """
-            SELECT p.device_id::text, p.golioth_device_id, p.field, p.action, p.new_value
-            FROM sync_plan p JOIN golioth_sync_log l ON l.id = p.sync_log_id
-            WHERE l.service_id = %(service)s AND NOT l.dry_run AND p.side = 'remote'
-              AND l.id > coalesce((SELECT max(id) FROM golioth_sync_log
-                                   WHERE service_id = %(service)s AND status = 'success' AND NOT dry_run), 0)
-              AND ((p.action = 'create' AND p.status IN ('planned', 'failed'))
-                   OR (p.action = 'update' AND p.status = 'planned'))
-            ORDER BY p.id
-            """,
-            {"service": service.id},
-        ).fetchall()
-    return pd.DataFrame(rows, columns=["device_id", "golioth_device_id", "field", "action", "new_value"])
+        return sync_log.unconfirmed_remote_writes(conn, service.id)
 
 
 def _confirm_landed_updates(

@@ -104,3 +104,9 @@ def app_engine(settings: Settings | None = None) -> Engine:
     app, _ = resolve_urls(settings)
     ensure_database_exists(app)
     return engine_for(app)
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the server; raises if it does not answer."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from golioth_assets.store.database import ping
 from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY, MissingSecret, Service
 from golioth_assets.store.webhook_events import NewEvent
 from golioth_assets.webhooks.batcher import DatabaseUnavailable, EventRejected, GroupCommitter, Overloaded
@@ -248,12 +249,8 @@ class Receiver:
         )
 
     async def healthz(self, request: Request) -> Response:
-        def ping() -> None:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-
         try:
-            await anyio.to_thread.run_sync(ping)
+            await anyio.to_thread.run_sync(ping, self.engine)
         except Exception:
             return _answer(
                 503,
