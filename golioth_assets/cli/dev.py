@@ -4,7 +4,7 @@
 2. the Golioth simulator with 10,000 devices;
 3. a demo organization whose service points at the simulator;
 4. one full sync through Dagster, with a summary;
-5. the webhook receiver, the Dagster webserver and daemon (and the web console, when installed),
+5. the webhook receiver, the Dagster webserver and daemon and the web console,
    until Ctrl-C stops them all. `--no-ui` stops after step 4: one headless sync, then exit.
 """
 
@@ -35,11 +35,11 @@ API_KEY_ENV = "GOLIOTH_DEMO_API_KEY"
 WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"  # the pipelines' header secret
 SIGNING_KEY_ENV = "GOLIOTH_DEMO_SIGNING_KEY"  # the signed device events' whsec_ key: a different secret
 
-console = Console()
+out = Console()
 
 
 def _bin(name: str) -> str:
-    """A console script installed beside this Python (the project's venv)."""
+    """A command (an entry-point script) installed beside this Python (the project's venv)."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
 
@@ -116,13 +116,13 @@ def _wait_for_runs(timeout_s: float = 60.0) -> None:
             announced = False
             while (count := instance.get_runs_count(in_progress)) and time.monotonic() < deadline:
                 if not announced:
-                    console.print(f"waiting for {count} run(s) in progress to finish (Ctrl-C again to stop now)…")
+                    out.print(f"waiting for {count} run(s) in progress to finish (Ctrl-C again to stop now)…")
                     announced = True
                 time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # the database may be what is failing; stopping must go on
-        console.print(f"[yellow]could not check runs in progress: {exc}[/]")
+        out.print(f"[yellow]could not check runs in progress: {exc}[/]")
 
 
 def _wait_http(url: str, timeout_s: float = 90.0) -> bool:
@@ -203,7 +203,10 @@ class Ports:
 @click.option("--webhook-port", default=8088, show_default=True)
 @click.option("--console-port", default=8089, show_default=True)
 @click.option(
-    "--activity/--no-activity", default=True, show_default=True, help="Simulate device traffic and console edits."
+    "--activity/--no-activity",
+    default=True,
+    show_default=True,
+    help="Simulate device traffic and Golioth console edits.",
 )
 @click.option("--fresh-simulator", is_flag=True, help="Seed the simulated project anew, dropping the edits it kept.")
 def dev(
@@ -223,16 +226,16 @@ def dev(
     started = time.perf_counter()
     install_signal_handlers()
     runtime = prepare()
-    console.print(f"[green]✓[/] database {runtime.describe()}")
+    out.print(f"[green]✓[/] database {runtime.describe()}")
     simulator = _start_simulator(devices, simulator_port, fresh=fresh_simulator)
     children = Children()
     stop_activity = threading.Event()
     try:
         service = _register_demo_service(runtime.engine, simulator.url, interval)
-        console.print(f"[green]✓[/] organization [bold]{DEMO_ORG}[/] → project {DEMO_PROJECT} (service {service.id})")
+        out.print(f"[green]✓[/] organization [bold]{DEMO_ORG}[/] → project {DEMO_PROJECT} (service {service.id})")
         _first_sync(runtime.engine)
         if no_ui:
-            console.print(
+            out.print(
                 f"Done in {time.perf_counter() - started:.1f} s. Look next: `golioth-sync history --org {DEMO_ORG}`, "
                 "the `devices` table over SQL (`golioth-sync db status` says where), or `make demo` for the UI."
             )
@@ -246,13 +249,13 @@ def dev(
         _print_running(runtime, simulator, ports, service.id, interval, ui_ready=ui_ready)
         _watch(children)
     except KeyboardInterrupt:
-        console.print("stopping…")
+        out.print("stopping…")
     finally:
         stop_activity.set()
         children.stop(wait_for_runs=_wait_for_runs)
         simulator.stop()  # last: runs still finishing talk to it; it saves its state on the way out
         if children.procs:
-            console.print("stopped" + (f"; {EMBEDDED_STAYS_UP}" if runtime.embedded else ""))
+            out.print("stopped" + (f"; {EMBEDDED_STAYS_UP}" if runtime.embedded else ""))
 
 
 EMBEDDED_STAYS_UP = "the embedded PostgreSQL keeps running (CLI commands share it; `golioth-sync db stop` stops it)"
@@ -309,7 +312,7 @@ def _start_simulator(devices: int, port: int, *, fresh: bool):
         state_file=state_file,
     ).start_subprocess()
     where = f"kept from the last demo in {state_file} (--fresh-simulator reseeds)" if kept else f"{devices:,} devices"
-    console.print(f"[green]✓[/] Golioth simulator at {simulator.url}, {where}")
+    out.print(f"[green]✓[/] Golioth simulator at {simulator.url}, {where}")
     return simulator
 
 
@@ -318,13 +321,13 @@ def _first_sync(engine) -> None:
     from golioth_assets.cli.render import summary_table
     from golioth_assets.store import sync_log
 
-    launched = run_sync_job(DEMO_ORG, trigger="demo", console=console)
+    launched = run_sync_job(DEMO_ORG, trigger="demo", out=out)
     with engine.connect() as conn:
         run = sync_log.latest_run(conn, DEMO_ORG, dagster_run_id=launched.run_id)
     if run:
-        console.print(summary_table(run))
+        out.print(summary_table(run))
     if note := dead_runs_note(launched):
-        console.print(note, style="yellow")
+        out.print(note, style="yellow")
     if not launched.success:
         raise click.ClickException(launched.error or "the first sync failed")
 
@@ -372,7 +375,7 @@ def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: 
     )
     if runtime.embedded:
         table.add_row("After Ctrl-C", EMBEDDED_STAYS_UP)
-    console.print(table)
+    out.print(table)
 
 
 def _watch(children: Children) -> None:

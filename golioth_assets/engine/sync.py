@@ -304,7 +304,7 @@ def _store_inventory(conn, org: str, scope: Scope, frame: pd.DataFrame, missing:
 
 def _project_read(client: GoliothClient, read):
     """A project-level read (a list). Its 404 means the project itself is gone: deleted in the
-    console, or the service names the wrong project. Say so, rather than a bare 404 on a path."""
+    Golioth console, or the service names the wrong project. Say so, rather than a bare 404 on a path."""
     try:
         return read()
     except errors.NotFoundError as exc:
@@ -393,7 +393,7 @@ def _unconfirmed_writes(db: Engine, service: services.Service) -> pd.DataFrame:
     updates still "planned" since then (the process died mid-apply). Whether such a run was later
     marked finished does not matter: the failure sensor finishes the log row of a run that Dagster
     reports failed (a dead worker, a step that raised part-way through its writes), and its
-    landed PATCHes must not then read as console edits that conflict with newer local ones."""
+    landed PATCHes must not then read as Golioth console edits that conflict with newer local ones."""
     with db.connect() as conn:
         return sync_log.unconfirmed_remote_writes(conn, service.id)
 
