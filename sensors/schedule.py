@@ -13,7 +13,7 @@ import dagster as dg
 
 from golioth_assets.core.vocabulary import RunTag, SyncKind, Trigger
 from golioth_assets.defs.jobs import full_sync_job, run_tags
-from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.partitions import ORGANIZATIONS
 from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.store.sync_log import last_full_sync_starts
 
@@ -54,7 +54,7 @@ def _full_sync_in_flight(instance: dg.DagsterInstance, org: str) -> bool:
 )
 def golioth_sync_schedule(context: dg.ScheduleEvaluationContext, store: DeviceStore):
     now = context.scheduled_execution_time.timestamp()
-    partitions = set(context.instance.get_dynamic_partitions(organizations.name))
+    partitions = set(context.instance.get_dynamic_partitions(ORGANIZATIONS))
     with store.engine.connect() as conn:
         due = due_organizations(conn, now)
     requests = []

@@ -156,7 +156,7 @@ def _resolve_rows(
             raise click.UsageError("give conflict ids or --all, not both")
         if not organization_id:
             raise click.UsageError("--all needs --org ORG")
-        if value_json is not None:
+        if use is None:  # then --value was given
             raise click.UsageError("--all takes --use local|remote (a value fits one field, not all)")
         result = actions.resolve_all(engine, organization_id, use=use, resolved_by=resolved_by)
         return result.resolved, list(result.skipped)

@@ -18,7 +18,7 @@ from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import SPECS
 from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.jobs import run_tags
-from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.partitions import ORGANIZATIONS
 
 
 @dataclass
@@ -51,8 +51,8 @@ def run_sync_job(
     out = out or Console()
     instance = dg.DagsterInstance.get()
     dead_runs = fail_dead_cli_runs(instance)
-    if organization_id not in instance.get_dynamic_partitions(organizations.name):
-        instance.add_dynamic_partitions(organizations.name, [organization_id])
+    if organization_id not in instance.get_dynamic_partitions(ORGANIZATIONS):
+        instance.add_dynamic_partitions(ORGANIZATIONS, [organization_id])
     job_name = "golioth_targeted_sync" if device_ids else "golioth_full_sync"
     job = defs.resolve_job_def(job_name)
     run_id = str(uuid.uuid4())  # known before the run starts, so progress follows this run only
@@ -130,7 +130,8 @@ def _show_progress(
                 return  # not stored yet
             of_type = dg.DagsterEventType.ASSET_MATERIALIZATION
             for record in instance.get_records_for_run(run_id, of_type=of_type).records:
-                key = record.event_log_entry.dagster_event.asset_key.to_user_string()
+                event = record.event_log_entry.dagster_event
+                key = event.asset_key.to_user_string() if event and event.asset_key else None
                 if key in steps:
                     done[key] = None
             last = next(reversed(done), "starting")

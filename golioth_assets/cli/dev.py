@@ -27,6 +27,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from golioth_assets.core.vocabulary import Direction, Policy
 from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
 
 DEMO_ORG = "demo"
@@ -162,8 +163,8 @@ def _register_demo_service(engine, simulator_url: str, interval: int):
                 golioth_organization_id="sim-org",
                 api_key_env=API_KEY_ENV,
                 interval_seconds=interval,
-                direction="bidirectional",
-                conflict_policy="manual",
+                direction=Direction.bidirectional,
+                conflict_policy=Policy.manual,
                 webhook_enabled=True,
                 webhook_secret_env=WEBHOOK_SECRET_ENV,
                 webhook_signing_key_env=SIGNING_KEY_ENV,

@@ -166,7 +166,7 @@ class ConsolePages:
         return self.render(request, "service_form.html", self._form_context(request, service, values, None, new=False))
 
     async def service_new(self, request: Request) -> Response:
-        values = {
+        values: dict[str, Any] = {
             "organization_id": "",
             "name": "",
             "project_id": "",
@@ -213,7 +213,7 @@ class ConsolePages:
             )
         except OperationError as exc:
             service = None if new else await self._service_or_404(request.path_params["service_id"])
-            base = {} if new else service.model_dump(include=set(service_actions.SETTING_FIELDS))
+            base = {} if service is None else service.model_dump(include=set(service_actions.SETTING_FIELDS))
             values = {**base, **submitted}
             # Secret-name fields are never shown back as typed: a refused one may hold the secret itself.
             for name in service_actions.ENV_FIELDS:
@@ -483,7 +483,8 @@ def create_app(
     console = ConsolePages(engine, _templates(), dagster_ui_url)
     charts = ChartPages(console)
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
         if not hasattr(request.state, "csrf_token"):
             return PlainTextResponse(exc.detail, status_code=exc.status_code)
         return console.render(

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import httpx
 import pandas as pd
@@ -105,7 +106,7 @@ def settings_for(service: services.Service, request: SyncRequest, table: LocalTa
     return SyncSettings(
         direction=request.direction or service.direction,
         policy=request.policy or service.conflict_policy,
-        policy_overrides={} if request.policy else dict(service.policy_overrides),
+        policy_overrides={} if request.policy else {str(k): str(v) for k, v in service.policy_overrides.items()},
         field_groups=frozenset(service.field_groups),
         allow_deletes=service.allow_deletes and (table is None or table.deletes_possible),
         unsynced_fields=frozenset(f for f in SYNCED_FIELDS if table is not None and f not in table.synced_fields),
@@ -376,7 +377,7 @@ def _load_inputs(db: Engine, service: services.Service, scope: Scope, side: Loca
 def complete_local(local: pd.DataFrame) -> pd.DataFrame:
     """Columns for the synced fields a table doesn't map (the plan and the Golioth writer don't
     read them for this run, but expect a frame of one shape)."""
-    empty = {"text": None, "list": [], "bool": True, "json": {}}
+    empty: dict[str, object] = {"text": None, "list": [], "bool": True, "json": {}}
     missing = {f: [empty[FIELD_KIND[f]]] * len(local) for f in SYNCED_FIELDS if f not in local}
     return local.assign(**missing) if missing else local
 
@@ -619,7 +620,7 @@ class RunLog:
             self.status = finish(self.db, self.id, error=error, counts=counts)
         return self.status
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
         if exc is None:
             self.close()
             return False

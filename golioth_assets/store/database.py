@@ -70,7 +70,7 @@ def ensure_database_exists(url: URL) -> None:
             exists = conn.execute(
                 sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
             ).scalar()
-            if not exists:
+            if not exists and url.database:
                 # The name comes from our own settings, never from request input; quote it anyway.
                 quoted = conn.dialect.identifier_preparer.quote(url.database)
                 try:

@@ -106,8 +106,8 @@ def fits(mapping: TableMapping, info: TableInfo) -> list[str]:
     column: missing columns, types that can't hold the field, enum labels a value map lacks, NOT NULL
     columns an insert would leave empty. (`golioth-sync local check` reports these and more.)"""
     problems: list[str] = []
-    for name, m in {**mapping.fields, **mapping.observed}.items():
-        problems += _field_fits(name, m, info)
+    for field_name, m in {**mapping.fields, **mapping.observed}.items():
+        problems += _field_fits(field_name, m, info)
     for role, name in (
         ("key", mapping.key),
         ("link", mapping.link),
