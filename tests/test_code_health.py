@@ -2,6 +2,8 @@
 
 - SQL lives in store/ only (docs/architecture.md, "Layers"): no other module runs a statement,
   builds one with SQLAlchemy, imports the table definitions, or holds SQL text.
+- No function in core/, engine/, store/ or defs/ is over 80 lines (issue 11): the orchestrators
+  stay split into named phases.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = [ROOT / "golioth_assets", ROOT / "sensors"]
 STORE = ROOT / "golioth_assets" / "store"
+SHORT_FUNCTIONS = [ROOT / "golioth_assets" / name for name in ("core", "engine", "store", "defs")]
+MAX_FUNCTION_LINES = 80
 
 # Calls that send a statement to the database, whatever object they are called on.
 RUNS_SQL = {"execute", "exec_driver_sql", "executemany", "read_sql", "read_sql_query", "read_sql_table", "to_sql"}
@@ -107,3 +111,30 @@ def test_sql_lives_in_store_only():
         for line, what in sql_uses(ast.parse(path.read_text(), str(path)))
     ]
     assert not found, "SQL outside store/; move each into a named function in store/:\n" + "\n".join(found)
+
+
+def long_functions(tree: ast.AST, limit: int) -> Iterator[tuple[int, str, int]]:
+    """(line, name, lines) of each function, nested ones too, longer than `limit` lines from its
+    `def` to its last line (decorators not counted; docstring and comments are)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                yield node.lineno, node.name, lines
+
+
+def test_the_length_check_counts_lines():
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    source = f"@decorated\ndef long():\n{body}\n\ndef short():\n    pass\n"
+    assert list(long_functions(ast.parse(source), MAX_FUNCTION_LINES)) == [(2, "long", 81)]
+
+
+def test_no_function_in_core_engine_store_or_defs_is_over_80_lines():
+    modules = [p for p in product_modules() if any(p.is_relative_to(d) for d in SHORT_FUNCTIONS)]
+    assert len(modules) > 40
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {name} is {lines} lines"
+        for path in modules
+        for line, name, lines in long_functions(ast.parse(path.read_text(), str(path)), MAX_FUNCTION_LINES)
+    ]
+    assert not found, f"over {MAX_FUNCTION_LINES} lines; split into named phases:\n" + "\n".join(found)
