@@ -403,14 +403,32 @@ def test_body_at_the_limit_is_accepted(client, engine, service, device):
     assert len(rows(engine, service)) == 1
 
 
-def test_disabled_service_is_404_once_the_cache_expires(client, engine, service, device):
+class ManualClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_disabled_service_is_404_once_the_cache_expires(engine, service, device):
+    clock = ManualClock()
     url = f"/webhooks/golioth/{service}"
-    assert client.post(url, content=b'{"n": 1}', headers=pipeline_headers(device[0])).status_code == 202
-    with engine.begin() as conn:
-        update_service(conn, service, webhook_enabled=False)
-    time.sleep(CONFIG.service_cache_seconds + 0.1)
-    assert client.post(url, content=b'{"n": 2}', headers=pipeline_headers(device[0])).status_code == 404
-    assert len(rows(engine, service)) == 1
+    with (
+        ServerThread(create_app(CONFIG, engine=engine, clock=clock), limits=CONFIG) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        assert client.post(url, content=b'{"n": 1}', headers=pipeline_headers(device[0])).status_code == 202
+        with engine.begin() as conn:
+            update_service(conn, service, webhook_enabled=False)
+        # Within the cache's lifetime the receiver still uses the settings it read.
+        clock.now += CONFIG.service_cache_seconds * 0.9
+        assert client.post(url, content=b'{"n": 2}', headers=pipeline_headers(device[0])).status_code == 202
+        clock.now += CONFIG.service_cache_seconds * 0.2
+        assert client.post(url, content=b'{"n": 3}', headers=pipeline_headers(device[0])).status_code == 404
+    assert len(rows(engine, service)) == 2
 
 
 def test_secret_variable_unset_is_503_and_writes_nothing(client, engine, org, monkeypatch):

@@ -345,7 +345,13 @@ def test_one_bad_event_does_not_sink_its_batch(engine, org, service):
 
     async def submit_all():
         tasks = [asyncio.ensure_future(committer.submit(e)) for e in [good[0], orphan, *good[1:]]]
-        await asyncio.sleep(0.05)  # all four queued before the writer starts: one batch
+        # All four queued before the writer starts, so they form one batch: each submit queues its
+        # event in its first step, so a few turns of the loop are enough.
+        for _ in range(100):
+            if committer.depth == len(tasks):
+                break
+            await asyncio.sleep(0)
+        assert committer.depth == len(tasks)
         committer.start()
         return await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -96,10 +97,10 @@ async def _read_body(headers: Mapping[str, str], receive: Receive, limit: int) -
 class Receiver:
     """The request handling, with its collaborators injected so tests can build it directly."""
 
-    def __init__(self, config: ReceiverConfig, engine: Engine):
+    def __init__(self, config: ReceiverConfig, engine: Engine, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.engine = engine
-        self.services = ServiceCache(engine, config.service_cache_seconds)
+        self.services = ServiceCache(engine, config.service_cache_seconds, clock=clock)
         self.committer = GroupCommitter(
             engine, max_queue=config.max_queue, max_batch=config.max_batch, writers=config.writers
         )
@@ -274,13 +275,16 @@ class _AsgiEndpoint:
         await self._handler(scope, receive, send)
 
 
-def create_app(config: ReceiverConfig | None = None, engine: Engine | None = None) -> Starlette:
-    """The receiver app. Without an engine it uses the app database (DATABASE_URL or embedded)."""
+def create_app(
+    config: ReceiverConfig | None = None, engine: Engine | None = None, clock: Callable[[], float] = time.monotonic
+) -> Starlette:
+    """The receiver app. Without an engine it uses the app database (DATABASE_URL or embedded).
+    `clock` times the service cache (tests move it instead of waiting)."""
     if engine is None:
         from golioth_assets.store.database import app_engine
 
         engine = app_engine()
-    receiver = Receiver(config or ReceiverConfig.from_env(), engine)
+    receiver = Receiver(config or ReceiverConfig.from_env(), engine, clock)
     app = Starlette(
         routes=[
             Route("/webhooks/golioth/{service_id}", _AsgiEndpoint(receiver.webhook), methods=["POST"]),
