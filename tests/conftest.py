@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.sync",
     "tests.fixtures.foreign",
     "tests.fixtures.local_tables",
+    "tests.fixtures.dagster",
 ]
 
 

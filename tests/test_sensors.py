@@ -26,12 +26,6 @@ from sensors.webhooks import run_key_for, webhook_inbox_sensor
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
 def resources(db_url):
     url = db_url.render_as_string(hide_password=False)
     return {"store": DeviceStore(database_url=url), "golioth": GoliothApi()}
