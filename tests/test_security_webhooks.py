@@ -240,6 +240,7 @@ def shapes(draw) -> tuple[str, int, int]:
     return "".join(opens) + leaf + "".join(reversed(closes)), depth + leaf_depth, longest
 
 
+@pytest.mark.slow  # about 8 s: every example crosses HTTP to the receiver and back from PostgreSQL
 @FUZZ
 @given(shape=shapes(), signed=st.booleans(), path=paths)
 def test_fuzz_parse_to_store_answers_exactly_by_the_bounds(inbox, shape, signed, path):
