@@ -130,7 +130,7 @@ def _local_name(engine, service_id: int, golioth_id: str) -> str | None:
     with engine.connect() as conn:
         return conn.execute(
             sa.text(
-                "SELECT d.name FROM devices d JOIN device_service_assignments a ON a.device_id = d.id "
+                "SELECT d.name FROM devices d JOIN device_service_assignments a ON a.device_id = d.id::text "
                 "WHERE a.service_id = :s AND a.golioth_device_id = :g"
             ),
             {"s": service_id, "g": golioth_id},

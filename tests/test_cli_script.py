@@ -60,7 +60,7 @@ def script(db_url, tmp_path, sim_project_factory):
         "GOLIOTH_SYNC_HOME": str(tmp_path / "home"),
         "DATABASE_URL": db_url.render_as_string(hide_password=False),
         "DAGSTER_DATABASE_URL": dagster_url.render_as_string(hide_password=False),
-        "SCRIPT_GOLIOTH_KEY": project.api_key,
+        "GOLIOTH_SCRIPT_KEY": project.api_key,
         "COLUMNS": "200",
     }
     try:
@@ -72,7 +72,7 @@ def script(db_url, tmp_path, sim_project_factory):
 def _add_service(script: Script, project, org: str) -> dict:
     added = script.json(
         "services", "add", "--org", org, "--name", "scripted", "--project-id", project.project_id,
-        "--base-url", project.url, "--golioth-org", project.organization_id, "--api-key-env", "SCRIPT_GOLIOTH_KEY",
+        "--base-url", project.url, "--golioth-org", project.organization_id, "--api-key-env", "GOLIOTH_SCRIPT_KEY",
     )  # fmt: skip
     return added["service"]
 
@@ -81,7 +81,7 @@ def test_a_script_adds_tests_plans_syncs_resolves_and_reads_history(script, engi
     script, project = script
     org = f"scripted-{uuid.uuid4().hex[:6]}"
     service = _add_service(script, project, org)
-    assert service["organization_id"] == org and service["api_key_env"] == "SCRIPT_GOLIOTH_KEY"
+    assert service["organization_id"] == org and service["api_key_env"] == "GOLIOTH_SCRIPT_KEY"
     assert project.api_key not in json.dumps(service)  # the variable's name, never its value
     listed = script.json("services", "list")["services"]
     assert [s["id"] for s in listed if s["organization_id"] == org] == [service["id"]]
@@ -111,7 +111,7 @@ def test_a_script_adds_tests_plans_syncs_resolves_and_reads_history(script, engi
         device_id, golioth_id = conn.execute(
             sa.text(
                 "SELECT d.id::text, a.golioth_device_id FROM devices d JOIN device_service_assignments a "
-                "ON a.device_id = d.id WHERE d.organization_id = :o ORDER BY d.name LIMIT 1"
+                "ON a.device_id = d.id::text WHERE d.organization_id = :o ORDER BY d.name LIMIT 1"
             ),
             {"o": org},
         ).one()
@@ -155,7 +155,7 @@ def test_exit_codes_tell_could_not_start_failed_and_partial_apart(script, engine
     # Could not start: no service, or its key not set here. Nothing is recorded; stdout stays empty.
     for args, env, expected in (
         (("sync", "--org", "no-such-org"), {}, "has no Golioth service"),
-        (("sync", "--org", org, "--dry-run"), {"SCRIPT_GOLIOTH_KEY": ""}, "$SCRIPT_GOLIOTH_KEY"),
+        (("sync", "--org", org, "--dry-run"), {"GOLIOTH_SCRIPT_KEY": ""}, "$GOLIOTH_SCRIPT_KEY"),
     ):
         done = script.run(*args, "--json", env=env)
         assert done.returncode == ExitCode.not_started and done.stdout == "", done.stdout + done.stderr
@@ -165,7 +165,7 @@ def test_exit_codes_tell_could_not_start_failed_and_partial_apart(script, engine
 
     # Failed: Golioth refuses the key. The root cause in one line, no Dagster traceback, no plan
     # summary, and no "0 requests" for requests that were made before they were counted.
-    wrong = {"SCRIPT_GOLIOTH_KEY": "not-the-key"}
+    wrong = {"GOLIOTH_SCRIPT_KEY": "not-the-key"}
     failed = script.json("sync", "--org", org, "--dry-run", code=ExitCode.failed, env=wrong)
     assert failed["status"] == "failed" and failed["dry_run"] and "rejected the API key" in failed["error"]
     assert failed["requests"] is None or failed["requests"] > 0

@@ -43,7 +43,7 @@ def write_history(engine, org: str, *, seed: int, scale: int = 1) -> History:
     """Six hours of an organization's life, ending now: what the charts must show."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
-    service_id = make_webhook_service(engine, org, "CHART_TEST_SECRET", project_id=f"p-{org}")
+    service_id = make_webhook_service(engine, org, signing_key_env="GOLIOTH_CHART_TEST_SECRET", project_id=f"p-{org}")
     history = History(org)
     runs, conflicts, events = [], [], []
     for i in range(36):  # a full sync every 10 minutes; the first one imports the fleet

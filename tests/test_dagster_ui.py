@@ -8,6 +8,7 @@ downloads a browser here, it drives the system one. Screenshots go to $GOLIOTH_S
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from golioth_assets.defs.assets import sync_assets
 from golioth_assets.defs.jobs import full_sync_job, run_tags
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
+from tests.fixtures.changes import EXPECTED_SUMMARIES, edit_both_sides
 from tests.fixtures.database import drop_database
 from tests.fixtures.network import free_port
 
@@ -79,10 +81,13 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture
 def webserver(make_harness, db_url, tmp_path, monkeypatch):
     """dagster-webserver over a DAGSTER_HOME prepared like `golioth-sync dev` does, with one
-    completed full sync of a 25-device simulated organization in its run history."""
+    completed full sync of a 25-device simulated organization in its run history, and no run in
+    flight. The organization was synced once before (outside Dagster) and then edited on both
+    sides, so that the run's summaries have something to say (tests/fixtures/changes.py)."""
     from golioth_assets.cli.runtime import prepare
 
     h = make_harness(devices=25)
+    edit_both_sides(h)
     dagster_url = db_url.set(database=f"gs_ui_{uuid.uuid4().hex[:10]}")
     # monkeypatch first, so that whatever prepare() writes to os.environ is undone afterwards.
     monkeypatch.setenv("GOLIOTH_SYNC_HOME", str(tmp_path / "home"))
@@ -102,6 +107,8 @@ def webserver(make_harness, db_url, tmp_path, monkeypatch):
             ).resolve_job_def(full_sync_job.name)
             result = job.execute_in_process(instance=instance, partition_key=h.org, tags=run_tags(h.org, "ui-test"))
             assert result.success
+            in_flight = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+            assert instance.get_runs_count(in_flight) == 0
         port = free_port()
         log = open(tmp_path / "webserver.log", "wb")  # noqa: SIM115 - closed below
         proc = subprocess.Popen(
@@ -158,32 +165,97 @@ def _dismiss_onboarding(page) -> None:
     skip.wait_for(state="hidden")
 
 
-def test_asset_graph_and_run_page_render(webserver, page, tmp_path):
-    SCREENSHOTS = Path(os.environ.get("GOLIOTH_SYNC_SCREENSHOT_DIR") or tmp_path)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    url, run_id, org = webserver["url"], webserver["run_id"], webserver["org"]
+def _screenshot_dir(tmp_path) -> Path:
+    folder = Path(os.environ.get("GOLIOTH_SYNC_SCREENSHOT_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
-    # The lineage of the golioth_sync group: all six assets, drawn as a graph.
+
+def _count(page, text: str) -> int:
+    return page.get_by_text(text, exact=True).count()
+
+
+def test_after_a_sync_the_ui_shows_every_asset_materialized_with_what_it_changed(webserver, page, tmp_path):
+    screenshots = Path(os.environ.get("GOLIOTH_SYNC_SCREENSHOT_DIR") or tmp_path)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    url, run_id, org = webserver["url"], webserver["run_id"], webserver["org"]
+    _lineage(page, url, screenshots)
+    _catalog(page, url, screenshots)
+    _partitions(page, url, org, screenshots)
+    _run_page_and_run_list(page, url, run_id, org, screenshots)
+
+
+def _count(page, text: str) -> int:
+    return page.get_by_text(text, exact=True).count()
+
+
+def _lineage(page, url: str, screenshots: Path) -> None:
+    """Six nodes, each with its one partition materialized ("100% filled", the status row green
+    with "1 partition") and nothing in progress; a node leads to its latest summary."""
     page.goto(f"{url}/locations/golioth_sync/asset-groups/golioth_sync/lineage")
     _wait_for_texts(page, ASSETS)
     _dismiss_onboarding(page)
-    page.wait_for_timeout(1500)  # let the graph settle (layout, edges) before the screenshot
-    edges = page.locator("svg path").count()
-    assert edges >= 5, f"expected the lineage edges to be drawn, found {edges} paths"
-    page.screenshot(path=str(SCREENSHOTS / "dagster-asset-graph.png"))
+    page.get_by_text("100% filled", exact=True).nth(len(ASSETS) - 1).wait_for(state="visible")
+    assert _count(page, "100% filled") == len(ASSETS)
+    assert _count(page, "1 partition") == len(ASSETS)
+    body = page.inner_text("body")
+    for unwanted in ("Materializing", "Never materialized", "Failed", "Loading..."):
+        assert unwanted not in body, f"the lineage says {unwanted!r}"
+    assert page.locator("svg path").count() >= 5, "the lineage edges are not drawn"
+    page.wait_for_timeout(1000)  # let the layout settle before the screenshot
+    page.screenshot(path=str(screenshots / "dagster-asset-graph.png"))
 
-    # The run page of the completed sync: its status and its steps.
+    # Select a node, then "View in Asset Catalog": the asset's latest materialization, with the
+    # summary as the first row of its metadata.
+    page.get_by_text("device_reconciliation", exact=True).first.click()
+    page.get_by_text("View in Asset Catalog").first.click()
+    page.get_by_text(EXPECTED_SUMMARIES["device_reconciliation"], exact=True).first.wait_for(state="visible")
+    assert "Latest materialization" in page.inner_text("body")
+
+
+def _catalog(page, url: str, screenshots: Path) -> None:
+    """Per asset, its partitions by status in the order materialized, missing, failed, in
+    progress: "All 0 0 0" is every partition materialized and none running."""
+    page.goto(f"{url}/assets")
+    _wait_for_texts(page, ASSETS)
+    page.get_by_text("1 partition", exact=True).nth(len(ASSETS) - 1).wait_for(state="visible")
+    rows = {}
+    for chunk in page.inner_text("body").split("1 partition")[:-1]:  # each row ends with its count
+        lines = [line.strip() for line in chunk.strip().splitlines() if line.strip()]
+        rows[next(line for line in lines if line in ASSETS)] = lines
+    assert sorted(rows) == sorted(ASSETS)
+    for asset, lines in rows.items():
+        assert lines[-4:] == ["All", "0", "0", "0"], (asset, lines[-6:])
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(screenshots / "dagster-catalog.png"))
+
+
+def _partitions(page, url: str, org: str, screenshots: Path) -> None:
+    """Each asset's partition (the organization): "Materialized", and the one-line summary of
+    what its latest materialization changed."""
+    for asset in ASSETS:
+        page.goto(f"{url}/assets/{asset}?view=partitions&partition={org}")
+        page.get_by_text("Materialized", exact=True).first.wait_for(state="visible")
+        page.get_by_text(re.compile("^" + re.escape(EXPECTED_SUMMARIES[asset]))).first.wait_for(state="visible")
+        if asset == "device_reconciliation":
+            page.screenshot(path=str(screenshots / "dagster-asset-summary.png"))
+
+
+def _run_page_and_run_list(page, url: str, run_id: str, org: str, screenshots: Path) -> None:
     page.goto(f"{url}/runs/{run_id}")
     page.get_by_text("Success", exact=True).first.wait_for(state="visible")
-    _dismiss_onboarding(page)
+    page.get_by_text(re.compile("^Materialized value ")).first.wait_for(state="visible")  # the event log
     body = page.inner_text("body")
     assert run_id[:8] in body
     assert sum(name in body for name in ASSETS) >= 3, body[:2000]
-    assert "RUN_SUCCESS" in body or "Finished execution" in body or "Success" in body
     page.wait_for_timeout(1000)
-    page.screenshot(path=str(SCREENSHOTS / "dagster-run.png"))
+    page.screenshot(path=str(screenshots / "dagster-run.png"))
 
-    # The run list filters by the organization tag.
+    # The run list filters by the organization, which is the partition tag. A row shows only the
+    # tags operators filter by; Dagster's own (dagster/run_key, ...) stay behind "View all tags".
     page.goto(f"{url}/runs?q%5B0%5D=tag%3A{RunTag.org}%3D{org}")
     page.get_by_text(run_id[:8]).first.wait_for(state="visible")
-    assert org in page.inner_text("body")
+    listed = page.inner_text("body")
+    for shown in (f"partition: {org}", f"{RunTag.trigger}: ui-test", f"{RunTag.kind}: full"):
+        assert shown in listed, (shown, listed)
+    assert "golioth-sync/org" not in listed and "golioth-sync/host" not in listed, listed

@@ -213,7 +213,7 @@ def _local_snapshot(h) -> dict:
     local = h.local(include_deleted=True)
     links = h.links()
     return {
-        "devices": local[["name", "tags", "enabled", "version", "deleted_at"]].astype(str).to_dict("index"),
+        "devices": local[["name", "tags", "enabled", "fingerprint", "deleted_at"]].astype(str).to_dict("index"),
         "links": sorted(zip(links["device_id"], links["golioth_device_id"], links["sync_status"].astype(str))),
     }
 

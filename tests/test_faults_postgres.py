@@ -13,9 +13,9 @@ start (pg_ctl stop -m fast: open sessions are terminated, as in a crash or a fai
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from golioth_assets.engine import apply_local as apply_local_module
 from golioth_assets.engine.sync import SyncRequest, sync_organization
 from golioth_assets.store import intents
 from golioth_assets.store.local_table.table import LocalTable
+from tests.fixtures.database import private_folder
 from tests.fixtures.faults import (
     WRITE_METHODS,
     assert_no_duplicates,
@@ -40,16 +41,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def private_pg(tmp_path_factory):
+def private_pg():
     """A private embedded PostgreSQL for this module; each test leaves it running."""
     from golioth_assets.store import embedded
 
-    pgdata = Path(tmp_path_factory.mktemp("faults-pg")) / "pgdata"
+    home = private_folder("faults-pg")
+    pgdata = home / "pgdata"
     start_private_postgres(pgdata)
     try:
         yield pgdata
     finally:
         embedded.stop(pgdata)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture

@@ -262,7 +262,8 @@ def test_mapping_and_org_are_exclusive():
 def test_an_org_without_a_mapping_checks_the_builtin_table(db_env, engine, org):
     with engine.begin() as conn:
         services.create_service(
-            conn, services.ServiceSettings(organization_id=org, name="Fleet", project_id="p", api_key_env="GS_KEY")
+            conn,
+            services.ServiceSettings(organization_id=org, name="Fleet", project_id="p", api_key_env="GOLIOTH_TEST_KEY"),
         )
         conn.execute(sa.text("INSERT INTO devices (organization_id, name) VALUES (:org, 'boiler')"), {"org": org})
     result = run("local", "check", "--org", org)

@@ -174,8 +174,8 @@ def test_database_url_must_be_postgresql():
 
 
 @pytest.mark.embedded
-def test_embedded_server_starts_on_demand_and_keeps_data_across_restarts(tmp_path):
-    pgdata = tmp_path / "home" / "pgdata"
+def test_embedded_server_starts_on_demand_and_keeps_data_across_restarts(private_home):
+    pgdata = private_home / "home" / "pgdata"
     url = embedded.start(pgdata).set(database="golioth_sync")
     try:
         database.ensure_database_exists(url)

@@ -64,7 +64,7 @@ def test_a_failed_blocking_check_refuses_to_write_and_closes_the_row(make_harnes
     check fails, the engine plans and writes nothing, the row says why; the next sync converges."""
     h = make_harness(devices=250, allow_deletes=True)
     assert h.sync().status == "success"
-    local_before = h.local(include_deleted=True)[["name", "version", "deleted_at"]].astype(str)
+    local_before = h.local(include_deleted=True)[["name", "fingerprint", "deleted_at"]].astype(str)
     control, project = h.project.control, h.project.project_id
     control.set_churn(project, {"page": 2, "recreateRead": 3})
     h.project.reset_stats()
@@ -88,7 +88,7 @@ def test_a_failed_blocking_check_refuses_to_write_and_closes_the_row(make_harnes
         planned = conn.exec_driver_sql("SELECT count(*) FROM sync_plan WHERE sync_log_id = %(r)s", {"r": row["id"]})
         assert planned.scalar_one() == 0
     assert write_requests(h.project.stats()) == 0 and len(done["recreated"]) == 3
-    assert h.local(include_deleted=True)[["name", "version", "deleted_at"]].astype(str).equals(local_before)
+    assert h.local(include_deleted=True)[["name", "fingerprint", "deleted_at"]].astype(str).equals(local_before)
 
     # The next listing is consistent: the sync goes ahead (re-provisioned devices are the plan's
     # business: a device whose hardware id moved to a new Golioth id).

@@ -35,9 +35,9 @@ def _restart(pgdata: Path) -> None:
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[tuple[Path, sa.engine.Engine]]:
+def own_server(private_home: Path) -> Iterator[tuple[Path, sa.engine.Engine]]:
     """A private embedded PostgreSQL that this test may stop and start at will."""
-    pgdata = tmp_path / "pgdata"
+    pgdata = private_home / "pgdata"
     url = embedded.start(pgdata).set(database="golioth_sync")
     database.ensure_database_exists(url)
     engine = database.engine_for(url)

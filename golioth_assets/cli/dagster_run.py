@@ -60,7 +60,7 @@ def run_sync_job(
         **sync_run_config(**_launch_config(direction, dry_run, policy, device_ids)),
         "loggers": {"console": {"config": {"log_level": "WARNING" if verbose else "CRITICAL"}}},
     }
-    extra = {RunTag.host: socket.gethostname(), RunTag.pid: str(os.getpid())}
+    extra = {RunTag.process: process_tag(socket.gethostname(), os.getpid())}
     if dry_run:
         extra[RunTag.dry_run] = "true"
     outcome: dict = {}
@@ -179,22 +179,27 @@ def dead_runs_note(launched: LaunchedRun) -> str | None:
     )
 
 
+def process_tag(host: str, pid: int) -> str:
+    """The value of a CLI run's `golioth-sync/process` tag: which process executes it."""
+    return f"{host}/{pid}"
+
+
 def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:
     """Fail the CLI runs of this host whose process is gone (SIGKILL, OOM, a closed laptop lid).
 
     Nothing else notices them: without a run launcher there is no run worker for run monitoring to
     check, so such a run stays "started" for ever, and keeps the `golioth_api` pool slots its steps
     held. After as many kills as the pool has slots (4), every sync of every organization would wait
-    for a slot for ever. Only runs whose host and pid tags say "this host, no such process" are
-    touched, so a sync still running in another terminal or on another machine is left alone.
+    for a slot for ever. Only runs whose process tag says "this host, no such process" are touched,
+    so a sync still running in another terminal or on another machine is left alone. Started runs
+    are few (the run queue bounds them), so they are all read and their tag compared here.
     """
     host = socket.gethostname()
     failed = []
-    records = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED], tags={RunTag.host: host}))
-    for record in records:
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         run = record.dagster_run
-        pid = run.tags.get(RunTag.pid, "")
-        if not pid.isdigit() or _process_exists(int(pid)):
+        run_host, _, pid = run.tags.get(RunTag.process, "").rpartition("/")
+        if run_host != host or not pid.isdigit() or _process_exists(int(pid)):
             continue
         instance.report_run_failed(run, f"the process running it (pid {pid} on {host}) is gone")
         if instance.event_log_storage.supports_global_concurrency_limits:

@@ -172,17 +172,49 @@ def _register_demo_service(engine, simulator_url: str, interval: int):
         )
 
 
-def _activity(control, stop: threading.Event, device_ids: list[str]) -> None:
-    """Keep the demo alive: devices report data (→ webhooks) and now and then someone edits one in
-    the Golioth console (→ signed events → targeted syncs)."""
-    n = 0
-    while not stop.wait(2.0):
-        n += 1
-        device = device_ids[n % len(device_ids)]
+@dataclass(frozen=True)
+class ActivityRate:
+    """How busy the demo keeps the fleet. Device data takes the receiver's fast path and starts no
+    run; each burst of Golioth console edits is one targeted sync (the webhook sensor claims a burst's
+    events in one tick). With the schedule's full sync every 2 minutes, that is about one run a
+    minute, each a few seconds long: the Dagster UI mostly shows the assets materialized, and the
+    run list stays readable (docs/dagster.md, "What the demo's traffic looks like")."""
+
+    tick_seconds: float = 2.0  # one device reports data each tick
+    burst_every_ticks: int = 60  # one burst of Golioth console edits every 2 minutes…
+    burst_size: int = 3  # …of this many devices, back to back
+    first_burst_tick: int = 30  # a minute in: away from the schedule's syncs, which start on the minute
+
+    def edits_at(self, tick: int, device_ids: list[str]) -> list[str]:
+        """The devices edited in the console at `tick` (none, or one burst of distinct devices)."""
+        if tick < self.first_burst_tick or (tick - self.first_burst_tick) % self.burst_every_ticks:
+            return []
+        burst = (tick - self.first_burst_tick) // self.burst_every_ticks
+        size = min(self.burst_size, len(device_ids))
+        return [device_ids[(burst * size + i) % len(device_ids)] for i in range(size)]
+
+
+DEMO_ACTIVITY = ActivityRate()
+DEMO_INTERVAL_SECONDS = 120  # the schedule's full sync of the demo organization
+
+
+def _activity(
+    control,
+    stop: threading.Event,
+    device_ids: list[str],
+    rate: ActivityRate = DEMO_ACTIVITY,
+    project_id: str = DEMO_PROJECT,
+) -> None:
+    """Keep the demo alive: devices report data (→ webhooks) and now and then someone edits a few of
+    them in the Golioth console (→ signed events → one targeted sync per burst)."""
+    tick, session = 0, int(time.time())  # names are unique in a project, and the project outlives a demo
+    while not stop.wait(rate.tick_seconds):
+        tick += 1
+        device = device_ids[tick % len(device_ids)]
         try:
-            control.device_activity(DEMO_PROJECT, device, {"temp": 20 + n % 7, "battery": 90 - n % 30})
-            if n % 15 == 0:
-                control.console_update(DEMO_PROJECT, device, name=f"device-edited-in-console-{n}")
+            control.device_activity(project_id, device, {"temp": 20 + tick % 7, "battery": 90 - tick % 30})
+            for n, edited in enumerate(rate.edits_at(tick, device_ids)):
+                control.console_update(project_id, edited, name=f"device-edited-in-console-{session}-{tick}-{n}")
         except Exception:
             pass  # the demo carries on; the simulator may be stopping
 
@@ -198,7 +230,9 @@ class Ports:
 @click.command(short_help="Start everything on this machine for a first look.")
 @click.option("--devices", default=10_000, show_default=True, help="Devices in the simulated Golioth project.")
 @click.option("--no-ui", is_flag=True, help="Run one full sync headlessly, print the summary and exit.")
-@click.option("--interval", default=60, show_default=True, help="The demo service's sync interval, seconds.")
+@click.option(
+    "--interval", default=DEMO_INTERVAL_SECONDS, show_default=True, help="The demo service's sync interval, seconds."
+)
 @click.option("--dagster-port", default=3000, show_default=True)
 @click.option("--simulator-port", default=8765, show_default=True)
 @click.option("--webhook-port", default=8088, show_default=True)
@@ -207,7 +241,7 @@ class Ports:
     "--activity/--no-activity",
     default=True,
     show_default=True,
-    help="Simulate device traffic and Golioth console edits.",
+    help="Simulate device data every 2 s and a burst of Golioth console edits every 2 minutes.",
 )
 @click.option("--fresh-simulator", is_flag=True, help="Seed the simulated project anew, dropping the edits it kept.")
 def dev(

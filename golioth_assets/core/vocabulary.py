@@ -143,16 +143,18 @@ class Trigger(StrEnum):
 
 class RunTag:
     """Dagster run tag keys: ours (golioth-sync/…) and Dagster's own that we read. Plain strings,
-    not an enum: Dagster serializes tags and refuses enum members (use `.value` for tag values)."""
+    not an enum: Dagster serializes tags and refuses enum members (use `.value` for tag values).
 
-    org = "golioth-sync/org"
-    kind = "golioth-sync/kind"
-    trigger = "golioth-sync/trigger"
-    claim = "golioth-sync/claim"  # the webhook events a run owns
-    host = "golioth-sync/host"
-    dry_run = "golioth-sync/dry-run"  # "true" on dry runs only
-    pid = "golioth-sync/pid"
+    The run list shows every tag outside Dagster's `dagster/` namespace on every row, so each one
+    costs a line per run: only what operators filter by, or code reads, is a tag (docs/dagster.md)."""
+
     partition = "dagster/partition"  # every run of a partitioned job carries it
+    org = partition  # the organization is the partition: one tag, on every sync run however started
+    kind = "golioth-sync/kind"  # full | targeted | resolve: the job's own tag (the schedule reads it)
+    trigger = "golioth-sync/trigger"  # who asked: schedule, webhook, cli, ... (the sync log reads it)
+    claim = "golioth-sync/claim"  # webhook runs: the events a run owns (the op and the failure sensor)
+    dry_run = "golioth-sync/dry-run"  # "true" on dry runs only
+    process = "golioth-sync/process"  # runs the CLI executes in its own process: "<host>/<pid>"
     run_key = "dagster/run_key"  # what the daemon tags a sensor's or schedule's runs with
 
 

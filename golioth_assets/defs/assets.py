@@ -25,7 +25,18 @@ from golioth_assets.core.plan import CHANGE_COLUMNS
 from golioth_assets.core.tables import changes_table, conflicts_table
 from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.config import SYNC_OP, SyncRunConfig
-from golioth_assets.defs.metadata import counts, duration, preview
+from golioth_assets.defs.metadata import (
+    conflicts_summary,
+    counts,
+    duration,
+    golioth_writes_summary,
+    inventory_summary,
+    local_devices_summary,
+    local_writes_summary,
+    plan_summary,
+    preview,
+    summary,
+)
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.engine import run as sync_run
@@ -162,9 +173,14 @@ def golioth_sync(context: dg.AssetExecutionContext, config: SyncRunConfig, store
 
 def _inventory(fetched: sync_run.Fetched, started: float) -> dg.MaterializeResult:
     count = fetched.result.count
+    used = fetched.usage.stats
+    line = inventory_summary(
+        fetched.result.fetched, targeted=count.api_total is None, requests=used.requests, retries=used.retries
+    )
     return dg.MaterializeResult(
         asset_key=INVENTORY,
         metadata={
+            **summary(line),
             "duration_seconds": duration(started),
             "devices": dg.MetadataValue.int(fetched.result.fetched),
             "targeted": dg.MetadataValue.bool(count.api_total is None),
@@ -212,6 +228,7 @@ def _local_devices(local: sync_run.LocalDevices, started: float) -> dg.Materiali
     return dg.MaterializeResult(
         asset_key=LOCAL,
         metadata={
+            **summary(local_devices_summary(local.live, local.soft_deleted)),
             "duration_seconds": duration(started),
             "devices": dg.MetadataValue.int(local.live),
             "soft_deleted": dg.MetadataValue.int(local.soft_deleted),
@@ -222,14 +239,16 @@ def _local_devices(local: sync_run.LocalDevices, started: float) -> dg.Materiali
 
 def _reconciliation(run: sync_run.SyncRun, plan, started: float) -> dg.MaterializeResult:
     changes = changes_table(plan)
+    planned = plan.counts()
     return dg.MaterializeResult(
         asset_key=RECONCILIATION,
         metadata={
+            **summary(plan_summary(planned, dry_run=run.request.dry_run)),
             "duration_seconds": duration(started),
             "sync_log_id": dg.MetadataValue.int(run.sync_log_id),
             "dry_run": dg.MetadataValue.bool(run.request.dry_run),
             "direction": dg.MetadataValue.text(run.request.direction or run.service.direction),
-            **counts(plan.counts()),
+            **counts(planned),
             "plan_preview": preview(changes[changes["action"] != "agree"], PLAN_PREVIEW),
             "conflicts_preview": preview(
                 conflicts_table(plan),
@@ -244,6 +263,7 @@ def _golioth_writes(run: sync_run.SyncRun, writes: sync_run.GoliothWrites, start
     return dg.MaterializeResult(
         asset_key=GOLIOTH_WRITES,
         metadata={
+            **summary(golioth_writes_summary(writes.counts, dry_run=run.request.dry_run)),
             "duration_seconds": duration(started),
             "dry_run": dg.MetadataValue.bool(run.request.dry_run),
             **counts(writes.counts),
@@ -269,6 +289,7 @@ def _local_writes(
     return dg.MaterializeResult(
         asset_key=LOCAL_WRITES,
         metadata={
+            **summary(local_writes_summary(written.counts, status=finished.status, dry_run=bool(row["dry_run"]))),
             "duration_seconds": duration(started),
             "sync_log_id": dg.MetadataValue.int(row["id"]),
             "status": dg.MetadataValue.text(finished.status),
@@ -293,6 +314,7 @@ def _conflicts(found: sync_run.Conflicts, started: float) -> dg.MaterializeResul
     return dg.MaterializeResult(
         asset_key=CONFLICTS,
         metadata={
+            **summary(conflicts_summary(found.pending, found.devices)),
             "duration_seconds": duration(started),
             "pending_conflicts": dg.MetadataValue.int(found.pending),
             "share_of_devices": dg.MetadataValue.float(round(share, 4)),
