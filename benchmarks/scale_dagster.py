@@ -159,7 +159,7 @@ def child(args: argparse.Namespace) -> None:
                 Path(str(path) + ".txt").write_text(profiler.output_text(unicode=True, color=False, show_all=False))
 
         dg.JobDefinition.execute_in_process = profiled
-    launched = run_sync_job(ORG, trigger="benchmark", console=Console(file=io.StringIO()))
+    launched = run_sync_job(ORG, trigger="benchmark", out=Console(file=io.StringIO()))
 
     with dg.DagsterInstance.get() as instance:
         steps: dict[str, float] = {}

@@ -165,7 +165,7 @@ class Receiver:
         cmd = [
             sys.executable,
             "-c",
-            "from golioth_assets.webhooks.cli import webhooks; webhooks()",
+            "from golioth_assets.cli.webhooks import webhooks; webhooks()",
             "serve",
             "--port",
             str(port),

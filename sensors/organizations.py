@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.partitions import ORGANIZATIONS, organizations
 from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.store import services
 
@@ -15,8 +15,8 @@ from golioth_assets.store import services
 def organization_partitions_sensor(context: dg.SensorEvaluationContext, store: DeviceStore) -> dg.SensorResult:
     with store.engine.connect() as conn:
         wanted = {s.organization_id for s in services.list_services(conn, enabled_only=True)}
-    existing = set(context.instance.get_dynamic_partitions(organizations.name))
-    requests = []
+    existing = set(context.instance.get_dynamic_partitions(ORGANIZATIONS))
+    requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
     if wanted - existing:
         requests.append(organizations.build_add_request(sorted(wanted - existing)))
     if existing - wanted:

@@ -10,12 +10,12 @@ strictly, a 60 s interval would find its last sync 57 s old at the next tick and
 """
 
 import dagster as dg
-import sqlalchemy as sa
 
 from golioth_assets.core.vocabulary import RunTag, SyncKind, Trigger
 from golioth_assets.defs.jobs import full_sync_job, run_tags
-from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.partitions import ORGANIZATIONS
 from golioth_assets.defs.resources import DeviceStore
+from golioth_assets.store.sync_log import last_full_sync_starts
 
 LAUNCH_SLACK_SECONDS = 50  # < the 60 s tick, so a sync is never requested a tick early
 
@@ -29,20 +29,7 @@ IN_FLIGHT = [
 
 def due_organizations(conn, now_epoch: float) -> list[tuple[str, int]]:
     """(organization, slot) for enabled services whose last full sync is older than their interval."""
-    rows = conn.execute(
-        sa.text(
-            """
-            SELECT s.organization_id, s.interval_seconds,
-                   extract(epoch FROM max(l.started_at)) AS last_started
-            FROM device_services s
-            LEFT JOIN golioth_sync_log l
-              ON l.organization_id = s.organization_id AND NOT l.dry_run AND l.scope IS NULL
-            WHERE s.sync_enabled
-            GROUP BY s.organization_id, s.interval_seconds
-            ORDER BY s.organization_id
-            """
-        )
-    ).all()
+    rows = last_full_sync_starts(conn)
     return [
         (org, int(now_epoch // interval))
         for org, interval, last in rows
@@ -67,7 +54,7 @@ def _full_sync_in_flight(instance: dg.DagsterInstance, org: str) -> bool:
 )
 def golioth_sync_schedule(context: dg.ScheduleEvaluationContext, store: DeviceStore):
     now = context.scheduled_execution_time.timestamp()
-    partitions = set(context.instance.get_dynamic_partitions(organizations.name))
+    partitions = set(context.instance.get_dynamic_partitions(ORGANIZATIONS))
     with store.engine.connect() as conn:
         due = due_organizations(conn, now)
     requests = []

@@ -21,7 +21,7 @@ import dagster as dg
 from golioth_assets.core.vocabulary import RunTag, Trigger
 from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.jobs import run_tags, targeted_sync_job
-from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.partitions import ORGANIZATIONS
 from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.store import webhook_events
 
@@ -54,7 +54,7 @@ def _unused_run_key(instance: dg.DagsterInstance, key: str) -> str:
 )
 def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore) -> dg.SensorResult:
     started = time.monotonic()
-    partitions = set(context.instance.get_dynamic_partitions(organizations.name))
+    partitions = set(context.instance.get_dynamic_partitions(ORGANIZATIONS))
     db = store.engine
     requests: list[dg.RunRequest] = []
     with db.begin() as conn:

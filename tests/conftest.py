@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.sync",
     "tests.fixtures.local_tables",
+    "tests.fixtures.dagster",
 ]
 
 

@@ -435,9 +435,3 @@ def test_console_command_refuses_other_addresses_without_a_token(db_env, monkeyp
     monkeypatch.setenv("GOLIOTH_SYNC_CONSOLE_TOKEN", "short")
     weak = CliRunner().invoke(cli, ["console", "--host", "0.0.0.0"])
     assert weak.exit_code == 1 and "too short" in weak.output
-
-
-def test_dev_finds_the_console_command():
-    from golioth_assets.cli.dev import _console_available
-
-    assert _console_available()

@@ -22,12 +22,6 @@ SIX = [
 ]
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _resources(db_url) -> dict:
     url = db_url if isinstance(db_url, str) else db_url.render_as_string(hide_password=False)
     return {"store": DeviceStore(database_url=url), "golioth": GoliothApi()}

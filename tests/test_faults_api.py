@@ -49,12 +49,6 @@ def api_faults(seed: int, rate_limit_rps: int, rate_limit_share: float = 0.0) ->
     )
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _workload(h, edits: int, creates: int, remote_edits: int) -> dict:
     """Pending writes on both sides: local renames, local creates, console renames."""
     local = h.local().sort_index()

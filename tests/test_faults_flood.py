@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -92,6 +93,23 @@ def flood_db(db_url):
         drop_database(url)
 
 
+@dataclass
+class ReceiverProcess:
+    base: str
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for the exit: uvicorn finishes the requests it holds, and each worker
+        commits its queue on the way out, so afterwards the table holds all it will ever hold."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 @pytest.fixture
 def receiver(flood_db):
     """`golioth-sync webhooks serve --workers 2` in its own session, as in production."""
@@ -132,14 +150,9 @@ def receiver(flood_db):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "the receiver did not come up"
             time.sleep(0.2)
-        yield base
+        yield ReceiverProcess(base, proc)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        ReceiverProcess(base, proc).stop()
 
 
 def run_wrk(base: str, service_id: int, prefix: str) -> dict:
@@ -222,13 +235,13 @@ class WitnessSender(threading.Thread):
 def test_webhook_flood_at_ten_times_the_sustainable_rate(flood_db, receiver):
     _, engine, service_id = flood_db
     prefix = f"flood-{uuid.uuid4().hex[:6]}"
-    prober = HealthProber(receiver)
+    prober = HealthProber(receiver.base)
     # A few of them: under the flood most attempts are refused, and each refusal costs a second.
-    witnesses = [WitnessSender(f"{receiver}/webhooks/golioth/{service_id}", str(i)) for i in range(4)]
+    witnesses = [WitnessSender(f"{receiver.base}/webhooks/golioth/{service_id}", str(i)) for i in range(4)]
     for thread in (prober, *witnesses):
         thread.start()
     try:
-        result = run_wrk(receiver, service_id, prefix)
+        result = run_wrk(receiver.base, service_id, prefix)
     finally:
         for thread in (prober, *witnesses):
             thread.stop.set()
@@ -240,7 +253,7 @@ def test_webhook_flood_at_ten_times_the_sustainable_rate(flood_db, receiver):
         witness.kinds.update(w.kinds)
         witness.refusals += w.refusals
         witness.bad_refusals += w.bad_refusals
-    time.sleep(1)  # the commits of requests wrk cut off at the end land now
+    receiver.stop()  # the requests wrk cut off at the end are answered, and committed, by now
 
     statuses = {int(k): v for k, v in result["statuses"].items()}
     accepted = sum(v for k, v in statuses.items() if 200 <= k < 300)

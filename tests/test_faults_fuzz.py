@@ -34,7 +34,8 @@ from golioth_assets.golioth.models import Device, Tag
 from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
 from golioth_assets.webhooks.ingest import EVENT_TYPES
-from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
+from golioth_assets.webhooks.testing import ServerThread, make_webhook_service, signed_headers
+from tests.fixtures.webhooks import make_linked_device
 
 SECRET = "whsec_" + base64.b64encode(b"fuzzing-secret-of-32-bytes-long!").decode()
 SECRET_ENV = f"GOLIOTH_FAULTS_FUZZ_{uuid.uuid4().hex[:8].upper()}"

@@ -322,7 +322,8 @@ def test_webhook_ingest_with_concurrent_senders_across_an_outage(private_pg, mon
     from golioth_assets.store import webhook_events as inbox
     from golioth_assets.webhooks.app import create_app
     from golioth_assets.webhooks.config import ReceiverConfig
-    from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service
+    from golioth_assets.webhooks.testing import ServerThread, make_webhook_service
+    from tests.fixtures.webhooks import make_linked_device
 
     engine = start_private_postgres(private_pg)
     org = f"outage-{time.time_ns() % 10**9}"

@@ -16,12 +16,6 @@ from tests.fixtures.faults import WRITE_COUNTS, check_results, materialize, meta
 DEVICES = 350  # four pages of 100: "page 2" means pages 0 and 1 were read
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _sync(h, instance, db_url) -> dg.ExecuteInProcessResult:
     result = materialize(h, instance, db_url)
     assert result.success

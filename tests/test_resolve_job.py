@@ -3,18 +3,11 @@ sync applies it to both sides, with the operator's name in the audit trail."""
 
 from __future__ import annotations
 
-import dagster as dg
 import pytest
 
 from golioth_assets.core.vocabulary import Resolution
 from golioth_assets.defs.resolve import ResolveConfig, resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def launch(instance, db_url, **config):

@@ -10,7 +10,6 @@ A full Dagster run (all six assets, checks included) over 1,000 linked devices t
 import math
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from golioth_assets.defs.assets import sync_assets
@@ -31,12 +30,6 @@ def _row_versions(h) -> dict[str, set]:
             {"s": h.service.id},
         ).all()
     return {"devices": set(devices), "links": set(links)}
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def test_no_change_sync_through_dagster_writes_nothing(make_harness, instance, db_url):

@@ -1,8 +1,9 @@
 """The periodic sync schedule, evaluated with `build_schedule_context` against real PostgreSQL.
 
 `golioth_sync_log` says when each organization's last full sync started; the tests write those rows
-with chosen start times and evaluate the schedule at chosen tick times around them. A fresh Dagster
-instance per test holds only that test's partitions (the session database has other tests' services).
+with chosen start times and evaluate the schedule at chosen tick times around them. One Dagster
+instance serves the module (`module_instance`): each test makes its own organizations and asserts
+only about those (the session database has other tests' services too).
 """
 
 import uuid
@@ -22,14 +23,6 @@ from sensors.schedule import golioth_sync_schedule
 
 # A tick on the minute grid, a little in the past so "now()" rows sit after it when needed.
 T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
-
-
-@pytest.fixture(scope="module")
-def instance():
-    """One instance for the module (creating one takes a second or two): each test makes its own
-    organizations and only asserts about those."""
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture
@@ -96,12 +89,12 @@ def _evaluate(instance, resources, at: datetime) -> dict[str, dg.RunRequest]:
     return {r.partition_key: r for r in data.run_requests or []}
 
 
-def test_never_synced_enabled_partitioned_organizations_are_due(engine, instance, resources):
-    due = _service(engine, instance, interval=60)
-    disabled = _service(engine, instance, interval=60, enabled=False)
-    unpartitioned = _service(engine, instance, interval=60, partition=False)
+def test_never_synced_enabled_partitioned_organizations_are_due(engine, module_instance, resources):
+    due = _service(engine, module_instance, interval=60)
+    disabled = _service(engine, module_instance, interval=60, enabled=False)
+    unpartitioned = _service(engine, module_instance, interval=60, partition=False)
 
-    requests = _evaluate(instance, resources, T0)
+    requests = _evaluate(module_instance, resources, T0)
 
     assert due in requests
     assert disabled not in requests  # sync_enabled = false
@@ -115,14 +108,16 @@ def test_never_synced_enabled_partitioned_organizations_are_due(engine, instance
 
 @pytest.mark.parametrize("launch_delay", [2, 12, 45])
 @pytest.mark.parametrize("interval", [60, 300, 900, 3600, 7200 + 60])
-def test_each_service_is_due_once_its_own_interval_has_passed(engine, instance, resources, interval, launch_delay):
-    org = _service(engine, instance, interval=interval)
+def test_each_service_is_due_once_its_own_interval_has_passed(
+    engine, module_instance, resources, interval, launch_delay
+):
+    org = _service(engine, module_instance, interval=interval)
     # The last scheduled run started a few seconds after its tick (queueing and launching a run
     # takes a moment): the next one is still due one interval after that tick, not one tick later.
     _synced(engine, org, T0 + timedelta(seconds=launch_delay))
 
     def due(seconds_after_tick: int) -> bool:
-        return org in _evaluate(instance, resources, T0 + timedelta(seconds=seconds_after_tick))
+        return org in _evaluate(module_instance, resources, T0 + timedelta(seconds=seconds_after_tick))
 
     assert not due(60) or interval == 60  # the next tick
     assert not due(interval - 60)  # the tick before the interval has passed
@@ -130,33 +125,33 @@ def test_each_service_is_due_once_its_own_interval_has_passed(engine, instance, 
     assert due(interval + 60)  # still due (if that sync never started, the next tick retries)
 
 
-def test_dry_runs_targeted_syncs_and_other_organizations_do_not_count(engine, instance, resources):
-    org = _service(engine, instance, interval=300)
-    other = _service(engine, instance, interval=300)
+def test_dry_runs_targeted_syncs_and_other_organizations_do_not_count(engine, module_instance, resources):
+    org = _service(engine, module_instance, interval=300)
+    other = _service(engine, module_instance, interval=300)
     _synced(engine, org, T0 - timedelta(minutes=10))
     _synced(engine, org, T0 - timedelta(seconds=30), dry_run=True)  # a plan from the launchpad
     _synced(engine, org, T0 - timedelta(seconds=20), scope=["dev-1"])  # a webhook's targeted sync
     _synced(engine, other, T0 - timedelta(seconds=40))  # another organization's full sync
 
-    requests = _evaluate(instance, resources, T0)
+    requests = _evaluate(module_instance, resources, T0)
 
     assert org in requests
     assert other not in requests
 
 
-def test_a_full_sync_within_the_interval_postpones_the_next(engine, instance, resources):
-    org = _service(engine, instance, interval=300)
+def test_a_full_sync_within_the_interval_postpones_the_next(engine, module_instance, resources):
+    org = _service(engine, module_instance, interval=300)
     _synced(engine, org, T0 - timedelta(seconds=100))  # e.g. a manual sync from the launchpad
-    assert org not in _evaluate(instance, resources, T0)
-    assert org in _evaluate(instance, resources, T0 + timedelta(seconds=200))
+    assert org not in _evaluate(module_instance, resources, T0)
+    assert org in _evaluate(module_instance, resources, T0 + timedelta(seconds=200))
 
 
-def test_run_keys_name_the_interval_slot(engine, instance, resources):
-    fast = _service(engine, instance, interval=60)
-    hourly = _service(engine, instance, interval=3600)
+def test_run_keys_name_the_interval_slot(engine, module_instance, resources):
+    fast = _service(engine, module_instance, interval=60)
+    hourly = _service(engine, module_instance, interval=3600)
 
     keys = {
-        minute: {o: r.run_key for o, r in _evaluate(instance, resources, T0 + timedelta(minutes=minute)).items()}
+        minute: {o: r.run_key for o, r in _evaluate(module_instance, resources, T0 + timedelta(minutes=minute)).items()}
         for minute in (0, 1, 2)
     }
 
@@ -168,8 +163,8 @@ def test_run_keys_name_the_interval_slot(engine, instance, resources):
     assert keys[0][fast] != keys[0][hourly]
 
 
-def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, instance, resources):
-    scheduled, from_ui, webhook, idle = (_service(engine, instance, interval=60) for _ in range(4))
+def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, module_instance, resources):
+    scheduled, from_ui, webhook, idle = (_service(engine, module_instance, interval=60) for _ in range(4))
     full = REPO.get_job(full_sync_job.name)
     targeted = dg.Definitions(
         assets=sync_assets, jobs=[targeted_sync_job], resources={**resources, "golioth": GoliothApi()}
@@ -178,40 +173,40 @@ def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, instance, 
     runs = [
         # A scheduled full sync in progress, and one starting from the launchpad (which carries
         # only Dagster's partition tag).
-        instance.create_run_for_job(
+        module_instance.create_run_for_job(
             job_def=full,
             tags={**full.tags, RunTag.org: scheduled, RunTag.partition: scheduled},
             status=dg.DagsterRunStatus.STARTED,
         ),
-        instance.create_run_for_job(
+        module_instance.create_run_for_job(
             job_def=full, tags={**full.tags, RunTag.partition: from_ui}, status=dg.DagsterRunStatus.STARTING
         ),
         # A webhook's targeted sync does not hold the schedule back (with steady webhook traffic
         # one is nearly always in flight); the per-organization run limit queues the full sync.
-        instance.create_run_for_job(
+        module_instance.create_run_for_job(
             job_def=targeted,
             tags={**targeted.tags, RunTag.org: webhook, RunTag.partition: webhook},
             status=dg.DagsterRunStatus.STARTED,
         ),
     ]
 
-    requests = _evaluate(instance, resources, T0)
+    requests = _evaluate(module_instance, resources, T0)
     assert idle in requests and webhook in requests
     assert scheduled not in requests and from_ui not in requests
 
     for run in runs:
-        instance.report_run_failed(run)  # no longer in flight
-    requests = _evaluate(instance, resources, T0)
+        module_instance.report_run_failed(run)  # no longer in flight
+    requests = _evaluate(module_instance, resources, T0)
     assert scheduled in requests and from_ui in requests
 
 
-def test_nothing_due_is_a_skip_with_a_reason(engine, resources):
-    with dg.instance_for_test() as instance:  # only this test's organization
-        org = _service(engine, instance, interval=3600)
-        _synced(engine, org, T0 - timedelta(minutes=5))
-        data = _evaluate_tick(instance, resources, T0)
-        assert not data.run_requests
-        assert data.skip_message and "no organization due" in data.skip_message
+def test_nothing_due_is_a_skip_with_a_reason(engine, instance, resources):
+    # An instance of its own: it holds only this test's organization.
+    org = _service(engine, instance, interval=3600)
+    _synced(engine, org, T0 - timedelta(minutes=5))
+    data = _evaluate_tick(instance, resources, T0)
+    assert not data.run_requests
+    assert data.skip_message and "no organization due" in data.skip_message
 
 
 def test_schedule_runs_every_minute_and_is_on_by_default():

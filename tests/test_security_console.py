@@ -20,8 +20,8 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
+from golioth_assets.cli.console import server_config
 from golioth_assets.console.app import create_app
-from golioth_assets.console.cli import server_config
 from golioth_assets.console.security import AUTH_COOKIE, LoginThrottle
 from tests.test_console import TOKEN, csrf, sign_in
 

@@ -32,7 +32,8 @@ from golioth_assets.store.services import ServiceSettings, create_service
 from golioth_assets.webhooks import ingest
 from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
-from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
+from golioth_assets.webhooks.testing import ServerThread, make_webhook_service, signed_headers
+from tests.fixtures.webhooks import make_linked_device
 
 HEADER = "x-golioth-sync-secret"
 CONFIG = ReceiverConfig(service_cache_seconds=0)  # every request reads the service: settings apply at once
@@ -239,6 +240,7 @@ def shapes(draw) -> tuple[str, int, int]:
     return "".join(opens) + leaf + "".join(reversed(closes)), depth + leaf_depth, longest
 
 
+@pytest.mark.slow  # about 8 s: every example crosses HTTP to the receiver and back from PostgreSQL
 @FUZZ
 @given(shape=shapes(), signed=st.booleans(), path=paths)
 def test_fuzz_parse_to_store_answers_exactly_by_the_bounds(inbox, shape, signed, path):

@@ -26,12 +26,6 @@ from sensors.webhooks import run_key_for, webhook_inbox_sensor
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
 def resources(db_url):
     url = db_url.render_as_string(hide_password=False)
     return {"store": DeviceStore(database_url=url), "golioth": GoliothApi()}
@@ -242,6 +236,7 @@ def _fail(result, instance, resources):
     sync_failure_sensor(context.for_run_failure())
 
 
+@pytest.mark.slow  # 14-20 s: three runs through Dagster; the fast tests cover the requests it starts from
 def test_webhook_run_applies_the_edit_marks_events_processed_and_failures_retry_then_die(
     make_harness, engine, instance, resources, monkeypatch
 ):

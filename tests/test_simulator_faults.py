@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from golioth_assets.simulator import FaultConfig, SimulatorControlError
+from golioth_assets.simulator.faults import FaultScope
 
 
 def devices_url(project) -> str:
@@ -41,25 +42,28 @@ def test_unavailable_rate_answers_503(sim_project):
     assert r.status_code == 503 and r.json()["code"] == 14
 
 
-def _wait_for_fresh_second() -> None:
-    # The limiter counts per whole second of the (shared, in-process) monotonic clock.
-    while time.monotonic() % 1 > 0.3:
-        time.sleep(0.01)
+def test_rate_limit_counts_requests_per_whole_second():
+    # The limiter's windows, on a clock the test sets (the server passes its monotonic clock).
+    scope = FaultScope(FaultConfig(rate_limit_rps=5, retry_after_s=2))
+    in_one_second = [scope.decide("GET", 100.0 + i * 0.08) for i in range(12)]
+    next_second = scope.decide("GET", 101.0)
+    assert [d.error is None for d in in_one_second] == [True] * 5 + [False] * 7
+    limited = in_one_second[-1].error
+    assert limited is not None and limited.http_status == 429 and limited.headers == {"Retry-After": "2"}
+    assert next_second.error is None
 
 
 def test_rate_limit_answers_429_with_retry_after(sim_project):
-    sim_project.set_faults(rate_limit_rps=5, retry_after_s=2)
+    # A limit of 0 per second refuses every request, whichever second it falls in.
+    sim_project.set_faults(rate_limit_rps=0, retry_after_s=2)
     with sim_project.client() as c:
-        _wait_for_fresh_second()
-        responses = [c.get(devices_url(sim_project), params={"perPage": 1}) for _ in range(12)]
-        time.sleep(1.01 - time.monotonic() % 1)  # into the next window
-        after_wait = c.get(devices_url(sim_project), params={"perPage": 1})
-    codes = [r.status_code for r in responses]
-    assert codes == [200] * 5 + [429] * 7
-    limited = responses[-1]
+        limited = c.get(devices_url(sim_project), params={"perPage": 1})
+        sim_project.clear_faults()
+        after = c.get(devices_url(sim_project), params={"perPage": 1})
+    assert limited.status_code == 429
     assert limited.headers["retry-after"] == "2"
     assert limited.json() == {"code": 8, "message": "rate limit exceeded", "details": []}
-    assert after_wait.status_code == 200
+    assert after.status_code == 200
 
 
 def test_rate_limit_share(sim_project):

@@ -15,12 +15,6 @@ from golioth_assets.engine.sync import INTERRUPTED
 from tests.fixtures.faults import WRITE_METHODS, check_results, materialize, sync_log_rows, write_requests
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def _closed(h, result) -> dict:
     [row] = [r for r in sync_log_rows(h) if r["dagster_run_id"] == result.run_id]
     assert row["finished_at"] is not None and row["status"] != "running", row

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
+from golioth_assets.cli.webhooks import parse_duration, parse_size, webhooks
 from golioth_assets.store import webhook_events as inbox
-from golioth_assets.webhooks.cli import parse_duration, parse_size, webhooks
 from golioth_assets.webhooks.testing import make_webhook_service
 
 

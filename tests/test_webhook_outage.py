@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from golioth_assets.store import database, embedded, migrate
 from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
-from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
+from golioth_assets.webhooks.testing import ServerThread, make_webhook_service, signed_headers
+from tests.fixtures.webhooks import make_linked_device
 
 SECRET = "whsec_" + base64.b64encode(b"outage-test-secret-32-bytes-long").decode()
 

@@ -20,7 +20,8 @@ from golioth_assets.store import database
 from golioth_assets.store.services import update_service
 from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
-from golioth_assets.webhooks.testing import ServerThread, make_linked_device, make_webhook_service, signed_headers
+from golioth_assets.webhooks.testing import ServerThread, make_webhook_service, signed_headers
+from tests.fixtures.webhooks import make_linked_device
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()  # the signing key
 OLD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -402,14 +403,32 @@ def test_body_at_the_limit_is_accepted(client, engine, service, device):
     assert len(rows(engine, service)) == 1
 
 
-def test_disabled_service_is_404_once_the_cache_expires(client, engine, service, device):
+class ManualClock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_disabled_service_is_404_once_the_cache_expires(engine, service, device):
+    clock = ManualClock()
     url = f"/webhooks/golioth/{service}"
-    assert client.post(url, content=b'{"n": 1}', headers=pipeline_headers(device[0])).status_code == 202
-    with engine.begin() as conn:
-        update_service(conn, service, webhook_enabled=False)
-    time.sleep(CONFIG.service_cache_seconds + 0.1)
-    assert client.post(url, content=b'{"n": 2}', headers=pipeline_headers(device[0])).status_code == 404
-    assert len(rows(engine, service)) == 1
+    with (
+        ServerThread(create_app(CONFIG, engine=engine, clock=clock), limits=CONFIG) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        assert client.post(url, content=b'{"n": 1}', headers=pipeline_headers(device[0])).status_code == 202
+        with engine.begin() as conn:
+            update_service(conn, service, webhook_enabled=False)
+        # Within the cache's lifetime the receiver still uses the settings it read.
+        clock.now += CONFIG.service_cache_seconds * 0.9
+        assert client.post(url, content=b'{"n": 2}', headers=pipeline_headers(device[0])).status_code == 202
+        clock.now += CONFIG.service_cache_seconds * 0.2
+        assert client.post(url, content=b'{"n": 3}', headers=pipeline_headers(device[0])).status_code == 404
+    assert len(rows(engine, service)) == 2
 
 
 def test_secret_variable_unset_is_503_and_writes_nothing(client, engine, org, monkeypatch):

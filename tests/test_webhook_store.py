@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from golioth_assets.store import webhook_events as inbox
 from golioth_assets.store.webhook_events import NewEvent, ObservedUpdate, fold_observed
-from golioth_assets.webhooks.testing import make_linked_device, make_webhook_service
+from golioth_assets.webhooks.testing import make_webhook_service
+from tests.fixtures.webhooks import make_linked_device
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -344,7 +345,13 @@ def test_one_bad_event_does_not_sink_its_batch(engine, org, service):
 
     async def submit_all():
         tasks = [asyncio.ensure_future(committer.submit(e)) for e in [good[0], orphan, *good[1:]]]
-        await asyncio.sleep(0.05)  # all four queued before the writer starts: one batch
+        # All four queued before the writer starts, so they form one batch: each submit queues its
+        # event in its first step, so a few turns of the loop are enough.
+        for _ in range(100):
+            if committer.depth == len(tasks):
+                break
+            await asyncio.sleep(0)
+        assert committer.depth == len(tasks)
         committer.start()
         return await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -16,31 +16,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from golioth_assets.actions.errors import AlreadySettled, InvalidInput, NotFound
 from golioth_assets.core.fields import DESIRED_PREFIX, FIELD_KIND
 from golioth_assets.core.vocabulary import ConflictStatus, values
 from golioth_assets.store import conflicts as store
+from golioth_assets.store import services as services_store
 from golioth_assets.store.local_table.connect import mapping_for_organization as local_mapping
 
 CHOICES = ("local", "remote", "value")
 STATUSES = values(ConflictStatus)
 MAX_NAME = 100
-
-# Device name: the last agreed one (the local table may be in another database), else Golioth's
-# (a conflict may only have one side).
-_SELECT = """
-    SELECT c.id, c.organization_id, c.service_id, c.device_id, c.golioth_device_id, c.field,
-           c.conflict_type, c.base_value, c.local_value, c.remote_value, c.status, c.resolution,
-           c.resolved_value, c.resolved_by, c.resolved_at, c.applied_at, c.detected_at, c.last_seen_at,
-           c.sync_log_id, coalesce(a.base_snapshot ->> 'name', g.name) AS device_name
-    FROM device_conflicts c
-    LEFT JOIN device_service_assignments a ON a.service_id = c.service_id AND a.device_id = c.device_id
-    LEFT JOIN golioth_inventory g ON g.organization_id = c.organization_id AND g.golioth_device_id = c.golioth_device_id
-"""
-
 
 # -- reading ------------------------------------------------------------------------------------------
 
@@ -48,7 +35,7 @@ _SELECT = """
 def _check_org(conn: Connection, organization_id: str | None) -> None:
     if organization_id is None:
         return
-    if not conn.execute(sa.text("SELECT 1 FROM organizations WHERE id = :o"), {"o": organization_id}).first():
+    if not services_store.organization_exists(conn, organization_id):
         raise NotFound(f"unknown organization {organization_id!r}")
 
 
@@ -62,23 +49,7 @@ def list_conflicts(
         raise InvalidInput("limit must be at least 1")
     with engine.connect() as conn:
         _check_org(conn, organization_id)
-        rows = conn.execute(
-            sa.text(
-                _SELECT
-                + """
-                WHERE (CAST(:org AS text) IS NULL OR c.organization_id = :org)
-                  AND (CAST(:status AS text) IS NULL OR c.status = :status)
-                ORDER BY c.id DESC LIMIT :limit
-                """
-            ),
-            {"org": organization_id, "status": status, "limit": limit},
-        ).mappings()
-        return _with_local_columns(conn, [dict(r) for r in rows])
-
-
-def _load(conn: Connection, conflict_id: int) -> dict | None:
-    row = conn.execute(sa.text(_SELECT + " WHERE c.id = :id"), {"id": conflict_id}).mappings().first()
-    return _with_local_columns(conn, [dict(row)])[0] if row else None
+        return _with_local_columns(conn, store.list_named(conn, organization_id, status, limit))
 
 
 def _with_local_columns(conn: Connection, rows: list[dict]) -> list[dict]:
@@ -104,7 +75,8 @@ def get_conflict(engine: Engine, conflict_id: int | str, organization_id: str | 
     cid = parse_id(conflict_id)
     with engine.connect() as conn:
         _check_org(conn, organization_id)
-        row = _load(conn, cid)
+        row = store.find_named(conn, cid)
+        row = _with_local_columns(conn, [row])[0] if row else None
     return _checked(row, cid, organization_id)
 
 
@@ -120,14 +92,8 @@ def _checked(row: dict | None, conflict_id: int, organization_id: str | None) ->
 
 def counts_by_status(engine: Engine, organization_id: str | None = None) -> dict[str, int]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT status, count(*) FROM device_conflicts "
-                "WHERE CAST(:org AS text) IS NULL OR organization_id = :org GROUP BY status"
-            ),
-            {"org": organization_id},
-        ).all()
-    return {**dict.fromkeys(STATUSES, 0), **{s: n for s, n in rows}}
+        counts = store.count_by_status(conn, organization_id)
+    return {**dict.fromkeys(STATUSES, 0), **counts}
 
 
 # -- values -------------------------------------------------------------------------------------------
@@ -200,7 +166,7 @@ def describe_settled(row: dict) -> str:
 
 
 def _resolve_one(conn: Connection, cid: int, use: str, value: Any, by: str, organization_id: str | None) -> dict:
-    current = _checked(_load(conn, cid), cid, organization_id)
+    current = _checked(store.find_named(conn, cid), cid, organization_id)
     if current["status"] != "pending":
         raise AlreadySettled(describe_settled(current))
     if current["conflict_type"] == "identity":
@@ -216,10 +182,10 @@ def _resolve_one(conn: Connection, cid: int, use: str, value: Any, by: str, orga
         store.resolve(conn, cid, use=use, value=value, resolved_by=by)
     except store.ConflictNotPending:
         # Someone else won the race: say what they chose.
-        raise AlreadySettled(describe_settled(_load(conn, cid) or current)) from None
+        raise AlreadySettled(describe_settled(store.find_named(conn, cid) or current)) from None
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    return _load(conn, cid)  # type: ignore[return-value]
+    return store.find_named(conn, cid)  # type: ignore[return-value]
 
 
 def resolve(
@@ -269,17 +235,7 @@ def resolve_all(engine: Engine, organization_id: str, *, use: str, resolved_by: 
     result = BulkResult()
     with engine.begin() as conn:
         _check_org(conn, organization_id)
-        ids = (
-            conn.execute(
-                sa.text(
-                    "SELECT id FROM device_conflicts WHERE organization_id = :o AND status = 'pending' ORDER BY id"
-                ),
-                {"o": organization_id},
-            )
-            .scalars()
-            .all()
-        )
-        for cid in ids:
+        for cid in store.pending_ids(conn, organization_id):
             try:
                 result.resolved.append(_resolve_one(conn, cid, use, None, by, organization_id))
             except (AlreadySettled, InvalidInput) as exc:

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from golioth_assets.actions.errors import InvalidInput, NotFound
 from golioth_assets.store import history as history_store
 from golioth_assets.store import services as services_store
+from golioth_assets.store import sync_log as sync_log_store
 from golioth_assets.store.local_table.connect import open_local_table
 from golioth_assets.store.local_table.table import LocalTableError
 from golioth_assets.store.sync_log import COUNT_COLUMNS
@@ -30,7 +30,7 @@ def _check_limit(limit: int) -> int:
 
 
 def _check_org(conn: Connection, organization_id: str) -> None:
-    if not conn.execute(sa.text("SELECT 1 FROM organizations WHERE id = :o"), {"o": organization_id}).first():
+    if not services_store.organization_exists(conn, organization_id):
         raise NotFound(f"unknown organization {organization_id!r}")
 
 
@@ -39,11 +39,7 @@ def runs(engine: Engine, organization_id: str, limit: int = 20) -> list[dict]:
     limit = _check_limit(limit)
     with engine.connect() as conn:
         _check_org(conn, organization_id)
-        rows = conn.execute(
-            sa.text("SELECT * FROM golioth_sync_log WHERE organization_id = :o ORDER BY id DESC LIMIT :limit"),
-            {"o": organization_id, "limit": limit},
-        ).mappings()
-        return [dict(r) for r in rows]
+        return sync_log_store.runs_of(conn, organization_id, limit)
 
 
 def run_detail(
@@ -52,11 +48,7 @@ def run_detail(
     """One run and its per-device entries."""
     limit = _check_limit(limit)
     with engine.connect() as conn:
-        run = (
-            conn.execute(sa.text("SELECT * FROM golioth_sync_log WHERE id = :id"), {"id": int(run_id)})
-            .mappings()
-            .first()
-        )
+        run = sync_log_store.find_run(conn, int(run_id))
         if run is None or (organization_id is not None and run["organization_id"] != organization_id):
             raise NotFound(f"no run {run_id}" + (f" in organization {organization_id!r}" if organization_id else ""))
         entries = history_store.run_entries(conn, int(run_id), limit)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.engine import Connection, Engine
 
@@ -264,7 +263,7 @@ def list_services(engine: Engine) -> list[store.Service]:
 
 
 def organization_exists(conn: Connection, organization_id: str) -> bool:
-    return bool(conn.execute(sa.text("SELECT 1 FROM organizations WHERE id = :o"), {"o": organization_id}).first())
+    return store.organization_exists(conn, organization_id)
 
 
 # -- writes ------------------------------------------------------------------------------------------
@@ -273,9 +272,7 @@ def organization_exists(conn: Connection, organization_id: str) -> bool:
 def add_service(engine: Engine, data: Mapping[str, Any], *, labels: Mapping[str, str] | None = None) -> store.Service:
     settings = validate_settings(data, labels=labels)
     with engine.begin() as conn:
-        existing = conn.execute(
-            sa.text("SELECT id FROM device_services WHERE organization_id = :o"), {"o": settings.organization_id}
-        ).scalar()
+        existing = store.service_id_of(conn, settings.organization_id)
         if existing is not None:
             raise InvalidInput(
                 f"organization {settings.organization_id!r} already has a service (id {existing}); "

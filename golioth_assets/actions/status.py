@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from golioth_assets.store import services as services_store
+from golioth_assets.store import status as status_store
 from golioth_assets.store.local_table.connect import open_local_table
 from golioth_assets.store.local_table.table import LocalTableError
 
@@ -81,48 +82,9 @@ def _human(delta: timedelta) -> str:
 
 def organization_status(engine: Engine, organization_id: str | None = None) -> list[OrgStatus]:
     with engine.connect() as conn:
-        now = conn.execute(sa.text("SELECT now()")).scalar_one()
-        services = (
-            conn.execute(
-                sa.text(
-                    """
-                SELECT s.id, s.organization_id, s.name, s.sync_enabled, s.interval_seconds, s.direction,
-                       s.conflict_policy,
-                       (SELECT max(l.started_at) FROM golioth_sync_log l
-                        WHERE l.organization_id = s.organization_id AND NOT l.dry_run AND l.scope IS NULL)
-                           AS last_full_sync_started,
-                       (SELECT count(*) FROM device_service_assignments a WHERE a.service_id = s.id) AS linked,
-                       (SELECT count(*) FROM device_service_assignments a
-                        WHERE a.service_id = s.id AND a.sync_status = 'failed') AS failed_links,
-                       (SELECT count(*) FROM device_conflicts c
-                        WHERE c.service_id = s.id AND c.status = 'pending') AS pending_conflicts,
-                       (SELECT count(*) FROM device_conflicts c
-                        WHERE c.service_id = s.id AND c.status = 'resolved') AS awaiting_apply,
-                       (SELECT count(*) FROM webhook_events w
-                        WHERE w.service_id = s.id AND w.status = 'dead') AS dead_letters
-                FROM device_services s
-                WHERE CAST(:org AS text) IS NULL OR s.organization_id = :org
-                ORDER BY s.organization_id
-                """
-                ),
-                {"org": organization_id},
-            )
-            .mappings()
-            .all()
-        )
-        last_runs = {
-            r["organization_id"]: dict(r)
-            for r in conn.execute(
-                sa.text(
-                    """
-                    SELECT DISTINCT ON (organization_id) * FROM golioth_sync_log
-                    WHERE CAST(:org AS text) IS NULL OR organization_id = :org
-                    ORDER BY organization_id, id DESC
-                    """
-                ),
-                {"org": organization_id},
-            ).mappings()
-        }
+        now = status_store.database_now(conn)
+        services = status_store.service_counts(conn, organization_id)
+        last_runs = status_store.last_runs(conn, organization_id)
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
     return [
         OrgStatus(

@@ -20,7 +20,7 @@ from golioth_assets.cli.output import echo_json, json_option, verbose
 from golioth_assets.cli.render import field_label, list_table, shorten
 from golioth_assets.cli.services import open_engine, operator_errors
 
-console = Console()
+out = Console()
 
 
 def show_value(value: Any, *, limit: int | None = None) -> str:
@@ -50,7 +50,7 @@ def list_(organization_id: str | None, status: str, all_statuses: bool, limit: i
     rows = actions.list_conflicts(open_engine(), organization_id, None if all_statuses else status, limit)
     if as_json:
         return echo_json({"conflicts": [conflict_json(r) for r in rows]})
-    console.print(
+    out.print(
         conflict_list_table(
             rows,
             title=f"{'all' if all_statuses else status} conflicts"
@@ -59,7 +59,7 @@ def list_(organization_id: str | None, status: str, all_statuses: bool, limit: i
         )
     )
     if not rows:
-        console.print("no conflicts" + ("" if all_statuses else f" with status {status}"))
+        out.print("no conflicts" + ("" if all_statuses else f" with status {status}"))
 
 
 @conflicts.command()
@@ -72,9 +72,9 @@ def show(conflict_id: str, organization_id: str | None, as_json: bool) -> None:
     row = actions.get_conflict(open_engine(), conflict_id, organization_id)
     if as_json:
         return echo_json({"conflict": conflict_json(row)})
-    console.print(side_by_side(row))
+    out.print(side_by_side(row))
     if row["status"] == "pending":
-        console.print(
+        out.print(
             f"Resolve: golioth-sync conflicts resolve {row['id']} --use local|remote --by NAME   "
             f"(or --value JSON --by NAME)"
         )
@@ -124,19 +124,19 @@ def resolve(
             }
         )
     if all_pending:
-        console.print(f"resolved {len(rows)} conflict(s) of {organization_id} with {use}, by {resolved_by}")
+        out.print(f"resolved {len(rows)} conflict(s) of {organization_id} with {use}, by {resolved_by}")
         for cid, reason in skipped:
-            console.print(f"  skipped {cid}: {reason}")
+            out.print(f"  skipped {cid}: {reason}")
     else:
         for row in rows:
-            console.print(
+            out.print(
                 f"conflict {row['id']} resolved: {row['field']} of {row['device_name'] or row['device_id']} = "
                 f"{show_value(row['resolved_value'], limit=80)} ({row['resolution']}, by {row['resolved_by']})"
             )
     if not rows:
         return
     if not now:
-        console.print("The next sync applies it; `--now` would sync these devices right away.")
+        out.print("The next sync applies it; `--now` would sync these devices right away.")
         return
     _sync_now(engine, rows)
 
@@ -156,7 +156,7 @@ def _resolve_rows(
             raise click.UsageError("give conflict ids or --all, not both")
         if not organization_id:
             raise click.UsageError("--all needs --org ORG")
-        if value_json is not None:
+        if use is None:  # then --value was given
             raise click.UsageError("--all takes --use local|remote (a value fits one field, not all)")
         result = actions.resolve_all(engine, organization_id, use=use, resolved_by=resolved_by)
         return result.resolved, list(result.skipped)
@@ -181,25 +181,25 @@ def _sync_now(engine, rows: list[dict]) -> None:
     prepare()  # Dagster's instance and storage
     failures = []
     for org, device_ids in actions.sync_targets(rows).items():
-        launched = run_sync_job(org, device_ids=device_ids, trigger="cli", console=console, verbose=verbose())
+        launched = run_sync_job(org, device_ids=device_ids, trigger="cli", out=out, verbose=verbose())
         with engine.connect() as conn:
             run = sync_log.latest_run(conn, org, dagster_run_id=launched.run_id)
         if run:
             from golioth_assets.cli.render import summary_table
 
-            console.print(summary_table(run))
-        console.print(f"Dagster run {launched.run_id}")
+            out.print(summary_table(run))
+        out.print(f"Dagster run {launched.run_id}")
         if note := dead_runs_note(launched):
-            console.print(note, style="yellow")
+            out.print(note, style="yellow")
         if not launched.success:
             failures.append(f"{org}: {launched.error or 'the sync failed'}")
     if failures:
         raise OperationError("resolved, but the sync failed (the next sync retries): " + "; ".join(failures))
     left = [r["id"] for r in _reload(engine, rows) if r["status"] != "applied"]
     if left:
-        console.print(f"not applied yet: {', '.join(map(str, left))} (see `golioth-sync conflicts show ID`)")
+        out.print(f"not applied yet: {', '.join(map(str, left))} (see `golioth-sync conflicts show ID`)")
     else:
-        console.print(f"applied to both sides: {', '.join(str(r['id']) for r in rows)}")
+        out.print(f"applied to both sides: {', '.join(str(r['id']) for r in rows)}")
 
 
 def _reload(engine, rows: list[dict]) -> list[dict]:

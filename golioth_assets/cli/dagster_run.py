@@ -18,7 +18,7 @@ from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import SPECS
 from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.jobs import run_tags
-from golioth_assets.defs.partitions import organizations
+from golioth_assets.defs.partitions import ORGANIZATIONS
 
 
 @dataclass
@@ -39,20 +39,20 @@ def run_sync_job(
     policy: str | None = None,
     device_ids: list[str] | None = None,
     trigger: str = "cli",
-    console: Console | None = None,
+    out: Console | None = None,
     verbose: bool = False,
 ) -> LaunchedRun:
-    """Run the sync job in this process, showing its steps on `console` as they finish.
+    """Run the sync job in this process, showing its steps on `out` (the terminal) as they finish.
 
     Dagster's own event log is printed only with `verbose` (a failure's traceback is there); the
     caller prints the root cause (`LaunchedRun.error`)."""
     from golioth_assets.definitions import defs
 
-    console = console or Console()
+    out = out or Console()
     instance = dg.DagsterInstance.get()
     dead_runs = fail_dead_cli_runs(instance)
-    if organization_id not in instance.get_dynamic_partitions(organizations.name):
-        instance.add_dynamic_partitions(organizations.name, [organization_id])
+    if organization_id not in instance.get_dynamic_partitions(ORGANIZATIONS):
+        instance.add_dynamic_partitions(ORGANIZATIONS, [organization_id])
     job_name = "golioth_targeted_sync" if device_ids else "golioth_full_sync"
     job = defs.resolve_job_def(job_name)
     run_id = str(uuid.uuid4())  # known before the run starts, so progress follows this run only
@@ -83,7 +83,7 @@ def run_sync_job(
     worker.start()
     # The sync is one op: its progress is the assets it has materialized so far, in graph order.
     steps = [spec.key.to_user_string() for spec in SPECS]
-    _show_progress(instance, worker, run_id, steps, f"{job_name} [{organization_id}]", console)
+    _show_progress(instance, worker, run_id, steps, f"{job_name} [{organization_id}]", out)
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
@@ -111,7 +111,7 @@ def _launch_config(direction: str | None, dry_run: bool, policy: str | None, dev
 
 
 def _show_progress(
-    instance: dg.DagsterInstance, worker: threading.Thread, run_id: str, steps: list[str], title: str, console: Console
+    instance: dg.DagsterInstance, worker: threading.Thread, run_id: str, steps: list[str], title: str, out: Console
 ) -> None:
     done: dict[str, None] = {}  # in the order the steps finished
     with Progress(
@@ -120,7 +120,7 @@ def _show_progress(
         BarColumn(),
         TextColumn("{task.completed}/{task.total} assets"),
         TimeElapsedColumn(),
-        console=console,
+        console=out,
         transient=False,
     ) as progress:
         task = progress.add_task(title, total=len(steps))
@@ -130,7 +130,8 @@ def _show_progress(
                 return  # not stored yet
             of_type = dg.DagsterEventType.ASSET_MATERIALIZATION
             for record in instance.get_records_for_run(run_id, of_type=of_type).records:
-                key = record.event_log_entry.dagster_event.asset_key.to_user_string()
+                event = record.event_log_entry.dagster_event
+                key = event.asset_key.to_user_string() if event and event.asset_key else None
                 if key in steps:
                     done[key] = None
             last = next(reversed(done), "starting")

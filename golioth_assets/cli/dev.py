@@ -5,7 +5,7 @@
 3. a demo organization whose service points at the simulator, and a second one, `acme`, whose
    devices live in a product's own table in a database of its own (cli/demo_product.py);
 4. one full sync of each through Dagster, with a summary;
-5. the webhook receiver, the Dagster webserver and daemon (and the web console, when installed),
+5. the webhook receiver, the Dagster webserver and daemon and the web console,
    until Ctrl-C stops them all. `--no-ui` stops after step 4: one headless sync, then exit.
 """
 
@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from golioth_assets.cli import demo_product
+from golioth_assets.core.vocabulary import Direction, Policy
 from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
 
 DEMO_ORG = "demo"
@@ -37,11 +38,11 @@ API_KEY_ENV = "GOLIOTH_DEMO_API_KEY"
 WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"  # the pipelines' header secret
 SIGNING_KEY_ENV = "GOLIOTH_DEMO_SIGNING_KEY"  # the signed device events' whsec_ key: a different secret
 
-console = Console()
+out = Console()
 
 
 def _bin(name: str) -> str:
-    """A console script installed beside this Python (the project's venv)."""
+    """A command (an entry-point script) installed beside this Python (the project's venv)."""
     candidate = Path(sys.executable).with_name(name)
     return str(candidate) if candidate.exists() else name
 
@@ -118,13 +119,13 @@ def _wait_for_runs(timeout_s: float = 60.0) -> None:
             announced = False
             while (count := instance.get_runs_count(in_progress)) and time.monotonic() < deadline:
                 if not announced:
-                    console.print(f"waiting for {count} run(s) in progress to finish (Ctrl-C again to stop now)…")
+                    out.print(f"waiting for {count} run(s) in progress to finish (Ctrl-C again to stop now)…")
                     announced = True
                 time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     except Exception as exc:  # the database may be what is failing; stopping must go on
-        console.print(f"[yellow]could not check runs in progress: {exc}[/]")
+        out.print(f"[yellow]could not check runs in progress: {exc}[/]")
 
 
 def _wait_http(url: str, timeout_s: float = 90.0) -> bool:
@@ -164,8 +165,8 @@ def _register_demo_service(engine, simulator_url: str, interval: int):
                 golioth_organization_id="sim-org",
                 api_key_env=API_KEY_ENV,
                 interval_seconds=interval,
-                direction="bidirectional",
-                conflict_policy="manual",
+                direction=Direction.bidirectional,
+                conflict_policy=Policy.manual,
                 webhook_enabled=True,
                 webhook_secret_env=WEBHOOK_SECRET_ENV,
                 webhook_signing_key_env=SIGNING_KEY_ENV,
@@ -176,13 +177,13 @@ def _register_demo_service(engine, simulator_url: str, interval: int):
 @dataclass(frozen=True)
 class ActivityRate:
     """How busy the demo keeps the fleet. Device data takes the receiver's fast path and starts no
-    run; each burst of console edits is one targeted sync (the webhook sensor claims a burst's
+    run; each burst of Golioth console edits is one targeted sync (the webhook sensor claims a burst's
     events in one tick). With the schedule's full sync every 2 minutes, that is about one run a
     minute, each a few seconds long: the Dagster UI mostly shows the assets materialized, and the
     run list stays readable (docs/dagster.md, "What the demo's traffic looks like")."""
 
     tick_seconds: float = 2.0  # one device reports data each tick
-    burst_every_ticks: int = 60  # one burst of console edits every 2 minutes…
+    burst_every_ticks: int = 60  # one burst of Golioth console edits every 2 minutes…
     burst_size: int = 3  # …of this many devices, back to back
     first_burst_tick: int = 30  # a minute in: away from the schedule's syncs, which start on the minute
 
@@ -242,7 +243,7 @@ class Ports:
     "--activity/--no-activity",
     default=True,
     show_default=True,
-    help="Simulate device data every 2 s and a burst of console edits every 2 minutes.",
+    help="Simulate device data every 2 s and a burst of Golioth console edits every 2 minutes.",
 )
 @click.option("--fresh-simulator", is_flag=True, help="Seed the simulated project anew, dropping the edits it kept.")
 def dev(
@@ -262,18 +263,18 @@ def dev(
     started = time.perf_counter()
     install_signal_handlers()
     runtime = prepare()
-    console.print(f"[green]✓[/] database {runtime.describe()}")
+    out.print(f"[green]✓[/] database {runtime.describe()}")
     simulator = _start_simulator(devices, simulator_port, fresh=fresh_simulator)
     children = Children()
     stop_activity = threading.Event()
     try:
         service = _register_demo_service(runtime.engine, simulator.url, interval)
-        console.print(f"[green]✓[/] organization [bold]{DEMO_ORG}[/] → project {DEMO_PROJECT} (service {service.id})")
+        out.print(f"[green]✓[/] organization [bold]{DEMO_ORG}[/] → project {DEMO_PROJECT} (service {service.id})")
         acme = _register_acme(runtime, simulator.url, interval)
         _first_sync(runtime.engine, DEMO_ORG)
         _first_sync(runtime.engine, demo_product.ACME_ORG)
         if no_ui:
-            console.print(
+            out.print(
                 f"Done in {time.perf_counter() - started:.1f} s. Look next: `golioth-sync history --org {DEMO_ORG}`, "
                 "the `devices` table over SQL (`golioth-sync db status` says where), or `make demo` for the UI. "
                 f"Acme's devices are in their own table: {demo_product.psql_line(acme_url(runtime))}",
@@ -281,25 +282,25 @@ def dev(
             )
             return
         ports = Ports(dagster_port, simulator.port, webhook_port, console_port)
-        ui_ready, has_console = _start_services(children, ports)
+        ui_ready = _start_services(children, ports)
         _connect_webhooks(simulator, ports, {DEMO_PROJECT: service.id, demo_product.ACME_PROJECT: acme.id})
         if activity:
             ids = _some_device_ids(simulator)
             threading.Thread(target=_activity, args=(simulator.control, stop_activity, ids), daemon=True).start()
-        _print_running(runtime, simulator, ports, service.id, interval, ui_ready=ui_ready, has_console=has_console)
-        console.print(
+        _print_running(runtime, simulator, ports, service.id, interval, ui_ready=ui_ready)
+        out.print(
             f"Edit one of Acme's devices in their own table: {demo_product.psql_line(acme_url(runtime))}",
             soft_wrap=True,
         )
         _watch(children)
     except KeyboardInterrupt:
-        console.print("stopping…")
+        out.print("stopping…")
     finally:
         stop_activity.set()
         children.stop(wait_for_runs=_wait_for_runs)
         simulator.stop()  # last: runs still finishing talk to it; it saves its state on the way out
         if children.procs:
-            console.print("stopped" + (f"; {EMBEDDED_STAYS_UP}" if runtime.embedded else ""))
+            out.print("stopped" + (f"; {EMBEDDED_STAYS_UP}" if runtime.embedded else ""))
 
 
 EMBEDDED_STAYS_UP = "the embedded PostgreSQL keeps running (CLI commands share it; `golioth-sync db stop` stops it)"
@@ -362,7 +363,7 @@ def _start_simulator(devices: int, port: int, *, fresh: bool):
         state_file=state_file,
     ).start_subprocess()
     where = f"kept from the last demo in {state_file} (--fresh-simulator reseeds)" if kept else f"{devices:,} devices"
-    console.print(f"[green]✓[/] Golioth simulator at {simulator.url}, {where}")
+    out.print(f"[green]✓[/] Golioth simulator at {simulator.url}, {where}")
     return simulator
 
 
@@ -370,7 +371,7 @@ def _register_acme(runtime, simulator_url: str, interval: int):
     """The second organization: Acme's own table, in its own database (cli/demo_product.py)."""
     url = demo_product.prepare_database(runtime.app_url)
     acme = demo_product.register_service(runtime.engine, simulator_url, interval, (WEBHOOK_SECRET_ENV, SIGNING_KEY_ENV))
-    console.print(
+    out.print(
         f"[green]✓[/] organization [bold]{demo_product.ACME_ORG}[/] → project {demo_product.ACME_PROJECT} "
         f"(service {acme.id}), devices in {demo_product.mapping().table} of {url.render_as_string(hide_password=True)}"
     )
@@ -386,19 +387,19 @@ def _first_sync(engine, org: str) -> None:
     from golioth_assets.cli.render import summary_table
     from golioth_assets.store import sync_log
 
-    launched = run_sync_job(org, trigger="demo", console=console)
+    launched = run_sync_job(org, trigger="demo", out=out)
     with engine.connect() as conn:
         run = sync_log.latest_run(conn, org, dagster_run_id=launched.run_id)
     if run:
-        console.print(summary_table(run))
+        out.print(summary_table(run))
     if note := dead_runs_note(launched):
-        console.print(note, style="yellow")
+        out.print(note, style="yellow")
     if not launched.success:
         raise click.ClickException(launched.error or f"the first sync of {org} failed")
 
 
-def _start_services(children: Children, ports: Ports) -> tuple[bool, bool]:
-    """The receiver, the Dagster webserver and daemon, and the console: (UI answering, console started)."""
+def _start_services(children: Children, ports: Ports) -> bool:
+    """The receiver, the Dagster webserver and daemon, and the console: whether the UI answers."""
     from golioth_assets.cli.runtime import PROJECT_ROOT, WORKSPACE_YAML
 
     workspace = str(WORKSPACE_YAML)
@@ -409,10 +410,8 @@ def _start_services(children: Children, ports: Ports) -> tuple[bool, bool]:
         PROJECT_ROOT,
     )
     children.start("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", workspace], PROJECT_ROOT)
-    has_console = _console_available()
-    if has_console:
-        children.start("console", [_bin("golioth-sync"), "console", "--port", str(ports.console)], PROJECT_ROOT)
-    return _wait_http(f"http://127.0.0.1:{ports.dagster}/server_info", 120), has_console
+    children.start("console", [_bin("golioth-sync"), "console", "--port", str(ports.console)], PROJECT_ROOT)
+    return _wait_http(f"http://127.0.0.1:{ports.dagster}/server_info", 120)
 
 
 def _connect_webhooks(simulator, ports: Ports, services: dict[str, int]) -> None:
@@ -427,12 +426,11 @@ def _connect_webhooks(simulator, ports: Ports, services: dict[str, int]) -> None
             simulator.control.set_events(project, inbox, os.environ[SIGNING_KEY_ENV])
 
 
-def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: int, *, ui_ready, has_console) -> None:
+def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: int, *, ui_ready: bool) -> None:
     table = Table(title="golioth-sync is running (Ctrl-C stops it)", show_header=False)
     table.add_row("Dagster UI", f"http://127.0.0.1:{ports.dagster}" + ("" if ui_ready else " (still starting)"))
     table.add_row("Webhook receiver", f"http://127.0.0.1:{ports.webhook}/webhooks/golioth/{service_id}")
-    if has_console:
-        table.add_row("Web console", f"http://127.0.0.1:{ports.console}")
+    table.add_row("Web console", f"http://127.0.0.1:{ports.console}")
     table.add_row("Golioth simulator", f"{simulator.url} (its state is kept in {demo_home()})")
     table.add_row("Database", runtime.describe())
     table.add_row("Logs", str(Path(os.environ["DAGSTER_HOME"]).parent / "logs"))
@@ -448,7 +446,7 @@ def _print_running(runtime, simulator, ports: Ports, service_id: int, interval: 
     )
     if runtime.embedded:
         table.add_row("After Ctrl-C", EMBEDDED_STAYS_UP)
-    console.print(table)
+    out.print(table)
 
 
 def _watch(children: Children) -> None:
@@ -461,12 +459,6 @@ def _watch(children: Children) -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _console_available() -> bool:
-    from golioth_assets.cli.main import cli
-
-    return "console" in cli.commands
 
 
 def _some_device_ids(simulator, limit: int = 50) -> list[str]:

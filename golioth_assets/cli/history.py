@@ -21,7 +21,7 @@ from golioth_assets.cli.output import echo_json, json_option, run_json
 from golioth_assets.cli.render import SIDES, list_table, shorten, summary_table
 from golioth_assets.cli.services import open_engine, operator_errors
 
-console = Console()
+out = Console()
 
 
 def _value(value: Any, limit: int = 60) -> str:
@@ -50,24 +50,24 @@ def history(organization_id: str, device: str | None, run_id: int | None, limit:
         return echo_json(history_json(engine, organization_id, device, run_id, limit))
     if device:
         found = actions.device_history(engine, organization_id, device, limit=limit)
-        console.print(device_table(found))
+        out.print(device_table(found))
         if found.conflicts:
-            console.print(device_conflicts_table(found.conflicts))
+            out.print(device_conflicts_table(found.conflicts))
         return
     if run_id is not None:
         run, entries = actions.run_detail(engine, run_id, organization_id, limit=max(limit, 1))
-        console.print(run_table(run))
+        out.print(run_table(run))
         if run["dagster_run_id"]:
-            console.print(f"Dagster run: {dagster_run_url(run['dagster_run_id'])}")  # whole, to click or copy
-        console.print(entries_table(entries, title=f"devices changed by run {run_id}"))
+            out.print(f"Dagster run: {dagster_run_url(run['dagster_run_id'])}")  # whole, to click or copy
+        out.print(entries_table(entries, title=f"devices changed by run {run_id}"))
         return
     rows = actions.runs(engine, organization_id, limit)
-    console.print(runs_table(rows, title=f"sync runs of {organization_id} (newest first)"))
+    out.print(runs_table(rows, title=f"sync runs of {organization_id} (newest first)"))
     if not rows:
-        console.print(f"no runs yet: `golioth-sync sync --org {organization_id} --dry-run` plans one")
+        out.print(f"no runs yet: `golioth-sync sync --org {organization_id} --dry-run` plans one")
     for r in rows:
         if r.get("error"):
-            console.print(f"run {r['id']} {r['status']}: {shorten(r['error'])} (full text: --run {r['id']})")
+            out.print(f"run {r['id']} {r['status']}: {shorten(r['error'])} (full text: --run {r['id']})")
 
 
 ENTRY_KEYS = (

@@ -11,16 +11,16 @@ import click
 from rich.console import Console
 
 from golioth_assets.cli.conflicts import conflicts
+from golioth_assets.cli.console import console as console_command
 from golioth_assets.cli.dev import dev
 from golioth_assets.cli.history import history
 from golioth_assets.cli.local import local
 from golioth_assets.cli.services import services
 from golioth_assets.cli.sync import sync
-from golioth_assets.console.cli import console as console_command
+from golioth_assets.cli.webhooks import webhooks
 from golioth_assets.simulator.cli import simulator_command
-from golioth_assets.webhooks.cli import webhooks
 
-console = Console()
+out = Console()
 
 
 class _Cli(click.Group):
@@ -76,7 +76,7 @@ def upgrade() -> None:
     runtime = prepare(dagster=False)
     from golioth_assets.store import migrate
 
-    console.print(f"database {runtime.describe()} at revision {migrate.current_revision(runtime.engine)}")
+    out.print(f"database {runtime.describe()} at revision {migrate.current_revision(runtime.engine)}")
 
 
 @db.command()
@@ -88,16 +88,16 @@ def status() -> None:
     settings = get_settings()
     if settings.database_url:
         url = database.normalize_url(settings.database_url)
-        console.print(f"DATABASE_URL: {database.render(url)}")
+        out.print(f"DATABASE_URL: {database.render(url)}")
     else:
         running = embedded.is_running(settings.pgdata)
-        console.print(f"embedded PostgreSQL in {settings.pgdata}: {'running' if running else 'stopped'}")
+        out.print(f"embedded PostgreSQL in {settings.pgdata}: {'running' if running else 'stopped'}")
         if not running:
             return
         url = database.resolve_urls(settings)[0]
     try:
         engine = database.engine_for(url)
-        console.print(f"schema revision: {migrate.current_revision(engine)} (head {migrate.head_revision()})")
+        out.print(f"schema revision: {migrate.current_revision(engine)} (head {migrate.head_revision()})")
     except Exception as exc:
         from golioth_assets.cli.output import not_started
 
@@ -111,7 +111,7 @@ def stop() -> None:
     from golioth_assets.store import embedded
 
     pgdata = get_settings().pgdata
-    console.print("stopped" if embedded.stop(pgdata) else f"no embedded server running in {pgdata}")
+    out.print("stopped" if embedded.stop(pgdata) else f"no embedded server running in {pgdata}")
 
 
 @cli.command(short_help="Print shell exports for plain `dagster` commands.")
@@ -150,7 +150,7 @@ cli.add_command(local)
 cli.add_command(console_command)
 
 
-def main() -> None:  # pragma: no cover - console script shim
+def main() -> None:  # pragma: no cover - the entry point's shim
     sys.exit(cli())
 
 

@@ -38,7 +38,9 @@ class CommandFailed(click.ClickException):
 
     def __init__(self, message: str, code: ExitCode = ExitCode.error) -> None:
         super().__init__(message)
-        self.exit_code = int(code)
+        # click declares exit_code per class, but reads it from the exception it caught: one
+        # instance attribute spares a subclass per exit code.
+        self.exit_code = int(code)  # type: ignore[misc]
 
 
 def not_started(message: str) -> CommandFailed:

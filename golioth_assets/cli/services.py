@@ -24,7 +24,7 @@ from golioth_assets.cli.render import list_table
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy, values
 from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY
 
-console = Console()
+out = Console()
 
 # Settings field → the option that sets it, so errors name what the operator typed.
 LABELS = {
@@ -242,9 +242,9 @@ def add(organization_id: str, as_json: bool, **options: Any) -> None:
     service = actions.add_service(open_engine(), data, labels=LABELS)
     if as_json:
         return echo_json({"service": service_json(service)})
-    console.print(f"added service {service.id} for organization [bold]{service.organization_id}[/]")
-    console.print(settings_table(service))
-    console.print(
+    out.print(f"added service {service.id} for organization [bold]{service.organization_id}[/]")
+    out.print(settings_table(service))
+    out.print(
         f"Next: `golioth-sync services test {service.organization_id}`, then "
         f"`golioth-sync sync --org {service.organization_id} --dry-run`."
     )
@@ -265,9 +265,9 @@ def list_(as_json: bool) -> None:
     for s in rows:
         schedule = f"every {s.interval_seconds} s" if s.sync_enabled else "disabled"
         table.add_row(str(s.id), s.organization_id, s.project_id, schedule, s.direction, s.conflict_policy, s.name)
-    console.print(table)
+    out.print(table)
     if not rows:
-        console.print("no services yet: add one with `golioth-sync services add --org ORG ...`")
+        out.print("no services yet: add one with `golioth-sync services add --org ORG ...`")
 
 
 @services.command()
@@ -279,7 +279,7 @@ def show(service: str, as_json: bool) -> None:
     found = actions.get_service(open_engine(), service)
     if as_json:
         return echo_json({"service": service_json(found)})
-    console.print(settings_table(found))
+    out.print(settings_table(found))
 
 
 @services.command()
@@ -300,7 +300,7 @@ def update(service: str, rotation_window: str, end_rotation: bool, as_json: bool
     """Change settings of a service (SERVICE: its id or organization).
 
     Every setting is unchanged if its option is omitted. The next run uses the new settings."""
-    from golioth_assets.webhooks.cli import parse_duration
+    from golioth_assets.cli.webhooks import parse_duration
 
     window = parse_duration(rotation_window)
     engine = open_engine()
@@ -311,8 +311,8 @@ def update(service: str, rotation_window: str, end_rotation: bool, as_json: bool
     updated = actions.update_service(engine, current.id, changes, labels=LABELS, rotation_window=window)
     if as_json:
         return echo_json({"service": service_json(updated), "changed": sorted(changes)})
-    console.print(f"updated service {updated.id} ({updated.organization_id}): {', '.join(sorted(changes))}")
-    console.print(settings_table(updated))
+    out.print(f"updated service {updated.id} ({updated.organization_id}): {', '.join(sorted(changes))}")
+    out.print(settings_table(updated))
 
 
 @services.command()
@@ -321,7 +321,7 @@ def update(service: str, rotation_window: str, end_rotation: bool, as_json: bool
 def disable(service: str) -> None:
     """Stop scheduled syncs of a service (settings and links stay)."""
     updated = actions.set_enabled(open_engine(), service, False)
-    console.print(f"service {updated.id} ({updated.organization_id}) disabled: the schedule skips it")
+    out.print(f"service {updated.id} ({updated.organization_id}) disabled: the schedule skips it")
 
 
 @services.command()
@@ -330,7 +330,7 @@ def disable(service: str) -> None:
 def enable(service: str) -> None:
     """Resume scheduled syncs of a service."""
     updated = actions.set_enabled(open_engine(), service, True)
-    console.print(f"service {updated.id} ({updated.organization_id}) enabled")
+    out.print(f"service {updated.id} ({updated.organization_id}) enabled")
 
 
 @services.command(short_help="Delete a service with its links, conflicts and inbox.")
@@ -350,7 +350,7 @@ def remove(service: str, yes: bool) -> None:
             abort=True,
         )
     removed = actions.remove_service(engine, current.id)
-    console.print(f"removed service {removed.id} ({removed.organization_id})")
+    out.print(f"removed service {removed.id} ({removed.organization_id})")
 
 
 @services.command("test", short_help="Check the key and the connection; count the devices.")
@@ -375,12 +375,12 @@ def test_(service: str, as_json: bool) -> None:
             raise CommandFailed("connection test failed")
         return
     s = report.service
-    console.print(f"service {s.id} ({s.organization_id}) → project {s.project_id} at {s.base_url}")
+    out.print(f"service {s.id} ({s.organization_id}) → project {s.project_id} at {s.base_url}")
     for check in report.checks:
         mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
-        console.print(f"  {mark} {check.name}: {check.detail}")
+        out.print(f"  {mark} {check.name}: {check.detail}")
     if report.device_count is not None:
-        console.print(f"devices in Golioth: {report.device_count}")
+        out.print(f"devices in Golioth: {report.device_count}")
     if not report.ok:
         failed = next(c for c in report.checks if not c.ok)
         raise click.ClickException(f"connection test failed: {failed.name}: {failed.detail}")

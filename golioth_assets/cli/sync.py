@@ -12,7 +12,7 @@ from rich.console import Console
 from golioth_assets.cli.output import CommandFailed, ExitCode, echo_json, json_option, not_started, run_json, verbose
 from golioth_assets.core.vocabulary import Direction, Policy, RunStatus, values
 
-console = Console()
+out = Console()
 notes = Console(stderr=True)
 PLAN_JSON_LIMIT = 1000  # rows of a dry run's plan in its JSON; all of them are in sync_plan
 
@@ -51,7 +51,7 @@ def sync(
         dry_run=dry_run,
         policy=policy,
         device_ids=list(device_ids),
-        console=notes if as_json else console,
+        out=notes if as_json else out,
         verbose=verbose(),
     )
     run = _run_of(runtime.engine, organization_id, launched, dry_run)
@@ -128,17 +128,17 @@ def _print_summary(run: dict, plan: pd.DataFrame | None, found: pd.DataFrame | N
     from golioth_assets.cli.render import plan_table, summary_table
 
     if run.get("id") is None:
-        console.print(f"the run failed before it was recorded (Dagster run {run['dagster_run_id']})")
+        out.print(f"the run failed before it was recorded (Dagster run {run['dagster_run_id']})")
         return
     # A dry run writes nothing, so its counters stay 0: show what the plan would do instead.
     planned = (run.get("details") or {}).get("plan", {}) if run.get("dry_run") else {}
     # A failure's cause is the `Error:` line that follows, not a table row as well.
-    console.print(summary_table({**run, **planned, "error": None}))
+    out.print(summary_table({**run, **planned, "error": None}))
     if plan is not None:
-        console.print(plan_table(plan, title="plan (dry run: nothing was written)"))
+        out.print(plan_table(plan, title="plan (dry run: nothing was written)"))
     if found is not None:
-        console.print(dry_run_conflicts_table(found) if not found.empty else "no conflicts")
-    console.print(f"Dagster run {run['dagster_run_id']}")
+        out.print(dry_run_conflicts_table(found) if not found.empty else "no conflicts")
+    out.print(f"Dagster run {run['dagster_run_id']}")
 
 
 def _exit(run: dict, fail_on_conflicts: bool) -> None:

@@ -28,11 +28,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from golioth_assets.actions import OperationError
-from golioth_assets.actions import conflicts as conflict_ops
-from golioth_assets.actions import history as history_ops
-from golioth_assets.actions import services as service_ops
-from golioth_assets.actions import status as status_ops
-from golioth_assets.actions import webhooks as webhook_ops
+from golioth_assets.actions import conflicts as conflict_actions
+from golioth_assets.actions import history as history_actions
+from golioth_assets.actions import services as service_actions
+from golioth_assets.actions import status as status_actions
+from golioth_assets.actions import webhooks as webhook_actions
 from golioth_assets.console.charts import ChartPages
 from golioth_assets.console.security import (
     AUTH_COOKIE,
@@ -85,13 +85,13 @@ def _templates() -> Jinja2Templates:
     return templates
 
 
-class Console:
-    """Handlers with their engine and settings."""
+class ConsolePages:
+    """The web console's page handlers, with their engine and settings."""
 
     def __init__(self, engine: Engine, templates: Jinja2Templates, dagster_ui_url: str | None) -> None:
         self.engine = engine
         self.templates = templates
-        self.dagster_ui_url = (dagster_ui_url or status_ops.dagster_ui_url()).rstrip("/")
+        self.dagster_ui_url = (dagster_ui_url or status_actions.dagster_ui_url()).rstrip("/")
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ class Console:
                 "operator": unquote(request.cookies.get(OPERATOR_COOKIE, ""))[:100],
                 "signed_in": request.state.guard.operator_signed_in,
                 "dagster_ui_url": self.dagster_ui_url,
-                "run_url": lambda run_id: status_ops.dagster_run_url(run_id, self.dagster_ui_url),
+                "run_url": lambda run_id: status_actions.dagster_run_url(run_id, self.dagster_ui_url),
                 **context,
             },
             status_code=status_code,
@@ -135,7 +135,7 @@ class Console:
     # -- status -------------------------------------------------------------------------------------
 
     async def status(self, request: Request) -> Response:
-        rows = await self.call(status_ops.organization_status, self.engine)
+        rows = await self.call(status_actions.organization_status, self.engine)
         return self.render(request, "status.html", {"page": "status", "rows": rows})
 
     async def healthz(self, request: Request) -> Response:
@@ -144,7 +144,7 @@ class Console:
     # -- services -----------------------------------------------------------------------------------
 
     async def services(self, request: Request) -> Response:
-        rows = await self.call(service_ops.list_services, self.engine)
+        rows = await self.call(service_actions.list_services, self.engine)
         return self.render(request, "services.html", {"page": "services", "services": rows})
 
     def _form_context(self, request: Request, service: Any, values: dict, error: str | None, *, new: bool) -> dict:
@@ -162,11 +162,11 @@ class Console:
 
     async def service_edit(self, request: Request) -> Response:
         service = await self._service_or_404(request.path_params["service_id"])
-        values = service.model_dump(include=set(service_ops.SETTING_FIELDS))
+        values = service.model_dump(include=set(service_actions.SETTING_FIELDS))
         return self.render(request, "service_form.html", self._form_context(request, service, values, None, new=False))
 
     async def service_new(self, request: Request) -> Response:
-        values = {
+        values: dict[str, Any] = {
             "organization_id": "",
             "name": "",
             "project_id": "",
@@ -195,28 +195,28 @@ class Console:
         try:
             if new:
                 _operator_only(request, "adding a service")
-                service = await self.call(service_ops.add_service, self.engine, submitted)
+                service = await self.call(service_actions.add_service, self.engine, submitted)
                 return self.redirect(
                     f"/services/{service.id}", f"added service {service.id} for {service.organization_id}"
                 )
             current = await self._service_or_404(request.path_params["service_id"])
-            values = current.model_dump(include=set(service_ops.SETTING_FIELDS))
+            values = current.model_dump(include=set(service_actions.SETTING_FIELDS))
             changes = {k: v for k, v in submitted.items() if values.get(k) != v}
             if not changes:
                 return self.redirect(f"/services/{current.id}", "nothing changed")
-            touched = sorted(set(changes) & set(service_ops.CONNECTION_FIELDS))
+            touched = sorted(set(changes) & set(service_actions.CONNECTION_FIELDS))
             if touched:
                 _operator_only(request, f"changing {', '.join(touched)}")
-            service = await self.call(service_ops.update_service, self.engine, current.id, changes)
+            service = await self.call(service_actions.update_service, self.engine, current.id, changes)
             return self.redirect(
                 f"/services/{service.id}", f"saved {', '.join(sorted(changes))}; the next run uses the new settings"
             )
         except OperationError as exc:
             service = None if new else await self._service_or_404(request.path_params["service_id"])
-            base = {} if new else service.model_dump(include=set(service_ops.SETTING_FIELDS))
+            base = {} if service is None else service.model_dump(include=set(service_actions.SETTING_FIELDS))
             values = {**base, **submitted}
             # Secret-name fields are never shown back as typed: a refused one may hold the secret itself.
-            for name in service_ops.ENV_FIELDS:
+            for name in service_actions.ENV_FIELDS:
                 values[name] = base.get(name) or ""
             context = self._form_context(request, service, values, str(exc), new=new)
             return self.render(
@@ -226,14 +226,14 @@ class Console:
     async def service_test(self, request: Request) -> Response:
         await read_form(request)
         service = await self._service_or_404(request.path_params["service_id"])
-        report = await self.call(service_ops.check_connection, self.engine, service.id)
-        values = service.model_dump(include=set(service_ops.SETTING_FIELDS))
+        report = await self.call(service_actions.check_connection, self.engine, service.id)
+        values = service.model_dump(include=set(service_actions.SETTING_FIELDS))
         context = {**self._form_context(request, service, values, None, new=False), "report": report}
         return self.render(request, "service_form.html", context)
 
     async def _service_or_404(self, ref: str):
         try:
-            return await self.call(service_ops.get_service, self.engine, ref)
+            return await self.call(service_actions.get_service, self.engine, ref)
         except OperationError as exc:
             raise HTTPException(404, str(exc)) from None
 
@@ -245,10 +245,10 @@ class Console:
         if status == "all":
             status = None
         try:
-            rows = await self.call(conflict_ops.list_conflicts, self.engine, org, status, 200)
+            rows = await self.call(conflict_actions.list_conflicts, self.engine, org, status, 200)
         except OperationError as exc:
             raise HTTPException(404 if "unknown organization" in str(exc) else 400, str(exc)) from None
-        counts = await self.call(conflict_ops.counts_by_status, self.engine, org)
+        counts = await self.call(conflict_actions.counts_by_status, self.engine, org)
         return self.render(
             request,
             "conflicts.html",
@@ -258,13 +258,13 @@ class Console:
                 "org": org,
                 "status": status or "all",
                 "counts": counts,
-                "statuses": conflict_ops.STATUSES,
+                "statuses": conflict_actions.STATUSES,
             },
         )
 
     async def conflict(self, request: Request) -> Response:
         try:
-            row = await self.call(conflict_ops.get_conflict, self.engine, request.path_params["conflict_id"])
+            row = await self.call(conflict_actions.get_conflict, self.engine, request.path_params["conflict_id"])
         except OperationError as exc:
             raise HTTPException(404, str(exc)) from None
         return self.render(request, "conflict.html", {"page": "conflicts", "c": row})
@@ -280,7 +280,7 @@ class Console:
         try:
             if use == "value":
                 rows = await self.call(
-                    conflict_ops.resolve,
+                    conflict_actions.resolve,
                     self.engine,
                     [cid],
                     use="value",
@@ -288,7 +288,7 @@ class Console:
                     resolved_by=by,
                 )
             else:
-                rows = await self.call(conflict_ops.resolve, self.engine, [cid], use=use, resolved_by=by)
+                rows = await self.call(conflict_actions.resolve, self.engine, [cid], use=use, resolved_by=by)
         except OperationError as exc:
             response = self.redirect(back, str(exc), kind="error")
         else:
@@ -307,14 +307,14 @@ class Console:
 
     async def history(self, request: Request) -> Response:
         org = request.query_params.get("org")
-        services = await self.call(service_ops.list_services, self.engine)
+        services = await self.call(service_actions.list_services, self.engine)
         orgs = [s.organization_id for s in services]
         if not org and orgs:
             org = orgs[0]
         runs: list[dict] = []
         if org:
             try:
-                runs = await self.call(history_ops.runs, self.engine, org, 50)
+                runs = await self.call(history_actions.runs, self.engine, org, 50)
             except OperationError as exc:
                 raise HTTPException(404, str(exc)) from None
         return self.render(request, "history.html", {"page": "history", "org": org, "orgs": orgs, "runs": runs})
@@ -325,7 +325,7 @@ class Console:
         if not ref:
             return self.redirect(f"/history?org={quote(org)}", "give a device id or name", kind="error")
         try:
-            found = await self.call(history_ops.device_history, self.engine, org, ref, 500)
+            found = await self.call(history_actions.device_history, self.engine, org, ref, 500)
         except OperationError as exc:
             return self.redirect(f"/history?org={quote(org)}", str(exc), kind="error")
         return self.render(
@@ -336,7 +336,7 @@ class Console:
         org = request.path_params["org"]
         try:
             run, entries = await self.call(
-                history_ops.run_detail, self.engine, int(request.path_params["run_id"]), org, 1000
+                history_actions.run_detail, self.engine, int(request.path_params["run_id"]), org, 1000
             )
         except OperationError as exc:
             raise HTTPException(404, str(exc)) from None
@@ -348,7 +348,7 @@ class Console:
         org = request.query_params.get("org") or None
         status = request.query_params.get("status") or None
         try:
-            events, counts = await self.call(webhook_ops.inbox, self.engine, org, status, 200)
+            events, counts = await self.call(webhook_actions.inbox, self.engine, org, status, 200)
         except OperationError as exc:
             raise HTTPException(400, str(exc)) from None
         return self.render(
@@ -370,7 +370,7 @@ class Console:
         org = first(form, "org") or None
         back = "/webhooks?" + urlencode({k: v for k, v in (("org", org), ("status", "dead")) if v})
         try:
-            count = await self.call(webhook_ops.replay, self.engine, ids or None, None if ids else org)
+            count = await self.call(webhook_actions.replay, self.engine, ids or None, None if ids else org)
         except OperationError as exc:
             return self.redirect(back, str(exc), kind="error")
         return self.redirect(back, f"requeued {count} dead event(s) as pending")
@@ -480,10 +480,11 @@ def create_app(
     dagster_ui_url: str | None = None,
     throttle: LoginThrottle | None = None,
 ) -> Starlette:
-    console = Console(engine, _templates(), dagster_ui_url)
+    console = ConsolePages(engine, _templates(), dagster_ui_url)
     charts = ChartPages(console)
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
         if not hasattr(request.state, "csrf_token"):
             return PlainTextResponse(exc.detail, status_code=exc.status_code)
         return console.render(

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from golioth_assets.actions import services as service_ops
+from golioth_assets.actions import services as service_actions
 from golioth_assets.console.svg import Series, time_chart
 from golioth_assets.store import metrics
 from golioth_assets.store.webhook_events import STATUSES as EVENT_STATUSES
@@ -169,7 +169,7 @@ class ChartPages:
         window = WINDOWS.get(request.query_params.get("window") or DEFAULT_WINDOW)
         if window is None:
             raise HTTPException(400, f"window must be one of {', '.join(WINDOWS)}")
-        services = await self.console.call(service_ops.list_services, self.console.engine)
+        services = await self.console.call(service_actions.list_services, self.console.engine)
         orgs = [s.organization_id for s in services]
         if org is not None and org not in orgs:
             raise HTTPException(404, f"no service for organization {org!r}")

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import timedelta
+from typing import overload
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.engine import Engine
@@ -255,7 +256,8 @@ class Guard:
             self.throttle.failed(client)
         else:
             cookie = request.cookies.get(AUTH_COOKIE, "")
-            if cookie and await run_in_threadpool(self._session_is_live, cookie):
+            live: bool = bool(cookie) and await run_in_threadpool(self._session_is_live, cookie)
+            if live:
                 return None
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/login", status_code=303)
@@ -290,7 +292,12 @@ async def read_form(request: Request) -> dict[str, list[str]]:
     return form
 
 
+@overload
+def first(form: dict[str, list[str]], name: str) -> str | None: ...
+@overload
+def first(form: dict[str, list[str]], name: str, default: str) -> str: ...
 def first(form: dict[str, list[str]], name: str, default: str | None = None) -> str | None:
+    """The form's first value for `name`, else `default`."""
     values = form.get(name)
     return values[0] if values else default
 

@@ -121,7 +121,8 @@ def _axes(frame: _Frame, step: float, unit: str) -> list[str]:
 
 
 def _legend(series: list[Series]) -> list[str]:
-    parts, x = [], LEFT
+    parts: list[str] = []
+    x = float(LEFT)
     for s in series:
         parts.append(f'<rect x="{x}" y="10" width="12" height="12" rx="2" fill="{s.color}"/>')
         parts.append(f'<text x="{x + 17}" y="20.5" font-size="12.5" fill="#1d2433" {FONT}>{escape(s.name)}</text>')

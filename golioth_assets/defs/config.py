@@ -3,6 +3,7 @@ builds a sync's run config: the sensors, the CLI and the resolve job's hint all 
 `sync_run_config`, so the op's name is written once."""
 
 from collections.abc import Mapping
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -36,7 +37,7 @@ class SyncRunConfig(dg.Config):
         )
 
 
-def sync_run_config(**config: object) -> dict:
-    """A sync's run config (`ops: golioth_sync: config: ...`), for SyncRunConfig's fields."""
+def sync_run_config(**config: Any) -> dict:
+    """A sync's run config (`ops: golioth_sync: config: ...`), for SyncRunConfig's fields (checked here)."""
     SyncRunConfig(**config)  # fail here, at the caller, on a field the launchpad would refuse
     return {"ops": {SYNC_OP: {"config": config}}}

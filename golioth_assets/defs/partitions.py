@@ -2,4 +2,5 @@
 
 import dagster as dg
 
-organizations = dg.DynamicPartitionsDefinition(name="organizations")
+ORGANIZATIONS = "organizations"  # the definition's name, typed `str | None` by Dagster
+organizations = dg.DynamicPartitionsDefinition(name=ORGANIZATIONS)

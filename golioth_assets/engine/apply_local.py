@@ -17,6 +17,7 @@ status, kind), never on display text.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import pandas as pd
@@ -118,7 +119,7 @@ def local_writes(
     *,
     fields: tuple[str, ...],
     observed_fields: tuple[str, ...],
-    links: list[tuple[str, str]] = (),
+    links: Sequence[tuple[str, str]] = (),
 ) -> LocalWrites:
     """plan: every decoded row of the run; local / remote: raw frames indexed by device_id /
     golioth_device_id (local as read in the write transaction); fingerprints: each device's as the
@@ -433,7 +434,7 @@ def _base_records(rows: pd.DataFrame) -> list[dict]:
 def apply_bookkeeping(conn: Connection, service_id: int, organization_id: str, sync_log_id: int, book: Bookkeeping):
     """Links, base snapshots, conflicts, link statuses, audit entries, plan statuses and counts."""
     assignments.insert_links(conn, service_id, book.new_links)
-    assignments.delete_links(conn, service_id, [tuple(p) for p in book.removed_links])
+    assignments.delete_links(conn, service_id, [(local, remote) for local, remote in book.removed_links])
     assignments.set_status(conn, service_id, [s for s in book.link_status if s["sync_status"] == "unlinked"])
     assignments.merge_bases(conn, service_id, book.bases)
     conflicts.mark(conn, book.conflicts_applied, "applied")

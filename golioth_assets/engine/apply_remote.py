@@ -161,7 +161,7 @@ class RemoteWriter:
     # -- writes that check first ----------------------------------------------------------------------
     # Golioth has no ETag or conditional write. So each update first re-reads the device and checks
     # that the fields it is about to change still hold what the plan read; only then does it write.
-    # That shrinks the window in which a console edit can be overwritten from the whole sync (fetch
+    # That shrinks the window in which a Golioth console edit can be overwritten from the whole sync (fetch
     # to PATCH) to one round trip, for one extra GET per changed device.
 
     def _current_fields(self, device: Device) -> dict[str, Any]:

@@ -127,6 +127,13 @@ class SyncRun:
     def sync_log_id(self) -> int:
         return self.log.id
 
+    @property
+    def golioth(self) -> GoliothClient:
+        """The run's client, open from `with SyncRun(...)` on."""
+        if self.client is None:
+            raise StepOutOfOrder("a sync step ran outside `with SyncRun(...)`")
+        return self.client
+
     @contextmanager
     def _step(self, name: str, usage: Usage | None = None):
         expected = STEPS[len(self._done)] if len(self._done) < len(STEPS) else None
@@ -143,7 +150,7 @@ class SyncRun:
     def fetch(self) -> Fetched:
         usage = Usage()
         with self._step("fetch", usage):
-            result = steps.fetch_step(self.db, self.service, self.client, self.scope, self.log.id)
+            result = steps.fetch_step(self.db, self.service, self.golioth, self.scope, self.log.id)
         with self.db.connect() as conn:
             preview = inventory.preview_inventory(conn, self.service.organization_id, PREVIEW_ROWS)
         return Fetched(result, preview, usage)
@@ -168,7 +175,7 @@ class SyncRun:
         with self._step("write_golioth", usage):
             counts = {}
             if not self.request.dry_run:
-                counts = steps.golioth_side(self.db, self.service, self.client, self.log.id).counts
+                counts = steps.golioth_side(self.db, self.service, self.golioth, self.log.id).counts
         return GoliothWrites(counts, usage, self._applied("remote"))
 
     def write_local(self) -> LocalWrites:
@@ -181,7 +188,7 @@ class SyncRun:
         usage = Usage()
         with self._step("writes_left", usage):
             left = (
-                0 if self.request.dry_run else convergence.writes_left(self.db, self.service, self.client, self.log.id)
+                0 if self.request.dry_run else convergence.writes_left(self.db, self.service, self.golioth, self.log.id)
             )
         return left, usage
 

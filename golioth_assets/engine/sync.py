@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import httpx
 import pandas as pd
@@ -103,7 +104,7 @@ def settings_for(service: services.Service, request: SyncRequest, table: LocalTa
     return SyncSettings(
         direction=request.direction or service.direction,
         policy=request.policy or service.conflict_policy,
-        policy_overrides={} if request.policy else dict(service.policy_overrides),
+        policy_overrides={} if request.policy else {str(k): str(v) for k, v in service.policy_overrides.items()},
         field_groups=frozenset(service.field_groups),
         allow_deletes=service.allow_deletes and (table is None or table.deletes_possible),
         unsynced_fields=frozenset(f for f in SYNCED_FIELDS if table is not None and f not in table.synced_fields),
@@ -302,7 +303,7 @@ def _store_inventory(conn, org: str, scope: Scope, frame: pd.DataFrame, missing:
 
 def _project_read(client: GoliothClient, read):
     """A project-level read (a list). Its 404 means the project itself is gone: deleted in the
-    console, or the service names the wrong project. Say so, rather than a bare 404 on a path."""
+    Golioth console, or the service names the wrong project. Say so, rather than a bare 404 on a path."""
     try:
         return read()
     except errors.NotFoundError as exc:
@@ -374,7 +375,7 @@ def _load_inputs(db: Engine, service: services.Service, scope: Scope, side: Loca
 def complete_local(local: pd.DataFrame) -> pd.DataFrame:
     """Columns for the synced fields a table doesn't map (the plan and the Golioth writer don't
     read them for this run, but expect a frame of one shape)."""
-    empty = {"text": None, "list": [], "bool": True, "json": {}}
+    empty: dict[str, object] = {"text": None, "list": [], "bool": True, "json": {}}
     missing = {f: [empty[FIELD_KIND[f]]] * len(local) for f in SYNCED_FIELDS if f not in local}
     return local.assign(**missing) if missing else local
 
@@ -391,22 +392,9 @@ def _unconfirmed_writes(db: Engine, service: services.Service) -> pd.DataFrame:
     updates still "planned" since then (the process died mid-apply). Whether such a run was later
     marked finished does not matter: the failure sensor finishes the log row of a run that Dagster
     reports failed (a dead worker, a step that raised part-way through its writes), and its
-    landed PATCHes must not then read as console edits that conflict with newer local ones."""
+    landed PATCHes must not then read as Golioth console edits that conflict with newer local ones."""
     with db.connect() as conn:
-        rows = conn.exec_driver_sql(
-            """
-            SELECT p.device_id::text, p.golioth_device_id, p.field, p.action, p.new_value
-            FROM sync_plan p JOIN golioth_sync_log l ON l.id = p.sync_log_id
-            WHERE l.service_id = %(service)s AND NOT l.dry_run AND p.side = 'remote'
-              AND l.id > coalesce((SELECT max(id) FROM golioth_sync_log
-                                   WHERE service_id = %(service)s AND status = 'success' AND NOT dry_run), 0)
-              AND ((p.action = 'create' AND p.status IN ('planned', 'failed'))
-                   OR (p.action = 'update' AND p.status = 'planned'))
-            ORDER BY p.id
-            """,
-            {"service": service.id},
-        ).fetchall()
-    return pd.DataFrame(rows, columns=["device_id", "golioth_device_id", "field", "action", "new_value"])
+        return sync_log.unconfirmed_remote_writes(conn, service.id)
 
 
 def _confirm_landed_updates(
@@ -618,7 +606,7 @@ class RunLog:
             self.status = finish(self.db, self.id, error=error, counts=counts)
         return self.status
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
         if exc is None:
             self.close()
             return False

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Message
 
 from .churn import ChurnStep
 from .clock import require_object_id
@@ -566,7 +567,7 @@ class FaultsAndStats:
             await send({"type": "http.response.body", "body": body})
         else:
 
-            async def capture(message: dict) -> None:
+            async def capture(message: Message) -> None:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
@@ -580,7 +581,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return Response(error_body(NOT_FOUND, "Not Found"), 404, media_type=JSON)
 
 
-async def _http_error(request: Request, exc: HTTPException) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # registered for HTTPException only
     if exc.status_code == 405:
         return Response(error_body(UNIMPLEMENTED, "Method Not Allowed"), 405, media_type=JSON)
     return Response(error_body(INTERNAL, exc.detail), exc.status_code, media_type=JSON)

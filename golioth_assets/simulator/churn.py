@@ -25,14 +25,26 @@ Golioth's device ids (MongoDB ObjectIds, time-ordered) and the absence of a sort
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import invalid
 
 if TYPE_CHECKING:
     from .model import Device
-    from .project import Project
+
+
+class Project(Protocol):
+    """What churn does to a project (project.py's Project, which owns its Churn): named here, so
+    that churn does not import the project back."""
+
+    def ordered_devices(self) -> Sequence[Device]: ...
+    def create_device(self, body: Any, *, console: bool = False) -> Device: ...
+    def update_device(self, device_id: str, body: Any, *, replace: bool) -> Device: ...
+    def delete_device(self, device_id: str) -> Device: ...
+    def move_device(self, device: Device, position: int) -> None: ...
+
 
 _FIELDS = {
     "page": "page",

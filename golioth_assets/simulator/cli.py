@@ -45,7 +45,7 @@ from .state import ProjectSpec
     show_default=True,
     help="Wrap data messages in {data, device_id, project_id, timestamp}.",
 )
-@click.option("--events-url", default=None, help="Where console edits go as signed device events.")
+@click.option("--events-url", default=None, help="Where Golioth console edits go as signed device events.")
 @click.option("--events-secret", default=None, help="Standard Webhooks secret (whsec_...).")
 def simulator_command(
     devices: int,

@@ -187,7 +187,7 @@ class WebhookTarget:
 
 @dataclass
 class EventsTarget:
-    """Where console edits are sent as Standard Webhooks signed device events (a simulator extension)."""
+    """Where Golioth console edits are sent as Standard Webhooks signed device events (a simulator extension)."""
 
     url: str
     secret: str  # whsec_<base64>

@@ -36,8 +36,76 @@ class DeviceFilter:
     def is_empty(self) -> bool:
         return self == _NO_FILTER
 
+    def matches(self, device: Device) -> bool:
+        """Whether the device meets every condition this filter sets."""
+        if self.device_name is not None and device.name != self.device_name:
+            return False
+        if self.hardware_id is not None and self.hardware_id not in device.hardware_ids:
+            return False
+        if self.tags and not set(self.tags).issubset(device.tag_ids):
+            return False
+        if self.blueprint_id is not None and device.blueprint_id != self.blueprint_id:
+            return False
+        if self.cohort_id is not None and device.cohort_id != self.cohort_id:
+            return False
+        if self.enabled is not None and device.enabled != self.enabled:
+            return False
+        return not self.term or _has_term(device, self.term.lower())
+
+
+def _has_term(device: Device, term: str) -> bool:
+    return term in device.name.lower() or any(term in h.lower() for h in device.hardware_ids)
+
 
 _NO_FILTER = DeviceFilter()
+
+
+@dataclass(frozen=True, slots=True)
+class _DeviceChange:
+    """A device's editable fields after an update body is applied to them (not yet checked)."""
+
+    name: str
+    hardware_ids: list[str]
+    tag_ids: list[str]
+    blueprint_id: str
+    cohort_id: str
+    enabled: bool | None
+    removed_tag_ids: list[str]  # each must still be a well-formed id
+
+    @classmethod
+    def of(cls, device: Device, body: dict[str, Any], *, replace: bool) -> _DeviceChange:
+        name = opt_str(body, "name")
+        hardware_ids = opt_str_list(body, "hardwareIds")
+        tag_ids = opt_str_list(body, "tagIds")
+        blueprint_id = opt_str(body, "blueprintId")
+        cohort_id = opt_str(body, "cohortId")
+        enabled = opt_bool(body, "enabled")
+        added_tags, removed_tags = opt_str_list(body, "addTagId"), opt_str_list(body, "removeTagId")
+        added_hw, removed_hw = opt_str_list(body, "addHardwareId"), opt_str_list(body, "removeHardwareId")
+        if replace:
+            if not name:
+                raise invalid("device name cannot be empty")
+            tag_ids, blueprint_id, cohort_id = tag_ids or [], blueprint_id or "", cohort_id or ""
+        if blueprint_id is None or (blueprint_id == "" and not replace):
+            blueprint_id = device.blueprint_id
+        return cls(
+            name=device.name if name is None else name,
+            hardware_ids=_edited(device.hardware_ids, hardware_ids, added_hw, removed_hw),
+            tag_ids=_edited(device.tag_ids, tag_ids, added_tags, removed_tags),
+            blueprint_id=blueprint_id,
+            cohort_id=device.cohort_id if cohort_id is None else cohort_id,
+            enabled=enabled,
+            removed_tag_ids=removed_tags or [],
+        )
+
+
+def _edited(
+    current: list[str], replaced: list[str] | None, added: list[str] | None, removed: list[str] | None
+) -> list[str]:
+    """A list field after an update: replaced if sent, then `added` appended and `removed` dropped."""
+    base = list(current) if replaced is None else dedupe(replaced)
+    dropped = set(removed or [])
+    return dedupe([v for v in base + (added or []) if v not in dropped])
 
 
 def slugify(name: str) -> str:
@@ -202,70 +270,46 @@ class Project:
         """
         device = self.get_device(device_id)
         body = require_object(body)
-        name = opt_str(body, "name")
-        hardware_ids = opt_str_list(body, "hardwareIds")
-        tag_ids = opt_str_list(body, "tagIds")
-        blueprint_id = opt_str(body, "blueprintId")
-        cohort_id = opt_str(body, "cohortId")
-        enabled = opt_bool(body, "enabled")
-        add_tags = opt_str_list(body, "addTagId") or []
-        remove_tags = opt_str_list(body, "removeTagId") or []
-        add_hw = opt_str_list(body, "addHardwareId") or []
-        remove_hw = opt_str_list(body, "removeHardwareId") or []
-
-        if replace:
-            if not name:
-                raise invalid("device name cannot be empty")
-            tag_ids = tag_ids or []
-            blueprint_id = blueprint_id or ""
-            cohort_id = cohort_id or ""
-
-        new_name = device.name if name is None else name
-        new_hw = list(device.hardware_ids) if hardware_ids is None else dedupe(hardware_ids)
-        dropped_hw, dropped_tags = set(remove_hw), set(remove_tags)
-        new_hw = dedupe([h for h in new_hw + add_hw if h not in dropped_hw])
-        new_tags = list(device.tag_ids) if tag_ids is None else dedupe(tag_ids)
-        new_tags = dedupe([t for t in new_tags + add_tags if t not in dropped_tags])
-        if blueprint_id is None or (blueprint_id == "" and not replace):
-            new_blueprint = device.blueprint_id
-        else:
-            new_blueprint = blueprint_id
-        new_cohort = device.cohort_id if cohort_id is None else cohort_id
-
+        change = _DeviceChange.of(device, body, replace=replace)
         # Validate everything before changing anything, so a rejected update is a no-op.
-        self._check_name(new_name, device)
-        self._check_hardware_ids(new_hw, device)
-        for tag_id in remove_tags:
-            require_object_id(tag_id)
-        self._check_tags(new_tags)
-        if new_blueprint and new_blueprint != device.blueprint_id:
-            self._check_blueprint(new_blueprint)
-        if new_cohort and new_cohort != device.cohort_id:
-            self._check_cohort(new_cohort)
-
-        if new_name != device.name:
-            del self.by_name[device.name]
-            self.by_name[new_name] = device
-            device.name = new_name
-        if new_hw != device.hardware_ids:
-            for hwid in device.hardware_ids:
-                self.by_hwid.pop(hwid, None)
-            for hwid in new_hw:
-                self.by_hwid[hwid] = device
-            device.hardware_ids = new_hw
-        device.tag_ids = new_tags
-        device.blueprint_id = new_blueprint
-        if new_cohort != device.cohort_id:
-            if device.cohort_id in self.cohorts:
-                self.cohorts[device.cohort_id].device_count -= 1
-            if new_cohort:
-                self.cohorts[new_cohort].device_count += 1
-            device.cohort_id = new_cohort
-        if enabled is not None:
-            device.enabled = enabled
+        self._check_change(device, change)
+        self._apply_change(device, change)
         device.touch(self.clock.now_ms())
         self._changed()
         return device
+
+    def _check_change(self, device: Device, change: _DeviceChange) -> None:
+        self._check_name(change.name, device)
+        self._check_hardware_ids(change.hardware_ids, device)
+        for tag_id in change.removed_tag_ids:
+            require_object_id(tag_id)
+        self._check_tags(change.tag_ids)
+        if change.blueprint_id and change.blueprint_id != device.blueprint_id:
+            self._check_blueprint(change.blueprint_id)
+        if change.cohort_id and change.cohort_id != device.cohort_id:
+            self._check_cohort(change.cohort_id)
+
+    def _apply_change(self, device: Device, change: _DeviceChange) -> None:
+        if change.name != device.name:
+            del self.by_name[device.name]
+            self.by_name[change.name] = device
+            device.name = change.name
+        if change.hardware_ids != device.hardware_ids:
+            for hwid in device.hardware_ids:
+                self.by_hwid.pop(hwid, None)
+            for hwid in change.hardware_ids:
+                self.by_hwid[hwid] = device
+            device.hardware_ids = change.hardware_ids
+        device.tag_ids = change.tag_ids
+        device.blueprint_id = change.blueprint_id
+        if change.cohort_id != device.cohort_id:
+            if device.cohort_id in self.cohorts:
+                self.cohorts[device.cohort_id].device_count -= 1
+            if change.cohort_id:
+                self.cohorts[change.cohort_id].device_count += 1
+            device.cohort_id = change.cohort_id
+        if change.enabled is not None:
+            device.enabled = change.enabled
 
     def delete_device(self, device_id: str) -> Device:
         device = self.get_device(device_id)
@@ -287,37 +331,21 @@ class Project:
         cached = self._filter_cache.get(flt)
         if cached is not None and cached[0] == self.version:
             return cached[1]
-        if flt.device_name is not None:
-            hit = self.by_name.get(flt.device_name)
-            candidates: Iterable[Device] = [hit] if hit else []
-        elif flt.hardware_id is not None:
-            hit = self.by_hwid.get(flt.hardware_id)
-            candidates = [hit] if hit else []
-        else:
-            candidates = self.ordered_devices()
-        wanted_tags = set(flt.tags)
-        term = flt.term.lower() if flt.term else None
-        result = []
-        for d in candidates:
-            if flt.device_name is not None and d.name != flt.device_name:
-                continue
-            if flt.hardware_id is not None and flt.hardware_id not in d.hardware_ids:
-                continue
-            if wanted_tags and not wanted_tags.issubset(d.tag_ids):
-                continue
-            if flt.blueprint_id is not None and d.blueprint_id != flt.blueprint_id:
-                continue
-            if flt.cohort_id is not None and d.cohort_id != flt.cohort_id:
-                continue
-            if flt.enabled is not None and d.enabled != flt.enabled:
-                continue
-            if term and term not in d.name.lower() and not any(term in h.lower() for h in d.hardware_ids):
-                continue
-            result.append(d)
+        result = [d for d in self._candidates(flt) if flt.matches(d)]
         if len(self._filter_cache) > 32:
             self._filter_cache.clear()
         self._filter_cache[flt] = (self.version, result)
         return result
+
+    def _candidates(self, flt: DeviceFilter) -> Iterable[Device]:
+        """The devices a filter can match: a name or hardware id is one index lookup; else all."""
+        if flt.device_name is not None:
+            hit = self.by_name.get(flt.device_name)
+        elif flt.hardware_id is not None:
+            hit = self.by_hwid.get(flt.hardware_id)
+        else:
+            return self.ordered_devices()
+        return [hit] if hit else []
 
     def move_device(self, device: Device, position: int) -> None:
         """Put a device at `position` in the list order (churn: a device created on an earlier page)."""

@@ -252,23 +252,3 @@ def _exit_quietly(signum: int, frame: Any) -> None:
 
 def _print_ready(url: str) -> None:
     print(READY_PREFIX + url, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m golioth_assets.simulator`: `--config-json` (subprocess mode) or the CLI options."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--config-json"]:
-        config = json.loads(args[1])
-        run(
-            [ProjectSpec.from_dict(p) for p in config.get("projects", [])],
-            FaultConfig.from_dict(config.get("faults")),
-            config.get("host", "127.0.0.1"),
-            int(config.get("port", 0)),
-            webhook_attempts=int(config.get("webhookAttempts", 3)),
-            webhook_backoff_s=float(config.get("webhookBackoffS", 0.2)),
-            state_file=Path(config["stateFile"]) if config.get("stateFile") else None,
-        )
-        return 0
-    from .cli import simulator_command
-
-    return simulator_command.main(args=args, prog_name="golioth-simulator", standalone_mode=False) or 0

@@ -52,7 +52,8 @@ def _copy_lines(conn: Connection, chunks: Iterable[str]) -> str:
     into a new temp table `(doc jsonb)`; return its name."""
     name = f"_stage_{next(_counter)}"
     conn.exec_driver_sql(f"CREATE TEMP TABLE {name} (doc jsonb) ON COMMIT DROP")
-    raw = conn.connection.dbapi_connection  # the psycopg2 connection under SQLAlchemy
+    # The psycopg2 connection under SQLAlchemy (its DBAPI protocol knows neither encodings nor COPY).
+    raw: psycopg2.extensions.connection = conn.connection.dbapi_connection
     encoding = psycopg2.extensions.encodings.get(raw.encoding, "utf-8")  # bytes, in the client encoding
     with raw.cursor() as cursor:
         # CSV with control characters as quote and delimiter: nothing in JSON text is interpreted.

@@ -174,3 +174,64 @@ def pending_summary(conn: Connection, organization_id: str, limit: int) -> tuple
         {"org": organization_id, "limit": int(limit)},
     ).fetchall()
     return int(count), pd.DataFrame.from_records(rows, columns=PENDING_COLUMNS)
+
+
+# -- the operators' view (actions/conflicts.py) --------------------------------------------------------
+
+# Device name: the last agreed one (the local table may be in another database), else Golioth's
+# (a conflict may only have one side).
+_NAMED = """
+    SELECT c.id, c.organization_id, c.service_id, c.device_id, c.golioth_device_id, c.field,
+           c.conflict_type, c.base_value, c.local_value, c.remote_value, c.status, c.resolution,
+           c.resolved_value, c.resolved_by, c.resolved_at, c.applied_at, c.detected_at, c.last_seen_at,
+           c.sync_log_id, coalesce(a.base_snapshot ->> 'name', g.name) AS device_name
+    FROM device_conflicts c
+    LEFT JOIN device_service_assignments a ON a.service_id = c.service_id AND a.device_id = c.device_id
+    LEFT JOIN golioth_inventory g ON g.organization_id = c.organization_id AND g.golioth_device_id = c.golioth_device_id
+"""
+
+
+def list_named(conn: Connection, organization_id: str | None, status: str | None, limit: int) -> list[dict]:
+    """Conflicts with their device's name, newest first; None for the organization or status means all."""
+    rows = conn.execute(
+        sa.text(
+            _NAMED
+            + """
+            WHERE (CAST(:org AS text) IS NULL OR c.organization_id = :org)
+              AND (CAST(:status AS text) IS NULL OR c.status = :status)
+            ORDER BY c.id DESC LIMIT :limit
+            """
+        ),
+        {"org": organization_id, "status": status, "limit": limit},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def find_named(conn: Connection, conflict_id: int) -> dict | None:
+    """One conflict with its device's name, or None."""
+    row = conn.execute(sa.text(_NAMED + " WHERE c.id = :id"), {"id": conflict_id}).mappings().first()
+    return dict(row) if row else None
+
+
+def count_by_status(conn: Connection, organization_id: str | None) -> dict[str, int]:
+    """{status: conflicts}, of one organization or (None) of all; statuses with none are absent."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT status, count(*) FROM device_conflicts "
+            "WHERE CAST(:org AS text) IS NULL OR organization_id = :org GROUP BY status"
+        ),
+        {"org": organization_id},
+    ).all()
+    return {status: int(n) for status, n in rows}
+
+
+def pending_ids(conn: Connection, organization_id: str) -> list[int]:
+    """The organization's pending conflicts, oldest first."""
+    return list(
+        conn.execute(
+            sa.text("SELECT id FROM device_conflicts WHERE organization_id = :o AND status = 'pending' ORDER BY id"),
+            {"o": organization_id},
+        )
+        .scalars()
+        .all()
+    )

@@ -70,7 +70,7 @@ def ensure_database_exists(url: URL) -> None:
             exists = conn.execute(
                 sa.text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": url.database}
             ).scalar()
-            if not exists:
+            if not exists and url.database:
                 # The name comes from our own settings, never from request input; quote it anyway.
                 quoted = conn.dialect.identifier_preparer.quote(url.database)
                 try:
@@ -104,3 +104,9 @@ def app_engine(settings: Settings | None = None) -> Engine:
     app, _ = resolve_urls(settings)
     ensure_database_exists(app)
     return engine_for(app)
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the server; raises if it does not answer."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))

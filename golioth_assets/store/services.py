@@ -244,6 +244,16 @@ class Service(ServiceSettings):
         return value
 
 
+def organization_exists(conn: Connection, organization_id: str) -> bool:
+    return conn.execute(sa.select(organizations.c.id).where(organizations.c.id == organization_id)).first() is not None
+
+
+def service_id_of(conn: Connection, organization_id: str) -> int | None:
+    """The organization's service id, or None if it has none."""
+    query = sa.select(device_services.c.id).where(device_services.c.organization_id == organization_id)
+    return conn.execute(query).scalar()
+
+
 def ensure_organization(conn: Connection, organization_id: str, name: str | None = None) -> None:
     if not _SLUG.match(organization_id):
         raise ValueError(f"organization must be a lowercase slug (a-z, 0-9, '-', '_'), got {organization_id!r}")

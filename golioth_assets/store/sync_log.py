@@ -86,6 +86,22 @@ def get_run(conn: Connection, sync_log_id: int) -> dict:
     return dict(row)
 
 
+def find_run(conn: Connection, sync_log_id: int) -> dict | None:
+    row = conn.execute(sa.select(golioth_sync_log).where(golioth_sync_log.c.id == sync_log_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def runs_of(conn: Connection, organization_id: str, limit: int) -> list[dict]:
+    """The organization's runs, newest first."""
+    query = (
+        sa.select(golioth_sync_log)
+        .where(golioth_sync_log.c.organization_id == organization_id)
+        .order_by(golioth_sync_log.c.id.desc())
+        .limit(limit)
+    )
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
 def latest_run(conn: Connection, organization_id: str, *, dagster_run_id: str | None = None) -> dict | None:
     query = sa.select(golioth_sync_log).where(golioth_sync_log.c.organization_id == organization_id)
     if dagster_run_id is not None:
@@ -180,3 +196,43 @@ def mark_plan(conn: Connection, updates: Iterable[dict]) -> int:
         FROM {table} s WHERE p.id = (s.doc->>'id')::bigint
         """
     ).rowcount
+
+
+def last_full_sync_starts(conn: Connection) -> list[tuple[str, int, float | None]]:
+    """(organization, interval seconds, epoch of its last full sync's start or None) for each
+    enabled service; a full sync is neither a dry run nor targeted."""
+    rows = conn.exec_driver_sql(
+        """
+        SELECT s.organization_id, s.interval_seconds,
+               extract(epoch FROM max(l.started_at)) AS last_started
+        FROM device_services s
+        LEFT JOIN golioth_sync_log l
+          ON l.organization_id = s.organization_id AND NOT l.dry_run AND l.scope IS NULL
+        WHERE s.sync_enabled
+        GROUP BY s.organization_id, s.interval_seconds
+        ORDER BY s.organization_id
+        """
+    ).all()
+    return [(org, int(interval), None if last is None else float(last)) for org, interval, last in rows]
+
+
+UNCONFIRMED_COLUMNS = ["device_id", "golioth_device_id", "field", "action", "new_value"]
+
+
+def unconfirmed_remote_writes(conn: Connection, service_id: int) -> pd.DataFrame:
+    """Golioth writes that may have landed without their bookkeeping: creates planned or failed, and
+    updates still planned, in the service's runs (not dry runs) since its last successful one."""
+    rows = conn.exec_driver_sql(
+        """
+        SELECT p.device_id::text, p.golioth_device_id, p.field, p.action, p.new_value
+        FROM sync_plan p JOIN golioth_sync_log l ON l.id = p.sync_log_id
+        WHERE l.service_id = %(service)s AND NOT l.dry_run AND p.side = 'remote'
+          AND l.id > coalesce((SELECT max(id) FROM golioth_sync_log
+                               WHERE service_id = %(service)s AND status = 'success' AND NOT dry_run), 0)
+          AND ((p.action = 'create' AND p.status IN ('planned', 'failed'))
+               OR (p.action = 'update' AND p.status = 'planned'))
+        ORDER BY p.id
+        """,
+        {"service": service_id},
+    ).fetchall()
+    return pd.DataFrame(rows, columns=UNCONFIRMED_COLUMNS)

@@ -15,7 +15,8 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -28,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from golioth_assets.store.database import ping
 from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY, MissingSecret, Service
 from golioth_assets.store.webhook_events import NewEvent, store_batch
 from golioth_assets.webhooks.batcher import DatabaseUnavailable, EventRejected, GroupCommitter, Overloaded
@@ -97,10 +99,10 @@ async def _read_body(headers: Mapping[str, str], receive: Receive, limit: int) -
 class Receiver:
     """The request handling, with its collaborators injected so tests can build it directly."""
 
-    def __init__(self, config: ReceiverConfig, engine: Engine):
+    def __init__(self, config: ReceiverConfig, engine: Engine, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.engine = engine
-        self.services = ServiceCache(engine, config.service_cache_seconds)
+        self.services = ServiceCache(engine, config.service_cache_seconds, clock=clock)
         self.local_sides = LocalSideCache(engine, config.service_cache_seconds)
         self.committer = GroupCommitter(
             engine,
@@ -255,12 +257,8 @@ class Receiver:
         )
 
     async def healthz(self, request: Request) -> Response:
-        def ping() -> None:
-            with self.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-
         try:
-            await anyio.to_thread.run_sync(ping)
+            await anyio.to_thread.run_sync(ping, self.engine)
         except Exception:
             return _answer(
                 503,
@@ -284,13 +282,16 @@ class _AsgiEndpoint:
         await self._handler(scope, receive, send)
 
 
-def create_app(config: ReceiverConfig | None = None, engine: Engine | None = None) -> Starlette:
-    """The receiver app. Without an engine it uses the app database (DATABASE_URL or embedded)."""
+def create_app(
+    config: ReceiverConfig | None = None, engine: Engine | None = None, clock: Callable[[], float] = time.monotonic
+) -> Starlette:
+    """The receiver app. Without an engine it uses the app database (DATABASE_URL or embedded).
+    `clock` times the service cache (tests move it instead of waiting)."""
     if engine is None:
         from golioth_assets.store.database import app_engine
 
         engine = app_engine()
-    receiver = Receiver(config or ReceiverConfig.from_env(), engine)
+    receiver = Receiver(config or ReceiverConfig.from_env(), engine, clock)
     app = Starlette(
         routes=[
             Route("/webhooks/golioth/{service_id}", _AsgiEndpoint(receiver.webhook), methods=["POST"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import Any
 
 ENV_PREFIX = "GOLIOTH_SYNC_WEBHOOK_"
 
@@ -56,7 +57,8 @@ class ReceiverConfig:
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw not in (None, ""):
-                values[f.name] = type(f.default)(raw)  # int/float from the default's type
+                default: Any = f.default  # every field has an int or float default
+                values[f.name] = type(default)(raw)  # int/float from the default's type
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -83,12 +83,11 @@ def check_json_shape(value: Any) -> None:
             continue
         if depth > MAX_JSON_DEPTH:
             raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        children: Iterable[Any] = node
         if isinstance(node, dict):
             if any(len(key) > MAX_KEY_CHARS for key in node):
                 raise BadRequest(f"JSON object keys must be at most {MAX_KEY_CHARS} characters")
             children = node.values()
-        else:
-            children = node
         pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
@@ -116,7 +115,10 @@ def _parse_time(value: Any) -> datetime | None:
     if isinstance(value, Mapping):
         seconds = value.get("seconds")
         nanos = value.get("nanos", 0) or 0
-        # Golioth sends 64-bit integers as strings sometimes.
+        # Golioth sends 64-bit integers as strings sometimes. Anything else is a ValueError, which
+        # pydantic reports as a bad field (a TypeError would escape it).
+        if not isinstance(seconds, (int, float, str)) or not isinstance(nanos, (int, float, str)):
+            raise ValueError("a {seconds, nanos} time takes numbers")
         value = int(seconds) + int(nanos) / 1e9
     if isinstance(value, bool):
         raise ValueError("a boolean is not a time")

@@ -91,23 +91,3 @@ def make_webhook_service(
     )
     with engine.begin() as conn:
         return create_service(conn, settings).id
-
-
-def make_linked_device(
-    engine, organization_id: str, service_id: int, golioth_device_id: str, name: str | None = None
-) -> str:
-    """A local device linked to `golioth_device_id` through the service; returns the local id."""
-    import sqlalchemy as sa
-
-    with engine.begin() as conn:
-        device_id = conn.execute(
-            sa.text("INSERT INTO devices (organization_id, name) VALUES (:org, :name) RETURNING id::text"),
-            {"org": organization_id, "name": name or golioth_device_id},
-        ).scalar_one()
-        conn.execute(
-            sa.text(
-                "INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id) VALUES (:s, :d, :g)"
-            ),
-            {"s": service_id, "d": device_id, "g": golioth_device_id},
-        )
-    return str(device_id)

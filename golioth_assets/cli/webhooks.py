@@ -12,7 +12,7 @@ import click
 import sqlalchemy as sa
 
 from golioth_assets.actions import OperationError
-from golioth_assets.actions import webhooks as webhook_ops
+from golioth_assets.actions import webhooks as webhook_actions
 from golioth_assets.store import webhook_events as inbox
 from golioth_assets.webhooks.config import ENV_PREFIX, ReceiverConfig
 
@@ -211,9 +211,9 @@ def list_(status: str | None, organization_id: str | None, limit: int, as_json: 
             "last error": shorten(row.last_error or ""),
         }
         table.add_row(*(cells[c] for c in columns))
-    console = Console()
-    console.print(table)
-    console.print("  ".join(f"{name}: {n}" for name, n in counts.items()))
+    out = Console()
+    out.print(table)
+    out.print("  ".join(f"{name}: {n}" for name, n in counts.items()))
 
 
 def _print_json(rows, counts: dict[str, int]) -> None:
@@ -234,7 +234,7 @@ def replay(ids: tuple[int, ...], organization_id: str | None, all_dead: bool) ->
     if not (ids or organization_id or all_dead):
         raise click.UsageError("say which dead events: --id, --org or --all")
     try:
-        count = webhook_ops.replay(_engine(), ids, organization_id, every_org=all_dead)
+        count = webhook_actions.replay(_engine(), ids, organization_id, every_org=all_dead)
     except OperationError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"requeued {count} dead event(s)")
