@@ -23,7 +23,6 @@ from golioth_assets.core.fields import DESIRED_PREFIX, FIELD_KIND
 from golioth_assets.core.vocabulary import ConflictStatus, values
 from golioth_assets.store import conflicts as store
 from golioth_assets.store import services as services_store
-from golioth_assets.store.local_table.connect import mapping_for_organization as local_mapping
 
 CHOICES = ("local", "remote", "value")
 STATUSES = values(ConflictStatus)
@@ -59,7 +58,7 @@ def _with_local_columns(conn: Connection, rows: list[dict]) -> list[dict]:
     for row in rows:
         org = row["organization_id"]
         if org not in mappings:
-            mappings[org] = local_mapping(conn, org)
+            mappings[org] = services_store.local_mapping(conn, org)
         row["local_column"] = mappings[org].column_of(row["field"])
     return rows
 

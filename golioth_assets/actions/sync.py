@@ -9,7 +9,7 @@ from golioth_assets.core.tables import conflicts_table
 from golioth_assets.core.vocabulary import Action
 from golioth_assets.engine import sync as engine_sync
 from golioth_assets.store import history, services, sync_log
-from golioth_assets.store.local_table.connect import mapping_for_organization, open_local_table
+from golioth_assets.store.local_table.connect import open_local_table
 
 
 def dry_run_conflicts(engine: Engine, sync_log_id: int) -> pd.DataFrame:
@@ -48,5 +48,5 @@ def dry_run_plan(engine: Engine, sync_log_id: int) -> pd.DataFrame:
     with engine.connect() as conn:
         plan = sync_log.load_plan(conn, sync_log_id)
         run = sync_log.get_run(conn, sync_log_id)
-        mapping = mapping_for_organization(conn, run["organization_id"])
+        mapping = services.local_mapping(conn, run["organization_id"])
     return with_local_columns(plan[plan["action"] != Action.agree], mapping)

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from golioth_assets import credentials
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy
-from golioth_assets.store.local_table.mapping import TableMapping
+from golioth_assets.store.local_table.mapping import TableMapping, builtin_mapping
 from golioth_assets.store.schema import device_services, organizations
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -332,3 +332,13 @@ def delete_service(conn: Connection, service_id: int) -> None:
     result = conn.execute(device_services.delete().where(device_services.c.id == service_id))
     if result.rowcount == 0:
         raise ServiceNotFound(f"no service with id {service_id}")
+
+
+def local_mapping(conn: Connection, organization_id: str) -> TableMapping:
+    """The organization's local table: its service's mapping, or the built-in table (also when the
+    organization has no service)."""
+    try:
+        service = service_for_org(conn, organization_id)
+    except ServiceNotFound:
+        return builtin_mapping(organization_id)
+    return service.local_table or builtin_mapping(organization_id)

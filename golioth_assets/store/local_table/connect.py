@@ -46,16 +46,6 @@ def mapping_of(service) -> TableMapping:
     return service.local_table or builtin_mapping(service.organization_id)
 
 
-def mapping_for_organization(conn, organization_id: str) -> TableMapping:
-    """The organization's mapping: its service's table, or the built-in one (also without a service)."""
-    from golioth_assets.store import services
-
-    try:
-        return mapping_of(services.service_for_org(conn, organization_id))
-    except services.ServiceNotFound:
-        return builtin_mapping(organization_id)
-
-
 def table_url(mapping: TableMapping, *, default: URL | None = None) -> URL:
     """The URL of the database holding the mapped table; `default` (our own database) when the
     mapping names no variable. Error messages name the variable, never its value."""
