@@ -56,7 +56,7 @@ def dagster_home(db_url, tmp_path, monkeypatch):
 
 def test_a_cli_dry_run_carries_organization_kind_trigger_process_and_dry_run(make_harness, dagster_home):
     h = make_harness(devices=5)
-    launched = run_sync_job(h.org, dry_run=True, trigger=Trigger.cli, console=Console(file=io.StringIO()))
+    launched = run_sync_job(h.org, dry_run=True, trigger=Trigger.cli, out=Console(file=io.StringIO()))
     assert launched.success, launched.error
     with dg.DagsterInstance.get() as instance:
         tags = instance.get_run_by_id(launched.run_id).tags

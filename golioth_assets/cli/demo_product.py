@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 ACME_ORG = "acme"
@@ -54,14 +53,8 @@ def prepare_database(app_url: URL) -> URL:
 
     url = product_url(app_url)
     database.ensure_database_exists(url)
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    try:
-        with engine.begin() as conn:
-            if conn.exec_driver_sql("SELECT to_regclass('app.devices')").scalar() is None:
-                for name in ("schema.sql", "seed.sql"):
-                    conn.exec_driver_sql((EXAMPLE / name).read_text().replace("%", "%%"))
-    finally:
-        engine.dispose()
+    scripts = [(EXAMPLE / name).read_text() for name in ("schema.sql", "seed.sql")]
+    database.run_scripts_unless_table(url, "app.devices", scripts)
     os.environ[mapping().connection_env] = url.render_as_string(hide_password=False)
     return url
 

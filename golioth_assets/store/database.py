@@ -110,3 +110,18 @@ def ping(engine: Engine) -> None:
     """One round trip to the server; raises if it does not answer."""
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
+
+
+def run_scripts_unless_table(url: URL, table: str, scripts: list[str]) -> bool:
+    """Run SQL scripts (a product's own migration and seed, say) in one transaction, unless `table`
+    exists already. True when they ran."""
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            if conn.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is not None:
+                return False
+            for script in scripts:
+                conn.exec_driver_sql(script.replace("%", "%%"))  # no parameters: a literal % is %%
+        return True
+    finally:
+        engine.dispose()
