@@ -140,6 +140,7 @@ class Trigger(StrEnum):
     console = "console"
     demo = "demo"
     failure = "failure"  # a row opened by the failure sensor for a run that never opened its own
+    retry = "retry"  # the schedule's retry, on its own, of an organization whose last full sync failed
 
 
 class RunTag:
