@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from pydantic import Field
 
+from golioth_assets import settings
 from golioth_assets.core.vocabulary import RunTag, SyncKind, Trigger
 from golioth_assets.defs.assets import INVENTORY, sync_results
 from golioth_assets.defs.config import SyncRunConfig
@@ -154,12 +155,36 @@ def _lane_op(index: int) -> dg.OpDefinition:
 LANE_OPS = [_lane_op(i) for i in range(LANES)]
 
 
+def lane_executor() -> dg.ExecutorDefinition:
+    """Where the lanes execute (settings.executor_name): in the run worker by default; on Celery
+    workers or in Kubernetes Jobs when the deployment says so (deploy/, docs/dagster.md)."""
+    name = settings.executor_name()
+    if name == "celery":
+        from dagster_celery import celery_executor
+
+        # The broker's URL comes from the environment (it may hold a password); a worker killed
+        # mid-lane gives its lane back to the queue (acks_late), where another worker takes it.
+        return celery_executor.configured(
+            {
+                "broker": {"env": settings.CELERY_BROKER_ENV},
+                "backend": "rpc://",
+                "config_source": dict(settings.CELERY_APP_CONFIG),
+            },
+            name="celery",
+        )
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return dg.in_process_executor
+
+
 @dg.job(
     name=BATCH_JOB,
     description="Full sync of many organizations in one run (resources.batch.config.organizations); each "
     "organization is still its own partition, with its own materializations, checks and sync log row.",
     tags={RunTag.kind: SyncKind.full.value},
-    executor_def=dg.in_process_executor,
+    executor_def=lane_executor(),
 )
 def batch_sync_job():
     for lane in LANE_OPS:
