@@ -102,13 +102,15 @@ class Worker:
                 self.proc.wait(timeout=10)
 
 
-def _lock_holder_ports(engine) -> set[int]:
-    """Client ports of the sessions holding an organization's sync lock right now."""
+def _syncing_ports(engine) -> set[int]:
+    """Client ports of the sessions holding an organization's sync lock while that organization's
+    log row is open: a sync in progress, not one starting or ending."""
     with engine.connect() as conn:
         return set(
             conn.execute(
                 sa.text(
                     "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "JOIN golioth_sync_log r ON r.status = 'running' AND l.objid::int = hashtext(r.organization_id) "
                     "WHERE l.locktype = 'advisory' AND l.granted AND l.classid::int = hashtext('golioth-sync')"
                 )
             ).scalars()
@@ -198,7 +200,7 @@ def test_a_round_on_two_celery_workers_survives_a_worker_killed_mid_sync(
         first = _start_round(orgs, env, celery_home, 1)
         # SIGKILL the worker that holds an organization's lock: it dies mid-sync.
         victim = _wait(
-            lambda: next((w for w in workers if w.client_ports() & _lock_holder_ports(engine)), None),
+            lambda: next((w for w in workers if w.client_ports() & _syncing_ports(engine)), None),
             120,
             "a worker to be syncing an organization",
             every_s=0.05,
