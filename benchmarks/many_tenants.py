@@ -271,7 +271,14 @@ def _limits(instance, engine, all_orgs: list[str]) -> dict:
 def _fixed_cost(instance, engine, run_ids: list[str], orgs: list[str]) -> dict:
     import dagster as dg
 
-    records = instance.get_run_records(dg.RunsFilter(run_ids=run_ids))
+    deadline = time.time() + 120
+    while True:
+        records = instance.get_run_records(dg.RunsFilter(run_ids=run_ids))
+        if all(r.end_time is not None for r in records):
+            break
+        if time.time() > deadline:
+            raise SystemExit("the fixed-cost probe's run did not end")
+        time.sleep(0.5)
     run_s = sum(r.end_time - r.start_time for r in records)
     rows = [r for r in _sync_rows(engine, orgs) if r["status"] == "success"]
     in_sync = [float(r["finished"]) - float(r["started"]) for r in rows]
