@@ -19,7 +19,10 @@ from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.store.sync_log import failed_full_syncs, last_full_sync_starts
 
 LAUNCH_SLACK_SECONDS = 50  # < the 60 s tick, so a sync is never requested a tick early
-BATCH_SIZE = 100  # organizations per batched run: ~3 s of run start-up shared by 100 syncs
+BATCH_SIZE = 100  # organizations per batched run at most: ~3 s of run start-up shared by 100 syncs
+# ...and a round spreads over at least this many runs (of MIN_BATCH or more): a run worker is one
+# Python process, one core's worth of work, so a round of 100 in one run would leave cores idle.
+MIN_RUNS, MIN_BATCH = 4, 10
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -55,17 +58,20 @@ def _full_syncs_in_flight(instance: dg.DagsterInstance) -> set[str]:
     return busy
 
 
+def batches(orgs: list[str]) -> list[list[str]]:
+    """`orgs` in runs of at most BATCH_SIZE, over at least MIN_RUNS runs when there are enough of
+    them for batches of MIN_BATCH: sizes differ by one at most."""
+    count = max(-(-len(orgs) // BATCH_SIZE), min(MIN_RUNS, len(orgs) // MIN_BATCH), 1)
+    ordered = sorted(orgs)
+    return [chunk for chunk in (ordered[i::count] for i in range(count)) if chunk]
+
+
 def batch_requests(orgs: list[str], tick: float, trigger: str = Trigger.schedule, key: str = "schedule") -> list:
-    """Due organizations as batched runs of at most BATCH_SIZE each; the run key names the tick and
-    the batch, so a tick never yields a batch twice."""
-    orgs = sorted(orgs)
+    """Due organizations as batched runs (`batches`); the run key names the tick and the batch, so
+    a tick never yields a batch twice."""
     return [
-        dg.RunRequest(
-            run_key=f"{key}:{int(tick)}:{index // BATCH_SIZE}",
-            run_config=batch_run_config(orgs[index : index + BATCH_SIZE]),
-            tags=batch_tags(trigger),
-        )
-        for index in range(0, len(orgs), BATCH_SIZE)
+        dg.RunRequest(run_key=f"{key}:{int(tick)}:{n}", run_config=batch_run_config(chunk), tags=batch_tags(trigger))
+        for n, chunk in enumerate(batches(orgs))
     ]
 
 

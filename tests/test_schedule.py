@@ -20,7 +20,7 @@ from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import services
-from sensors.schedule import BATCH_SIZE, golioth_sync_schedule
+from sensors.schedule import BATCH_SIZE, batches, golioth_sync_schedule
 
 # A tick on the minute grid, a little in the past so "now()" rows sit after it when needed.
 T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
@@ -166,6 +166,14 @@ def test_due_organizations_are_batched_and_a_tick_never_yields_a_batch_twice(eng
     assert len({r.run_key for r in batches}) == len(batches)
     later = {r.run_key for r in _evaluate_tick(instance, resources, T0 + timedelta(minutes=1)).run_requests}
     assert not later & {r.run_key for r in batches}  # the next tick's batches are new runs
+
+
+def test_a_round_is_spread_over_a_few_runs_of_at_most_a_hundred():
+    assert [len(b) for b in batches([f"o{i}" for i in range(8)])] == [8]  # too few to split
+    assert [len(b) for b in batches([f"o{i}" for i in range(100)])] == [25] * 4  # every core busy
+    sizes = [len(b) for b in batches([f"o{i:04d}" for i in range(1001)])]
+    assert len(sizes) == 11 and max(sizes) <= BATCH_SIZE and sum(sizes) == 1001
+    assert sorted(o for b in batches(["b", "a", "c"]) for o in b) == ["a", "b", "c"]
 
 
 def test_an_organization_whose_full_sync_failed_is_retried_on_its_own_once(engine, module_instance, resources):
