@@ -19,8 +19,9 @@ yields (defs/assets.py: sync_results), so the UI, the console and the history sh
 
 import concurrent.futures as futures
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -59,9 +60,10 @@ def batch_run_config(organizations: list[str], parallel: int | None = None) -> d
     return {"resources": {"batch": {"config": config}}}
 
 
-def batch_organizations(run_config: dict) -> list[str]:
+def batch_organizations(run_config: Mapping[str, Any]) -> list[str]:
     """The organizations a batched run's config names (none for any other run)."""
-    return list(((run_config.get("resources") or {}).get("batch") or {}).get("config", {}).get("organizations", []))
+    resources = run_config.get("resources") or {}
+    return list(((resources.get("batch") or {}).get("config") or {}).get("organizations", []))
 
 
 @dataclass

@@ -72,15 +72,3 @@ def organization_lock(db: Engine, organization_id: str, *, wait_seconds: float =
         finally:
             conn.close()
 
-
-def holders(conn: Connection) -> int:
-    """How many organization locks are held right now (any session): for checks and tests."""
-    return int(
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid::int = hashtext(:namespace)"
-            ),
-            {"namespace": NAMESPACE},
-        ).scalar()
-    )
