@@ -302,6 +302,8 @@ def run(args: argparse.Namespace) -> dict:
     home = Path(tempfile.mkdtemp(prefix="gs-tenants-"))
     name = f"gs_tenants_{uuid.uuid4().hex[:8]}"
     os.environ["GOLIOTH_SYNC_HOME"] = str(home)
+    if args.dagster_yaml:
+        os.environ["GOLIOTH_SYNC_DAGSTER_YAML"] = str(args.dagster_yaml.resolve())  # read by prepare()
     server = database.normalize_url(args.database_url)
     os.environ["DATABASE_URL"] = server.set(database=name).render_as_string(hide_password=False)
     os.environ["DAGSTER_DATABASE_URL"] = server.set(database=f"{name}_dagster").render_as_string(hide_password=False)
@@ -412,6 +414,7 @@ def main() -> None:
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
         help="a server to create the benchmark databases on (default: the system server)",
     )
+    parser.add_argument("--dagster-yaml", type=Path, help="a variant of the project's dagster.yaml to try (knobs)")
     parser.add_argument("--first-target", type=float, default=600.0, help="s for 1,000 × 1,000, scaled by N × M")
     parser.add_argument("--steady-target", type=float, default=180.0, help="s for 1,000 × 1,000, scaled by N × M")
     parser.add_argument("--fixed-target", type=float, default=0.2, help="s per organization inside a batch")
