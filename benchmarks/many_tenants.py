@@ -3,6 +3,7 @@ the limits of this project's dagster.yaml, on one machine.
 
     .venv/bin/python benchmarks/many_tenants.py --orgs 100 --devices 1000
     .venv/bin/python benchmarks/many_tenants.py --orgs 1000 --devices 1000 --timeout 3600   # the issue's target
+    .venv/bin/python benchmarks/many_tenants.py --orgs 200 --devices 1000 --celery-workers 2  # RabbitMQ on 5672
 
 Everything real and in its own process, as `golioth-sync dev` runs it (without the webserver):
 
@@ -60,7 +61,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from webhook_to_local import Child, _bin, _drop  # noqa: E402  (process groups, the venv's binaries)
 
 POOL = "golioth_api"
-RUN_LIMIT, POOL_LIMIT = 8, 4  # dagster.yaml: max_concurrent_runs, pools.default_limit
 DAY = 86_400
 OLD_PER_ORG_S = 133 / 50  # docs/benchmarks.md: 50 × 2,000 in 133 s, one run (and run worker) per organization
 
@@ -302,6 +302,8 @@ def run(args: argparse.Namespace) -> dict:
     home = Path(tempfile.mkdtemp(prefix="gs-tenants-"))
     name = f"gs_tenants_{uuid.uuid4().hex[:8]}"
     os.environ["GOLIOTH_SYNC_HOME"] = str(home)
+    if args.celery_workers and not args.dagster_yaml:
+        args.dagster_yaml = ROOT / "deploy" / "dagster.celery.yaml"
     if args.dagster_yaml:
         os.environ["GOLIOTH_SYNC_DAGSTER_YAML"] = str(args.dagster_yaml.resolve())  # read by prepare()
     server = database.normalize_url(args.database_url)
@@ -316,7 +318,17 @@ def run(args: argparse.Namespace) -> dict:
         os.environ[f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY"] = f.api_key(i)
 
     sim = daemon = runtime = None
-    result: dict = {"orgs": args.orgs, "devices_per_org": args.devices, "load_before": os.getloadavg()}
+    run_limit, pool_limit = _yaml_limits(args.dagster_yaml or ROOT / "dagster.yaml")
+    result: dict = {
+        "orgs": args.orgs,
+        "devices_per_org": args.devices,
+        "load_before": os.getloadavg(),
+        "dagster_yaml": str(args.dagster_yaml or "dagster.yaml"),
+        "celery_workers": args.celery_workers,
+        "run_limit": run_limit,
+        "pool_limit": pool_limit,
+    }
+    workers: list = []
     try:
         t = time.perf_counter()
         runtime = prepare()
@@ -346,6 +358,8 @@ def run(args: argparse.Namespace) -> dict:
         print(f"setup: {args.orgs} organizations × {args.devices:,} devices in {time.perf_counter() - t:.1f} s")
         logs = home / "logs"
         logs.mkdir()
+        if args.celery_workers:
+            workers = _start_celery_workers(args.celery_workers, logs)
         daemon = Child("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs)
         bench = Bench(args, engine, instance, daemon, list(tenants), list(empties))
 
@@ -359,6 +373,8 @@ def run(args: argparse.Namespace) -> dict:
         result["fixed_cost"] = _fixed_cost(instance, engine, probe_round["run_ids"], list(empties))
 
         daemon.stop()
+        for worker in workers:
+            worker.stop()
         sim_pid = sim._proc.pid if sim._proc is not None else -1
         result["stragglers_ended"] = _reap(home, {sim_pid})
         result["limits"] = _limits(instance, engine, [*tenants, *empties])
@@ -370,6 +386,8 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         if daemon is not None:
             daemon.stop()
+        for worker in workers:
+            worker.stop()
         if sim is not None:
             sim.stop()
         left = _reap(home, set(), grace_s=5.0)
@@ -379,6 +397,36 @@ def run(args: argparse.Namespace) -> dict:
             for url in (runtime.app_url, runtime.dagster_url):
                 _drop(url)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _yaml_limits(path: Path) -> tuple[int, int]:
+    """max_concurrent_runs and the pools' default limit of the dagster.yaml the run uses."""
+    import yaml
+
+    concurrency = yaml.safe_load(path.read_text())["concurrency"]
+    return int(concurrency["runs"]["max_concurrent_runs"]), int(concurrency["pools"]["default_limit"])
+
+
+def _start_celery_workers(count: int, logs: Path) -> list:
+    """`count` Celery workers, each its own process group, as on separate hosts (deploy/)."""
+    from dagster_celery.make_app import make_app
+
+    from golioth_assets import settings
+
+    os.environ[settings.EXECUTOR_ENV] = "celery"
+    os.environ.setdefault(settings.CELERY_BROKER_ENV, "amqp://guest:guest@127.0.0.1:5672//")
+    os.environ["PYTHONPATH"] = f"{ROOT / 'deploy'}{os.pathsep}{ROOT}"
+    make_app({"broker": os.environ[settings.CELERY_BROKER_ENV]}).control.purge()
+    workers = []
+    for i in range(count):
+        argv = [_bin("celery"), "-A", "dagster_celery.app", "worker", "-Q", "dagster", "-P", "threads", "-c", "1"]
+        workers.append(Child(f"celery-{i}", argv + ["-n", f"bench-{i}-{uuid.uuid4().hex[:6]}@%h"], logs))
+    deadline = time.time() + 120
+    while not all(b" ready." in (logs / f"celery-{i}.log").read_bytes() for i in range(count)):
+        if time.time() > deadline or not all(w.alive() for w in workers):
+            raise SystemExit(f"the Celery workers did not start; see {logs}")
+        time.sleep(0.5)
+    return workers
 
 
 def _problems(args, r: dict) -> list[str]:
@@ -391,10 +439,11 @@ def _problems(args, r: dict) -> list[str]:
         problems.append(
             f"{limits['overlapping_batched_runs_of_one_org']} pairs of in-flight runs share an organization"
         )
-    if limits["max_runs"] > RUN_LIMIT:
-        problems.append(f"{limits['max_runs']} runs at once (limit {RUN_LIMIT})")
-    if limits["max_lanes"] > POOL_LIMIT:
-        problems.append(f"{limits['max_lanes']} {POOL} steps at once (limit {POOL_LIMIT})")
+    run_limit, pool_limit = r["run_limit"], r["pool_limit"]
+    if limits["max_runs"] > run_limit:
+        problems.append(f"{limits['max_runs']} runs at once (limit {run_limit})")
+    if limits["max_lanes"] > pool_limit:
+        problems.append(f"{limits['max_lanes']} {POOL} steps at once (limit {pool_limit})")
     if r["first"]["seconds"] > args.first_target * scale:
         problems.append(f"first round {r['first']['seconds']:.0f} s > {args.first_target * scale:.0f} s")
     if r["steady"]["seconds"] > args.steady_target * scale:
@@ -415,6 +464,12 @@ def main() -> None:
         help="a server to create the benchmark databases on (default: the system server)",
     )
     parser.add_argument("--dagster-yaml", type=Path, help="a variant of the project's dagster.yaml to try (knobs)")
+    parser.add_argument(
+        "--celery-workers",
+        type=int,
+        default=0,
+        help="run the lanes on this many Celery workers (deploy/dagster.celery.yaml)",
+    )
     parser.add_argument("--first-target", type=float, default=600.0, help="s for 1,000 × 1,000, scaled by N × M")
     parser.add_argument("--steady-target", type=float, default=180.0, help="s for 1,000 × 1,000, scaled by N × M")
     parser.add_argument("--fixed-target", type=float, default=0.2, help="s per organization inside a batch")
@@ -428,7 +483,10 @@ def main() -> None:
     r = run(args)
     scale = args.orgs * args.devices / 1_000_000
     first, steady, fixed, limits = r["first"], r["steady"], r["fixed_cost"], r["limits"]
-    print(f"\n{r['orgs']} organizations × {r['devices_per_org']:,} devices, batched runs by the scheduler:")
+    where = f"{args.celery_workers} Celery workers" if args.celery_workers else "in the run workers"
+    print(
+        f"\n{r['orgs']} organizations × {r['devices_per_org']:,} devices, batched runs by the scheduler, lanes {where}:"
+    )
     print(
         f"  first round:  {first['seconds']:.1f} s in {first['runs']} runs ({first['per_org_s']:.2f} s per organization; "
         f"target {args.first_target * scale:.0f} s at this size, {args.first_target:.0f} s at 1,000 × 1,000)"
@@ -447,8 +505,8 @@ def main() -> None:
         f"(linear in N × M): first {first['seconds'] / scale:.0f} s, steady {steady['seconds'] / scale:.0f} s"
     )
     print(
-        f"  limits: most runs at once {limits['max_runs']} (limit {RUN_LIMIT}); most {POOL} lanes at once "
-        f"{limits['max_lanes']} (limit {POOL_LIMIT}, {limits['lane_steps']} lane steps); organizations synced twice "
+        f"  limits: most runs at once {limits['max_runs']} (limit {r['run_limit']}); most {POOL} lanes at once "
+        f"{limits['max_lanes']} (limit {r['pool_limit']}, {limits['lane_steps']} lane steps); organizations synced twice "
         f"at once {limits['orgs_synced_twice_at_once']}; in-flight runs sharing an organization "
         f"{limits['overlapping_batched_runs_of_one_org']}"
     )
