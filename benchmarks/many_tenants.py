@@ -419,7 +419,20 @@ def _start_celery_workers(count: int, logs: Path) -> list:
     make_app({"broker": os.environ[settings.CELERY_BROKER_ENV]}).control.purge()
     workers = []
     for i in range(count):
-        argv = [_bin("celery"), "-A", "dagster_celery.app", "worker", "-Q", "dagster", "-P", "threads", "-c", "1"]
+        argv = [
+            _bin("celery"),
+            "-A",
+            "dagster_celery.app",
+            "worker",
+            "-Q",
+            "dagster",
+            "-P",
+            "threads",
+            "-c",
+            "1",
+            "-l",
+            "INFO",
+        ]
         workers.append(Child(f"celery-{i}", argv + ["-n", f"bench-{i}-{uuid.uuid4().hex[:6]}@%h"], logs))
     deadline = time.time() + 120
     while not all(b" ready." in (logs / f"celery-{i}.log").read_bytes() for i in range(count)):
