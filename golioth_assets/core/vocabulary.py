@@ -122,6 +122,16 @@ class RunStatus(StrEnum):
     failed = "failed"
 
 
+class BatchOutcome(StrEnum):
+    """How an organization ended in a batched run: its sync's status, or busy (another sync held
+    it, so this one never started: nothing failed, the next round syncs it)."""
+
+    success = "success"
+    partial = "partial"
+    failed = "failed"
+    busy = "busy"
+
+
 class SyncKind(StrEnum):
     """What a Dagster run does: the whole organization, some devices, or apply resolutions."""
 

@@ -27,7 +27,7 @@ import dagster as dg
 from pydantic import Field
 
 from golioth_assets import settings
-from golioth_assets.core.vocabulary import RunTag, SyncKind, Trigger
+from golioth_assets.core.vocabulary import BatchOutcome, RunTag, SyncKind, Trigger
 from golioth_assets.defs.assets import INVENTORY, sync_results
 from golioth_assets.defs.config import SyncRunConfig
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
@@ -71,7 +71,7 @@ class Outcome:
     """One organization's part of a lane: its events (logged by the lane's own thread), and how it ended."""
 
     org: str
-    status: str  # success | partial | failed | busy
+    status: BatchOutcome
     events: list = field(default_factory=list)
     error: str | None = None
 
@@ -96,7 +96,7 @@ def _as_events(org: str, result: dg.MaterializeResult) -> list:
 
 def sync_one(org: str, store: DeviceStore, golioth: GoliothApi, run_id: str, tags: dict[str, str]) -> Outcome:
     """One organization of a batch, under its lock. Never raises: the outcome says how it ended."""
-    outcome = Outcome(org, "failed")
+    outcome = Outcome(org, BatchOutcome.failed)
     try:
         with org_lock.organization_lock(store.engine, org):
             with store.engine.begin() as conn:
@@ -105,9 +105,9 @@ def sync_one(org: str, store: DeviceStore, golioth: GoliothApi, run_id: str, tag
             run = sync_run.SyncRun(store.engine, store.service(org), request, open_client=golioth.client_for)
             for result in sync_results(run):
                 outcome.events.extend(_as_events(org, result))
-            outcome.status = run.log.status or "failed"
+            outcome.status = BatchOutcome(run.log.status or BatchOutcome.failed)
     except org_lock.OrganizationBusy as exc:
-        outcome.status, outcome.error = "busy", str(exc)
+        outcome.status, outcome.error = BatchOutcome.busy, str(exc)
     except Exception as exc:  # its own log row says failed (RunLog); the lane goes on with the rest
         outcome.error = f"{type(exc).__name__}: {exc}"[:500]
         log.warning("batched sync of %s failed: %s", org, outcome.error)
@@ -120,7 +120,7 @@ def _status_event(outcome: Outcome) -> dg.AssetObservation:
     return dg.AssetObservation(
         asset_key=INVENTORY,
         partition=outcome.org,
-        metadata={"batched_sync": outcome.status, "reason": outcome.error or ""},
+        metadata={"batched_sync": outcome.status.value, "reason": outcome.error or ""},
     )
 
 
@@ -129,15 +129,20 @@ def run_lane(context: dg.OpExecutionContext, orgs: list[str], parallel: int, sto
     Dagster's event stream is the op's)."""
     tags = dict(context.run.tags)
     outcomes: dict[str, int] = {}
-    with futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="batch-sync") as pool:
+    pool = futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="batch-sync")
+    try:
         pending = [pool.submit(sync_one, org, store, golioth, context.run.run_id, tags) for org in orgs]
         for done in futures.as_completed(pending):
             outcome = done.result()
             outcomes[outcome.status] = outcomes.get(outcome.status, 0) + 1
             yield from outcome.events
-            if outcome.status in ("busy", "failed"):
+            if outcome.status in (BatchOutcome.busy, BatchOutcome.failed):
                 yield _status_event(outcome)
-    context.log.info(f"{len(orgs)} organizations: {dict(sorted(outcomes.items()))}")
+    finally:
+        # Cancelled (Terminate) or failed: start no further organization; the ones syncing finish
+        # and close their own rows (a thread cannot be interrupted).
+        pool.shutdown(wait=True, cancel_futures=True)
+    context.log.info(f"{len(orgs)} organizations: {dict(sorted((str(k), v) for k, v in outcomes.items()))}")
 
 
 def _lane_op(index: int) -> dg.OpDefinition:

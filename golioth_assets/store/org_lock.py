@@ -71,4 +71,3 @@ def organization_lock(db: Engine, organization_id: str, *, wait_seconds: float =
             conn.invalidate()  # a dead session released its locks with it; never pool a doubtful one
         finally:
             conn.close()
-
