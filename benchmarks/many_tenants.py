@@ -509,8 +509,8 @@ def main() -> None:
         f"({steady['per_org_s']:.2f} s per organization; target {args.steady_target * scale:.0f} s at this size)"
     )
     print(
-        f"  fixed cost: {fixed['per_org_s']:.3f} s per organization in one batched run of {fixed['orgs']} empty ones "
-        f"(run {fixed['run_s']:.1f} s; each sync p50 {fixed['sync_p50_s']:.3f} s), "
+        f"  fixed cost: {fixed['per_org_s']:.3f} s per organization: {fixed['orgs']} empty ones in {fixed['runs']} batched "
+        f"runs (run time in all {fixed['run_s']:.1f} s; each sync p50 {fixed['sync_p50_s']:.3f} s), "
         f"against {OLD_PER_ORG_S:.2f} s per organization with a run each (docs/benchmarks.md)"
     )
     print(
