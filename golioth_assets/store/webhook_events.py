@@ -102,6 +102,7 @@ class EventRow:
     claimed_by: str | None
     processed_at: datetime | None
     last_error: str | None
+    device_id: str | None = None  # a captured local change: the row's key
     payload: Any = None
 
 
@@ -580,7 +581,7 @@ def release_stale_claims(conn: Connection, older_than: timedelta, max_attempts: 
 
 _COLUMNS = (
     "id, service_id, organization_id, event_id, source, event_type, golioth_device_id, status, attempts, "
-    "received_at, claimed_at, claimed_by, processed_at, last_error"
+    "received_at, claimed_at, claimed_by, processed_at, last_error, device_id"
 )
 
 
