@@ -10,15 +10,19 @@ loses nothing; an idle tick answers an edit within its wait.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from golioth_assets.cli import demo_product
 from golioth_assets.core.vocabulary import RunTag, Trigger
 from golioth_assets.defs.assets import sync_assets
 from golioth_assets.defs.config import SYNC_OP
@@ -33,6 +37,8 @@ from sensors.failures import sync_failure_sensor
 from sensors.webhooks import webhook_inbox_sensor
 from tests.fixtures.database import _drop_database, _server_url
 from tests.fixtures.local_tables import HydroHarness, _make_product_harness, load_example
+
+SYSTEM_SOCKETS = "/var/run/postgresql"  # Debian's socket folder for the system PostgreSQL
 
 
 @pytest.fixture
@@ -254,3 +260,26 @@ def test_an_idle_tick_requests_a_run_as_soon_as_an_edit_is_captured(engine, inst
     [request] = result.run_requests
     assert _device_ids(request) == edited
     assert time.monotonic() - started < webhooks.WAIT_SECONDS  # answered by the wait, not at its end
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed")
+def test_the_demos_psql_line_edits_acme_and_capture_queues_the_edit(product_database):
+    """`golioth-sync dev` installs capture on Acme's table and prints this line: run as printed
+    (through a shell), it edits one device, and capture records the edit for the inbox sensor."""
+    product = product_database("acme_fleet")
+    demo_product.install_capture(product.url)
+    urls = [product.url]
+    if Path(SYSTEM_SOCKETS, f".s.PGSQL.{product.url.port or 5432}").exists():  # as the embedded server is reached
+        u = product.url
+        urls.append(sa.engine.URL.create(u.drivername, u.username, database=u.database, query={"host": SYSTEM_SOCKETS}))
+    outputs = []
+    for url in urls:
+        line = demo_product.psql_line(url)
+        assert line.startswith("psql postgresql://")  # unquoted: pasted as printed
+        done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.strip())
+    assert outputs == ["UPDATE 1", "UPDATE 0"][: len(urls)]  # the second finds the device already renamed
+    with product.engine.connect() as conn:
+        [change] = capture.pending_changes(conn, demo_product.mapping())
+    assert change.operation == "update"
