@@ -92,7 +92,10 @@ class Sample:
     total_s: float  # the edit committed → Golioth's GET shows it
     to_inbox_s: float  # edit → copied into the inbox (the sensor's wait noticed it, or its next tick)
     to_claim_s: float  # inbox → claimed (same tick: ~0)
-    to_run_start_s: float  # claim → run worker started (tick end, queue, dequeue, launch, process start)
+    to_run_start_s: float  # claim → run worker started (the three below)
+    to_queued_s: float  # claim → run created in the queue (the tick returns, the daemon submits)
+    to_dequeued_s: float  # queued → dequeued by the run coordinator (its loop's interval)
+    to_started_s: float  # dequeued → run started (launch: a run worker process, its imports)
     to_visible_s: float  # run start → visible in Golioth (the targeted sync's steps up to its PATCH)
     run_s: float  # the whole run, start to end
 
@@ -147,7 +150,15 @@ def _event(engine, device_id: str, after_id: int, timeout_s: float = 60.0) -> di
     raise SystemExit(f"the change of {device_id} was not processed within {timeout_s:.0f} s: {row}")
 
 
-def _run_times(instance, claim: str) -> tuple[float, float]:
+@dataclass
+class RunTimes:
+    created: float
+    dequeued: float
+    started: float
+    ended: float
+
+
+def _run_times(instance, claim: str) -> RunTimes:
     import dagster as dg
 
     from golioth_assets.core.vocabulary import RunTag
@@ -156,7 +167,16 @@ def _run_times(instance, claim: str) -> tuple[float, float]:
     while time.monotonic() < deadline:
         records = instance.get_run_records(dg.RunsFilter(tags={RunTag.claim: claim}), limit=1)
         if records and records[0].end_time:
-            return records[0].start_time, records[0].end_time
+            record = records[0]
+            [starting] = instance.get_records_for_run(
+                record.dagster_run.run_id, of_type=dg.DagsterEventType.RUN_STARTING
+            ).records
+            return RunTimes(
+                record.create_timestamp.timestamp(),
+                starting.event_log_entry.timestamp,
+                record.start_time,
+                record.end_time,
+            )
         time.sleep(0.5)
     raise SystemExit(f"no finished run for claim {claim}")
 
@@ -219,15 +239,19 @@ def _measure_one(
     edited = _edit(engine, device, new_name)
     visible = _wait_visible(client, golioth_id, new_name, args.timeout, logs)
     event = _event(engine, device, after_id)
-    run_start, run_end = _run_times(instance, event["claimed_by"])
+    run = _run_times(instance, event["claimed_by"])
+    claimed = float(event["claimed"])
     sample = Sample(
         device=device,
         total_s=visible - edited,
         to_inbox_s=float(event["received"]) - edited,
-        to_claim_s=float(event["claimed"]) - float(event["received"]),
-        to_run_start_s=run_start - float(event["claimed"]),
-        to_visible_s=visible - run_start,
-        run_s=run_end - run_start,
+        to_claim_s=claimed - float(event["received"]),
+        to_run_start_s=run.started - claimed,
+        to_queued_s=run.created - claimed,
+        to_dequeued_s=run.dequeued - run.created,
+        to_started_s=run.started - run.dequeued,
+        to_visible_s=visible - run.started,
+        run_s=run.ended - run.started,
     )
     return sample, event["id"]
 
@@ -270,7 +294,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
                 label = "warm-up" if i == 0 else f"edit {i}"
                 print(
                     f"{label:>8}: {sample.total_s:6.2f} s  (inbox {sample.to_inbox_s:.2f}, claim {sample.to_claim_s:.2f}, "
-                    f"run start {sample.to_run_start_s:.2f}, visible {sample.to_visible_s:.2f}; run {sample.run_s:.2f})",
+                    f"queued {sample.to_queued_s:.2f}, dequeued {sample.to_dequeued_s:.2f}, "
+                    f"started {sample.to_started_s:.2f}, visible {sample.to_visible_s:.2f}; run {sample.run_s:.2f})",
                     flush=True,
                 )
                 if i:  # the first edit pays for the daemon's code server start-up
@@ -323,6 +348,9 @@ def main() -> None:
         ("to_inbox_s", "edit → copied into the inbox"),
         ("to_claim_s", "inbox → claimed"),
         ("to_run_start_s", "claimed → run worker started"),
+        ("to_queued_s", "… claimed → run queued (tick returns, daemon submits)"),
+        ("to_dequeued_s", "… queued → launching (run coordinator dequeues)"),
+        ("to_started_s", "… launching → run started (run worker process)"),
         ("to_visible_s", "run started → visible in Golioth"),
         ("run_s", "whole targeted run"),
     ]:
