@@ -6,7 +6,8 @@ One path for every live change. Each tick
 2. claims pending events in bounded batches, one batch per organization, and requests one targeted
    sync per batch, tagged with its trigger: `local_change`, `webhook`, or `live` for a mix;
 3. when there was nothing to request, waits up to WAIT_SECONDS for something new (one cheap probe
-   per database every POLL_SECONDS) and, as soon as it comes, does 1 and 2 again and returns.
+   per database every POLL_SECONDS) and, as soon as it comes and has settled (nothing newer for
+   one poll, so that a burst makes one run), does 1 and 2 again and returns.
 
 Why the wait: the sensor daemon evaluates sensors at most every 5 s (dagster/_daemon/sensor.py,
 MIN_INTERVAL_LOOP_TIME, not configurable), and a tick's run requests are submitted only when it
@@ -45,6 +46,7 @@ COLLECT_CHANGES = 2000  # captured changes moved into the inbox per organization
 TICK_BUDGET_SECONDS = 20.0
 WAIT_SECONDS = 4.5  # an idle tick watches this long (the daemon's loop comes back after 5 s)
 POLL_SECONDS = 0.2
+SETTLE_SECONDS = 1.0  # once something arrived, wait this long at most for the rest of its burst
 STALE_CLAIM = timedelta(minutes=30)
 
 
@@ -84,9 +86,23 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
         time.sleep(POLL_SECONDS)  # a poll interval: one cheap probe per database
         latest = _latest(db, tables)
         if latest != watched:
-            watched = latest
+            watched = _settled(db, tables, latest)
             requests = _collect_and_claim(context.instance, db, tables, partitions, started)
     return dg.SensorResult(run_requests=requests)
+
+
+def _settled(db: Engine, tables: list[local_changes.CapturedTable], latest: tuple) -> tuple:
+    """Wait until nothing new arrived for one poll (at most SETTLE_SECONDS): a burst (a bulk edit,
+    a batch of webhook deliveries) then makes one run, not one for its first change and another
+    for the rest."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        again = _latest(db, tables)
+        if again == latest:
+            break
+        latest = again
+    return latest
 
 
 def _latest(db: Engine, tables: list[local_changes.CapturedTable]) -> tuple:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -231,34 +230,27 @@ def test_a_crash_between_inbox_and_outbox_duplicates_nothing_and_loses_nothing(e
         assert webhook_events.store_local_changes(conn, service.id, service.organization_id, [change]) == 0
 
 
-def test_an_idle_tick_requests_a_run_as_soon_as_an_edit_is_captured(engine, instance, resources, monkeypatch):
+def test_an_idle_tick_requests_one_run_for_a_burst_as_soon_as_it_settles(engine, instance, resources, monkeypatch):
+    """Nothing to do when the tick starts; then, while it waits, the app inserts three devices, one
+    between each of the tick's probes. The tick notices the first, waits until the burst stops
+    growing, and requests one run for all three, well before its wait would have ended."""
     service = _builtin_service(engine)
     instance.add_dynamic_partitions(organizations.name, [service.organization_id])
-    watching = threading.Event()
     probe = webhooks._latest
     calls: list[int] = []
+    made: list[str] = []
 
-    def probe_and_tell(*args):  # the real probe; its second call is the tick's first in its wait
-        latest = probe(*args)
+    def app_edits_between_probes(*args):  # the real probe; before probes 2-4, the app inserts a device
         calls.append(1)
-        if len(calls) == 2:
-            watching.set()
-        return latest
+        if 2 <= len(calls) <= 4:
+            made.append(_insert_device(engine, service.organization_id, f"burst-{len(calls)}"))
+        return probe(*args)
 
-    monkeypatch.setattr(webhooks, "_latest", probe_and_tell)
-    edited: list[str] = []
-
-    def edit_once_watching() -> None:
-        assert watching.wait(10)
-        edited.append(_insert_device(engine, service.organization_id, "made-while-watching"))
-
-    editor = threading.Thread(target=edit_once_watching)
-    editor.start()
+    monkeypatch.setattr(webhooks, "_latest", app_edits_between_probes)
     started = time.monotonic()
-    result = _tick(instance, resources)
-    editor.join()
-    [request] = result.run_requests
-    assert _device_ids(request) == edited
+    [request] = _tick(instance, resources).run_requests
+    assert _device_ids(request) == sorted(made) and len(made) == 3
+    assert request.tags[RunTag.trigger] == Trigger.local_change
     assert time.monotonic() - started < webhooks.WAIT_SECONDS  # answered by the wait, not at its end
 
 
