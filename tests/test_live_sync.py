@@ -275,3 +275,21 @@ def test_the_demos_psql_line_edits_acme_and_capture_queues_the_edit(product_data
     with product.engine.connect() as conn:
         [change] = capture.pending_changes(conn, demo_product.mapping())
     assert change.operation == "update"
+
+
+def test_webhook_events_and_local_changes_of_one_organization_make_one_live_run(engine, instance, resources, no_wait):
+    service = _builtin_service(engine)
+    org = service.organization_id
+    instance.add_dynamic_partitions(organizations.name, [org])
+    local = _insert_device(engine, org, "edited-here")
+    event = webhook_events.NewEvent(
+        service_id=service.id, organization_id=org, event_id=f"evt-{uuid.uuid4().hex}", source="signed",
+        event_type="device.updated", golioth_device_id="golioth-dev-1", payload_json='{"type": "device.updated"}',
+    )  # fmt: skip
+    with engine.begin() as conn:
+        assert webhook_events.store_events(conn, [event]) == [True]
+
+    [request] = _tick(instance, resources).run_requests
+
+    assert _device_ids(request) == sorted(["golioth-dev-1", local])  # one batch, both sources
+    assert request.tags[RunTag.trigger] == Trigger.live and request.run_key.startswith(f"live:{org}:")
