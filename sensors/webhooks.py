@@ -88,7 +88,11 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
         if latest != watched:
             watched = _settled(db, tables, latest)
             requests = _collect_and_claim(context.instance, db, tables, partitions, started)
-    return dg.SensorResult(run_requests=requests)
+    if requests:
+        return dg.SensorResult(run_requests=requests)
+    # The tick list in the UI says why a tick requested nothing, and that it did watch.
+    skipped = f"nothing new in the inbox or in {len(tables)} captured table(s) within {WAIT_SECONDS:g} s"
+    return dg.SensorResult(run_requests=[], skip_reason=skipped)
 
 
 def _settled(db: Engine, tables: list[local_changes.CapturedTable], latest: tuple) -> tuple:
