@@ -293,3 +293,15 @@ def test_webhook_events_and_local_changes_of_one_organization_make_one_live_run(
 
     assert _device_ids(request) == sorted(["golioth-dev-1", local])  # one batch, both sources
     assert request.tags[RunTag.trigger] == Trigger.live and request.run_key.startswith(f"live:{org}:")
+
+
+def test_organizations_sharing_the_devices_table_each_get_their_own_changes(engine, instance, resources, no_wait):
+    a, b, unpartitioned = (_builtin_service(engine) for _ in range(3))
+    instance.add_dynamic_partitions(organizations.name, [a.organization_id, b.organization_id])
+    made = {s.organization_id: _insert_device(engine, s.organization_id, "one") for s in (a, b, unpartitioned)}
+
+    requests = {r.partition_key: _device_ids(r) for r in _tick(instance, resources).run_requests}
+
+    assert requests == {a.organization_id: [made[a.organization_id]], b.organization_id: [made[b.organization_id]]}
+    # An organization without a partition yet keeps its change in the outbox, for when it has one.
+    assert [c.row_key for c in _outbox(engine, unpartitioned)] == [made[unpartitioned.organization_id]]

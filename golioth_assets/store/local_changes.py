@@ -33,7 +33,7 @@ from golioth_assets.store.local_table import capture
 from golioth_assets.store.local_table.connect import first_line, mapping_of, table_engine
 from golioth_assets.store.local_table.mapping import TableMapping
 from golioth_assets.store.local_table.table import LocalTableError
-from golioth_assets.store.local_table.tenant import TenantError
+from golioth_assets.store.local_table.tenant import TenantError, tenant_value
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class CapturedTable:
     mapping: TableMapping
     engine: Engine  # the table's database
     same_database: bool  # golioth-sync's own: insert and delete in one transaction
+    tenant: str | None  # its tenant value, as capture records it (None: the whole table)
 
     @property
     def label(self) -> str:
@@ -55,21 +56,29 @@ class CapturedTable:
 
 def captured_tables(db: Engine, organizations: Collection[str]) -> list[CapturedTable]:
     """The enabled services of these organizations whose table has change capture. A table that
-    cannot be reached now is left out, with one line saying why (the next call tries again)."""
+    cannot be reached now is left out, with one line saying why (the next call tries again).
+
+    Organizations sharing a table (every organization on the built-in `devices`, tenants of one
+    product table) share its trigger: its status is read once per table, not per organization."""
     with db.connect() as conn:
         enabled = [s for s in services.list_services(conn, enabled_only=True) if s.organization_id in organizations]
+    installed: dict[tuple, bool] = {}
     tables = []
     for service in enabled:
         mapping = mapping_of(service)
         try:
             engine, same = table_engine(db, mapping)
+            trigger = (engine.url, *capture.trigger_arguments(mapping))
             with engine.connect() as conn:
-                if not capture.capture_installed(conn, mapping):
+                if trigger not in installed:
+                    installed[trigger] = capture.capture_installed(conn, mapping)
+                if not installed[trigger]:
                     continue
-        except (LocalTableError, SQLAlchemyError) as exc:
+                tenant = tenant_value(conn, mapping)
+        except (LocalTableError, SQLAlchemyError, TenantError) as exc:
             log.warning("%s: change capture not read: %s", service.organization_id, first_line(exc))
             continue
-        tables.append(CapturedTable(service.organization_id, service.id, mapping, engine, same))
+        tables.append(CapturedTable(service.organization_id, service.id, mapping, engine, same, tenant))
     return tables
 
 
@@ -99,18 +108,18 @@ class Collected:
 
 
 def collect_all(db: Engine, tables: list[CapturedTable], limit: int) -> Collected:
-    """`collect` for every table whose database has changes waiting for it (one probe per database)."""
+    """`collect` for every organization with changes waiting (one probe per database says which)."""
     total = Collected()
     for engine in _engines(db, tables):
         mine = [t for t in tables if t.engine is engine]
         try:
             with engine.connect() as conn:
-                waiting = capture.tables_with_changes(conn)
+                waiting = capture.waiting_changes(conn)
         except SQLAlchemyError as exc:
             log.warning("%s: change capture not read: %s", mine[0].organization_id, first_line(exc))
             continue
         for table in mine:
-            if table.label in waiting:
+            if (table.label, table.tenant) in waiting:
                 done = collect(db, table, limit)
                 total.read += done.read
                 total.queued += done.queued

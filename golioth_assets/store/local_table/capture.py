@@ -319,6 +319,7 @@ def latest_change_id(conn: Connection) -> int:
     return int(conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {CHANGES}").scalar_one())
 
 
-def tables_with_changes(conn: Connection) -> set[str]:
-    """The labels of the tables that have captured changes waiting in this database's outbox."""
-    return {r[0] for r in conn.exec_driver_sql(f"SELECT DISTINCT table_name FROM {CHANGES}")}
+def waiting_changes(conn: Connection) -> set[tuple[str, str | None]]:
+    """(table label, tenant) of every captured change waiting in this database's outbox: which
+    organizations have something to collect, in one query (the index on (table_name, tenant, id))."""
+    return {(r[0], r[1]) for r in conn.exec_driver_sql(f"SELECT DISTINCT table_name, tenant FROM {CHANGES}")}
