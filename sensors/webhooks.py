@@ -4,7 +4,8 @@ One path for every live change. Each tick
 1. moves captured local changes (change capture's outbox, in each captured table's database) into
    the inbox (store/local_changes.py), where they join the webhook receiver's registry events;
 2. claims pending events in bounded batches, one batch per organization, and requests one targeted
-   sync per batch, tagged with its trigger: `local_change`, `webhook`, or `live` for a mix;
+   sync per batch (a full sync when the batch touches more than TARGETED_DEVICES devices), tagged
+   with its trigger: `local_change`, `webhook`, or `live` for a mix;
 3. when there was nothing to request, waits up to WAIT_SECONDS for something new (one cheap probe
    per database every POLL_SECONDS) and, as soon as it comes and has settled (nothing newer for
    one poll, so that a burst makes one run), does 1 and 2 again and returns.
@@ -36,12 +37,15 @@ from sqlalchemy.engine import Engine
 
 from golioth_assets.core.vocabulary import RunTag, Trigger
 from golioth_assets.defs.config import sync_run_config
-from golioth_assets.defs.jobs import run_tags, targeted_sync_job
+from golioth_assets.defs.jobs import full_sync_job, run_tags, targeted_sync_job
 from golioth_assets.defs.partitions import ORGANIZATIONS
 from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.store import local_changes, webhook_events
 
-BATCH_EVENTS = 500  # per organization per tick: one targeted run handles at most this many events
+BATCH_EVENTS = 5000  # per organization per tick: one run handles at most this many events
+# A batch touching more devices than this runs as a full sync of the organization: its device ids
+# would make a large run config, and one listing is cheaper than that many single-device reads.
+TARGETED_DEVICES = 500
 COLLECT_CHANGES = 2000  # captured changes moved into the inbox per organization per pass
 TICK_BUDGET_SECONDS = 20.0
 WAIT_SECONDS = 4.5  # an idle tick watches this long (the daemon's loop comes back after 5 s)
@@ -67,7 +71,7 @@ def _unused_run_key(instance: dg.DagsterInstance, key: str) -> str:
 
 
 @dg.sensor(
-    target=targeted_sync_job,
+    jobs=[targeted_sync_job, full_sync_job],
     minimum_interval_seconds=1,  # the daemon's loop (5 s) paces it; a tick that waited is due at once
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Moves captured local changes into the inbox, claims pending inbox events (local changes and "
@@ -147,9 +151,11 @@ def _claim(instance: dg.DagsterInstance, db: Engine, org: str) -> dg.RunRequest 
         key = _unused_run_key(instance, run_key_for(org, group.event_ids, group.attempts, group.trigger))
         # The run's key is the claim: the run marks exactly these events processed (or failed).
         webhook_events.rename_claim(conn, token, key)
+    targeted = len(group.scope) <= TARGETED_DEVICES
     return dg.RunRequest(
         run_key=key,
+        job_name=(targeted_sync_job if targeted else full_sync_job).name,
         partition_key=org,
-        run_config=sync_run_config(device_ids=group.scope),
+        run_config=sync_run_config(device_ids=group.scope) if targeted else {},
         tags=run_tags(org, group.trigger, **{RunTag.claim: key}),
     )

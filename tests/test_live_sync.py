@@ -305,3 +305,19 @@ def test_organizations_sharing_the_devices_table_each_get_their_own_changes(engi
     assert requests == {a.organization_id: [made[a.organization_id]], b.organization_id: [made[b.organization_id]]}
     # An organization without a partition yet keeps its change in the outbox, for when it has one.
     assert [c.row_key for c in _outbox(engine, unpartitioned)] == [made[unpartitioned.organization_id]]
+
+
+def test_a_batch_touching_many_devices_runs_as_a_full_sync_that_owns_its_events(
+    engine, instance, resources, monkeypatch, no_wait
+):
+    monkeypatch.setattr(webhooks, "TARGETED_DEVICES", 2)
+    service = _builtin_service(engine)
+    instance.add_dynamic_partitions(organizations.name, [service.organization_id])
+    for name in ("a", "b", "c"):
+        _insert_device(engine, service.organization_id, name)
+
+    [request] = _tick(instance, resources).run_requests
+
+    assert request.job_name == full_sync_job.name and request.run_config == {}  # no list of 3 device ids
+    assert request.tags[RunTag.claim] == request.run_key  # the run still marks its 3 events processed
+    assert [e.claimed_by for e in _inbox(engine, service)] == [request.run_key] * 3
