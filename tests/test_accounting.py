@@ -108,7 +108,7 @@ def test_requests_and_retries_match_the_simulators_counters_under_429s(dagster_e
 def test_a_failed_fetch_still_counts_its_requests(make_harness):
     """Requests a failing step made count too (they used to be lost with the step)."""
     h = make_harness(devices=5)
-    h.project.set_faults(unavailable_rate=1.0, methods=["GET"])
+    h.project.set_faults(unavailable_rate=1.0, methods=["GET"], error_retry_after_s=0)  # retries at once
     h.project.reset_stats()
     from golioth_assets.engine.sync import SyncFailed
 

@@ -36,7 +36,9 @@ def acme_database(request):
     """Acme's database, made the way Acme makes it: createdb, then psql running its migration."""
     server = _server_url(request)
     url = server.set(database=f"gs_acme_{uuid.uuid4().hex[:8]}")
-    libpq = ["-h", server.host or "127.0.0.1", "-p", str(server.port or 5432), "-U", server.username or "postgres"]
+    # The embedded server listens on a unix socket, named by the URL's `host` query parameter.
+    host = server.host or server.query.get("host") or "127.0.0.1"
+    libpq = ["-h", host, "-p", str(server.port or 5432), "-U", server.username or "postgres"]
     subprocess.run([shutil.which("createdb") or "createdb", *libpq, url.database], check=True)
     example = EXAMPLES / "acme_fleet"
     subprocess.run(

@@ -183,7 +183,7 @@ def test_exit_codes_tell_could_not_start_failed_and_partial_apart(script, engine
     assert script.json("sync", "--org", org)["status"] == "success"
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE devices SET name = name || '-renamed' WHERE organization_id = :o"), {"o": org})
-    project.set_faults(error_rate=1.0, methods=["PATCH"])
+    project.set_faults(error_rate=1.0, methods=["PATCH"], error_retry_after_s=0)  # retries at once
     try:
         partial = script.json("sync", "--org", org, code=ExitCode.partial)
     finally:

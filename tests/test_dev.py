@@ -56,6 +56,29 @@ def _summary(org: str, output: str) -> str:
     return match.group(1)
 
 
+def _psql_edit_reaches_golioth(output: str, app, deadline: float) -> None:
+    """Live sync in the running demo: the printed psql line, run as printed, edits Acme's table;
+    the daemon's inbox sensor turns the captured edit into a targeted sync that updates Golioth."""
+    line = re.search(r"Edit one of Acme's devices in their own table: (psql [^\n]*)", output)
+    assert line, output
+    edit = subprocess.run(["bash", "-c", line.group(1)], capture_output=True, text=True, timeout=30)
+    assert edit.returncode == 0 and "UPDATE 1" in edit.stdout, edit.stderr
+    engine = sa.create_engine(app, poolclass=sa.NullPool)
+    query = sa.text(
+        "SELECT count(*) FROM golioth_sync_log WHERE organization_id = 'acme' AND trigger = 'local_change' "
+        "AND status = 'success' AND updated_remote = 1"
+    )
+    try:
+        while True:
+            with engine.connect() as conn:
+                if conn.execute(query).scalar_one():
+                    return
+            assert time.monotonic() < deadline, "the psql edit never reached Golioth"
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
 def _acme_devices(app) -> int:
     """Acme's devices, in Acme's own table of its own database (examples/acme_fleet)."""
     acme = sa.create_engine(app.set(database=app.database + "_acme"), poolclass=sa.NullPool)
@@ -87,7 +110,8 @@ def test_headless_demo_imports_the_fleet_and_a_second_run_changes_nothing(dev_en
     assert (_count("Golioth devices fetched", acme), _count("Local devices read", acme)) == (20, 3)
     assert (_count("Created locally", acme), _count("Created in Golioth", acme)) == (20, 3)
     assert _acme_devices(app) == 23
-    assert "psql postgresql://" in first.stdout and "UPDATE app.devices SET display_name" in first.stdout
+    # The psql line: quoted when the URL needs it (the embedded server's socket path is a query parameter).
+    assert re.search(r"psql '?postgresql://", first.stdout) and "UPDATE app.devices SET display_name" in first.stdout
 
     # The simulator's state is kept in GOLIOTH_SYNC_HOME, so a second demo finds both sides in step.
     argv[-1] = str(free_port())
@@ -178,7 +202,7 @@ def _still_alive(pids: set[int], within_s: float) -> set[int]:
 
 
 def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(dev_env, tmp_path):
-    env, _ = dev_env
+    env, app = dev_env
     ports = {name: free_port() for name in ("dagster", "simulator", "webhook", "console")}
     output = tmp_path / "dev.out"
     argv = [
@@ -233,6 +257,7 @@ def test_ui_demo_serves_dagster_and_the_receiver_and_ctrl_c_stops_every_process(
         assert services_page.status_code == 200, services_page.text[:500]
         assert "Demo fleet" in services_page.text and "Acme fleet" in services_page.text
         assert httpx.get(f"http://127.0.0.1:{ports['webhook']}/healthz", timeout=10).status_code == 200
+        _psql_edit_reaches_golioth(text, app, deadline)
         children = _descendants(proc.pid)
         assert len(children) >= 4  # receiver, webserver, daemon, console (and their own children)
 

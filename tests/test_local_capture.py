@@ -333,12 +333,14 @@ def builtin_database(request: pytest.FixtureRequest) -> Iterator[sa.engine.Engin
 
 
 def test_capture_on_the_builtin_devices_table(builtin_database):
+    """Migration 0007 installs capture on `devices` through capture.py, for every organization."""
     engine = builtin_database
     mapping = builtin_mapping("acme")
     with engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO organizations (id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex')")
+        assert capture.capture_status(conn, mapping) is capture.CaptureStatus.current
+        assert capture.capture_status(conn, builtin_mapping("globex")) is capture.CaptureStatus.current
         before = catalog_snapshot(conn)
-        capture.install_capture(conn, mapping)
     with engine.begin() as conn:
         device = conn.exec_driver_sql(
             "INSERT INTO devices (organization_id, name) VALUES ('acme', 'd1') RETURNING id::text"
@@ -363,5 +365,8 @@ def test_capture_on_the_builtin_devices_table(builtin_database):
         assert run_check(conn, mapping).ok
     with engine.begin() as conn:
         capture.uninstall_capture(conn, mapping)
+        assert capture.capture_status(conn, mapping) is capture.CaptureStatus.absent
+    with engine.begin() as conn:  # what `db upgrade` installed, the same code installs again
+        capture.install_capture(conn, mapping)
     with engine.connect() as conn:
         assert catalog_snapshot(conn) == before

@@ -22,7 +22,14 @@ from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import services, webhook_events
 from sensors.failures import MAX_EVENT_ATTEMPTS, sync_failure_sensor
 from sensors.organizations import organization_partitions_sensor
-from sensors.webhooks import run_key_for, webhook_inbox_sensor
+from sensors.webhooks import TICK_BUDGET_SECONDS, WAIT_SECONDS, run_key_for, webhook_inbox_sensor
+
+
+@pytest.fixture(autouse=True)
+def _idle_ticks_return_at_once(monkeypatch):
+    """An idle tick of the inbox sensor watches for new work for seconds (sensors/webhooks.py);
+    these tests evaluate ticks back to back, so they don't wait (tests/test_live_sync.py does)."""
+    monkeypatch.setattr("sensors.webhooks.WAIT_SECONDS", 0.0)
 
 
 @pytest.fixture
@@ -404,5 +411,7 @@ def test_sensors_are_running_by_default():
     for sensor in defs.sensors:
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
     assert [s.default_status for s in defs.schedules] == [dg.DefaultScheduleStatus.RUNNING]
-    assert webhook_inbox_sensor.minimum_interval_seconds == 5
+    # The daemon's loop paces it (5 s); an idle tick watches for new work meanwhile, well under 60 s.
+    assert webhook_inbox_sensor.minimum_interval_seconds <= 5
+    assert WAIT_SECONDS + TICK_BUDGET_SECONDS < 60
     assert {j.name for j in sync_failure_sensor._monitored_jobs} == {full_sync_job.name, targeted_sync_job.name}

@@ -5,8 +5,10 @@ is what a product team's setup looks like (docs/local-tables.md): Acme's device 
 own migration (examples/acme_fleet/schema.sql, with its seed rows), in a database of its own on the
 same server as golioth-sync's (the embedded one by default), described by the shipped
 examples/acme_fleet/mapping.yaml, and synced with a second simulated Golioth project. The console
-and the Dagster UI show both organizations side by side; the demo prints a psql line to edit one
-of Acme's devices in their table and watch the next sync carry it to Golioth.
+and the Dagster UI show both organizations side by side; the demo installs change capture on
+Acme's table and prints a psql line to edit one of Acme's devices there: the inbox sensor turns
+the captured edit into a targeted sync (trigger `local_change`) that carries it to Golioth within
+seconds.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ def prepare_database(app_url: URL) -> URL:
     return url
 
 
+def install_capture(url: URL) -> None:
+    """Change capture on Acme's table, as `golioth-sync local install-capture` installs it: an edit
+    made there (the psql line) reaches Golioth within seconds, through the inbox sensor."""
+    from golioth_assets.store import database
+    from golioth_assets.store.local_table import capture
+
+    with database.engine_for(url).begin() as conn:
+        capture.install_capture(conn, mapping())
+
+
 def register_service(engine: Engine, simulator_url: str, interval: int, webhook_envs: tuple[str, str]):
     """Acme's service: its project in the simulator, its table by the example's mapping."""
     from golioth_assets.core.vocabulary import Direction, Policy
@@ -86,11 +98,25 @@ def register_service(engine: Engine, simulator_url: str, interval: int, webhook_
         )
 
 
+def libpq_url(url: URL) -> str:
+    """The URL as psql takes it, without the password (psql asks). A server on a unix socket (the
+    embedded one) gets its socket folder percent-encoded as the host, as libpq allows: no `?` or
+    `=` that the shell would have to see quoted, so the line copies and pastes as it is."""
+    socket = url.query.get("host")
+    if url.host or not isinstance(socket, str):
+        return url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    from urllib.parse import quote
+
+    user = f"{quote(url.username, safe='')}@" if url.username else ""
+    port = f":{url.port}" if url.port else ""
+    return f"postgresql://{user}{quote(socket, safe='')}{port}/{url.database}"
+
+
 def psql_line(url: URL) -> str:
     """A command that edits one of Acme's devices in their own table, as their app would."""
     import shlex
 
-    libpq = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)  # psql asks
+    libpq = libpq_url(url)
     sql = (
         "UPDATE app.devices SET display_name = 'Boiler room (edited in psql)' WHERE display_name = 'Boiler room sensor'"
     )

@@ -292,6 +292,13 @@ def dev(
             f"Edit one of Acme's devices in their own table: {demo_product.psql_line(acme_url(runtime))}",
             soft_wrap=True,
         )
+        out.print(
+            "It is in Golioth within seconds: a golioth_targeted_sync run (trigger local_change) in the Dagster UI "
+            f"and in the console's history, the device renamed in {simulator.url}/v1/projects/"
+            f"{demo_product.ACME_PROJECT}/devices (the key: `golioth-sync env`). An edit of `devices` "
+            f"(organization {DEMO_ORG}) travels the same way.",
+            soft_wrap=True,
+        )
         _watch(children)
     except KeyboardInterrupt:
         out.print("stopping…")
@@ -371,6 +378,7 @@ def _register_acme(runtime, simulator_url: str, interval: int):
     """The second organization: Acme's own table, in its own database (cli/demo_product.py)."""
     url = demo_product.prepare_database(runtime.app_url)
     acme = demo_product.register_service(runtime.engine, simulator_url, interval, (WEBHOOK_SECRET_ENV, SIGNING_KEY_ENV))
+    demo_product.install_capture(url)  # `devices` has it since `db upgrade` (migration 0007)
     out.print(
         f"[green]✓[/] organization [bold]{demo_product.ACME_ORG}[/] → project {demo_product.ACME_PROJECT} "
         f"(service {acme.id}), devices in {demo_product.mapping().table} of {url.render_as_string(hide_password=True)}"

@@ -204,7 +204,7 @@ def list_(status: str | None, organization_id: str | None, limit: int, as_json: 
             "id": str(row.id),
             "org": row.organization_id,
             "type": row.event_type,
-            "device": row.golioth_device_id or "",
+            "device": row.golioth_device_id or row.device_id or "",  # a captured local change: its key
             "status": row.status,
             "attempts": str(row.attempts),
             "received": row.received_at.strftime("%Y-%m-%d %H:%M"),
@@ -220,7 +220,16 @@ def _print_json(rows, counts: dict[str, int]) -> None:
     """Events without their payloads (device data; `webhook_events` has them), and counts by status."""
     from golioth_assets.cli.output import echo_json
 
-    keys = ("id", "organization_id", "event_type", "golioth_device_id", "status", "attempts", "received_at")
+    keys = (
+        "id",
+        "organization_id",
+        "event_type",
+        "golioth_device_id",
+        "device_id",
+        "status",
+        "attempts",
+        "received_at",
+    )
     events = [{**{k: getattr(row, k) for k in keys}, "last_error": row.last_error} for row in rows]
     echo_json({"events": events, "counts": counts})
 

@@ -144,7 +144,9 @@ class Trigger(StrEnum):
     """Who asked for a sync."""
 
     schedule = "schedule"
-    webhook = "webhook"
+    webhook = "webhook"  # registry events from Golioth, through the webhook inbox
+    local_change = "local_change"  # edits captured in the local table, through the same inbox
+    live = "live"  # one batch holding both: webhook events and captured local changes
     manual = "manual"  # the Dagster UI's launchpad
     cli = "cli"
     console = "console"
@@ -164,7 +166,7 @@ class RunTag:
     org = partition  # the organization is the partition: one tag, on every sync run however started
     kind = "golioth-sync/kind"  # full | targeted | resolve: the job's own tag (the schedule reads it)
     trigger = "golioth-sync/trigger"  # who asked: schedule, webhook, cli, ... (the sync log reads it)
-    claim = "golioth-sync/claim"  # webhook runs: the events a run owns (the op and the failure sensor)
+    claim = "golioth-sync/claim"  # inbox runs: the events a run owns (the op and the failure sensor)
     dry_run = "golioth-sync/dry-run"  # "true" on dry runs only
     process = "golioth-sync/process"  # runs the CLI executes in its own process: "<host>/<pid>"
     run_key = "dagster/run_key"  # what the daemon tags a sensor's or schedule's runs with

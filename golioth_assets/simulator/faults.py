@@ -25,6 +25,9 @@ class FaultConfig:
     rate_limit_rps: int | None = None  # above this many requests in one second: 429
     rate_limit_share: float = 0.0  # share answered 429 whatever the rate
     retry_after_s: int = 1  # Retry-After header on 429s
+    # Retry-After header on the injected 500s and 503s (None: none, as Golioth sends). Tests of what a
+    # failing step records set 0, so the client's retries come at once instead of after its backoff.
+    error_retry_after_s: float | None = None
     latency_ms: float = 0.0  # added to every request
     spike_ms: float = 0.0  # extra latency on a spike...
     spike_probability: float = 0.0  # ...which happens with this probability
@@ -95,12 +98,16 @@ class FaultScope:
             if r < c.rate_limit_share:
                 error = self._too_many()
             elif r < c.rate_limit_share + c.error_rate:
-                error = ApiError(INTERNAL, "internal error")
+                error = ApiError(INTERNAL, "internal error", headers=self._error_headers())
             elif r < c.rate_limit_share + c.error_rate + c.unavailable_rate:
-                error = ApiError(UNAVAILABLE, "service unavailable")
+                error = ApiError(UNAVAILABLE, "service unavailable", headers=self._error_headers())
         if not delay_ms and error is None:
             return _NO_FAULT
         return FaultDecision(delay_s=delay_ms / 1000.0, error=error)
+
+    def _error_headers(self) -> dict[str, str] | None:
+        after = self.config.error_retry_after_s
+        return None if after is None else {"Retry-After": f"{max(0.0, after):g}"}
 
     def _too_many(self) -> ApiError:
         retry_after = max(1, math.ceil(self.config.retry_after_s))

@@ -278,6 +278,8 @@ webhook_events = sa.Table(
     sa.Column("source", sa.Text, nullable=False),  # golioth_pipeline / signed
     sa.Column("event_type", sa.Text, nullable=False),
     sa.Column("golioth_device_id", sa.Text),
+    # A change captured in the local table (source 'local_capture'): the row's key, as text (0007).
+    sa.Column("device_id", sa.Text),
     sa.Column("payload", JSONB, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
     # pending → claimed → processed; or → failed (attempts += 1) → ... → dead

@@ -1,6 +1,10 @@
-"""The webhook inbox (`webhook_events`): every SQL statement on that table lives here.
+"""The inbox (`webhook_events`): every SQL statement on that table lives here.
 
-Two audiences:
+It holds both sources of live changes: registry events the webhook receiver verified, and changes
+that change capture recorded in a local table (source `local_capture`, the row's key in
+`device_id`; `store_local_changes`). Both go through the same lifecycle below.
+
+Three audiences:
 
 * the receiver stores a batch of verified events in one transaction (`store_batch`): insert
   idempotently, then apply observed fields (status, last seen, reported values, firmware) straight
@@ -10,6 +14,9 @@ Two audiences:
   database is written in the same transaction; one in another database cannot be: its observed
   fields come back in `StoredBatch.elsewhere`, for the caller to apply once the events are
   committed (`apply_elsewhere`: best effort, the next sync brings whatever it misses).
+* the sensor copies captured local changes in (`store_local_changes`: idempotent, keyed by the
+  change's transaction and id, so a crash between this insert and the delete in their outbox
+  duplicates nothing);
 * the sensor and the targeted sync move events through their lifecycle:
   pending → claimed → processed, or claimed → failed (attempts + 1, claimable again) → dead after
   `max_attempts`; `replay_dead` requeues dead letters and `prune_processed` applies retention.
@@ -19,6 +26,7 @@ The caller owns the transaction: every function takes a Connection and never com
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +36,8 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from golioth_assets.core.vocabulary import Trigger
+from golioth_assets.store.local_table.capture import Change
 from golioth_assets.store.local_table.connect import LocalSide, first_line, open_local_table
 from golioth_assets.store.services import ServiceNotFound, get_service
 
@@ -38,6 +48,9 @@ STATUSES = ("pending", "claimed", "processed", "failed", "dead")
 # Event types whose whole content is Golioth-owned observed data: nothing left for a sync to do
 # once the fast path has applied them.
 FAST_PATH_TYPES = ("device.data", "device.online", "device.offline")
+# Where a captured local change came from (the receiver's events say golioth_pipeline or signed).
+LOCAL_SOURCE = "local_capture"
+LOCAL_EVENT_PREFIX = "local."  # event types local.insert, local.update, local.delete
 # Enough of an error to diagnose a failed run; a stack trace has no business in the inbox.
 _MAX_ERROR_CHARS = 2000
 
@@ -89,6 +102,7 @@ class EventRow:
     claimed_by: str | None
     processed_at: datetime | None
     last_error: str | None
+    device_id: str | None = None  # a captured local change: the row's key
     payload: Any = None
 
 
@@ -100,8 +114,22 @@ class ClaimedGroup:
     service_id: int
     event_ids: list[int] = field(default_factory=list)
     golioth_device_ids: list[str] = field(default_factory=list)
+    device_ids: list[str] = field(default_factory=list)  # local keys, from captured changes
     event_types: list[str] = field(default_factory=list)
     attempts: int = 0  # the most attempts any of these events has had: part of a fresh run key
+    sources: set[str] = field(default_factory=set)
+
+    @property
+    def trigger(self) -> Trigger:
+        """What asked for the run: captured local changes, webhook events, or both."""
+        if self.sources == {LOCAL_SOURCE}:
+            return Trigger.local_change
+        return Trigger.live if LOCAL_SOURCE in self.sources else Trigger.webhook
+
+    @property
+    def scope(self) -> list[str]:
+        """The targeted sync's device ids: Golioth ids and local keys (the engine tells them apart)."""
+        return sorted(set(self.golioth_device_ids) | set(self.device_ids))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +378,72 @@ def apply_elsewhere(side: LocalSide, rows: list[dict[str, Any]]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Captured local changes
+# ---------------------------------------------------------------------------------------------
+
+_INSERT_LOCAL = sa.text(
+    """
+    INSERT INTO webhook_events
+        (service_id, organization_id, event_id, source, event_type, device_id, payload)
+    SELECT :service_id, :organization_id, u.event_id, :source, u.event_type, u.device_id, u.payload
+    FROM unnest(CAST(:event_ids AS text[]), CAST(:event_types AS text[]), CAST(:device_ids AS text[]),
+                CAST(:payloads AS jsonb[])) AS u(event_id, event_type, device_id, payload)
+    ORDER BY u.event_id
+    ON CONFLICT (service_id, event_id) DO NOTHING
+    """
+)
+
+
+def local_event_id(change: Change) -> str:
+    """The inbox key of a captured change. Its id alone could come back (capture uninstalled and
+    installed again restarts the ids); with its transaction id (txid_current(), which never
+    repeats on a server) it is the change's identity."""
+    return f"local:{change.txid}:{change.id}"
+
+
+def store_local_changes(conn: Connection, service_id: int, organization_id: str, changes: Sequence[Change]) -> int:
+    """Queue captured changes of one service's table as pending inbox events, idempotently (a
+    change already queued is skipped). Returns how many are new. The caller deletes them from
+    their outbox only after this commits."""
+    if not changes:
+        return 0
+    result = conn.execute(
+        _INSERT_LOCAL,
+        {
+            "service_id": service_id,
+            "organization_id": organization_id,
+            "source": LOCAL_SOURCE,
+            "event_ids": [local_event_id(c) for c in changes],
+            "event_types": [LOCAL_EVENT_PREFIX + c.operation for c in changes],
+            "device_ids": [c.row_key for c in changes],
+            "payloads": [
+                json.dumps(
+                    {
+                        "operation": c.operation,
+                        "key": c.row_key,
+                        "tenant": c.tenant,
+                        "changed_at": c.changed_at.isoformat(),
+                        "change_id": c.id,
+                        "txid": c.txid,
+                    }
+                )
+                for c in changes
+            ],
+        },
+    )
+    return result.rowcount
+
+
+def latest_claimable_id(conn: Connection) -> int:
+    """The newest pending or failed event's id (0: none): what the sensor's wait watches."""
+    return int(
+        conn.execute(
+            sa.text("SELECT coalesce(max(id), 0) FROM webhook_events WHERE status IN ('pending', 'failed')")
+        ).scalar_one()
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Lifecycle: the sensor, the targeted sync and the CLI
 # ---------------------------------------------------------------------------------------------
 
@@ -369,7 +463,8 @@ _CLAIM = sa.text(
     SET status = 'claimed', claimed_at = now(), claimed_by = :claimed_by
     FROM picked
     WHERE e.id = picked.id
-    RETURNING e.id, e.service_id, e.organization_id, e.golioth_device_id, e.event_type, e.attempts
+    RETURNING e.id, e.service_id, e.organization_id, e.golioth_device_id, e.device_id, e.event_type, e.attempts,
+              e.source
     """
 )
 
@@ -393,11 +488,15 @@ def claim_pending(
         group.event_ids.append(row.id)
         if row.golioth_device_id and row.golioth_device_id not in group.golioth_device_ids:
             group.golioth_device_ids.append(row.golioth_device_id)
+        if row.device_id and row.device_id not in group.device_ids:
+            group.device_ids.append(row.device_id)
+        group.sources.add(row.source)
         if row.event_type not in group.event_types:
             group.event_types.append(row.event_type)
         group.attempts = max(group.attempts, row.attempts)
     for group in groups.values():
         group.golioth_device_ids.sort()
+        group.device_ids.sort()
         group.event_types.sort()
     return [groups[k] for k in sorted(groups)]
 
@@ -482,7 +581,7 @@ def release_stale_claims(conn: Connection, older_than: timedelta, max_attempts: 
 
 _COLUMNS = (
     "id, service_id, organization_id, event_id, source, event_type, golioth_device_id, status, attempts, "
-    "received_at, claimed_at, claimed_by, processed_at, last_error"
+    "received_at, claimed_at, claimed_by, processed_at, last_error, device_id"
 )
 
 

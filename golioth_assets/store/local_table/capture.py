@@ -47,6 +47,8 @@ ROW_CHANGES = f"{SCHEMA}.row_changes"
 FUNCTION = f"{SCHEMA}.capture"
 TRIGGER = "golioth_sync_capture"
 OPERATIONS = ("insert", "update", "delete")
+WRITER_SETTING = "golioth_sync.writer"
+_NOT_THE_SYNC = f"current_setting('{WRITER_SETTING}', true) IS DISTINCT FROM 'on'"
 # Installing takes a brief SHARE ROW EXCLUSIVE lock on their table: fail fast rather than queue
 # behind a long transaction of theirs and stall their app's writes meanwhile.
 LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
@@ -212,7 +214,9 @@ def install_statements(mapping: TableMapping) -> list[str]:
         f"COMMENT ON FUNCTION {FUNCTION}() IS "
         + literal("golioth-sync change capture: records edits of synced columns in golioth_sync.changes"),
         f"CREATE OR REPLACE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {quote_table(mapping.table)}\n"
-        f"FOR EACH ROW EXECUTE FUNCTION {FUNCTION}({arguments})",
+        # The WHEN test spares the sync's own bulk writes the call, and the queued after-trigger
+        # event, per row; the function tests the same setting again (an older trigger lacks WHEN).
+        f"FOR EACH ROW WHEN ({_NOT_THE_SYNC}) EXECUTE FUNCTION {FUNCTION}({arguments})",
     ]
 
 
@@ -307,3 +311,15 @@ def delete_changes(conn: Connection, ids: list[int]) -> int:
         return 0
     result = conn.exec_driver_sql(f"DELETE FROM {CHANGES} WHERE id = ANY(%(ids)s)", {"ids": list(ids)})
     return result.rowcount
+
+
+def latest_change_id(conn: Connection) -> int:
+    """The newest captured change's id in this database (0: none): a cheap probe (the primary
+    key's last entry) for a consumer waiting for new changes. Capture must be installed here."""
+    return int(conn.exec_driver_sql(f"SELECT coalesce(max(id), 0) FROM {CHANGES}").scalar_one())
+
+
+def waiting_changes(conn: Connection) -> set[tuple[str, str | None]]:
+    """(table label, tenant) of every captured change waiting in this database's outbox: which
+    organizations have something to collect, in one query (the index on (table_name, tenant, id))."""
+    return {(r[0], r[1]) for r in conn.exec_driver_sql(f"SELECT DISTINCT table_name, tenant FROM {CHANGES}")}

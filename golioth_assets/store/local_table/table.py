@@ -26,15 +26,14 @@ from sqlalchemy.engine import Connection
 
 from golioth_assets.core.fields import OBSERVED_FIELDS
 from golioth_assets.store.bulk import read_frame, source, stage, stage_records
-from golioth_assets.store.local_table.capture import ROW_CHANGES
+from golioth_assets.store.local_table.capture import ROW_CHANGES, WRITER_SETTING
 from golioth_assets.store.local_table.fit import INTEGER_TYPES
 from golioth_assets.store.local_table.introspect import TableInfo, quote_ident
 from golioth_assets.store.local_table.mapping import SYNCED, FieldMapping, TableMapping
 from golioth_assets.store.local_table.sql import EPOCH_MICROS, Expressions, column, doc, doc_text, literal
 
-WRITER_SETTING = "golioth_sync.writer"
-"""Set (`SET LOCAL … = 'on'`) in every transaction that writes the local table: change capture
-skips rows the sync wrote itself, so they don't echo back."""
+# WRITER_SETTING is set (`SET LOCAL … = 'on'`) in every transaction that writes the local table:
+# change capture skips rows the sync wrote itself, so they don't echo back.
 
 TIMESTAMPS = ("updated_at", "deleted_at", "last_seen_online", "last_seen_offline", "last_report")
 ACTIVITY = ("last_seen_online", "last_seen_offline", "last_report")
