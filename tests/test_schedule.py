@@ -15,11 +15,12 @@ import sqlalchemy as sa
 
 from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.batch import SyncBatch, batch_organizations, batch_run_config, batch_sync_job
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import services
-from sensors.schedule import golioth_sync_schedule
+from sensors.schedule import BATCH_SIZE, batches, golioth_sync_schedule
 
 # A tick on the minute grid, a little in the past so "now()" rows sit after it when needed.
 T0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
@@ -66,9 +67,9 @@ def _synced(engine, org, started_at, *, dry_run=False, scope=None, status="succe
 # Built once, at import: building it needs no instance (the resources that run are the context's).
 REPO = dg.Definitions(
     assets=sync_assets,
-    jobs=[full_sync_job],
+    jobs=[full_sync_job, batch_sync_job],
     schedules=[golioth_sync_schedule],
-    resources={"store": DeviceStore(), "golioth": GoliothApi()},
+    resources={"store": DeviceStore(), "golioth": GoliothApi(), "batch": SyncBatch()},
 ).get_repository_def()
 
 
@@ -83,10 +84,16 @@ def _evaluate_tick(instance, resources, at: datetime):
 
 
 def _evaluate(instance, resources, at: datetime) -> dict[str, dg.RunRequest]:
+    """Each organization the tick requests, with the (batched) request it is in."""
     data = _evaluate_tick(instance, resources, at)
     if data.skip_message:
         assert not data.run_requests
-    return {r.partition_key: r for r in data.run_requests or []}
+    by_org: dict[str, dg.RunRequest] = {}
+    for request in data.run_requests or []:
+        for org in batch_organizations(request.run_config):
+            assert org not in by_org  # one organization is in one request of a tick
+            by_org[org] = request
+    return by_org
 
 
 def test_never_synced_enabled_partitioned_organizations_are_due(engine, module_instance, resources):
@@ -100,10 +107,10 @@ def test_never_synced_enabled_partitioned_organizations_are_due(engine, module_i
     assert disabled not in requests  # sync_enabled = false
     assert unpartitioned not in requests  # the partition sensor adds it first
     request = requests[due]
-    assert request.tags[RunTag.org] == due  # the run list filters by organization
+    assert RunTag.partition not in request.tags  # a batch spans many partitions
     assert request.tags[RunTag.trigger] == "schedule"
-    assert request.run_key.startswith(f"schedule:{due}:")
-    assert golioth_sync_schedule.job_name == full_sync_job.name
+    assert request.run_key.startswith(f"schedule:{int(T0.timestamp())}:")
+    assert golioth_sync_schedule.job_name == batch_sync_job.name
 
 
 @pytest.mark.parametrize("launch_delay", [2, 12, 45])
@@ -146,21 +153,45 @@ def test_a_full_sync_within_the_interval_postpones_the_next(engine, module_insta
     assert org in _evaluate(module_instance, resources, T0 + timedelta(seconds=200))
 
 
-def test_run_keys_name_the_interval_slot(engine, module_instance, resources):
-    fast = _service(engine, module_instance, interval=60)
-    hourly = _service(engine, module_instance, interval=3600)
+def test_due_organizations_are_batched_and_a_tick_never_yields_a_batch_twice(engine, instance, resources):
+    # An instance of its own, and more organizations than one batch holds.
+    orgs = {_service(engine, instance, interval=60) for _ in range(BATCH_SIZE + 3)}
 
-    keys = {
-        minute: {o: r.run_key for o, r in _evaluate(module_instance, resources, T0 + timedelta(minutes=minute)).items()}
-        for minute in (0, 1, 2)
-    }
+    data = _evaluate_tick(instance, resources, T0)
+    batches = [r for r in data.run_requests if set(batch_organizations(r.run_config)) & orgs]
+    assert len(batches) >= 2  # more than BATCH_SIZE due: more than one run, each at most BATCH_SIZE
+    assert all(len(batch_organizations(r.run_config)) <= BATCH_SIZE for r in batches)
+    assert orgs <= {o for r in batches for o in batch_organizations(r.run_config)}
+    assert all(r.job_name in (None, batch_sync_job.name) for r in batches)
+    assert len({r.run_key for r in batches}) == len(batches)
+    later = {r.run_key for r in _evaluate_tick(instance, resources, T0 + timedelta(minutes=1)).run_requests}
+    assert not later & {r.run_key for r in batches}  # the next tick's batches are new runs
 
-    assert len({keys[m][fast] for m in keys}) == 3  # a new slot every minute: three distinct runs
-    # Without a sync in between, the hourly org stays due, but within one hour the slot (and so the
-    # run key) is the same: Dagster runs it once, however many ticks request it.
-    hourly_keys = {keys[m][hourly] for m in keys}
-    assert len(hourly_keys) == 1 or T0.minute >= 58
-    assert keys[0][fast] != keys[0][hourly]
+
+def test_a_round_is_spread_over_a_few_runs_of_at_most_a_hundred():
+    assert [len(b) for b in batches([f"o{i}" for i in range(8)])] == [8]  # too few to split
+    assert [len(b) for b in batches([f"o{i}" for i in range(100)])] == [25] * 4  # every core busy
+    sizes = [len(b) for b in batches([f"o{i:04d}" for i in range(1001)])]
+    assert len(sizes) == 11 and max(sizes) <= BATCH_SIZE and sum(sizes) == 1001
+    assert sorted(o for b in batches(["b", "a", "c"]) for o in b) == ["a", "b", "c"]
+
+
+def test_an_organization_whose_full_sync_failed_is_retried_on_its_own_once(engine, module_instance, resources):
+    org = _service(engine, module_instance, interval=3600)
+    _synced(engine, org, T0 - timedelta(minutes=5), status="failed")  # e.g. a batched sync, key rejected
+
+    requests = _evaluate(module_instance, resources, T0)
+    retry = requests[org]
+    assert batch_organizations(retry.run_config) == [org]  # a run of its own
+    assert retry.tags[RunTag.trigger] == "retry"
+    assert retry.run_key.startswith(f"retry:{org}:")  # keyed by the failed row: retried once
+    # The retry failed too: no retry of the retry; it waits for its interval with the others.
+    _synced(engine, org, T0 - timedelta(minutes=1), status="failed")
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE golioth_sync_log SET trigger = 'retry' WHERE id = (SELECT max(id) FROM golioth_sync_log)")
+        )
+    assert org not in _evaluate(module_instance, resources, T0)
 
 
 def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, module_instance, resources):
@@ -190,14 +221,25 @@ def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, module_ins
         ),
     ]
 
+    batch = REPO.get_job(batch_sync_job.name)
+    batched, _ = (_service(engine, module_instance, interval=60) for _ in range(2))
+    runs.append(
+        module_instance.create_run_for_job(
+            job_def=batch,
+            tags=dict(batch.tags),
+            run_config=batch_run_config([batched]),
+            status=dg.DagsterRunStatus.STARTING,
+        )
+    )
+
     requests = _evaluate(module_instance, resources, T0)
     assert idle in requests and webhook in requests
-    assert scheduled not in requests and from_ui not in requests
+    assert scheduled not in requests and from_ui not in requests and batched not in requests
 
     for run in runs:
         module_instance.report_run_failed(run)  # no longer in flight
     requests = _evaluate(module_instance, resources, T0)
-    assert scheduled in requests and from_ui in requests
+    assert scheduled in requests and from_ui in requests and batched in requests
 
 
 def test_nothing_due_is_a_skip_with_a_reason(engine, instance, resources):

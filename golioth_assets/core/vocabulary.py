@@ -122,6 +122,16 @@ class RunStatus(StrEnum):
     failed = "failed"
 
 
+class BatchOutcome(StrEnum):
+    """How an organization ended in a batched run: its sync's status, or busy (another sync held
+    it, so this one never started: nothing failed, the next round syncs it)."""
+
+    success = "success"
+    partial = "partial"
+    failed = "failed"
+    busy = "busy"
+
+
 class SyncKind(StrEnum):
     """What a Dagster run does: the whole organization, some devices, or apply resolutions."""
 
@@ -142,6 +152,7 @@ class Trigger(StrEnum):
     console = "console"
     demo = "demo"
     failure = "failure"  # a row opened by the failure sensor for a run that never opened its own
+    retry = "retry"  # the schedule's retry, on its own, of an organization whose last full sync failed
 
 
 class RunTag:

@@ -18,6 +18,7 @@ add up, after the inventory's failed checks were reported, and nothing is writte
 
 import os
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -40,10 +41,14 @@ from golioth_assets.defs.metadata import (
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.engine import run as sync_run
+from golioth_assets.store import org_lock
 from golioth_assets.store.conflicts import PENDING_COLUMNS
 from golioth_assets.store.local_table.table import PREVIEW_COLUMNS as DEVICE_COLUMNS
 
 GROUP = "golioth_sync"
+# How long a single-organization run waits for a batched run that holds the organization (its sync
+# takes seconds to a minute) before it fails as busy and is retried.
+LOCK_WAIT_SECONDS = 120
 # What a preview of plan rows shows: core's columns, without the bookkeeping ones, plus the status
 # a write got.
 PLAN_PREVIEW = [c for c in CHANGE_COLUMNS if c not in ("reason", "blocked", "conflict_id", "changed_by")] + ["status"]
@@ -148,13 +153,26 @@ def golioth_sync(context: dg.AssetExecutionContext, config: SyncRunConfig, store
     store.require_schema()
     org = context.partition_key
     request = config.to_request(org, context.run.run_id, context.run.tags)
-    run = sync_run.SyncRun(
-        store.engine,
-        store.service(org),
-        request,
-        open_client=golioth.client_for,
-        claim=context.run.tags.get(RunTag.claim),
-    )
+    try:
+        # A batched run may be syncing this organization: wait for it (the lock's release ends the wait).
+        with org_lock.organization_lock(store.engine, org, wait_seconds=LOCK_WAIT_SECONDS):
+            yield from sync_results(
+                sync_run.SyncRun(
+                    store.engine,
+                    store.service(org),
+                    request,
+                    open_client=golioth.client_for,
+                    claim=context.run.tags.get(RunTag.claim),
+                )
+            )
+    except org_lock.OrganizationBusy as exc:
+        raise dg.Failure(description=str(exc), allow_retries=True) from exc
+
+
+def sync_results(run: sync_run.SyncRun) -> Iterator[dg.MaterializeResult]:
+    """One organization's sync, step by step: each asset's MaterializeResult (with its checks) as
+    soon as its step is done. The single-organization op yields them; a batched run turns them into
+    that organization's partition events (defs/batch.py)."""
     with run:
         started = time.perf_counter()
         yield _inventory(run.fetch(), started)

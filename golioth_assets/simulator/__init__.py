@@ -26,11 +26,12 @@ from .control import SimulatorControl, SimulatorControlError
 from .faults import FaultConfig
 from .model import EventsTarget, WebhookTarget
 from .server import SimulatorServer, run
-from .state import ProjectSpec, SimState
+from .state import ProjectFleet, ProjectSpec, SimState
 
 __all__ = [
     "EventsTarget",
     "FaultConfig",
+    "ProjectFleet",
     "ProjectSpec",
     "SimState",
     "SimulatorControl",

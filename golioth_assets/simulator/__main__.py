@@ -12,7 +12,7 @@ from pathlib import Path
 from .cli import simulator_command
 from .faults import FaultConfig
 from .server import run
-from .state import ProjectSpec
+from .state import ProjectFleet, ProjectSpec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             webhook_attempts=int(config.get("webhookAttempts", 3)),
             webhook_backoff_s=float(config.get("webhookBackoffS", 0.2)),
             state_file=Path(config["stateFile"]) if config.get("stateFile") else None,
+            fleets=[ProjectFleet.from_dict(f) for f in config.get("fleets", [])],
         )
         return 0
     return simulator_command.main(args=args, prog_name="golioth-simulator", standalone_mode=False) or 0

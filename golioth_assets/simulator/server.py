@@ -27,7 +27,7 @@ from . import persist
 from .app import build_app
 from .control import SimulatorControl
 from .faults import FaultConfig
-from .state import ProjectSpec, SimState
+from .state import ProjectFleet, ProjectSpec, SimState
 from .webhook_sender import WebhookSender
 
 READY_PREFIX = "SIMULATOR_READY "
@@ -62,8 +62,10 @@ class SimulatorServer:
         webhook_attempts: int = 3,
         webhook_backoff_s: float = 0.2,
         state_file: str | Path | None = None,
+        fleets: Sequence[ProjectFleet] = (),
     ) -> None:
         self.projects = list(projects)
+        self.fleets = list(fleets)  # many alike projects, seeded on first use (state.ProjectFleet)
         self.state_file = Path(state_file) if state_file else None  # persist.py: kept across restarts
         self.faults = faults or FaultConfig()
         self.host = host
@@ -85,7 +87,7 @@ class SimulatorServer:
         """Serve from a daemon thread of this process; `state` is then directly accessible."""
         self._ensure_stopped()
         sender = WebhookSender(attempts=self.webhook_attempts, backoff_s=self.webhook_backoff_s)
-        self._state = SimState(self.projects, self.faults, sender)
+        self._state = SimState(self.projects, self.faults, sender, fleets=self.fleets)
         if self.state_file:
             persist.restore(self._state, self.state_file)
             self._saver = persist.Saver(self._state, self.state_file).start()
@@ -118,6 +120,7 @@ class SimulatorServer:
         self._ensure_stopped()
         config = {
             "projects": [p.to_dict() for p in self.projects],
+            "fleets": [f.to_dict() for f in self.fleets],
             "faults": self.faults.to_dict(),
             "host": self.host,
             "port": self.port,
@@ -215,11 +218,12 @@ def run(
     webhook_backoff_s: float = 0.2,
     announce: Callable[[str], None] | None = None,
     state_file: Path | None = None,
+    fleets: Sequence[ProjectFleet] = (),
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (the CLI and subprocess mode call this). With
     `state_file`, projects saved there replace their seeded copies, and are saved back (persist.py)."""
     sender = WebhookSender(attempts=webhook_attempts, backoff_s=webhook_backoff_s)
-    state = SimState(list(projects), faults, sender)
+    state = SimState(list(projects), faults, sender, fleets=list(fleets))
     saver = None
     if state_file is not None:
         persist.restore(state, state_file)

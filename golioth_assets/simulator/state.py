@@ -81,6 +81,56 @@ class ProjectSpec:
         )
 
 
+@dataclass(frozen=True)
+class ProjectFleet:
+    """Many alike projects, seeded only when first used: `count` projects of `devices` devices each,
+    `<project_prefix><i>` with the key `<key_prefix><i>` (i zero-padded to 5 digits, seed = i).
+    A thousand tenants then cost the simulator nothing until a sync touches them, and each project's
+    first request seeds it (about 15 ms for 1,000 devices), so the benchmark measures the sync."""
+
+    count: int
+    devices: int
+    project_prefix: str = "fleet-"
+    key_prefix: str = "fleet-key-"
+    organization_id: str = "sim-org"
+
+    def project_id(self, index: int) -> str:
+        return f"{self.project_prefix}{index:05d}"
+
+    def api_key(self, index: int) -> str:
+        return f"{self.key_prefix}{index:05d}"
+
+    def index_of(self, value: str, prefix: str) -> int | None:
+        tail = value[len(prefix) :] if value.startswith(prefix) else ""
+        if len(tail) == 5 and tail.isdigit() and int(tail) < self.count:
+            return int(tail)
+        return None
+
+    def spec(self, index: int) -> ProjectSpec:
+        return ProjectSpec(
+            self.project_id(index), self.api_key(index), self.devices, seed=index, organization_id=self.organization_id
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "devices": self.devices,
+            "projectPrefix": self.project_prefix,
+            "keyPrefix": self.key_prefix,
+            "organizationId": self.organization_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProjectFleet:
+        return cls(
+            count=int(data["count"]),
+            devices=int(data["devices"]),
+            project_prefix=data.get("projectPrefix", "fleet-"),
+            key_prefix=data.get("keyPrefix", "fleet-key-"),
+            organization_id=data.get("organizationId", "sim-org"),
+        )
+
+
 def webhook_from_dict(data: dict[str, Any]) -> WebhookTarget:
     return WebhookTarget(
         url=data["url"], headers=dict(data.get("headers") or {}), inject_metadata=bool(data.get("injectMetadata", True))
@@ -93,8 +143,10 @@ class SimState:
         projects: list[ProjectSpec] | tuple[ProjectSpec, ...] = (),
         faults: FaultConfig | None = None,
         sender: WebhookSender | None = None,
+        fleets: list[ProjectFleet] | tuple[ProjectFleet, ...] = (),
     ) -> None:
         self.lock = threading.RLock()
+        self.fleets = list(fleets)  # their projects join `projects` on first use (_from_fleet)
         self.clock = WriteClock()
         self.stats = RequestStats()
         self.sender = sender or WebhookSender()
@@ -163,10 +215,29 @@ class SimState:
                 self.add_project(spec)
 
     def _project(self, project_id: str) -> Project:
-        project = self.projects.get(project_id)
+        project = self.projects.get(project_id) or self._from_fleet(project_id=project_id)
         if project is None:
             raise not_found(f"project {project_id} not found")
         return project
+
+    def _from_fleet(self, *, project_id: str | None = None, api_key: str | None = None) -> Project | None:
+        """A fleet's project, seeded now if this is its first use (under the lock: once)."""
+        for fleet in self.fleets:
+            index = (
+                fleet.index_of(project_id, fleet.project_prefix)
+                if project_id is not None
+                else fleet.index_of(api_key or "", fleet.key_prefix)
+            )
+            if index is None:
+                continue
+            with self.lock:
+                existing = self.projects.get(fleet.project_id(index))
+                if existing is not None:
+                    return existing
+                if fleet.api_key(index) in self.keys:
+                    return None  # its key is taken by an explicit project
+                return self.add_project(fleet.spec(index))
+        return None
 
     def project(self, project_id: str) -> Project:
         with self.lock:
@@ -176,6 +247,9 @@ class SimState:
         """Project-scoped keys: unknown key 401, another project's key 403."""
         own_id = self.keys.get(api_key) if api_key else None
         own = self.projects.get(own_id) if own_id else None
+        if own is None and api_key and own_id is None:
+            own = self._from_fleet(api_key=api_key)
+            own_id = own.project_id if own is not None else None
         if own is None or own.deleted_mode == "unauthenticated":
             raise ApiError(UNAUTHENTICATED, MSG_UNAUTHENTICATED)
         if own_id != project_id:
@@ -281,4 +355,4 @@ class SimState:
         self.sender.close()
 
 
-__all__ = ["ProjectSpec", "SimState"]
+__all__ = ["ProjectFleet", "ProjectSpec", "SimState"]

@@ -216,6 +216,32 @@ def last_full_sync_starts(conn: Connection) -> list[tuple[str, int, float | None
     return [(org, int(interval), None if last is None else float(last)) for org, interval, last in rows]
 
 
+def fail_orphaned_runs(conn: Connection, organization_id: str, error: str) -> int:
+    """Close the organization's rows still `running` as failed. Only for a caller holding the
+    organization's sync lock (store/org_lock.py): every live sync holds it, so such a row belongs to
+    a process that died mid-sync (a SIGKILLed worker) and nothing else will ever close it."""
+    return conn.execute(
+        golioth_sync_log.update()
+        .where(golioth_sync_log.c.organization_id == organization_id, golioth_sync_log.c.status == "running")
+        .values(status="failed", error=error, finished_at=sa.func.now())
+    ).rowcount
+
+
+def failed_full_syncs(conn: Connection) -> list[tuple[str, int, str]]:
+    """(organization, log id, trigger) of each enabled service whose latest full sync (not a dry run,
+    not targeted) failed: the schedule retries it on its own."""
+    rows = conn.exec_driver_sql(
+        """
+        SELECT DISTINCT ON (l.organization_id) l.organization_id, l.id, l.trigger, l.status
+        FROM golioth_sync_log l JOIN device_services s
+          ON s.organization_id = l.organization_id AND s.sync_enabled
+        WHERE NOT l.dry_run AND l.scope IS NULL
+        ORDER BY l.organization_id, l.id DESC
+        """
+    ).all()
+    return [(org, int(log_id), str(trigger)) for org, log_id, trigger, status in rows if status == "failed"]
+
+
 UNCONFIRMED_COLUMNS = ["device_id", "golioth_device_id", "field", "action", "new_value"]
 
 
