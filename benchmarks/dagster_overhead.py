@@ -36,14 +36,14 @@ sys.path.insert(0, str(ROOT))
 ORG = "overhead-org"
 PROJECT = "overhead-project"
 KEY = "overhead-key-0123456789abcdef"
-KEY_ENV = "GS_OVERHEAD_KEY"
+KEY_ENV = "GOLIOTH_OVERHEAD_KEY"
 # Targets for 100 devices on the shared 2-core development machine at a load average under ~3
 # (docs/benchmarks.md, "Dagster overhead"): the one-op sync's figures, which the six-op one missed.
 MAX_MEDIAN_SECONDS = 2.5
 MAX_EVENT_LOG_ENTRIES = 42
 
 
-def _drop(url) -> None:
+def drop_database(url) -> None:
     import sqlalchemy as sa
 
     admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
@@ -52,7 +52,7 @@ def _drop(url) -> None:
     admin.dispose()
 
 
-def _setup(devices: int, database_url: str):
+def setup_organization(devices: int, database_url: str):
     from golioth_assets.cli.runtime import prepare
     from golioth_assets.engine.sync import SyncRequest, sync_organization
     from golioth_assets.simulator import ProjectSpec, SimulatorServer
@@ -65,21 +65,28 @@ def _setup(devices: int, database_url: str):
     os.environ[KEY_ENV] = KEY
     runtime = prepare()  # databases, migrations, DAGSTER_HOME with the project's dagster.yaml
     sim = SimulatorServer(projects=[ProjectSpec(PROJECT, KEY, devices=devices, seed=5)]).start_subprocess()
-    with runtime.engine.begin() as conn:
-        services.upsert_service(
-            conn,
-            services.ServiceSettings(
-                organization_id=ORG,
-                name="overhead benchmark",
-                project_id=PROJECT,
-                base_url=sim.url,
-                golioth_organization_id="sim-org",
-                api_key_env=KEY_ENV,
-                interval_seconds=3600,
-            ),
-        )
-    first = sync_organization(runtime.engine, SyncRequest(ORG, trigger="benchmark"))
-    assert first.counts["created_local"] == devices, first.counts
+    try:
+        with runtime.engine.begin() as conn:
+            services.upsert_service(
+                conn,
+                services.ServiceSettings(
+                    organization_id=ORG,
+                    name="overhead benchmark",
+                    project_id=PROJECT,
+                    base_url=sim.url,
+                    golioth_organization_id="sim-org",
+                    api_key_env=KEY_ENV,
+                    interval_seconds=3600,
+                ),
+            )
+        first = sync_organization(runtime.engine, SyncRequest(ORG, trigger="benchmark"))
+        assert first.counts["created_local"] == devices, first.counts
+    except BaseException:  # the caller only cleans up what it was handed
+        sim.stop()
+        runtime.engine.dispose()
+        for url in (runtime.app_url, runtime.dagster_url):
+            drop_database(url)
+        raise
     return runtime, sim
 
 
@@ -120,7 +127,7 @@ def main() -> int:
     os.environ["GOLIOTH_SYNC_HOME"] = str(home)
     runtime = sim = None
     try:
-        runtime, sim = _setup(args.devices, args.database_url)
+        runtime, sim = setup_organization(args.devices, args.database_url)
         import dagster as dg
 
         from golioth_assets.definitions import defs
@@ -152,7 +159,7 @@ def main() -> int:
         if runtime is not None:
             runtime.engine.dispose()
             for url in (runtime.app_url, runtime.dagster_url):
-                _drop(url)
+                drop_database(url)
         os.environ.clear()
         os.environ.update(env_before)
         shutil.rmtree(home, ignore_errors=True)
