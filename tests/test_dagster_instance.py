@@ -181,6 +181,27 @@ def test_storage_reuses_its_connections(project_instance):
     assert len(opened) <= 3, f"{len(opened)} new connections for 60 statements"
     assert project_instance.get_ref().storage_data.class_name == "PooledPostgresStorage"
 
+    statements = []
+
+    def count_statement(*_args) -> None:
+        statements.append(1)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count_statement)
+    try:  # the catalog is asked once whether a table exists; dagster-postgres asks every time
+        assert all(project_instance.event_log_storage.has_table("event_logs") for _ in range(10))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count_statement)
+    assert len(statements) <= 1
+
+
+def test_the_daemon_looks_at_the_run_queue_every_second(project_instance):
+    coordinator = project_instance.run_coordinator
+    assert coordinator.dequeue_interval_seconds == 1
+    # ...with the `concurrency:` block's limits still the ones the daemon applies.
+    queue = project_instance.get_concurrency_config().run_queue_config
+    assert queue.max_concurrent_runs == 8
+    assert queue.tag_concurrency_limits
+
 
 def test_run_monitoring_marks_dead_workers_failed(project_instance):
     assert project_instance.run_monitoring_enabled
