@@ -20,7 +20,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dagster._serdes import ConfigurableClassData
-from dagster_postgres import DagsterPostgresStorage, PostgresEventLogStorage, PostgresRunStorage
+from dagster_postgres import (
+    DagsterPostgresStorage,
+    PostgresEventLogStorage,
+    PostgresRunStorage,
+    PostgresScheduleStorage,
+)
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
 from sqlalchemy.engine import Connection
 
@@ -88,13 +93,17 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         inst_data: ConfigurableClassData | None = None,
         token_provider: Any = None,
     ) -> None:
-        super().__init__(postgres_url, should_autocreate_tables, inst_data, token_provider)
-        # The base class built plain run and event-log storages too (a connection each, at start):
-        # these two stand in for them.
+        # The base class builds plain storages too: told not to create tables, they never connect
+        # (engines connect lazily) and stand unused; these three take their place.
+        super().__init__(postgres_url, False, inst_data, token_provider)
+        self.should_autocreate_tables = should_autocreate_tables
         self._pooled_run_storage = SchemaMemoryRunStorage(
             postgres_url, should_autocreate_tables, token_provider=token_provider
         )
         self._pooled_event_log_storage = SchemaMemoryEventLogStorage(
+            postgres_url, should_autocreate_tables, token_provider=token_provider
+        )
+        self._pooled_schedule_storage = PostgresScheduleStorage(
             postgres_url, should_autocreate_tables, token_provider=token_provider
         )
         for part in (self.run_storage, self.event_log_storage, self.schedule_storage):
@@ -109,6 +118,10 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     @property
     def event_log_storage(self) -> SchemaMemoryEventLogStorage:
         return self._pooled_event_log_storage
+
+    @property
+    def schedule_storage(self) -> PostgresScheduleStorage:
+        return self._pooled_schedule_storage
 
     @classmethod
     def from_config_value(  # type: ignore[override]  # dagster_postgres types it with its TypedDict
