@@ -194,6 +194,15 @@ def test_storage_reuses_its_connections(project_instance):
     assert len(statements) <= 1
 
 
+def test_dagster_storage_does_not_wait_for_commit_flushes(project_instance):
+    import sqlalchemy as sa
+
+    with project_instance.event_log_storage.index_connection() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+    with project_instance.run_storage.connect() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+
+
 def test_the_daemon_looks_at_the_run_queue_every_second(project_instance):
     coordinator = project_instance.run_coordinator
     assert coordinator.dequeue_interval_seconds == 1

@@ -8,6 +8,12 @@ for the webserver (`optimize_for_webserver`: one held connection per storage, mo
 process that loads the instance gets it: the CLI, the run workers, the daemon and the webserver
 (which switches it again itself), each holding at most one idle connection per storage.
 
+Its sessions don't wait for the WAL flush of each commit (`synchronous_commit = off`): every event of
+a run is one autocommitted INSERT (and more for an asset's tables), about 100 writes per run, each
+of which would otherwise wait for the disk. A crash of the PostgreSQL server (not of a run) may
+lose the last fraction of a second of Dagster's event log, never corrupt it; our own database, with
+the sync's state, the inbox and the outbox, keeps full durability (it is not touched here).
+
 It also remembers the tables and columns it found: dagster-postgres asks the catalog again before
 many statements whether a table or column (added by some past Dagster migration) exists, about 50
 catalog queries per run. Only a "yes" is remembered: a table or column never disappears under a
@@ -27,7 +33,7 @@ from dagster_postgres import (
     PostgresScheduleStorage,
 )
 from dagster_postgres.utils import get_token_provider_from_config, pg_url_from_config
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 # Overflow connections, beyond the held one, for threads that query at the same time (the CLI's
 # progress display beside the run, the daemon's loops); they close when released.
@@ -35,6 +41,15 @@ MAX_OVERFLOW = 10
 # Reconnect an hour on, so that a server-side idle timeout never hands us a dead connection.
 POOL_RECYCLE_SECONDS = 3600
 NO_STATEMENT_TIMEOUT = 0  # as with dagster-postgres's own engines (the webserver sets one itself)
+NO_COMMIT_WAIT = "-c synchronous_commit=off"
+
+
+def without_commit_wait(postgres_url: str) -> str:
+    """The URL with `synchronous_commit = off` for its sessions (libpq `options`, kept beside any
+    the URL has)."""
+    url = make_url(postgres_url)
+    options = " ".join(filter(None, [str(url.query.get("options") or ""), NO_COMMIT_WAIT]))
+    return url.update_query_dict({"options": options}).render_as_string(hide_password=False)
 
 
 class _SchemaMemory:
@@ -129,7 +144,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     ) -> PooledPostgresStorage:
         return cls(
             inst_data=inst_data,
-            postgres_url=pg_url_from_config(config_value),
+            postgres_url=without_commit_wait(pg_url_from_config(config_value)),
             should_autocreate_tables=config_value.get("should_autocreate_tables", True),
             token_provider=get_token_provider_from_config(config_value),
         )
