@@ -31,8 +31,11 @@ class LazyCommand:
     short_help: str
 
     def load(self) -> click.Command:
+        from golioth_assets.cli.startup import imports_without_gc
+
         module, _, attribute = self.target.partition(":")
-        command = getattr(importlib.import_module(module), attribute)
+        with imports_without_gc():
+            command = getattr(importlib.import_module(module), attribute)
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.target} is not a click command")
         return command

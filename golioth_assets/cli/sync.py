@@ -40,8 +40,13 @@ def sync(
 
     Exit status: 0 success, 3 conflicts found (with --fail-on-conflicts), 4 partial (some device
     writes failed), 5 failed, 6 could not start (no service, API key not set, database unreachable)."""
-    from golioth_assets.cli.dagster_run import dead_runs_note, run_sync_job
-    from golioth_assets.cli.runtime import prepare
+    from golioth_assets.cli.startup import imports_without_gc
+
+    with imports_without_gc():
+        from golioth_assets.cli.dagster_run import dead_runs_note, run_sync_job
+        from golioth_assets.cli.runtime import prepare
+        from golioth_assets.definitions import defs  # noqa: F401  # the jobs run_sync_job runs
+        from golioth_assets.defs import storage  # noqa: F401  # Dagster's storage, which the instance loads
 
     runtime = prepare()
     _check_startable(runtime.engine, organization_id)
