@@ -32,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# The simulator is plain http on loopback: a service may use it only with this explicit allowance.
+os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
 ORG = "overhead-org"
 PROJECT = "overhead-project"
@@ -139,7 +141,8 @@ def main() -> int:
             figures = [_one_run(job, instance) for _ in range(args.runs)]
         seconds = statistics.median(f[0] for f in figures)
         entries = statistics.median(f[1] for f in figures)
-        print(f"{args.devices} devices, no change, {args.runs} runs after a warm-up:")
+        load = os.getloadavg()
+        print(f"{args.devices} devices, no change, {args.runs} runs after a warm-up (load average {load[0]:.2f}):")
         print(f"  run wall time: median {seconds:.3f} s (each: {', '.join(f'{f[0]:.3f}' for f in figures)})")
         print(f"  event-log entries per run: median {entries:.0f}")
         print(f"  by kind: {dict(sorted(figures[-1][2].items()))}")
