@@ -64,3 +64,11 @@ def test_the_quick_head_revision_is_alembics():
     from alembic.script import ScriptDirectory
 
     assert migrate.head_revision() == ScriptDirectory.from_config(migrate._config()).get_current_head()
+
+
+def test_loading_a_command_leaves_the_garbage_collector_on():
+    import gc
+
+    assert gc.isenabled()
+    LAZY_COMMANDS["history"].load()
+    assert gc.isenabled()  # paused only while the command's modules import (cli/startup.py)
