@@ -21,7 +21,9 @@ server at BENCH_DATABASE_URL, or on the embedded server with --embedded):
    storage in PostgreSQL), and reports its own peak RSS (getrusage maxrss) and step timings (Dagster's
    event log, plus wrappers on the engine's step functions).
 
-Reported: run wall time (run_sync_job's own figure and the child process end to end, imports
+Reported: run wall time beside the floor and their ratio (the floor: a bare httpx listing of every
+device plus as many bare writes as the run made, against the same simulator, measured right after
+the run in the same process run; target: run <= 3x floor, a miss exits 1), run wall time (run_sync_job's own figure and the child process end to end, imports
 included), time per Dagster step and per engine function, peak RSS of the run process, HTTP requests
 by route (the simulator's stats) against the minimum (list pages + 3 reference lists + one write per
 changed Golioth device), and checks: the run succeeded, every asset check passed, the counts match
@@ -226,6 +228,53 @@ def _requests(stats: dict) -> tuple[int, Counter]:
     return stats["total"], by_route
 
 
+MAX_FLOOR_RATIO = 3.0  # issue 12: a full sync through a Dagster run within 3x the bare HTTP floor
+FLOOR_CONCURRENCY = 16  # as many requests in flight as the sync's Golioth client (GoliothApi.max_concurrency)
+
+
+def measure_floor(base_url: str, project: str, key: str, writes: int) -> dict:
+    """The bare HTTP work of a sync, against the same simulator, in this process: list every device
+    (page 0, then the other pages FLOOR_CONCURRENCY at a time, JSON decoded, as the client does),
+    then `writes` PATCHes of listed devices (their own name back: a write the simulator applies),
+    FLOOR_CONCURRENCY at a time. No pydantic, pandas, SQL or Dagster: what a sync cannot go below."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from golioth_assets.golioth.client import MAX_PER_PAGE
+
+    path = f"{base_url}/v1/projects/{project}/devices"
+    limits = httpx.Limits(max_connections=FLOOR_CONCURRENCY, max_keepalive_connections=FLOOR_CONCURRENCY)
+    with (
+        httpx.Client(headers={"x-api-key": key}, limits=limits, timeout=60) as client,
+        ThreadPoolExecutor(FLOOR_CONCURRENCY) as pool,
+    ):
+
+        def page(number: int) -> dict:
+            response = client.get(path, params={"page": number, "perPage": MAX_PER_PAGE})
+            response.raise_for_status()
+            return response.json()
+
+        started = time.perf_counter()
+        first = page(0)
+        pages = [first, *pool.map(page, range(1, math.ceil(first["total"] / MAX_PER_PAGE)))]
+        devices = [d for p in pages for d in p["list"]]
+        listed = time.perf_counter()
+
+        def write(device: dict) -> None:
+            client.patch(f"{path}/{device['id']}", json={"name": device["name"]}).raise_for_status()
+
+        list(pool.map(write, (devices[i % len(devices)] for i in range(writes))))
+        ended = time.perf_counter()
+    return {
+        "floor_s": ended - started,
+        "floor_list_s": listed - started,
+        "floor_write_s": ended - listed,
+        "floor_devices": len(devices),
+        "floor_writes": writes,
+    }
+
+
 def run_size(n: int, args: argparse.Namespace) -> dict:
     import sqlalchemy as sa
     import sync_full  # the edit generator of the engine benchmark (benchmarks/sync_full.py)
@@ -396,6 +445,12 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             result["left_after"] = left
             if left:
                 problems.append(f"a fresh diff after the run still finds {left} writes")
+        # The floor, last (its writes are no-ops, but after the checks all the same), on the same
+        # simulator in this same process run.
+        result.update(measure_floor(sim.url, sync_full.PROJECT, sync_full.KEY, golioth_writes))
+        result["ratio"] = run["run_s"] / result["floor_s"]
+        if result["ratio"] > MAX_FLOOR_RATIO:
+            problems.append(f"the run took {result['ratio']:.1f}x the floor (target <= {MAX_FLOOR_RATIO:.0f}x)")
         result["problems"] = problems
         return result
     finally:
@@ -429,6 +484,11 @@ def report(r: dict) -> None:
         f"\n{n:,} devices ({r['mode']}, {r['postgres']} PostgreSQL): run {run['run_s']:.2f} s "
         f"(run record {run['run_record_s']:.2f} s; run process end to end {r['wall_s']:.2f} s, "
         f"of which imports {run['import_s']:.2f} s), peak RSS of the run process {run['max_rss_mib']:.0f} MiB"
+    )
+    print(
+        f"  floor (bare httpx, same simulator, same run): {r['floor_s']:.2f} s = listing {r['floor_devices']:,} "
+        f"devices {r['floor_list_s']:.2f} s + {r['floor_writes']:,} writes {r['floor_write_s']:.2f} s; "
+        f"run / floor = {r['ratio']:.1f}x (target <= {MAX_FLOOR_RATIO:.0f}x)"
     )
     print(f"  load average before/after: {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f}")
     print("  Dagster steps:")

@@ -159,6 +159,59 @@ def test_golioth_api_pool_has_a_default_limit(project_instance):
     assert project_instance.event_log_storage.get_concurrency_info("golioth_api").slot_count == 4
 
 
+def test_storage_reuses_its_connections(project_instance):
+    # dagster-postgres alone opens a connection per statement (NullPool): PooledPostgresStorage
+    # (golioth_assets/defs/storage.py) holds them, in this process and in every one the instance
+    # ref reaches (run workers, the daemon).
+    import sqlalchemy as sa
+
+    opened = []
+
+    def count(*_args) -> None:
+        opened.append(1)
+
+    sa.event.listen(sa.engine.Engine, "connect", count)
+    try:
+        for _ in range(20):
+            project_instance.get_runs(limit=1)
+            project_instance.get_dynamic_partitions("organizations")
+            project_instance.get_ticks("origin", "selector", limit=1)
+    finally:
+        sa.event.remove(sa.engine.Engine, "connect", count)
+    assert len(opened) <= 3, f"{len(opened)} new connections for 60 statements"
+    assert project_instance.get_ref().storage_data.class_name == "PooledPostgresStorage"
+
+    statements = []
+
+    def count_statement(*_args) -> None:
+        statements.append(1)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count_statement)
+    try:  # the catalog is asked once whether a table exists; dagster-postgres asks every time
+        assert all(project_instance.event_log_storage.has_table("event_logs") for _ in range(10))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count_statement)
+    assert len(statements) <= 1
+
+
+def test_dagster_storage_does_not_wait_for_commit_flushes(project_instance):
+    import sqlalchemy as sa
+
+    with project_instance.event_log_storage.index_connection() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+    with project_instance.run_storage.connect() as conn:
+        assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+
+
+def test_the_daemon_looks_at_the_run_queue_every_second(project_instance):
+    coordinator = project_instance.run_coordinator
+    assert coordinator.dequeue_interval_seconds == 1
+    # ...with the `concurrency:` block's limits still the ones the daemon applies.
+    queue = project_instance.get_concurrency_config().run_queue_config
+    assert queue.max_concurrent_runs == 8
+    assert queue.tag_concurrency_limits
+
+
 def test_run_monitoring_marks_dead_workers_failed(project_instance):
     assert project_instance.run_monitoring_enabled
     # A dead run worker is failed, not resumed: the failure sensor then releases its webhook events.
@@ -168,5 +221,5 @@ def test_run_monitoring_marks_dead_workers_failed(project_instance):
 
 def test_dagster_yaml_reads_the_database_url_from_the_environment():
     config = yaml.safe_load(DAGSTER_YAML.read_text())
-    assert config["storage"]["postgres"]["postgres_url"] == {"env": DAGSTER_PG_ENV}
+    assert config["storage"]["custom"]["config"]["postgres_url"] == {"env": DAGSTER_PG_ENV}
     assert config["telemetry"] == {"enabled": False}

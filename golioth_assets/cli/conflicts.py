@@ -11,16 +11,15 @@ from typing import Any
 
 import click
 import pandas as pd
-from rich.console import Console
 from rich.table import Table
 
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import conflicts as actions
 from golioth_assets.cli.output import echo_json, json_option, verbose
-from golioth_assets.cli.render import field_label, list_table, shorten
+from golioth_assets.cli.render import TerminalConsole, field_label, list_table, shorten
 from golioth_assets.cli.services import open_engine, operator_errors
 
-out = Console()
+out = TerminalConsole()
 
 
 def show_value(value: Any, *, limit: int | None = None) -> str:

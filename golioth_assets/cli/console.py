@@ -35,7 +35,7 @@ def console_settings(host: str) -> tuple[str | None, bool]:
     return token, loopback
 
 
-@click.command("console", short_help="Serve the web console: status, conflicts, history, inbox.")
+@click.command("console")
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (non-loopback needs a token)."
 )

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import click
 import httpx
-from rich.console import Console
 from rich.table import Table
 
 from golioth_assets.cli import demo_product
+from golioth_assets.cli.render import TerminalConsole
 from golioth_assets.core.vocabulary import Direction, Policy
 from golioth_assets.credentials import ALLOW_LOOPBACK_HTTP_ENV
 
@@ -38,7 +38,7 @@ API_KEY_ENV = "GOLIOTH_DEMO_API_KEY"
 WEBHOOK_SECRET_ENV = "GOLIOTH_DEMO_WEBHOOK_SECRET"  # the pipelines' header secret
 SIGNING_KEY_ENV = "GOLIOTH_DEMO_SIGNING_KEY"  # the signed device events' whsec_ key: a different secret
 
-out = Console()
+out = TerminalConsole()
 
 
 def _bin(name: str) -> str:
@@ -229,7 +229,7 @@ class Ports:
     console: int
 
 
-@click.command(short_help="Start everything on this machine for a first look.")
+@click.command()
 @click.option("--devices", default=10_000, show_default=True, help="Devices in the simulated Golioth project.")
 @click.option("--no-ui", is_flag=True, help="Run one full sync headlessly, print the summary and exit.")
 @click.option(

@@ -12,16 +12,15 @@ import json
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from golioth_assets.actions import history as actions
 from golioth_assets.actions.status import dagster_run_url
 from golioth_assets.cli.output import echo_json, json_option, run_json
-from golioth_assets.cli.render import SIDES, list_table, shorten, summary_table
+from golioth_assets.cli.render import SIDES, TerminalConsole, list_table, shorten, summary_table
 from golioth_assets.cli.services import open_engine, operator_errors
 
-out = Console()
+out = TerminalConsole()
 
 
 def _value(value: Any, limit: int = 60) -> str:

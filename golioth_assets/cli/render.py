@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:  # a plan is a DataFrame, but listing services or history needs no pandas
+    import pandas as pd
+
+
+class TerminalConsole(Console):
+    """The console a command module prints to. Its width follows the terminal (or COLUMNS) at
+    print time, like any Console made without COLUMNS set. A plain Console freezes COLUMNS when it
+    is made, and command modules are imported on first use (cli/main.py), inside a command that
+    may run with its own COLUMNS (tests do)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if "width" not in kwargs:
+            self._width = None
+        if "height" not in kwargs:
+            self._height = None
+
 
 SUMMARY_ROWS = [
     ("Golioth devices fetched", "fetched_remote"),

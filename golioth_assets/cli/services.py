@@ -13,18 +13,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from golioth_assets import credentials
 from golioth_assets.actions import OperationError
 from golioth_assets.actions import services as actions
 from golioth_assets.cli.output import CommandFailed, echo_json, json_option
-from golioth_assets.cli.render import list_table
+from golioth_assets.cli.render import TerminalConsole, list_table
 from golioth_assets.core.vocabulary import Direction, FieldGroup, Policy, values
 from golioth_assets.store.services import PIPELINE_SECRET, SIGNING_KEY
 
-out = Console()
+out = TerminalConsole()
 
 # Settings field → the option that sets it, so errors name what the operator typed.
 LABELS = {

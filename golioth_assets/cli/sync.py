@@ -7,17 +7,17 @@ from typing import Any
 
 import click
 import pandas as pd
-from rich.console import Console
 
 from golioth_assets.cli.output import CommandFailed, ExitCode, echo_json, json_option, not_started, run_json, verbose
+from golioth_assets.cli.render import TerminalConsole
 from golioth_assets.core.vocabulary import Direction, Policy, RunStatus, values
 
-out = Console()
-notes = Console(stderr=True)
+out = TerminalConsole()
+notes = TerminalConsole(stderr=True)
 PLAN_JSON_LIMIT = 1000  # rows of a dry run's plan in its JSON; all of them are in sync_plan
 
 
-@click.command(short_help="Run a sync through Dagster and print a summary.")
+@click.command()
 @click.option("--org", "organization_id", required=True, help="The organization to sync.")
 @click.option("--direction", type=click.Choice(values(Direction)), help="Override for this run.")
 @click.option("--policy", type=click.Choice(values(Policy)), help="Override for this run.")
@@ -40,8 +40,13 @@ def sync(
 
     Exit status: 0 success, 3 conflicts found (with --fail-on-conflicts), 4 partial (some device
     writes failed), 5 failed, 6 could not start (no service, API key not set, database unreachable)."""
-    from golioth_assets.cli.dagster_run import dead_runs_note, run_sync_job
-    from golioth_assets.cli.runtime import prepare
+    from golioth_assets.cli.startup import imports_without_gc
+
+    with imports_without_gc():
+        from golioth_assets.cli.dagster_run import dead_runs_note, run_sync_job
+        from golioth_assets.cli.runtime import prepare
+        from golioth_assets.definitions import defs  # noqa: F401  # the jobs run_sync_job runs
+        from golioth_assets.defs import storage  # noqa: F401  # Dagster's storage, which the instance loads
 
     runtime = prepare()
     _check_startable(runtime.engine, organization_id)
