@@ -212,6 +212,11 @@ def test_the_daemon_looks_at_the_run_queue_every_second(project_instance):
     assert queue.tag_concurrency_limits
 
 
+def test_the_daemon_evaluates_sensors_in_threads(project_instance):
+    # The inbox sensor's idle tick watches for up to 4.5 s; in threads, no other sensor waits behind it.
+    assert project_instance.get_settings("sensors") == {"use_threads": True, "num_workers": 4}
+
+
 def test_run_monitoring_marks_dead_workers_failed(project_instance):
     assert project_instance.run_monitoring_enabled
     # A dead run worker is failed, not resumed: the failure sensor then releases its webhook events.
