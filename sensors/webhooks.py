@@ -83,14 +83,14 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
     db = store.engine
     with db.begin() as conn:
         webhook_events.release_stale_claims(conn, STALE_CLAIM)
-    tables = local_changes.captured_tables(db, partitions)
-    watched = _latest(db, tables)
+    tables = local_changes.captured_tables(db, partitions, deadline=started + TICK_BUDGET_SECONDS)
+    watched = _latest(db, tables, started)
     requests = _collect_and_claim(context.instance, db, tables, partitions, started)
     while not requests and time.monotonic() - started < WAIT_SECONDS:
         time.sleep(POLL_SECONDS)  # a poll interval: one cheap probe per database
-        latest = _latest(db, tables)
+        latest = _latest(db, tables, started)
         if latest != watched:
-            watched = _settled(db, tables, latest)
+            watched = _settled(db, tables, latest, started)
             requests = _collect_and_claim(context.instance, db, tables, partitions, started)
     if requests:
         return dg.SensorResult(run_requests=requests)
@@ -99,25 +99,25 @@ def webhook_inbox_sensor(context: dg.SensorEvaluationContext, store: DeviceStore
     return dg.SensorResult(run_requests=[], skip_reason=skipped)
 
 
-def _settled(db: Engine, tables: list[local_changes.CapturedTable], latest: tuple) -> tuple:
+def _settled(db: Engine, tables: list[local_changes.CapturedTable], latest: tuple, started: float) -> tuple:
     """Wait until nothing new arrived for one poll (at most SETTLE_SECONDS): a burst (a bulk edit,
     a batch of webhook deliveries) then makes one run, not one for its first change and another
     for the rest."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-        again = _latest(db, tables)
+        again = _latest(db, tables, started)
         if again == latest:
             break
         latest = again
     return latest
 
 
-def _latest(db: Engine, tables: list[local_changes.CapturedTable]) -> tuple:
+def _latest(db: Engine, tables: list[local_changes.CapturedTable], started: float) -> tuple:
     """What the wait watches: the newest claimable inbox event and each outbox's newest change."""
     with db.connect() as conn:
         inbox = webhook_events.latest_claimable_id(conn)
-    return inbox, local_changes.latest_change_ids(db, tables)
+    return inbox, local_changes.latest_change_ids(tables, deadline=started + TICK_BUDGET_SECONDS)
 
 
 def _collect_and_claim(
@@ -127,7 +127,7 @@ def _collect_and_claim(
     partitions: Collection[str],
     started: float,
 ) -> list[dg.RunRequest]:
-    local_changes.collect_all(db, tables, COLLECT_CHANGES)
+    local_changes.collect_all(db, tables, COLLECT_CHANGES, deadline=started + TICK_BUDGET_SECONDS)
     with db.connect() as conn:
         orgs = webhook_events.organizations_with_work(conn)
     requests = []

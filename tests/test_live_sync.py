@@ -10,6 +10,7 @@ loses nothing; an idle tick answers an edit within its wait.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
@@ -28,14 +29,14 @@ from golioth_assets.defs.config import SYNC_OP
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
-from golioth_assets.store import database, services, webhook_events
+from golioth_assets.store import database, local_changes, services, webhook_events
 from golioth_assets.store.local_table import capture
 from golioth_assets.store.local_table.connect import mapping_of
 from sensors import webhooks
 from sensors.failures import sync_failure_sensor
 from sensors.webhooks import webhook_inbox_sensor
 from tests.fixtures.database import _drop_database, _server_url
-from tests.fixtures.local_tables import HydroHarness, _make_product_harness, load_example
+from tests.fixtures.local_tables import HydroHarness, _make_product_harness, load_example, mapping_with
 
 SYSTEM_SOCKETS = "/var/run/postgresql"  # Debian's socket folder for the system PostgreSQL
 
@@ -321,3 +322,25 @@ def test_a_batch_touching_many_devices_runs_as_a_full_sync_that_owns_its_events(
     assert request.job_name == full_sync_job.name and request.run_config == {}  # no list of 3 device ids
     assert request.tags[RunTag.claim] == request.run_key  # the run still marks its 3 events processed
     assert [e.claimed_by for e in _inbox(engine, service)] == [request.run_key] * 3
+
+
+def test_a_product_database_that_does_not_answer_is_tried_once_per_pass(engine, monkeypatch, caplog):
+    """Tenants of one unreachable product database cost one connection attempt per pass, not one
+    each (a black-holed server takes the connect timeout per attempt, and a tick has 60 s)."""
+    monkeypatch.setenv("GONE_DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:1/gone")
+    mapping = mapping_with("acme_fleet", connection_env="GONE_DATABASE_URL")
+    gone = [_builtin_service(engine) for _ in range(3)]
+    with engine.begin() as conn:
+        for service in gone:
+            services.update_service(conn, service.id, local_table=mapping)
+    here = _builtin_service(engine)  # the built-in table: reachable, capture installed by migration 0007
+    orgs = [s.organization_id for s in (*gone, here)]
+
+    with caplog.at_level(logging.WARNING, logger=local_changes.__name__):
+        tables = local_changes.captured_tables(engine, orgs)
+
+    assert [t.organization_id for t in tables] == [here.organization_id]
+    refused = [r for r in caplog.records if "change capture not read" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    # ...and past its deadline a pass reads no database at all.
+    assert local_changes.captured_tables(engine, orgs, deadline=0.0) == []

@@ -22,11 +22,13 @@ together).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from golioth_assets.store import services, webhook_events
 from golioth_assets.store.local_table import capture
@@ -54,20 +56,29 @@ class CapturedTable:
         return str(self.mapping.table)
 
 
-def captured_tables(db: Engine, organizations: Collection[str]) -> list[CapturedTable]:
+def captured_tables(db: Engine, organizations: Collection[str], deadline: float = math.inf) -> list[CapturedTable]:
     """The enabled services of these organizations whose table has change capture. A table that
     cannot be reached now is left out, with one line saying why (the next call tries again).
 
     Organizations sharing a table (every organization on the built-in `devices`, tenants of one
-    product table) share its trigger: its status is read once per table, not per organization."""
+    product table) share its trigger: its status is read once per table, not per organization.
+    A database that did not answer is not tried again for its other tenants in this call (each try
+    can take the connect timeout), and no database is tried after `deadline` (time.monotonic())."""
     with db.connect() as conn:
         enabled = [s for s in services.list_services(conn, enabled_only=True) if s.organization_id in organizations]
     installed: dict[tuple, bool] = {}
+    unreachable: set[str] = set()
     tables = []
     for service in enabled:
+        if time.monotonic() > deadline:
+            log.warning("change capture: %d service(s) not read within the tick's budget", len(enabled) - len(tables))
+            break
         mapping = mapping_of(service)
+        engine = None
         try:
             engine, same = table_engine(db, mapping)
+            if _name(engine) in unreachable:
+                continue
             trigger = (engine.url, *capture.trigger_arguments(mapping))
             with engine.connect() as conn:
                 if trigger not in installed:
@@ -76,18 +87,26 @@ def captured_tables(db: Engine, organizations: Collection[str]) -> list[Captured
                     continue
                 tenant = tenant_value(conn, mapping)
         except (LocalTableError, SQLAlchemyError, TenantError) as exc:
+            if isinstance(exc, OperationalError) and engine is not None:
+                unreachable.add(_name(engine))
             log.warning("%s: change capture not read: %s", service.organization_id, first_line(exc))
             continue
         tables.append(CapturedTable(service.organization_id, service.id, mapping, engine, same, tenant))
     return tables
 
 
-def latest_change_ids(db: Engine, tables: list[CapturedTable]) -> dict[str, int]:
+def _name(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def latest_change_ids(tables: list[CapturedTable], deadline: float = math.inf) -> dict[str, int]:
     """Each captured database's newest change id, by database URL: a waiting consumer compares
     two of these to learn that something new was captured, one cheap query per database."""
     latest: dict[str, int] = {}
-    for engine in _engines(db, tables):
-        key = engine.url.render_as_string(hide_password=True)
+    for engine in _engines(tables):
+        if time.monotonic() > deadline:
+            break
+        key = _name(engine)
         try:
             with engine.connect() as conn:
                 latest[key] = capture.latest_change_id(conn)
@@ -96,7 +115,7 @@ def latest_change_ids(db: Engine, tables: list[CapturedTable]) -> dict[str, int]
     return latest
 
 
-def _engines(db: Engine, tables: list[CapturedTable]) -> list[Engine]:
+def _engines(tables: list[CapturedTable]) -> list[Engine]:
     engines = {id(t.engine): t.engine for t in tables}
     return list(engines.values())
 
@@ -107,10 +126,13 @@ class Collected:
     queued: int = 0  # new in the inbox (the rest were there already: a crash after our commit)
 
 
-def collect_all(db: Engine, tables: list[CapturedTable], limit: int) -> Collected:
-    """`collect` for every organization with changes waiting (one probe per database says which)."""
+def collect_all(db: Engine, tables: list[CapturedTable], limit: int, deadline: float = math.inf) -> Collected:
+    """`collect` for every organization with changes waiting (one probe per database says which),
+    starting no database after `deadline`: what is left waits in its outbox for the next call."""
     total = Collected()
-    for engine in _engines(db, tables):
+    for engine in _engines(tables):
+        if time.monotonic() > deadline:
+            break
         mine = [t for t in tables if t.engine is engine]
         try:
             with engine.connect() as conn:
