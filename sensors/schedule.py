@@ -42,15 +42,21 @@ def due_organizations(conn, now_epoch: float) -> list[tuple[str, int]]:
     ]
 
 
+NOT_FULL = {SyncKind.targeted.value, SyncKind.resolve.value}
+
+
 def _full_syncs_in_flight(instance: dg.DagsterInstance) -> set[str]:
     """Organizations a full sync is queued or running for: single-organization runs (matched on
-    dagster/partition, which launchpad runs and backfills carry too) and batched runs (their run
-    config names theirs). One query for the whole fleet, whatever its size. Targeted (webhook) runs
-    don't count: with steady webhook traffic one is nearly always in flight, and the organization's
-    lock makes a full sync and a targeted one take turns."""
+    dagster/partition: launchpad runs and asset backfills carry it but no golioth-sync kind tag, so
+    any partitioned run counts unless it says it is targeted or a resolve) and batched runs (their
+    run config names theirs). One query for the whole fleet, whatever its size. Targeted (live) runs
+    don't count: with steady traffic one is nearly always in flight, and the organization's lock
+    makes a full sync and a targeted one take turns."""
     busy: set[str] = set()
-    for record in instance.get_run_records(dg.RunsFilter(tags={RunTag.kind: SyncKind.full.value}, statuses=IN_FLIGHT)):
+    for record in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
         run = record.dagster_run
+        if run.tags.get(RunTag.kind) in NOT_FULL:
+            continue
         if run.tags.get(RunTag.partition):
             busy.add(run.tags[RunTag.partition])
         else:

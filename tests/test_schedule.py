@@ -195,7 +195,7 @@ def test_an_organization_whose_full_sync_failed_is_retried_on_its_own_once(engin
 
 
 def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, module_instance, resources):
-    scheduled, from_ui, webhook, idle = (_service(engine, module_instance, interval=60) for _ in range(4))
+    scheduled, from_ui, backfilled, webhook, idle = (_service(engine, module_instance, interval=60) for _ in range(5))
     full = REPO.get_job(full_sync_job.name)
     targeted = dg.Definitions(
         assets=sync_assets, jobs=[targeted_sync_job], resources={**resources, "golioth": GoliothApi()}
@@ -211,6 +211,10 @@ def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, module_ins
         ),
         module_instance.create_run_for_job(
             job_def=full, tags={**full.tags, RunTag.partition: from_ui}, status=dg.DagsterRunStatus.STARTING
+        ),
+        # An asset backfill's run (Dagster's own asset job): the partition tag, no golioth-sync tag.
+        module_instance.create_run_for_job(
+            job_def=full, tags={RunTag.partition: backfilled}, status=dg.DagsterRunStatus.STARTING
         ),
         # A webhook's targeted sync does not hold the schedule back (with steady webhook traffic
         # one is nearly always in flight); the per-organization run limit queues the full sync.
@@ -234,12 +238,12 @@ def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, module_ins
 
     requests = _evaluate(module_instance, resources, T0)
     assert idle in requests and webhook in requests
-    assert scheduled not in requests and from_ui not in requests and batched not in requests
+    assert not {scheduled, from_ui, backfilled, batched} & set(requests)
 
     for run in runs:
         module_instance.report_run_failed(run)  # no longer in flight
     requests = _evaluate(module_instance, resources, T0)
-    assert scheduled in requests and from_ui in requests and batched in requests
+    assert {scheduled, from_ui, backfilled, batched} <= set(requests)
 
 
 def test_nothing_due_is_a_skip_with_a_reason(engine, instance, resources):
