@@ -34,6 +34,9 @@ MAX_JSON_DEPTH = 32
 MAX_KEY_CHARS = 200
 MAX_PATH_SEGMENTS = 16
 MAX_SEGMENT_CHARS = 100
+# The whole Ce-Type: the type and the `.s` marker, then a path as long as the two bounds above allow
+# (a fixed 500 used to refuse paths those bounds accept).
+MAX_CE_TYPE_CHARS = 64 + MAX_PATH_SEGMENTS * (MAX_SEGMENT_CHARS + 1)
 
 
 class BadRequest(Exception):
@@ -289,7 +292,7 @@ def pipeline_event(
     if subject and subject != project_id:
         raise BadRequest("project id does not match this service")
     ce_type = headers.get("ce-type") or "io.golioth.data.v1"
-    if len(ce_type) > 500:
+    if len(ce_type) > MAX_CE_TYPE_CHARS:
         raise BadRequest("Ce-Type too long")
     ce_id = headers.get("ce-id")
     if ce_id:
