@@ -9,6 +9,7 @@ that failed or was cancelled before its op started (then they open the row, to s
 import dagster as dg
 
 from golioth_assets.core.vocabulary import RunTag, Trigger
+from golioth_assets.defs.batch import batch_sync_job
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.engine import sync as engine
@@ -29,7 +30,7 @@ def _failure_message(context: dg.RunFailureSensorContext) -> str:
 
 
 @dg.run_failure_sensor(
-    monitored_jobs=[full_sync_job, targeted_sync_job],
+    monitored_jobs=[full_sync_job, targeted_sync_job, batch_sync_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Records failed sync runs in golioth_sync_log and releases their webhook events.",
 )
@@ -39,7 +40,7 @@ def sync_failure_sensor(context: dg.RunFailureSensorContext, store: DeviceStore)
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.CANCELED,
-    monitored_jobs=[full_sync_job, targeted_sync_job],
+    monitored_jobs=[full_sync_job, targeted_sync_job, batch_sync_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Records cancelled sync runs and releases their webhook events right away.",
 )
@@ -50,6 +51,10 @@ def sync_cancel_sensor(context: dg.RunStatusSensorContext, store: DeviceStore) -
 def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> None:
     org = run.tags.get(RunTag.org) or run.tags.get(RunTag.partition)
     db = store.engine
+    if not org:  # a batched run: each organization it was syncing has its own row
+        with db.begin() as conn:
+            sync_log.fail_running_rows_of(conn, run.run_id, error)
+        return
     if org:
         with db.connect() as conn:
             row = sync_log.latest_run(conn, org, dagster_run_id=run.run_id)

@@ -15,6 +15,7 @@ from golioth_assets.defs.batch import SyncBatch, batch_run_config, batch_sync_jo
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import org_lock
+from sensors.failures import sync_failure_sensor
 
 SIX = {
     "golioth_device_inventory",
@@ -145,3 +146,38 @@ def test_a_sync_whose_process_died_is_closed_by_the_next_that_takes_the_lock(mak
     rows = _log_rows(engine, h.org)
     assert [r["status"] for r in rows] == ["failed", "success"]
     assert "process died" in rows[0]["error"]
+
+
+def test_a_batched_run_that_died_has_its_organizations_rows_closed_by_the_failure_sensor(
+    make_harness, instance, db_url, engine
+):
+    """Run monitoring fails a batched run whose worker was killed; the failure sensor then closes
+    every row that run left `running` (not only the next sync of each organization would)."""
+    a, b = make_harness(devices=3, seed=7), make_harness(devices=3, seed=8)
+    job = dg.Definitions(jobs=[batch_sync_job], resources=_resources(db_url)).resolve_job_def(batch_sync_job.name)
+    run = instance.create_run_for_job(
+        job_def=job, run_config=batch_run_config([a.org, b.org]), status=dg.DagsterRunStatus.STARTED
+    )
+    with engine.begin() as conn:  # the dead worker's rows
+        for org in (a.org, b.org):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO golioth_sync_log (organization_id, direction, policy, status, dagster_run_id) "
+                    "VALUES (:o, 'bidirectional', 'manual', 'running', :r)"
+                ),
+                {"o": org, "r": run.run_id},
+            )
+    instance.report_run_failed(run)
+    [record] = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sync_failure_sensor.name,
+        dagster_event=record.event_log_entry.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+        resources={"store": _resources(db_url)["store"]},
+    )
+    sync_failure_sensor(context.for_run_failure())
+
+    for org in (a.org, b.org):
+        [row] = _log_rows(engine, org)
+        assert row["status"] == "failed" and row["finished_at"] is not None and row["error"]

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from golioth_assets.core.vocabulary import RunTag
 from golioth_assets.defs.assets import sync_assets
+from golioth_assets.defs.batch import batch_sync_job
 from golioth_assets.defs.config import SYNC_OP
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
@@ -414,4 +415,8 @@ def test_sensors_are_running_by_default():
     # The daemon's loop paces it (5 s); an idle tick watches for new work meanwhile, well under 60 s.
     assert webhook_inbox_sensor.minimum_interval_seconds <= 5
     assert WAIT_SECONDS + TICK_BUDGET_SECONDS < 60
-    assert {j.name for j in sync_failure_sensor._monitored_jobs} == {full_sync_job.name, targeted_sync_job.name}
+    assert {j.name for j in sync_failure_sensor._monitored_jobs} == {
+        full_sync_job.name,
+        targeted_sync_job.name,
+        batch_sync_job.name,
+    }

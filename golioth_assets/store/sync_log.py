@@ -227,6 +227,16 @@ def fail_orphaned_runs(conn: Connection, organization_id: str, error: str) -> in
     ).rowcount
 
 
+def fail_running_rows_of(conn: Connection, dagster_run_id: str, error: str) -> int:
+    """Close as failed the rows a Dagster run left `running` (a batched run's organizations): the
+    run has ended, its worker and the organization locks it held with it."""
+    return conn.execute(
+        golioth_sync_log.update()
+        .where(golioth_sync_log.c.dagster_run_id == dagster_run_id, golioth_sync_log.c.status == "running")
+        .values(status="failed", error=error, finished_at=sa.func.now())
+    ).rowcount
+
+
 def failed_full_syncs(conn: Connection) -> list[tuple[str, int, str]]:
     """(organization, log id, trigger) of each enabled service whose latest full sync (not a dry run,
     not targeted) failed: the schedule retries it on its own."""
