@@ -11,7 +11,8 @@ process that loads the instance gets it: the CLI, the run workers, the daemon an
 Its sessions don't wait for the WAL flush of each commit (`synchronous_commit = off`): every event of
 a run is one autocommitted INSERT (and more for an asset's tables), about 100 writes per run, each
 of which would otherwise wait for the disk. A crash of the PostgreSQL server (not of a run) may
-lose the last fraction of a second of Dagster's event log, never corrupt it; our own database, with
+lose the last fraction of a second of Dagster's writes (its event log, runs and schedule storage:
+run records, ticks, run keys), never corrupt them; our own database, with
 the sync's state, the inbox and the outbox, keeps full durability (it is not touched here).
 
 It also remembers the tables and columns it found: dagster-postgres asks the catalog again before

@@ -68,7 +68,7 @@ def captured_tables(db: Engine, organizations: Collection[str], deadline: float 
         enabled = [s for s in services.list_services(conn, enabled_only=True) if s.organization_id in organizations]
     installed: dict[tuple, bool] = {}
     unreachable: set[str] = set()
-    tables = []
+    tables: list[CapturedTable] = []
     for service in enabled:
         if time.monotonic() > deadline:
             log.warning("change capture: %d service(s) not read within the tick's budget", len(enabled) - len(tables))

@@ -486,18 +486,15 @@ def claim_pending(
             (row.organization_id, row.service_id), ClaimedGroup(row.organization_id, row.service_id)
         )
         group.event_ids.append(row.id)
-        if row.golioth_device_id and row.golioth_device_id not in group.golioth_device_ids:
-            group.golioth_device_ids.append(row.golioth_device_id)
-        if row.device_id and row.device_id not in group.device_ids:
-            group.device_ids.append(row.device_id)
+        group.golioth_device_ids.append(row.golioth_device_id)
+        group.device_ids.append(row.device_id)
+        group.event_types.append(row.event_type)
         group.sources.add(row.source)
-        if row.event_type not in group.event_types:
-            group.event_types.append(row.event_type)
         group.attempts = max(group.attempts, row.attempts)
-    for group in groups.values():
-        group.golioth_device_ids.sort()
-        group.device_ids.sort()
-        group.event_types.sort()
+    for group in groups.values():  # each distinct, sorted (a batch holds thousands: sets, not `in` on lists)
+        group.golioth_device_ids = sorted(set(filter(None, group.golioth_device_ids)))
+        group.device_ids = sorted(set(filter(None, group.device_ids)))
+        group.event_types = sorted(set(group.event_types))
     return [groups[k] for k in sorted(groups)]
 
 
