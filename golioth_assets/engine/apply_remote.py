@@ -282,8 +282,10 @@ def apply_remote(
         **_delete_writes(client, deletes),
     }
     results = client.run_many({key: write.call for key, write in writes.items()})
+    # The bases of the created devices, canonicalized in one vectorized pass (not a frame per device).
+    bases = _bases_of(local.loc[list(dict.fromkeys(creates["device_id"]))], writer.fields)
     for key, result in results.items():
-        outcome.add(_result_of(key, result, writes[key].rows, local, writer.fields))
+        outcome.add(_result_of(key, result, writes[key].rows, bases))
     return outcome
 
 
@@ -322,19 +324,18 @@ def _create_writes(writer: RemoteWriter, creates: pd.DataFrame, local: pd.DataFr
 
 
 def _update_writes(writer: RemoteWriter, updates: pd.DataFrame) -> dict[WriteKey, Write]:
-    """Per device: one PATCH of its changed fields, one merge of its changed desired-state keys."""
+    """Per device: one PATCH of its changed fields, one merge of its changed desired-state keys.
+    The rows are split by kind once, then grouped: no boolean indexing per device."""
     writes: dict[WriteKey, Write] = {}
-    for gid, rows in updates.groupby("golioth_device_id", sort=False):
-        is_desired = rows["field"].str.startswith(DESIRED_PREFIX)
-        patch_rows, state_rows = rows[~is_desired], rows[is_desired]
-        if not patch_rows.empty:
-            values = dict(zip(patch_rows["field"], patch_rows["new_value"]))
-            expected = dict(zip(patch_rows["field"], patch_rows["old_value"]))
-            writes[(WriteKind.patch, gid)] = Write(partial(writer.update, gid, values, expected), patch_rows)
-        if not state_rows.empty:
-            keys = {f[len(DESIRED_PREFIX) :]: v for f, v in zip(state_rows["field"], state_rows["new_value"])}
-            expected = dict(zip(state_rows["field"], state_rows["old_value"]))
-            writes[(WriteKind.state, gid)] = Write(partial(writer.update_state, gid, keys, expected), state_rows)
+    is_desired = updates["field"].str.startswith(DESIRED_PREFIX).fillna(False).astype(bool)
+    for gid, rows in updates[~is_desired].groupby("golioth_device_id", sort=False):
+        values = dict(zip(rows["field"], rows["new_value"]))
+        expected = dict(zip(rows["field"], rows["old_value"]))
+        writes[(WriteKind.patch, gid)] = Write(partial(writer.update, gid, values, expected), rows)
+    for gid, rows in updates[is_desired].groupby("golioth_device_id", sort=False):
+        keys = {f[len(DESIRED_PREFIX) :]: v for f, v in zip(rows["field"], rows["new_value"])}
+        expected = dict(zip(rows["field"], rows["old_value"]))
+        writes[(WriteKind.state, gid)] = Write(partial(writer.update_state, gid, keys, expected), rows)
     return writes
 
 
@@ -358,9 +359,7 @@ class WriteResult:
     auth_failed: bool
 
 
-def _result_of(
-    key: WriteKey, result: Any, rows: pd.DataFrame, local: pd.DataFrame, fields: tuple[str, ...]
-) -> WriteResult:
+def _result_of(key: WriteKey, result: Any, rows: pd.DataFrame, bases: dict[str, dict[str, Any]]) -> WriteResult:
     kind, _ = key
     failed = isinstance(result, BaseException)
     error = _error_text(result) if failed else None
@@ -386,9 +385,7 @@ def _result_of(
         "changed_by": first.get("changed_by"),
     }
     new_link = (
-        {"device_id": device_id, "golioth_device_id": result, "base_snapshot": _base_of(local.loc[device_id], fields)}
-        if created
-        else None
+        {"device_id": device_id, "golioth_device_id": result, "base_snapshot": bases[device_id]} if created else None
     )
     return WriteResult(
         key=key,
@@ -413,14 +410,21 @@ def _delete(client: GoliothClient, golioth_device_id: str) -> None:
         pass  # already gone: the delete we wanted has happened
 
 
-def _base_of(local: pd.Series, fields: tuple[str, ...]) -> dict[str, Any]:
-    """The base of a device just created from local values: exactly what was sent."""
-    canonical = canonicalize(local.to_frame().T, fields).iloc[0]
-    base = {f: decode(f, canonical[f]) for f in fields if f != "desired_state"}
+def _bases_of(local: pd.DataFrame, fields: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """device_id → the base of a device created from its local values: exactly what was sent."""
+    if local.empty:
+        return {}
+    scalar = tuple(f for f in fields if f != "desired_state")
+    canonical = canonicalize(local, scalar)
+    bases: dict[str, dict[str, Any]] = {
+        device_id: {f: decode(f, v) for f, v in zip(scalar, values)}
+        for device_id, values in zip(canonical.index, canonical.itertuples(index=False))
+    }
     if "desired_state" in fields:
-        desired = local["desired_state"] if isinstance(local["desired_state"], dict) else {}
-        base["desired_state"] = {k: v for k, v in desired.items() if v is not None}
-    return base
+        for device_id, desired in zip(local.index, local["desired_state"]):
+            desired = desired if isinstance(desired, dict) else {}
+            bases[device_id]["desired_state"] = {k: v for k, v in desired.items() if v is not None}
+    return bases
 
 
 def _check_unchanged(expected: dict[str, Any], current: dict[str, Any]) -> None:
