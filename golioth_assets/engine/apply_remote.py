@@ -250,7 +250,7 @@ WriteKey = tuple[WriteKind, str]  # (kind, device_id for a create, else golioth_
 @dataclass(frozen=True)
 class Write:
     call: Callable[[], Any]
-    rows: pd.DataFrame  # the plan rows this write carries out
+    rows: list[dict[str, Any]]  # the plan rows this write carries out
 
 
 def apply_remote(
@@ -316,33 +316,43 @@ def _references_needed(
     return tags, named
 
 
+def _grouped(rows: pd.DataFrame, key: str) -> dict[Any, list[dict[str, Any]]]:
+    """Plan rows as records, grouped by `key` in order of appearance: one conversion for the whole
+    plan, where a groupby would make a small frame per device (slow to build and to read)."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for record in rows.to_dict("records"):
+        groups.setdefault(record[key], []).append(record)
+    return groups
+
+
 def _create_writes(writer: RemoteWriter, creates: pd.DataFrame, local: pd.DataFrame) -> dict[WriteKey, Write]:
     return {
         (WriteKind.create, device_id): Write(partial(writer.create, local.loc[device_id]), rows)
-        for device_id, rows in creates.groupby("device_id", sort=False)
+        for device_id, rows in _grouped(creates, "device_id").items()
     }
 
 
 def _update_writes(writer: RemoteWriter, updates: pd.DataFrame) -> dict[WriteKey, Write]:
-    """Per device: one PATCH of its changed fields, one merge of its changed desired-state keys.
-    The rows are split by kind once, then grouped: no boolean indexing per device."""
+    """Per device: one PATCH of its changed fields, one merge of its changed desired-state keys."""
     writes: dict[WriteKey, Write] = {}
-    is_desired = updates["field"].str.startswith(DESIRED_PREFIX).fillna(False).astype(bool)
-    for gid, rows in updates[~is_desired].groupby("golioth_device_id", sort=False):
-        values = dict(zip(rows["field"], rows["new_value"]))
-        expected = dict(zip(rows["field"], rows["old_value"]))
-        writes[(WriteKind.patch, gid)] = Write(partial(writer.update, gid, values, expected), rows)
-    for gid, rows in updates[is_desired].groupby("golioth_device_id", sort=False):
-        keys = {f[len(DESIRED_PREFIX) :]: v for f, v in zip(rows["field"], rows["new_value"])}
-        expected = dict(zip(rows["field"], rows["old_value"]))
-        writes[(WriteKind.state, gid)] = Write(partial(writer.update_state, gid, keys, expected), rows)
+    for gid, rows in _grouped(updates, "golioth_device_id").items():
+        state_rows = [r for r in rows if r["field"].startswith(DESIRED_PREFIX)]
+        patch_rows = [r for r in rows if not r["field"].startswith(DESIRED_PREFIX)]
+        if patch_rows:
+            values = {r["field"]: r["new_value"] for r in patch_rows}
+            expected = {r["field"]: r["old_value"] for r in patch_rows}
+            writes[(WriteKind.patch, gid)] = Write(partial(writer.update, gid, values, expected), patch_rows)
+        if state_rows:
+            keys = {r["field"][len(DESIRED_PREFIX) :]: r["new_value"] for r in state_rows}
+            expected = {r["field"]: r["old_value"] for r in state_rows}
+            writes[(WriteKind.state, gid)] = Write(partial(writer.update_state, gid, keys, expected), state_rows)
     return writes
 
 
 def _delete_writes(client: GoliothClient, deletes: pd.DataFrame) -> dict[WriteKey, Write]:
     return {
         (WriteKind.delete, gid): Write(partial(_delete, client, gid), rows)
-        for gid, rows in deletes.groupby("golioth_device_id", sort=False)
+        for gid, rows in _grouped(deletes, "golioth_device_id").items()
     }
 
 
@@ -359,7 +369,7 @@ class WriteResult:
     auth_failed: bool
 
 
-def _result_of(key: WriteKey, result: Any, rows: pd.DataFrame, bases: dict[str, dict[str, Any]]) -> WriteResult:
+def _result_of(key: WriteKey, result: Any, rows: list[dict[str, Any]], bases: dict[str, dict[str, Any]]) -> WriteResult:
     kind, _ = key
     failed = isinstance(result, BaseException)
     error = _error_text(result) if failed else None
@@ -370,10 +380,10 @@ def _result_of(key: WriteKey, result: Any, rows: pd.DataFrame, bases: dict[str, 
         if failed
         else PlanStatus.applied
     )
-    first = rows.iloc[0]
+    first = rows[0]
     device_id = first["device_id"]
     created = kind == WriteKind.create and not failed
-    changes = {f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])}
+    changes = {r["field"]: {"old": r["old_value"], "new": r["new_value"]} for r in rows}
     entry = {
         "device_id": device_id,
         "golioth_device_id": result if created else first["golioth_device_id"],
@@ -391,7 +401,7 @@ def _result_of(key: WriteKey, result: Any, rows: pd.DataFrame, bases: dict[str, 
         key=key,
         status=status,
         error=error,
-        plan_status=[{"id": int(i), "status": status, "error": error} for i in rows["id"]],
+        plan_status=[{"id": int(r["id"]), "status": status, "error": error} for r in rows],
         entry=entry,
         new_link=new_link,
         auth_failed=isinstance(result, errors.AuthenticationError),
