@@ -165,6 +165,33 @@ def test_inventory_replace_and_targeted_upsert(engine, org):
     assert loaded["desired_state"].item() == {"led": "on"}
 
 
+def test_full_inventory_replace_rewrites_only_changed_rows_and_drops_absent_ones(engine, org):
+    remote = pd.DataFrame(
+        {
+            "golioth_device_id": ["g1", "g2", "g3"],
+            "name": ["one", "two", "three"],
+            "hardware_ids": [["h1"], ["h2"], ["h3"]],
+            "desired_state": [{"led": "on"}, {}, {}],
+        }
+    )
+    versions = sa.text("SELECT golioth_device_id, xmin::text FROM golioth_inventory WHERE organization_id = :org")
+    with engine.begin() as conn:
+        assert inventory.replace_inventory(conn, org, remote) == 3
+    with engine.connect() as conn:
+        before = dict(conn.execute(versions, {"org": org}).all())
+    fetched_again = remote[remote["golioth_device_id"] != "g3"].assign(
+        desired_state=[{"led": "off"}, {}]  # g1 changed, g2 as stored, g3 gone
+    )
+    with engine.begin() as conn:
+        assert inventory.replace_inventory(conn, org, fetched_again) == 1
+    with engine.connect() as conn:
+        after = dict(conn.execute(versions, {"org": org}).all())
+        loaded = inventory.load_inventory(conn, org).set_index("golioth_device_id")
+    assert set(after) == {"g1", "g2"}
+    assert after["g2"] == before["g2"] and after["g1"] != before["g1"]
+    assert loaded.at["g1", "desired_state"] == {"led": "off"} and loaded.at["g2", "name"] == "two"
+
+
 def test_database_url_must_be_postgresql():
     with pytest.raises(database.DatabaseConfigError, match="PostgreSQL only"):
         database.normalize_url("sqlite:///x.db")

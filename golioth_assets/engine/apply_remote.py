@@ -250,7 +250,7 @@ WriteKey = tuple[WriteKind, str]  # (kind, device_id for a create, else golioth_
 @dataclass(frozen=True)
 class Write:
     call: Callable[[], Any]
-    rows: pd.DataFrame  # the plan rows this write carries out
+    rows: list[dict[str, Any]]  # the plan rows this write carries out
 
 
 def apply_remote(
@@ -282,8 +282,10 @@ def apply_remote(
         **_delete_writes(client, deletes),
     }
     results = client.run_many({key: write.call for key, write in writes.items()})
+    # The bases of the created devices, canonicalized in one vectorized pass (not a frame per device).
+    bases = _bases_of(local.loc[list(dict.fromkeys(creates["device_id"]))], writer.fields)
     for key, result in results.items():
-        outcome.add(_result_of(key, result, writes[key].rows, local, writer.fields))
+        outcome.add(_result_of(key, result, writes[key].rows, bases))
     return outcome
 
 
@@ -314,26 +316,35 @@ def _references_needed(
     return tags, named
 
 
+def _grouped(rows: pd.DataFrame, key: str) -> dict[Any, list[dict[str, Any]]]:
+    """Plan rows as records, grouped by `key` in order of appearance: one conversion for the whole
+    plan, where a groupby would make a small frame per device (slow to build and to read)."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for record in rows.to_dict("records"):
+        groups.setdefault(record[key], []).append(record)
+    return groups
+
+
 def _create_writes(writer: RemoteWriter, creates: pd.DataFrame, local: pd.DataFrame) -> dict[WriteKey, Write]:
     return {
         (WriteKind.create, device_id): Write(partial(writer.create, local.loc[device_id]), rows)
-        for device_id, rows in creates.groupby("device_id", sort=False)
+        for device_id, rows in _grouped(creates, "device_id").items()
     }
 
 
 def _update_writes(writer: RemoteWriter, updates: pd.DataFrame) -> dict[WriteKey, Write]:
     """Per device: one PATCH of its changed fields, one merge of its changed desired-state keys."""
     writes: dict[WriteKey, Write] = {}
-    for gid, rows in updates.groupby("golioth_device_id", sort=False):
-        is_desired = rows["field"].str.startswith(DESIRED_PREFIX)
-        patch_rows, state_rows = rows[~is_desired], rows[is_desired]
-        if not patch_rows.empty:
-            values = dict(zip(patch_rows["field"], patch_rows["new_value"]))
-            expected = dict(zip(patch_rows["field"], patch_rows["old_value"]))
+    for gid, rows in _grouped(updates, "golioth_device_id").items():
+        state_rows = [r for r in rows if r["field"].startswith(DESIRED_PREFIX)]
+        patch_rows = [r for r in rows if not r["field"].startswith(DESIRED_PREFIX)]
+        if patch_rows:
+            values = {r["field"]: r["new_value"] for r in patch_rows}
+            expected = {r["field"]: r["old_value"] for r in patch_rows}
             writes[(WriteKind.patch, gid)] = Write(partial(writer.update, gid, values, expected), patch_rows)
-        if not state_rows.empty:
-            keys = {f[len(DESIRED_PREFIX) :]: v for f, v in zip(state_rows["field"], state_rows["new_value"])}
-            expected = dict(zip(state_rows["field"], state_rows["old_value"]))
+        if state_rows:
+            keys = {r["field"][len(DESIRED_PREFIX) :]: r["new_value"] for r in state_rows}
+            expected = {r["field"]: r["old_value"] for r in state_rows}
             writes[(WriteKind.state, gid)] = Write(partial(writer.update_state, gid, keys, expected), state_rows)
     return writes
 
@@ -341,7 +352,7 @@ def _update_writes(writer: RemoteWriter, updates: pd.DataFrame) -> dict[WriteKey
 def _delete_writes(client: GoliothClient, deletes: pd.DataFrame) -> dict[WriteKey, Write]:
     return {
         (WriteKind.delete, gid): Write(partial(_delete, client, gid), rows)
-        for gid, rows in deletes.groupby("golioth_device_id", sort=False)
+        for gid, rows in _grouped(deletes, "golioth_device_id").items()
     }
 
 
@@ -358,9 +369,7 @@ class WriteResult:
     auth_failed: bool
 
 
-def _result_of(
-    key: WriteKey, result: Any, rows: pd.DataFrame, local: pd.DataFrame, fields: tuple[str, ...]
-) -> WriteResult:
+def _result_of(key: WriteKey, result: Any, rows: list[dict[str, Any]], bases: dict[str, dict[str, Any]]) -> WriteResult:
     kind, _ = key
     failed = isinstance(result, BaseException)
     error = _error_text(result) if failed else None
@@ -371,10 +380,10 @@ def _result_of(
         if failed
         else PlanStatus.applied
     )
-    first = rows.iloc[0]
+    first = rows[0]
     device_id = first["device_id"]
     created = kind == WriteKind.create and not failed
-    changes = {f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])}
+    changes = {r["field"]: {"old": r["old_value"], "new": r["new_value"]} for r in rows}
     entry = {
         "device_id": device_id,
         "golioth_device_id": result if created else first["golioth_device_id"],
@@ -386,15 +395,13 @@ def _result_of(
         "changed_by": first.get("changed_by"),
     }
     new_link = (
-        {"device_id": device_id, "golioth_device_id": result, "base_snapshot": _base_of(local.loc[device_id], fields)}
-        if created
-        else None
+        {"device_id": device_id, "golioth_device_id": result, "base_snapshot": bases[device_id]} if created else None
     )
     return WriteResult(
         key=key,
         status=status,
         error=error,
-        plan_status=[{"id": int(i), "status": status, "error": error} for i in rows["id"]],
+        plan_status=[{"id": int(r["id"]), "status": status, "error": error} for r in rows],
         entry=entry,
         new_link=new_link,
         auth_failed=isinstance(result, errors.AuthenticationError),
@@ -413,14 +420,21 @@ def _delete(client: GoliothClient, golioth_device_id: str) -> None:
         pass  # already gone: the delete we wanted has happened
 
 
-def _base_of(local: pd.Series, fields: tuple[str, ...]) -> dict[str, Any]:
-    """The base of a device just created from local values: exactly what was sent."""
-    canonical = canonicalize(local.to_frame().T, fields).iloc[0]
-    base = {f: decode(f, canonical[f]) for f in fields if f != "desired_state"}
+def _bases_of(local: pd.DataFrame, fields: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """device_id → the base of a device created from its local values: exactly what was sent."""
+    if local.empty:
+        return {}
+    scalar = tuple(f for f in fields if f != "desired_state")
+    canonical = canonicalize(local, scalar)
+    bases: dict[str, dict[str, Any]] = {
+        device_id: {f: decode(f, v) for f, v in zip(scalar, values)}
+        for device_id, values in zip(canonical.index, canonical.itertuples(index=False))
+    }
     if "desired_state" in fields:
-        desired = local["desired_state"] if isinstance(local["desired_state"], dict) else {}
-        base["desired_state"] = {k: v for k, v in desired.items() if v is not None}
-    return base
+        for device_id, desired in zip(local.index, local["desired_state"]):
+            desired = desired if isinstance(desired, dict) else {}
+            bases[device_id]["desired_state"] = {k: v for k, v in desired.items() if v is not None}
+    return bases
 
 
 def _check_unchanged(expected: dict[str, Any], current: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ action, field), so that every kind is covered however large the run, and at most
 Failed writes have their own check.
 
 Devices the run wrote in Golioth are re-read from it, with the run's own client, so that those
-requests and their retries count in the run's log. Devices it wrote only locally are diffed against
+requests and their retries count in the run's log (the tags, blueprints and cohorts are not listed
+again: the run's Golioth writes stored them as they left them). Devices it wrote only locally are diffed against
 the inventory this very run fetched, which their writes were planned from: re-reading them from
 Golioth (a GET and a state GET each) would only cost requests.
 """
@@ -19,8 +20,9 @@ from sqlalchemy.engine import Engine
 
 from golioth_assets.core.vocabulary import Action, PlanStatus, Side
 from golioth_assets.engine import sync as steps
+from golioth_assets.engine.golioth_frames import References
 from golioth_assets.golioth.client import GoliothClient
-from golioth_assets.store import services, sync_log
+from golioth_assets.store import inventory, services, sync_log
 
 PER_KIND = 10  # devices re-checked per kind of write (side, action, field)
 SAMPLE = 200  # and at most this many in all
@@ -54,7 +56,11 @@ def writes_left(db: Engine, service: services.Service, client: GoliothClient, sy
     ids = _ids(picked)
     written_in_golioth = _ids(picked[picked["side"] == Side.remote])
     if written_in_golioth:
-        steps.fetch_step(db, service, client, steps.resolve_scope(db, service, written_in_golioth))
+        # The devices are re-read; the tags, blueprints and cohorts are the run's own (its writes
+        # stored them, new tags included): listing them again would only cost requests.
+        with db.connect() as conn:
+            refs = References.from_frame(inventory.load_references(conn, service.organization_id))
+        steps.fetch_step(db, service, client, steps.resolve_scope(db, service, written_in_golioth), refs=refs)
     request = steps.SyncRequest(service.organization_id, device_ids=ids, dry_run=True)
     fresh, _ = steps.build_plan(db, service, request, steps.resolve_scope(db, service, ids))
     return len(fresh.writes())

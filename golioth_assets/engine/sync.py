@@ -251,13 +251,22 @@ class FetchResult:
 
 @gc_paused()  # see "Garbage collection" at the top
 def fetch_step(
-    db: Engine, service: services.Service, client: GoliothClient, scope: Scope, sync_log_id: int | None = None
+    db: Engine,
+    service: services.Service,
+    client: GoliothClient,
+    scope: Scope,
+    sync_log_id: int | None = None,
+    *,
+    refs: References | None = None,
 ) -> FetchResult:
     """Read Golioth into golioth_inventory. A device that a link expects but the list lacks is
     confirmed with a GET before anyone treats it as deleted: offset pages can shift under writes.
-    With a log row, the inventory's accounting goes into its details (plan_step checks it)."""
+    With a log row, the inventory's accounting goes into its details (plan_step checks it), the
+    duplicate counts included. `refs`: the tags, blueprints and cohorts as this run already has them
+    (stored by its Golioth writes), for a re-read of a few devices; otherwise they are listed."""
     before = client.stats.snapshot()
-    refs = _project_read(client, lambda: fetch_references(client, service))
+    listed_refs = refs is None
+    refs = refs if refs is not None else _project_read(client, lambda: fetch_references(client, service))
     state_path = service.desired_state_path if "desired_state" in service.field_groups else None
     if scope.full:
         listing = _project_read(client, lambda: client.list_devices_counted(state_path=state_path))
@@ -284,21 +293,27 @@ def fetch_step(
         count = InventoryCount(requested=len(scope.golioth_ids or []), confirmed=len(found), gone=len(missing))
         frame = devices_to_frame(found, refs)
     with db.begin() as conn:
-        _store_inventory(conn, service.organization_id, scope, frame, missing, refs)
-        count.duplicate_ids, count.duplicate_hardware_ids = inventory.duplicate_counts(conn, service.organization_id)
+        _store_inventory(conn, service.organization_id, scope, frame, missing, refs if listed_refs else None)
         if sync_log_id is not None:
+            count.duplicate_ids, count.duplicate_hardware_ids = inventory.duplicate_counts(
+                conn, service.organization_id
+            )
             sync_log.set_details(conn, sync_log_id, {"inventory": asdict(count)})
     used = client.stats.since(before)
     return FetchResult(len(frame), count.api_total, missing, refs, used.requests, used.retries, count)
 
 
-def _store_inventory(conn, org: str, scope: Scope, frame: pd.DataFrame, missing: list[str], refs: References) -> None:
+def _store_inventory(
+    conn, org: str, scope: Scope, frame: pd.DataFrame, missing: list[str], refs: References | None
+) -> None:
+    """refs: the references just listed, to store; None when they came from storage."""
     if scope.full:
         inventory.replace_inventory(conn, org, frame)
     else:
         inventory.upsert_inventory(conn, org, frame)
     inventory.delete_inventory_rows(conn, org, missing)
-    inventory.replace_references(conn, org, refs.to_frame())
+    if refs is not None:
+        inventory.replace_references(conn, org, refs.to_frame())
 
 
 def _project_read(client: GoliothClient, read):

@@ -64,13 +64,41 @@ ON CONFLICT (organization_id, golioth_device_id) DO UPDATE SET
     settings_status = excluded.settings_status, metadata = excluded.metadata,
     golioth_created_at = excluded.golioth_created_at, golioth_updated_at = excluded.golioth_updated_at,
     fetched_at = now()
+{only_changed}
 """
+
+# The row's fetched values (fetched_at aside): a full fetch rewrites only the rows whose values moved.
+_STORED = (
+    "name, hardware_ids, tag_ids, tags, blueprint_id, blueprint, cohort_id, cohort, enabled, desired_state, "
+    "status, last_seen_online, last_seen_offline, last_report, firmware_versions, settings_status, metadata, "
+    "golioth_created_at, golioth_updated_at"
+)
+_ONLY_CHANGED = (
+    f"WHERE (golioth_inventory.{_STORED.replace(', ', ', golioth_inventory.')}) "
+    f"IS DISTINCT FROM (excluded.{_STORED.replace(', ', ', excluded.')})"
+)
 
 
 def replace_inventory(conn: Connection, organization_id: str, frame: pd.DataFrame) -> int:
-    """Replace the organization's whole inventory with a full fetch, in the caller's transaction."""
-    conn.exec_driver_sql("DELETE FROM golioth_inventory WHERE organization_id = %(org)s", {"org": organization_id})
-    return upsert_inventory(conn, organization_id, frame)
+    """Replace the organization's whole inventory with a full fetch, in the caller's transaction:
+    the rows the fetch lacks are deleted, and only the rows whose values differ are written (a
+    full sync of a mostly unchanged fleet rewrote every row: new tuples and index entries for
+    nothing). So `fetched_at` is when a row's values were last fetched changed. Returns the
+    number of rows inserted or changed."""
+    if frame.empty:
+        conn.exec_driver_sql("DELETE FROM golioth_inventory WHERE organization_id = %(org)s", {"org": organization_id})
+        return 0
+    table = stage(conn, frame[[c for c in REMOTE_COLUMNS if c in frame]])
+    conn.exec_driver_sql(
+        f"""
+        DELETE FROM golioth_inventory i WHERE i.organization_id = %(org)s
+        AND NOT EXISTS (SELECT 1 FROM {table} s WHERE s.doc->>'golioth_device_id' = i.golioth_device_id)
+        """,
+        {"org": organization_id},
+    )
+    return conn.exec_driver_sql(
+        _UPSERT.format(table=table, only_changed=_ONLY_CHANGED), {"org": organization_id}
+    ).rowcount
 
 
 def upsert_inventory(conn: Connection, organization_id: str, frame: pd.DataFrame) -> int:
@@ -78,7 +106,7 @@ def upsert_inventory(conn: Connection, organization_id: str, frame: pd.DataFrame
     if frame.empty:
         return 0
     table = stage(conn, frame[[c for c in REMOTE_COLUMNS if c in frame]])
-    return conn.exec_driver_sql(_UPSERT.format(table=table), {"org": organization_id}).rowcount
+    return conn.exec_driver_sql(_UPSERT.format(table=table, only_changed=""), {"org": organization_id}).rowcount
 
 
 def delete_inventory_rows(conn: Connection, organization_id: str, golioth_device_ids: Sequence[str]) -> int:
