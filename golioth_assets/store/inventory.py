@@ -83,8 +83,9 @@ def replace_inventory(conn: Connection, organization_id: str, frame: pd.DataFram
     """Replace the organization's whole inventory with a full fetch, in the caller's transaction:
     the rows the fetch lacks are deleted, and only the rows whose values differ are written (a
     full sync of a mostly unchanged fleet rewrote every row: new tuples and index entries for
-    nothing). So `fetched_at` is when a row's values were last fetched changed. Returns the
-    number of rows inserted or changed."""
+    nothing). So a row's `fetched_at` is when a fetch last found its values changed; when the
+    last fetch ran is its run's `golioth_sync_log.started_at`. Returns the number of rows inserted
+    or changed."""
     if frame.empty:
         conn.exec_driver_sql("DELETE FROM golioth_inventory WHERE organization_id = %(org)s", {"org": organization_id})
         return 0
