@@ -261,8 +261,8 @@ def test_the_demos_psql_line_edits_acme_and_capture_queues_the_edit(product_data
     (through a shell), it edits one device, and capture records the edit for the inbox sensor."""
     product = product_database("acme_fleet")
     demo_product.install_capture(product.url)
-    urls = [product.url]
-    if Path(SYSTEM_SOCKETS, f".s.PGSQL.{product.url.port or 5432}").exists():  # as the embedded server is reached
+    urls = [product.url]  # the embedded server's is a unix socket already; a TCP one gets its socket twin
+    if product.url.host and Path(SYSTEM_SOCKETS, f".s.PGSQL.{product.url.port or 5432}").exists():
         u = product.url
         urls.append(sa.engine.URL.create(u.drivername, u.username, database=u.database, query={"host": SYSTEM_SOCKETS}))
     outputs = []
