@@ -214,8 +214,14 @@ class Bench:
 
 
 def _edit_one_percent(engine, orgs: list[str]) -> int:
-    """Rename 1 % of each organization's local devices (at least one), as the product would."""
+    """Rename 1 % of each organization's local devices (at least one), as the product would, but
+    unseen by the capture triggers (their writer setting): otherwise the live path (the local-edit
+    sensor's targeted runs) would export the edits before the round, and the round would measure a
+    no-change sync."""
+    from golioth_assets.store.local_table.capture import WRITER_SETTING
+
     with engine.begin() as conn:
+        conn.execute(sa.text("SELECT set_config(:name, 'on', true)"), {"name": WRITER_SETTING})
         return conn.execute(
             sa.text(
                 "UPDATE devices d SET name = d.name || '-edited' FROM ("

@@ -168,6 +168,48 @@ def test_a_mapping_that_no_longer_fits_fails_before_any_write_naming_the_column(
     assert h.local().loc[_pairs(h)[0][0], "name"] == "would-be-written"
 
 
+def test_a_run_describes_the_table_once_and_refuses_a_changed_one_at_its_start(make_acme_harness):
+    """Issue 14: a Dagster sync (SyncRun, every step) reads the table's structure from the catalog
+    once, not at each of its ~5 opens; a column renamed since the last sync still fails the next
+    one, at its start (before any Golioth request), naming the column."""
+    from golioth_assets.defs.assets import sync_results
+    from golioth_assets.engine.run import SyncRun
+    from golioth_assets.engine.sync import open_client
+    from golioth_assets.store.local_table.table import LocalTableError
+
+    h = make_acme_harness(devices=3)
+    described: list[str] = []
+
+    def count(conn, cursor, statement, *rest) -> None:
+        if "to_regclass" in statement and "::oid" in statement:  # describe_table's first query
+            described.append(statement)
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", count)
+    try:
+        results = list(sync_results(SyncRun(h.engine, h.service, SyncRequest(h.org), open_client=open_client)))
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", count)
+    assert len(results) == 6 and len(h.local()) == 3
+    assert len(described) == 1
+
+    with h.product.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE app.devices RENAME COLUMN display_name TO title"))
+    try:
+        before = h.project.stats()["total"]
+        with pytest.raises(LocalTableError, match="display_name"):
+            list(sync_results(SyncRun(h.engine, h.service, SyncRequest(h.org), open_client=open_client)))
+        assert h.project.stats()["total"] == before  # refused before listing anything
+        with h.engine.connect() as conn:
+            row = conn.execute(
+                sa.text("SELECT status, error FROM golioth_sync_log WHERE organization_id = :o ORDER BY id DESC"),
+                {"o": h.org},
+            ).first()
+        assert row is not None and row.status == "failed" and "display_name" in row.error
+    finally:
+        with h.product.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE app.devices RENAME COLUMN title TO display_name"))
+
+
 # -- the two-database protocol: a crash at each point ----------------------------------------------------
 
 

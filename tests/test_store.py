@@ -220,3 +220,29 @@ def test_embedded_server_starts_on_demand_and_keeps_data_across_restarts(private
         engine.dispose()
     finally:
         embedded.stop(pgdata)
+
+
+def test_a_pooled_connection_killed_while_idle_is_replaced_and_a_busy_one_is_not_pinged(db_url):
+    """Issue 14: no ping on every checkout (store/database.py: ping_when_idle); a connection that
+    idled in the pool is still pinged, and one the server ended meanwhile is replaced, not handed out."""
+    pings: list[int] = []
+    engine = database.ping_when_idle(sa.create_engine(db_url, pool_size=1, max_overflow=0), idle_seconds=0.0)
+    real_ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda dbapi_conn: pings.append(1) or real_ping(dbapi_conn)  # type: ignore[method-assign]
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with database.engine_for(db_url).connect() as other:
+            assert other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": first}).scalar()
+        with engine.connect() as conn:  # idle ≥ 0 s: pinged, found dead, replaced
+            second = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        assert second != first and len(pings) == 1
+        lazy = database.ping_when_idle(sa.create_engine(db_url, pool_size=1, max_overflow=0), idle_seconds=3600)
+        lazy.dialect.do_ping = lambda dbapi_conn: pings.append(1) or real_ping(dbapi_conn)  # type: ignore[method-assign]
+        for _ in range(3):
+            with lazy.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        assert len(pings) == 1  # handed back a moment ago: not pinged
+        lazy.dispose()
+    finally:
+        engine.dispose()

@@ -13,7 +13,7 @@ failed step, a refused inventory, a cancellation. A step called out of order rai
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -25,7 +25,7 @@ from golioth_assets.engine import sync as steps
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.stats import ClientStats
 from golioth_assets.store import conflicts, inventory, services, sync_log, webhook_events
-from golioth_assets.store.local_table.connect import mapping_of, open_local_table
+from golioth_assets.store.local_table.connect import described_for_sync, mapping_of, open_local_table
 
 PREVIEW_ROWS = 20
 STEPS = ("fetch", "local_devices", "plan", "write_golioth", "write_local", "writes_left", "finish")
@@ -102,6 +102,7 @@ class SyncRun:
         self.log = steps.RunLog(db, service, request)
         self.scope = steps.Scope()
         self._done: list[str] = []
+        self._held = ExitStack()  # the local table's description, held for the run (described_for_sync)
 
     # -- the run's frame ----------------------------------------------------------------------
 
@@ -110,6 +111,9 @@ class SyncRun:
         try:
             self.client = self._open_client(self.service)
             self.log.attach(self.client)
+            # Described once, here: a table changed since the last sync fails the run before any
+            # read or write; every step of the run reuses the description.
+            self._held.enter_context(described_for_sync(self.db, self.service))
             self.scope = steps.resolve_scope(self.db, self.service, self.request.device_ids)
         except BaseException as exc:
             self.__exit__(type(exc), exc, exc.__traceback__)
@@ -120,6 +124,7 @@ class SyncRun:
         try:
             return self.log.__exit__(exc_type, exc, traceback)
         finally:
+            self._held.close()
             if self.client is not None:
                 self.client.close()
 

@@ -5,11 +5,20 @@ table when the service has none), connects to the table's database (golioth-sync
 mapping names a variable holding another URL: read here, at run time, never stored or printed),
 describes the live table, and refuses a mapping that no longer fits, naming the column, before
 anything is read or written.
+
+One organization's sync opens its table five or six times (scope, plan, Golioth writes, local
+writes, the convergence check, the counts), and each description is five catalog queries. So a
+sync holds its description (`described_for_sync`): the table is described and checked once, when
+the sync starts (a table changed since the last sync is refused there, with the same message), and
+every `open_local_table` of that sync, on that service object, gets the same `LocalSide`.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, Engine, make_url
@@ -83,8 +92,39 @@ def table_engine(db: Engine, mapping: TableMapping) -> tuple[Engine, bool]:
     return (db, True) if same else (database.engine_for(url), False)
 
 
+# id(service) -> (the service, the engine, its described side), for the syncs holding one.
+_held: dict[int, tuple[object, Engine, LocalSide]] = {}
+_held_lock = threading.Lock()
+
+
+@contextmanager
+def described_for_sync(db: Engine, service) -> Iterator[LocalSide]:
+    """Describe and check the service's local table now (LocalTableError on a misfit), and let
+    every `open_local_table(db, service)` within the block, from any thread, reuse that description.
+    Keyed by the service object itself: another sync of the organization (with its own service
+    object, as every sync loads one) describes the table afresh."""
+    side = describe_local_table(db, service)
+    key = id(service)
+    with _held_lock:
+        _held[key] = (service, db, side)
+    try:
+        yield side
+    finally:
+        with _held_lock:
+            _held.pop(key, None)
+
+
 def open_local_table(db: Engine, service) -> LocalSide:
-    """The service's local table, described and checked (raises LocalTableError on a misfit)."""
+    """The service's local table, described and checked (raises LocalTableError on a misfit); the
+    sync's own description when a sync of this service object holds one (described_for_sync)."""
+    held = _held.get(id(service))
+    if held is not None and held[0] is service and held[1] is db:
+        return held[2]
+    return describe_local_table(db, service)
+
+
+def describe_local_table(db: Engine, service) -> LocalSide:
+    """The service's local table, described from the catalog and checked, always afresh."""
     mapping = mapping_of(service)
     engine, same = table_engine(db, mapping)
     try:
