@@ -45,7 +45,9 @@ class SyncBatch(dg.ConfigurableResource):
     """Which organizations a batched run syncs (its run config), and how many at once per lane."""
 
     organizations: list[str] = Field(default_factory=list, description="The organizations (partitions) to sync.")
-    parallel: int = Field(default=4, ge=1, le=32, description="Organizations synced at once in one lane.")
+    # At most 6: each organization holds a pooled connection for its lock and uses another or two
+    # while it syncs, and a process's pool has 15 (store/database.py).
+    parallel: int = Field(default=4, ge=1, le=6, description="Organizations synced at once in one lane.")
 
     def lane(self, index: int) -> list[str]:
         return sorted(set(self.organizations))[index::LANES]
@@ -110,7 +112,7 @@ def sync_one(org: str, store: DeviceStore, golioth: GoliothApi, run_id: str, tag
         outcome.status, outcome.error = BatchOutcome.busy, str(exc)
     except Exception as exc:  # its own log row says failed (RunLog); the lane goes on with the rest
         outcome.error = f"{type(exc).__name__}: {exc}"[:500]
-        log.warning("batched sync of %s failed: %s", org, outcome.error)
+        log.warning("batched sync of %s failed: %s", org, outcome.error, exc_info=True)
     return outcome
 
 

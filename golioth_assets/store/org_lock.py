@@ -46,7 +46,7 @@ def _try_lock(conn: Connection, org: str, wait_seconds: float) -> bool:
             raise
         return False
     finally:
-        conn.execute(sa.text("SELECT set_config('lock_timeout', '0', false)"))
+        conn.execute(sa.text("RESET lock_timeout"))  # the role's or database's own, not 0
 
 
 @contextmanager
