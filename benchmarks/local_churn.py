@@ -36,17 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
-from benchmarks.local_to_golioth import (  # noqa: E402
-    KEY_ENV,
-    ORG,
-    PROJECT,
-    Child,
-    _bin,
-    _drop,
-    _linked_devices,
-    _percentile,
-    _setup,
-)
+from benchmarks.daemon_harness import Child, drop_database, percentile, venv_bin  # noqa: E402
+from benchmarks.local_to_golioth import KEY_ENV, ORG, PROJECT, _linked_devices, _setup  # noqa: E402
 from golioth_assets.store import database  # noqa: E402
 
 TARGET_LAG_P95_S, TARGET_DRAIN_S = 10.0, 30.0
@@ -147,7 +138,7 @@ def measure(args: argparse.Namespace) -> dict:
         engine, simulator, service = _setup(args, home)
         (home / "logs").mkdir()
         daemon = Child(
-            "dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], home / "logs"
+            "dagster-daemon", [venv_bin("dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")], home / "logs"
         )
         linked = _linked_devices(engine, service.id)
         watcher = Watcher(simulator.url)
@@ -175,8 +166,8 @@ def measure(args: argparse.Namespace) -> dict:
             "rate_achieved": len(edits) / (edits[-1][2] - edits[0][2]) if len(edits) > 1 else 0.0,
             "devices_edited": len(last),
             "reached": len(lags),
-            "lag_p50_s": _percentile(lags, 0.5) if lags else None,
-            "lag_p95_s": _percentile(lags, 0.95) if lags else None,
+            "lag_p50_s": percentile(lags, 0.5) if lags else None,
+            "lag_p95_s": percentile(lags, 0.95) if lags else None,
             "drain_s": drained,
             "queued_changes": queued,
             "distinct_changes": distinct,
@@ -194,7 +185,7 @@ def measure(args: argparse.Namespace) -> dict:
             simulator.stop()
         database.engine_for(app_url).dispose()
         for url in (app_url, dagster_url):
-            _drop(url)
+            drop_database(url)
         shutil.rmtree(home, ignore_errors=True)
 
 

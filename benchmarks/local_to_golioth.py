@@ -31,8 +31,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,42 +46,13 @@ sys.path.insert(0, str(ROOT))
 # The simulator is plain http on loopback: a service may use it only with this explicit allowance.
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
+from benchmarks.daemon_harness import Child, drop_database, percentile, venv_bin  # noqa: E402
 from golioth_assets.store import database  # noqa: E402
 
 ORG = "bench"
 PROJECT = "bench-project"
 KEY_ENV = "GOLIOTH_BENCH_API_KEY"
 TARGET_P50_S, TARGET_P95_S = 3.0, 5.0
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
-def _drop(url: sa.engine.URL) -> None:
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
-
-
-class Child:
-    """A server in its own session, stopped with its whole process group (code servers, run workers)."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path):
-        self.name = name
-        self.log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
 
 
 @dataclass
@@ -98,15 +67,6 @@ class Sample:
     to_started_s: float  # dequeued → run started (launch: a run worker process, its imports)
     to_visible_s: float  # run start → visible in Golioth (the targeted sync's steps up to its PATCH)
     run_s: float  # the whole run, start to end
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _linked_devices(engine, service_id: int) -> dict[str, str]:
@@ -198,7 +158,7 @@ def _floor(client: httpx.Client, golioth_id: str, rounds: int = 5) -> float:
         client.patch(f"/v1/projects/{PROJECT}/devices/{golioth_id}", json={"name": f"floor-{i}"}).raise_for_status()
         client.get(f"/v1/projects/{PROJECT}/devices/{golioth_id}").raise_for_status()
         times.append(time.perf_counter() - started)
-    return _percentile(times, 0.5)
+    return percentile(times, 0.5)
 
 
 def _setup(args: argparse.Namespace, home: Path):
@@ -276,7 +236,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
         engine, simulator, service = _setup(args, home)
         logs = home / "logs"
         logs.mkdir()
-        daemon = Child("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs)
+        daemon = Child("dagster-daemon", [venv_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs)
         linked = _linked_devices(engine, service.id)
         random.seed(args.seed)
         devices = random.sample(sorted(linked), args.events + 2)
@@ -317,7 +277,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
             simulator.stop()
         database.engine_for(app_url).dispose()
         for url in (app_url, dagster_url):
-            _drop(url)
+            drop_database(url)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -337,7 +297,7 @@ def main() -> None:
     samples, info = measure(args)
 
     totals = [s.total_s for s in samples]
-    p50, p95 = _percentile(totals, 0.5), _percentile(totals, 0.95)
+    p50, p95 = percentile(totals, 0.5), percentile(totals, 0.95)
     print(
         f"\n{info['events']} edits, {info['devices']} devices, load average {load_before[0]:.1f} before, "
         f"{info['loadavg'][0]:.1f} after, on {info['cpus']} CPUs"
@@ -355,7 +315,7 @@ def main() -> None:
         ("run_s", "whole targeted run"),
     ]:
         values = [getattr(s, field) for s in samples]
-        print(f"| {label} | {_percentile(values, 0.5):.2f} | {_percentile(values, 0.95):.2f} | {max(values):.2f} |")
+        print(f"| {label} | {percentile(values, 0.5):.2f} | {percentile(values, 0.95):.2f} | {max(values):.2f} |")
     print(f"floor (bare PATCH + GET): {info['floor_s'] * 1000:.1f} ms; p50 is {p50 / info['floor_s']:.0f}× the floor")
     missed = [f"p50 {p50:.2f} s > {TARGET_P50_S} s"] * (p50 > TARGET_P50_S) + [
         f"p95 {p95:.2f} s > {TARGET_P95_S} s"

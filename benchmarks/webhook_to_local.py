@@ -27,9 +27,7 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 # The simulator is plain http on loopback: a service may use it only with this explicit allowance.
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
+from benchmarks.daemon_harness import Child, drop_database, percentile, venv_bin  # noqa: E402
 from golioth_assets.store import database  # noqa: E402
 
 ORG = "bench"
@@ -53,43 +52,10 @@ KEY_ENV = "GOLIOTH_BENCH_API_KEY"
 SECRET_ENV = "GOLIOTH_BENCH_SIGNING_KEY"
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _drop(url: sa.engine.URL) -> None:
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
-
-
-class Child:
-    """A server in its own session, stopped with its whole process group (code servers, run workers)."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path):
-        self.name = name
-        self.log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.log.close()
 
 
 def _wait_http(url: str, child: Child, timeout_s: float) -> None:
@@ -115,15 +81,6 @@ class Sample:
     to_run_start_s: float  # claim → run worker started (queue, dequeue, launch, process start)
     to_visible_s: float  # run start → row visible (the targeted sync's steps up to local writes)
     run_s: float  # the whole run, start to end (steps after the local write included)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def _local_name(engine, service_id: int, golioth_id: str) -> str | None:
@@ -228,9 +185,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
         logs = home / "logs"
         logs.mkdir()
         port = _free_port()
-        receiver = Child("webhooks", [_bin("golioth-sync"), "webhooks", "serve", "--port", str(port)], logs)
+        receiver = Child("webhooks", [venv_bin("golioth-sync"), "webhooks", "serve", "--port", str(port)], logs)
         children.append(receiver)
-        children.append(Child("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs))
+        children.append(Child("dagster-daemon", [venv_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs))
         _wait_http(f"http://127.0.0.1:{port}/healthz", receiver, 60)
         simulator.control.set_events(
             PROJECT, f"http://127.0.0.1:{port}/webhooks/golioth/{service.id}", os.environ[SECRET_ENV]
@@ -287,7 +244,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
             simulator.stop()
         database.engine_for(app_url).dispose()
         for url in (app_url, dagster_url):
-            _drop(url)
+            drop_database(url)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -318,7 +275,7 @@ def main() -> None:
         ("run_s", "whole targeted run"),
     ]:
         values = [getattr(s, field) for s in samples]
-        print(f"| {label} | {_percentile(values, 0.5):.1f} | {_percentile(values, 0.95):.1f} | {max(values):.1f} |")
+        print(f"| {label} | {percentile(values, 0.5):.1f} | {percentile(values, 0.95):.1f} | {max(values):.1f} |")
     if args.json:
         args.json.write_text(json.dumps({"info": info, "samples": [asdict(s) for s in samples]}, indent=2))
 

@@ -1,0 +1,60 @@
+"""What the benchmarks that run the real `dagster-daemon` share: the venv's programs, child servers
+stopped with their whole process group, dropping a benchmark's database, percentiles.
+
+Used by webhook_to_local.py and local_to_golioth.py (and, through it, local_churn.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def venv_bin(name: str) -> str:
+    """A program of this Python's venv (dagster-daemon, golioth-sync)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def drop_database(url: sa.engine.URL) -> None:
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+class Child:
+    """A server in its own session, stopped with its whole process group (code servers, run workers)."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path):
+        self.name = name
+        self.log = open(log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between the two nearest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    pos = (len(ordered) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
