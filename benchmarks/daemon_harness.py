@@ -6,10 +6,12 @@ Used by webhook_to_local.py and local_to_golioth.py (and, through it, local_chur
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -48,6 +50,20 @@ class Child:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self.log.close()
+
+
+def clean_up(servers: list[Any], app_url: sa.engine.URL, dagster_url: sa.engine.URL, home: Path) -> None:
+    """After a run, however it ended: stop the servers (children, the simulator; None = never
+    started) in reverse order of starting, drop the run's two databases, remove its home folder."""
+    from golioth_assets.store import database  # the caller put the project on sys.path
+
+    for server in reversed(servers):
+        if server is not None:
+            server.stop()
+    database.engine_for(app_url).dispose()
+    for url in (app_url, dagster_url):
+        drop_database(url)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def percentile(values: list[float], q: float) -> float:

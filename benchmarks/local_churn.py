@@ -21,7 +21,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import sys
 import tempfile
 import threading
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
-from benchmarks.daemon_harness import Child, drop_database, percentile, venv_bin  # noqa: E402
+from benchmarks.daemon_harness import Child, clean_up, percentile, venv_bin  # noqa: E402
 from benchmarks.local_to_golioth import KEY_ENV, ORG, PROJECT, _linked_devices, _setup  # noqa: E402
 from golioth_assets.store import database  # noqa: E402
 
@@ -179,14 +178,7 @@ def measure(args: argparse.Namespace) -> dict:
         if watcher is not None:
             watcher.stop.set()
             watcher.join(10)
-        if daemon is not None:
-            daemon.stop()
-        if simulator is not None:
-            simulator.stop()
-        database.engine_for(app_url).dispose()
-        for url in (app_url, dagster_url):
-            drop_database(url)
-        shutil.rmtree(home, ignore_errors=True)
+        clean_up([simulator, daemon], app_url, dagster_url, home)
 
 
 def main() -> None:

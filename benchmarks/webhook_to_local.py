@@ -26,7 +26,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import socket
 import sys
 import tempfile
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 # The simulator is plain http on loopback: a service may use it only with this explicit allowance.
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
-from benchmarks.daemon_harness import Child, drop_database, percentile, venv_bin  # noqa: E402
+from benchmarks.daemon_harness import Child, clean_up, percentile, venv_bin  # noqa: E402
 from golioth_assets.store import database  # noqa: E402
 
 ORG = "bench"
@@ -238,14 +237,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Sample], dict]:
         info = {"devices": args.devices, "events": len(samples), "loadavg": os.getloadavg(), "cpus": os.cpu_count()}
         return samples, info
     finally:
-        for child in reversed(children):
-            child.stop()
-        if simulator is not None:
-            simulator.stop()
-        database.engine_for(app_url).dispose()
-        for url in (app_url, dagster_url):
-            drop_database(url)
-        shutil.rmtree(home, ignore_errors=True)
+        clean_up([simulator, *children], app_url, dagster_url, home)
 
 
 def main() -> None:
