@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from webhook_to_local import Child, _bin, _drop  # noqa: E402  (process groups, the venv's binaries)
+from daemon_harness import Child, drop_database, venv_bin  # noqa: E402  (process groups, the venv's binaries)
 
 POOL = "golioth_api"
 DAY = 86_400
@@ -373,7 +373,7 @@ def run(args: argparse.Namespace) -> dict:
         logs.mkdir()
         if args.celery_workers:
             workers = _start_celery_workers(args.celery_workers, logs)
-        daemon = Child("dagster-daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs)
+        daemon = Child("dagster-daemon", [venv_bin("dagster-daemon"), "run", "-w", str(WORKSPACE_YAML)], logs)
         bench = Bench(args, engine, instance, daemon, list(tenants), list(empties))
 
         result["first"] = bench.round("first round", list(tenants), 1)
@@ -408,7 +408,7 @@ def run(args: argparse.Namespace) -> dict:
         if runtime is not None:
             runtime.engine.dispose()
             for url in (runtime.app_url, runtime.dagster_url):
-                _drop(url)
+                drop_database(url)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -433,7 +433,7 @@ def _start_celery_workers(count: int, logs: Path) -> list:
     workers = []
     for i in range(count):
         argv = [
-            _bin("celery"),
+            venv_bin("celery"),
             "-A",
             "dagster_celery.app",
             "worker",
