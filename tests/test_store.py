@@ -246,3 +246,29 @@ def test_a_pooled_connection_killed_while_idle_is_replaced_and_a_busy_one_is_not
         lazy.dispose()
     finally:
         engine.dispose()
+
+
+def test_inventory_fingerprints_tell_apart_what_text_alone_would_not():
+    frame = pd.DataFrame(
+        {
+            "golioth_device_id": ["g1", "g1", "g1", "g1", "g1"],
+            "name": [None, "None", "n", "n", "n"],
+            "hardware_ids": [["a,b"], ["a,b"], ["a", "b"], ["a,b"], ["a,b"]],
+            "desired_state": [{}, {}, {}, {}, {"led": "on"}],
+        }
+    )
+    prints = inventory.fingerprints(frame)
+    assert len(set(prints)) == 5
+    assert inventory.fingerprints(frame.copy()) == prints  # stable for equal values
+
+
+def test_a_full_fetch_rewrites_a_row_that_a_targeted_fetch_changed_back(engine, org):
+    """A targeted fetch stores newer values (and their fingerprint); a later full fetch that sees
+    the old values again must rewrite the row, not take it for unchanged."""
+    first = pd.DataFrame({"golioth_device_id": ["g1"], "name": ["one"], "hardware_ids": [["h1"]]})
+    with engine.begin() as conn:
+        inventory.replace_inventory(conn, org, first)
+        inventory.upsert_inventory(conn, org, first.assign(name="renamed"))
+        assert inventory.replace_inventory(conn, org, first) == 1
+    with engine.connect() as conn:
+        assert inventory.load_inventory(conn, org)["name"].tolist() == ["one"]

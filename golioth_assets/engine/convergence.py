@@ -47,20 +47,40 @@ def _ids(rows: pd.DataFrame) -> list[str]:
     return sorted(set(rows["golioth_device_id"].dropna()) | set(rows["device_id"].dropna()))
 
 
-def writes_left(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int) -> int:
-    """How many writes a fresh diff of the sampled devices still plans: 0 when the run converged."""
+def writes_left(
+    db: Engine,
+    service: services.Service,
+    client: GoliothClient,
+    sync_log_id: int,
+    fetched: steps.FetchResult | None = None,
+) -> int:
+    """How many writes a fresh diff of the sampled devices still plans: 0 when the run converged.
+    fetched: the run's own fetch, when it ran in this process (its devices are the inventory the
+    local-only writes were planned from; the re-read devices replace theirs)."""
     with db.connect() as conn:
         picked = sample_written(sync_log.load_plan(conn, sync_log_id))
     if picked.empty:
         return 0
     ids = _ids(picked)
+    remote = fetched.devices if fetched is not None else None
     written_in_golioth = _ids(picked[picked["side"] == Side.remote])
     if written_in_golioth:
         # The devices are re-read; the tags, blueprints and cohorts are the run's own (its writes
         # stored them, new tags included): listing them again would only cost requests.
         with db.connect() as conn:
             refs = References.from_frame(inventory.load_references(conn, service.organization_id))
-        steps.fetch_step(db, service, client, steps.resolve_scope(db, service, written_in_golioth), refs=refs)
+        scope = steps.resolve_scope(db, service, written_in_golioth)
+        reread = steps.fetch_step(db, service, client, scope, refs=refs)
+        remote = _replaced(remote, reread) if remote is not None else None
     request = steps.SyncRequest(service.organization_id, device_ids=ids, dry_run=True)
-    fresh, _ = steps.build_plan(db, service, request, steps.resolve_scope(db, service, ids))
+    fresh, _ = steps.build_plan(db, service, request, steps.resolve_scope(db, service, ids), remote)
     return len(fresh.writes())
+
+
+def _replaced(devices: pd.DataFrame, reread: steps.FetchResult) -> pd.DataFrame:
+    """The run's fetched devices as Golioth shows them now: the re-read ones replaced, the ones found
+    gone dropped (exactly what the re-read did to golioth_inventory)."""
+    fresh = reread.devices if reread.devices is not None else devices.iloc[:0]
+    stale = set(fresh["golioth_device_id"]) | set(reread.missing)
+    kept = devices[~devices["golioth_device_id"].isin(stale)]
+    return pd.concat([kept, fresh], ignore_index=True) if not fresh.empty else kept

@@ -101,6 +101,7 @@ class SyncRun:
         self.client: GoliothClient | None = None
         self.log = steps.RunLog(db, service, request)
         self.scope = steps.Scope()
+        self._fetched: steps.FetchResult | None = None  # handed to the plan and the check in memory
         self._done: list[str] = []
         self._held = ExitStack()  # the local table's description, held for the run (described_for_sync)
 
@@ -155,7 +156,7 @@ class SyncRun:
     def fetch(self) -> Fetched:
         usage = Usage()
         with self._step("fetch", usage):
-            result = steps.fetch_step(self.db, self.service, self.golioth, self.scope, self.log.id)
+            result = self._fetched = steps.fetch_step(self.db, self.service, self.golioth, self.scope, self.log.id)
         with self.db.connect() as conn:
             preview = inventory.preview_inventory(conn, self.service.organization_id, PREVIEW_ROWS)
         return Fetched(result, preview, usage)
@@ -173,7 +174,8 @@ class SyncRun:
     def plan(self) -> Plan:
         """Refuses (InventoryInconsistent) when the inventory does not add up."""
         with self._step("plan"):
-            return steps.plan_step(self.db, self.service, self.request, self.scope, self.log.id)
+            fetched = self._fetched.devices if self._fetched is not None else None
+            return steps.plan_step(self.db, self.service, self.request, self.scope, self.log.id, fetched)
 
     def write_golioth(self) -> GoliothWrites:
         usage = Usage()
@@ -192,9 +194,9 @@ class SyncRun:
         """The convergence self-check (engine/convergence.py), on the run's own client."""
         usage = Usage()
         with self._step("writes_left", usage):
-            left = (
-                0 if self.request.dry_run else convergence.writes_left(self.db, self.service, self.golioth, self.log.id)
-            )
+            left = 0
+            if not self.request.dry_run:
+                left = convergence.writes_left(self.db, self.service, self.golioth, self.log.id, self._fetched)
         return left, usage
 
     def finish(self) -> Finished:

@@ -12,7 +12,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.bulk import stage
+from golioth_assets.store.bulk import source
 from golioth_assets.store.schema import device_conflicts
 
 
@@ -30,7 +30,7 @@ def upsert_conflicts(
     """Record conflicts (decoded values). A conflict already open for the device and field is refreshed."""
     if frame.empty:
         return 0
-    table = stage(conn, frame)
+    from_item, staged = source(conn, frame)
     return conn.exec_driver_sql(
         f"""
         INSERT INTO device_conflicts (organization_id, service_id, device_id, golioth_device_id, field,
@@ -38,7 +38,7 @@ def upsert_conflicts(
         SELECT %(org)s, %(service)s, s.doc->>'device_id', s.doc->>'golioth_device_id',
                s.doc->>'field', s.doc->>'conflict_type', s.doc->'base_value', s.doc->'local_value',
                s.doc->'remote_value', %(log)s
-        FROM {table} s
+        FROM {from_item}
         ON CONFLICT (service_id, coalesce(device_id::text, ''), coalesce(golioth_device_id, ''), field)
             WHERE status IN ('pending', 'resolved')
         DO UPDATE SET base_value = excluded.base_value, local_value = excluded.local_value,
@@ -46,7 +46,7 @@ def upsert_conflicts(
                       sync_log_id = excluded.sync_log_id
         WHERE device_conflicts.status = 'pending'
         """,
-        {"org": organization_id, "service": service_id, "log": sync_log_id},
+        {**staged, "org": organization_id, "service": service_id, "log": sync_log_id},
     ).rowcount
 
 

@@ -7,12 +7,14 @@ run in different processes (or pods) without pickles on one machine's disk.
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 from collections.abc import Sequence
 
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.bulk import read_frame, stage
+from golioth_assets.store.bulk import read_frame, source
 
 REMOTE_COLUMNS = [
     "golioth_device_id",
@@ -42,18 +44,18 @@ _UPSERT = """
 INSERT INTO golioth_inventory (organization_id, golioth_device_id, name, hardware_ids, tag_ids, tags,
     blueprint_id, blueprint, cohort_id, cohort, enabled, desired_state, status, last_seen_online,
     last_seen_offline, last_report, firmware_versions, settings_status, metadata,
-    golioth_created_at, golioth_updated_at, fetched_at)
+    golioth_created_at, golioth_updated_at, fingerprint, fetched_at)
 SELECT %(org)s, r.golioth_device_id, r.name, coalesce(r.hardware_ids, '{{}}'), coalesce(r.tag_ids, '{{}}'),
        coalesce(r.tags, '{{}}'), r.blueprint_id, r.blueprint, r.cohort_id, r.cohort, coalesce(r.enabled, true),
        r.desired_state, r.status, r.last_seen_online, r.last_seen_offline, r.last_report,
        coalesce(r.firmware_versions, '{{}}'), r.settings_status, coalesce(r.metadata, '{{}}'),
-       r.created_at, r.updated_at, now()
-FROM {table} s,
+       r.created_at, r.updated_at, r.fingerprint, now()
+FROM {source},
      jsonb_to_record(s.doc) AS r(golioth_device_id text, name text, hardware_ids text[], tag_ids text[],
          tags text[], blueprint_id text, blueprint text, cohort_id text, cohort text, enabled boolean,
          desired_state jsonb, status text, last_seen_online timestamptz, last_seen_offline timestamptz,
          last_report timestamptz, firmware_versions jsonb, settings_status text, metadata jsonb,
-         created_at timestamptz, updated_at timestamptz)
+         created_at timestamptz, updated_at timestamptz, fingerprint bigint)
 ON CONFLICT (organization_id, golioth_device_id) DO UPDATE SET
     name = excluded.name, hardware_ids = excluded.hardware_ids, tag_ids = excluded.tag_ids,
     tags = excluded.tags, blueprint_id = excluded.blueprint_id, blueprint = excluded.blueprint,
@@ -63,51 +65,65 @@ ON CONFLICT (organization_id, golioth_device_id) DO UPDATE SET
     last_report = excluded.last_report, firmware_versions = excluded.firmware_versions,
     settings_status = excluded.settings_status, metadata = excluded.metadata,
     golioth_created_at = excluded.golioth_created_at, golioth_updated_at = excluded.golioth_updated_at,
-    fetched_at = now()
-{only_changed}
+    fingerprint = excluded.fingerprint, fetched_at = now()
 """
 
-# The row's fetched values (fetched_at aside): a full fetch rewrites only the rows whose values moved.
-_STORED = (
-    "name, hardware_ids, tag_ids, tags, blueprint_id, blueprint, cohort_id, cohort, enabled, desired_state, "
-    "status, last_seen_online, last_seen_offline, last_report, firmware_versions, settings_status, metadata, "
-    "golioth_created_at, golioth_updated_at"
-)
-_ONLY_CHANGED = (
-    f"WHERE (golioth_inventory.{_STORED.replace(', ', ', golioth_inventory.')}) "
-    f"IS DISTINCT FROM (excluded.{_STORED.replace(', ', ', excluded.')})"
-)
+
+def fingerprints(frame: pd.DataFrame) -> list[int]:
+    """A 64-bit hash of each fetched row's stored values (REMOTE_COLUMNS): blake2b of the row in
+    marshal's version-0 format, which writes every value in full (no shared references, so equal
+    values give equal bytes) and tells a missing value from the text "None". About 3 µs a row:
+    a tenth of serializing the row to send it. A dict whose keys came in another order hashes
+    differently: one needless rewrite, never a missed one; two different rows of one device
+    colliding is a 2**-64 chance per changed row."""
+    columns = []
+    for column in [c for c in REMOTE_COLUMNS if c in frame]:
+        values = frame[column]
+        if isinstance(values.dtype, pd.DatetimeTZDtype) or values.dtype.kind == "M":
+            columns.append(values.dt.as_unit("us").to_numpy("int64").tolist())  # NaT: the smallest int64
+        else:
+            columns.append(values.tolist())
+    return [
+        int.from_bytes(hashlib.blake2b(marshal.dumps(row, 0), digest_size=8).digest(), "little", signed=True)
+        for row in zip(*columns)
+    ]
+
+
+def _write(conn: Connection, organization_id: str, frame: pd.DataFrame, prints: list[int]) -> int:
+    if frame.empty:
+        return 0
+    rows = frame[[c for c in REMOTE_COLUMNS if c in frame]].assign(fingerprint=prints)
+    from_item, params = source(conn, rows)
+    return conn.exec_driver_sql(_UPSERT.format(source=from_item), {**params, "org": organization_id}).rowcount
 
 
 def replace_inventory(conn: Connection, organization_id: str, frame: pd.DataFrame) -> int:
     """Replace the organization's whole inventory with a full fetch, in the caller's transaction:
-    the rows the fetch lacks are deleted, and only the rows whose values differ are written (a
-    full sync of a mostly unchanged fleet rewrote every row: new tuples and index entries for
-    nothing). So a row's `fetched_at` is when a fetch last found its values changed; when the
-    last fetch ran is its run's `golioth_sync_log.started_at`. Returns the number of rows inserted
-    or changed."""
-    if frame.empty:
-        conn.exec_driver_sql("DELETE FROM golioth_inventory WHERE organization_id = %(org)s", {"org": organization_id})
-        return 0
-    table = stage(conn, frame[[c for c in REMOTE_COLUMNS if c in frame]])
-    conn.exec_driver_sql(
-        f"""
-        DELETE FROM golioth_inventory i WHERE i.organization_id = %(org)s
-        AND NOT EXISTS (SELECT 1 FROM {table} s WHERE s.doc->>'golioth_device_id' = i.golioth_device_id)
-        """,
-        {"org": organization_id},
+    the rows the fetch lacks are deleted, and only the rows whose fingerprint differs are written
+    (sending all 10,000 rows of a mostly unchanged fleet for the server to compare cost more than
+    the rest of the fetch). So a row's `fetched_at` is when a fetch last found its values changed;
+    when the last fetch ran is its run's `golioth_sync_log.started_at`. Returns the number of rows
+    inserted or changed."""
+    stored: dict[str, int | None] = dict(
+        conn.exec_driver_sql(
+            "SELECT golioth_device_id, fingerprint FROM golioth_inventory WHERE organization_id = %(org)s",
+            {"org": organization_id},
+        ).fetchall()
     )
-    return conn.exec_driver_sql(
-        _UPSERT.format(table=table, only_changed=_ONLY_CHANGED), {"org": organization_id}
-    ).rowcount
+    ids = frame["golioth_device_id"].tolist() if not frame.empty else []
+    delete_inventory_rows(conn, organization_id, sorted(set(stored) - set(ids)))
+    if frame.empty:
+        return 0
+    prints = fingerprints(frame)
+    changed = [stored.get(i) != p for i, p in zip(ids, prints)]
+    return _write(conn, organization_id, frame[changed], [p for p, c in zip(prints, changed) if c])
 
 
 def upsert_inventory(conn: Connection, organization_id: str, frame: pd.DataFrame) -> int:
     """Insert or refresh some devices (a targeted sync re-reads only the devices it was asked about)."""
     if frame.empty:
         return 0
-    table = stage(conn, frame[[c for c in REMOTE_COLUMNS if c in frame]])
-    return conn.exec_driver_sql(_UPSERT.format(table=table, only_changed=""), {"org": organization_id}).rowcount
+    return _write(conn, organization_id, frame, fingerprints(frame))
 
 
 def delete_inventory_rows(conn: Connection, organization_id: str, golioth_device_ids: Sequence[str]) -> int:
@@ -142,14 +158,14 @@ def replace_references(conn: Connection, organization_id: str, references: pd.Da
     conn.exec_driver_sql("DELETE FROM golioth_references WHERE organization_id = %(org)s", {"org": organization_id})
     if references.empty:
         return
-    table = stage(conn, references[["kind", "golioth_id", "name"]])
+    from_item, params = source(conn, references[["kind", "golioth_id", "name"]])
     conn.exec_driver_sql(
         f"""
         INSERT INTO golioth_references (organization_id, kind, golioth_id, name)
-        SELECT %(org)s, s.doc->>'kind', s.doc->>'golioth_id', s.doc->>'name' FROM {table} s
+        SELECT %(org)s, s.doc->>'kind', s.doc->>'golioth_id', s.doc->>'name' FROM {from_item}
         ON CONFLICT DO NOTHING
         """,
-        {"org": organization_id},
+        {**params, "org": organization_id},
     )
 
 

@@ -324,6 +324,9 @@ golioth_inventory = sa.Table(
     sa.Column("golioth_created_at", sa.DateTime(timezone=True)),
     sa.Column("golioth_updated_at", sa.DateTime(timezone=True)),
     sa.Column("fetched_at", sa.DateTime(timezone=True), nullable=False, server_default=_now()),
+    # A hash of the fetched values above (store/inventory.py `fingerprints`): a full fetch compares
+    # it to find the rows to rewrite. NULL (rows from before migration 0008) always differs.
+    sa.Column("fingerprint", sa.BigInteger),
 )
 
 golioth_references = sa.Table(

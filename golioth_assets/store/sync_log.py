@@ -9,7 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.bulk import stage, stage_records
+from golioth_assets.store.bulk import source
 from golioth_assets.store.schema import golioth_sync_log
 
 COUNT_COLUMNS = (
@@ -115,7 +115,7 @@ def insert_entries(conn: Connection, sync_log_id: int, organization_id: str, ent
     entries = list(entries)
     if not entries:
         return 0
-    table = stage_records(conn, entries)
+    from_item, staged = source(conn, entries)
     return conn.exec_driver_sql(
         f"""
         INSERT INTO golioth_sync_log_entries (sync_log_id, organization_id, device_id, golioth_device_id,
@@ -123,9 +123,9 @@ def insert_entries(conn: Connection, sync_log_id: int, organization_id: str, ent
         SELECT %(log)s, %(org)s, s.doc->>'device_id', s.doc->>'golioth_device_id',
                s.doc->>'side', s.doc->>'action', coalesce(s.doc->>'status', 'ok'),
                coalesce(s.doc->'changes', '{{}}'::jsonb), s.doc->>'error', s.doc->>'changed_by'
-        FROM {table} s
+        FROM {from_item}
         """,
-        {"log": sync_log_id, "org": organization_id},
+        {**staged, "log": sync_log_id, "org": organization_id},
     ).rowcount
 
 
@@ -151,7 +151,7 @@ def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_ro
     """Store a decoded plan (see engine/plan_table.py): one row per device, field and action."""
     if table_rows.empty:
         return 0
-    table = stage(conn, table_rows)
+    from_item, staged = source(conn, table_rows)
     return conn.exec_driver_sql(
         f"""
         INSERT INTO sync_plan (sync_log_id, organization_id, device_id, golioth_device_id, field, action,
@@ -160,9 +160,9 @@ def save_plan(conn: Connection, sync_log_id: int, organization_id: str, table_ro
         SELECT %(log)s, %(org)s, s.doc->>'device_id', s.doc->>'golioth_device_id', s.doc->>'field',
                s.doc->>'action', s.doc->>'side', s.doc->'old_value', s.doc->'new_value', s.doc->>'kind', s.doc->>'reason',
                s.doc->>'status', (s.doc->>'conflict_id')::numeric::bigint, s.doc->>'changed_by'
-        FROM {table} s
+        FROM {from_item}
         """,
-        {"log": sync_log_id, "org": organization_id},
+        {**staged, "log": sync_log_id, "org": organization_id},
     ).rowcount
 
 
@@ -189,12 +189,13 @@ def mark_plan(conn: Connection, updates: Iterable[dict]) -> int:
     updates = list(updates)
     if not updates:
         return 0
-    table = stage_records(conn, updates)
+    from_item, staged = source(conn, updates)
     return conn.exec_driver_sql(
         f"""
         UPDATE sync_plan p SET status = s.doc->>'status', error = s.doc->>'error'
-        FROM {table} s WHERE p.id = (s.doc->>'id')::bigint
-        """
+        FROM {from_item} WHERE p.id = (s.doc->>'id')::bigint
+        """,
+        staged,
     ).rowcount
 
 
