@@ -174,20 +174,23 @@ class SyncRun:
     def plan(self) -> Plan:
         """Refuses (InventoryInconsistent) when the inventory does not add up."""
         with self._step("plan"):
-            fetched = self._fetched.devices if self._fetched is not None else None
-            return steps.plan_step(self.db, self.service, self.request, self.scope, self.log.id, fetched)
+            return steps.plan_step(self.db, self.service, self.request, self.scope, self.log.id, self._fetched)
 
     def write_golioth(self) -> GoliothWrites:
         usage = Usage()
         with self._step("write_golioth", usage):
             counts = {}
             if not self.request.dry_run:
-                counts = steps.golioth_side(self.db, self.service, self.golioth, self.log.id).counts
+                counts = steps.golioth_side(self.db, self.service, self.golioth, self.log.id, self.request).counts
         return GoliothWrites(counts, usage, self._applied("remote"))
 
     def write_local(self) -> LocalWrites:
         with self._step("write_local"):
-            counts = {} if self.request.dry_run else steps.local_step(self.db, self.service, self.log.id).counts
+            counts = (
+                {}
+                if self.request.dry_run
+                else steps.local_step(self.db, self.service, self.log.id, self.request).counts
+            )
         return LocalWrites(counts, self._applied("local"))
 
     def writes_left(self) -> tuple[int, Usage]:
@@ -203,11 +206,10 @@ class SyncRun:
         """Close the log row (with the run's request totals); hand the webhook events in."""
         with self._step("finish"):
             status = self.log.close()
-            with self.db.begin() as conn:
-                if self.claim:
+            if self.claim:
+                with self.db.begin() as conn:
                     webhook_events.mark_processed(conn, self.claim)
-                row = sync_log.get_run(conn, self.log.id)
-        return Finished(status, row)
+        return Finished(status, self.log.row)
 
     def pending_conflicts(self) -> Conflicts:
         """After the run: the organization's conflicts waiting for an operator."""

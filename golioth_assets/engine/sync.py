@@ -489,13 +489,13 @@ def plan_step(
     request: SyncRequest,
     scope: Scope,
     sync_log_id: int,
-    fetched: pd.DataFrame | None = None,
+    fetched: FetchResult | None = None,
 ) -> Plan:
     """Plan and store the plan; outside a dry run, record the conflicts. Refuses (InventoryInconsistent)
     when the run's inventory does not add up: no plan, so nothing is written on either side.
-    fetched: see build_plan."""
-    refuse_inconsistent_inventory(db, sync_log_id)
-    plan, fetched_counts = build_plan(db, service, request, scope, fetched)
+    fetched: this run's fetch, when it ran in this process (else its log row and golioth_inventory say)."""
+    refuse_inconsistent_inventory(db, sync_log_id, fetched.count if fetched is not None else None)
+    plan, fetched_counts = build_plan(db, service, request, scope, fetched.devices if fetched is not None else None)
     fingerprints = fetched_counts.pop("local_fingerprints")
     counts = plan.counts()
     changes = changes_table(plan)
@@ -514,12 +514,15 @@ def plan_step(
     return plan
 
 
-def refuse_inconsistent_inventory(db: Engine, sync_log_id: int) -> None:
+def refuse_inconsistent_inventory(db: Engine, sync_log_id: int, count: InventoryCount | None = None) -> None:
     """The guard behind the blocking inventory checks. In Dagster they run inside the same op as
-    the writes, where a blocking check cannot stop a later asset: the engine stops itself."""
-    with db.connect() as conn:
-        saved = (sync_log.get_run(conn, sync_log_id)["details"] or {}).get("inventory")
-    problems = InventoryCount(**saved).problems() if saved else []
+    the writes, where a blocking check cannot stop a later asset: the engine stops itself.
+    count: the fetch's accounting, when it ran in this process (else read from the log row)."""
+    if count is None:
+        with db.connect() as conn:
+            saved = (sync_log.get_run(conn, sync_log_id)["details"] or {}).get("inventory")
+        count = InventoryCount(**saved) if saved else InventoryCount()
+    problems = count.problems()
     if problems:
         raise InventoryInconsistent(
             f"the Golioth inventory does not add up ({'; '.join(problems)}): nothing was planned or written, "
@@ -531,7 +534,11 @@ def refuse_inconsistent_inventory(db: Engine, sync_log_id: int) -> None:
 
 
 @gc_paused()  # see "Garbage collection" at the top
-def remote_step(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int):
+def remote_step(
+    db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int, request: SyncRequest | None = None
+):
+    """request: the run's, when known (else rebuilt from its log row)."""
+    request = request or request_of_run(db, sync_log_id)
     side = open_local_table(db, service)
     with db.connect() as conn:
         plan = sync_log.load_plan(conn, sync_log_id, side="remote")
@@ -557,7 +564,7 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
         local.set_index("device_id", drop=False),
         remote.set_index("golioth_device_id", drop=False),
         before_create=persist_hardware_ids,
-        fields=settings_for(service, request_of_run(db, sync_log_id), side.table).fields,
+        fields=settings_for(service, request, side.table).fields,
     )
     with db.begin() as conn:
         assignments.insert_links(conn, service.id, outcome.new_links)
@@ -571,10 +578,11 @@ def remote_step(db: Engine, service: services.Service, client: GoliothClient, sy
 
 
 @gc_paused()  # see "Garbage collection" at the top
-def local_step(db: Engine, service: services.Service, sync_log_id: int):
-    """The plan's local side, through the two-database protocol (engine/local_apply.py)."""
+def local_step(db: Engine, service: services.Service, sync_log_id: int, request: SyncRequest | None = None):
+    """The plan's local side, through the two-database protocol (engine/local_apply.py). request:
+    the run's, when known (else rebuilt from its log row)."""
     side = open_local_table(db, service)
-    fields = settings_for(service, request_of_run(db, sync_log_id), side.table).fields
+    fields = settings_for(service, request or request_of_run(db, sync_log_id), side.table).fields
     try:
         return apply_plan_locally(db, side, service, sync_log_id, fields)
     except LocalApplyPending as exc:
@@ -586,25 +594,27 @@ def request_of_run(db: Engine, sync_log_id: int) -> SyncRequest:
         return request_of(sync_log.get_run(conn, sync_log_id))
 
 
-def golioth_side(db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int):
+def golioth_side(
+    db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int, request: SyncRequest | None = None
+):
     """remote_step. When it stops the run (SyncFailed: Golioth rejected the key mid-way), the
     local step still records what did succeed before the failure (links, base snapshots, audit),
     then the failure goes on."""
     try:
-        return remote_step(db, service, client, sync_log_id)
+        return remote_step(db, service, client, sync_log_id, request)
     except SyncFailed:
-        local_step(db, service, sync_log_id)
+        local_step(db, service, sync_log_id, request)
         raise
 
 
 def finish(db: Engine, sync_log_id: int, *, error: str | None = None, counts: Mapping[str, int] | None = None) -> str:
+    return close(db, sync_log_id, error=error, counts=counts)["status"]
+
+
+def close(db: Engine, sync_log_id: int, *, error: str | None = None, counts: Mapping[str, int] | None = None) -> dict:
+    """Finish the run's log row (success, partial or failed) and return it, closed."""
     with db.begin() as conn:
-        if counts:
-            sync_log.add_counts(conn, sync_log_id, counts)
-        run = sync_log.get_run(conn, sync_log_id)
-        status = "failed" if error else ("partial" if run["failures"] else "success")
-        sync_log.finish_run(conn, sync_log_id, status=status, error=error)
-    return status
+        return sync_log.close_run(conn, sync_log_id, error=error, counts=counts)
 
 
 class RunLog:
@@ -620,6 +630,7 @@ class RunLog:
         self.db, self.service, self.request = db, service, request
         self.id = 0
         self.status: str | None = None
+        self.row: dict = {}
         self.client: GoliothClient | None = None
         self._since = ClientStats()
         if client is not None:
@@ -634,11 +645,12 @@ class RunLog:
         return self
 
     def close(self, error: str | None = None) -> str:
-        """Finish the row, once: a later call returns the status it got."""
+        """Finish the row, once: a later call returns the status it got (`row`: the closed row)."""
         if self.status is None:
             used = self.client.stats.since(self._since) if self.client is not None else ClientStats()
             counts = {"api_requests": used.requests, "api_retries": used.retries}
-            self.status = finish(self.db, self.id, error=error, counts=counts)
+            self.row = close(self.db, self.id, error=error, counts=counts)
+            self.status = self.row["status"]
         return self.status
 
     def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
@@ -659,10 +671,10 @@ class RunLog:
 def _all_steps(db: Engine, service: services.Service, request: SyncRequest, client: GoliothClient, run_id: int) -> Plan:
     scope = resolve_scope(db, service, request.device_ids)
     fetched = fetch_step(db, service, client, scope, run_id)
-    plan = plan_step(db, service, request, scope, run_id, fetched.devices)
+    plan = plan_step(db, service, request, scope, run_id, fetched)
     if not request.dry_run:
-        golioth_side(db, service, client, run_id)
-        local_step(db, service, run_id)
+        golioth_side(db, service, client, run_id, request)
+        local_step(db, service, run_id, request)
     return plan
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from golioth_assets.core.vocabulary import RunStatus
 from golioth_assets.store.bulk import source
 from golioth_assets.store.schema import golioth_sync_log
 
@@ -79,6 +80,27 @@ def finish_run(conn: Connection, sync_log_id: int, *, status: str, error: str | 
         .where(golioth_sync_log.c.id == sync_log_id)
         .values(status=status, error=error, finished_at=sa.func.now())
     )
+
+
+def close_run(
+    conn: Connection, sync_log_id: int, *, error: str | None = None, counts: Mapping[str, int] | None = None
+) -> dict:
+    """Finish a run in one statement: add its last counts, set its status (failed with an error,
+    partial when device writes failed, else success) and return the closed row."""
+    table = golioth_sync_log.c
+    added = {k: int(v) for k, v in (counts or {}).items() if k in COUNT_COLUMNS and v}
+    status = sa.case(
+        (sa.literal(error is not None), RunStatus.failed.value),
+        (table.failures + added.get("failures", 0) > 0, RunStatus.partial.value),
+        else_=RunStatus.success.value,
+    )
+    row = conn.execute(
+        golioth_sync_log.update()
+        .where(table.id == sync_log_id)
+        .values(status=status, error=error, finished_at=sa.func.now(), **{k: table[k] + v for k, v in added.items()})
+        .returning(*golioth_sync_log.c)
+    )
+    return dict(row.mappings().one())
 
 
 def get_run(conn: Connection, sync_log_id: int) -> dict:
