@@ -272,3 +272,26 @@ def test_a_full_fetch_rewrites_a_row_that_a_targeted_fetch_changed_back(engine, 
         assert inventory.replace_inventory(conn, org, first) == 1
     with engine.connect() as conn:
         assert inventory.load_inventory(conn, org)["name"].tolist() == ["one"]
+
+
+def test_references_replaced_in_place_renamed_removed_and_unchanged_left_alone(engine, org):
+    refs = pd.DataFrame(
+        {"kind": ["tag", "tag", "blueprint"], "golioth_id": ["t1", "t2", "b1"], "name": ["a", "b", "bp"]}
+    )
+    versions = sa.text("SELECT golioth_id, xmin::text FROM golioth_references WHERE organization_id = :org")
+    with engine.begin() as conn:
+        inventory.replace_references(conn, org, refs)
+    with engine.connect() as conn:
+        before = dict(conn.execute(versions, {"org": org}).all())
+    renamed = pd.DataFrame({"kind": ["tag", "blueprint"], "golioth_id": ["t1", "b1"], "name": ["a2", "bp"]})
+    with engine.begin() as conn:
+        inventory.replace_references(conn, org, renamed)
+    with engine.connect() as conn:
+        after = dict(conn.execute(versions, {"org": org}).all())
+        stored = inventory.load_references(conn, org).sort_values("golioth_id").values.tolist()
+    assert stored == [["blueprint", "b1", "bp"], ["tag", "t1", "a2"]]
+    assert after["b1"] == before["b1"] and after["t1"] != before["t1"]
+    with engine.begin() as conn:
+        inventory.replace_references(conn, org, renamed.iloc[:0])
+    with engine.connect() as conn:
+        assert inventory.load_references(conn, org).empty

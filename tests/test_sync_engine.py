@@ -373,3 +373,23 @@ def test_console_edit_after_the_plan_is_not_overwritten(harness):
     conflict = harness.conflicts()
     assert list(conflict["field"]) == ["name"]
     assert (conflict["local_value"].item(), conflict["remote_value"].item()) == ("local-edit", "console-edit")
+
+
+def test_the_fetch_hands_the_plan_the_inventory_exactly_as_stored(harness):
+    """A run plans from the frame its fetch just stored (FetchResult.devices) rather than reading
+    golioth_inventory back: the two must be the same frame, types included."""
+    from golioth_assets.engine import sync as engine
+    from golioth_assets.store import inventory
+
+    _first_sync(harness)
+    gid = next(iter(harness.remote()))
+    harness.put_remote_state(gid, {"led": "on", "interval": 1.5, "n": 30})
+    db, service = harness.engine, harness.service
+    with engine.open_client(service) as client:
+        fetched = engine.fetch_step(db, service, client, engine.resolve_scope(db, service, None))
+    with db.connect() as conn:
+        stored = inventory.load_inventory(conn, harness.org)
+    in_memory = fetched.devices.sort_values("golioth_device_id", ignore_index=True)
+    stored = stored.sort_values("golioth_device_id", ignore_index=True)[list(in_memory.columns)]
+    assert len(in_memory) == 20
+    pd.testing.assert_frame_equal(in_memory, stored)

@@ -4,7 +4,9 @@ observed fields pulled out of `metadata`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from golioth_assets.golioth.client import GoliothClient
@@ -62,13 +64,32 @@ def _status(online, offline) -> str | None:
 
 
 # What each device row holds straight from the API, in REMOTE_COLUMNS order; tags, blueprint and
-# cohort names are mapped from the ids afterwards.
-_PARSED_COLUMNS = [c for c in REMOTE_COLUMNS if c not in ("tags", "blueprint", "cohort")]
+# cohort names are mapped from the ids afterwards, and timestamps go into columns of their own.
+_PARSED_COLUMNS = [c for c in REMOTE_COLUMNS if c not in ("tags", "blueprint", "cohort", *TIMESTAMP_COLUMNS)]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_NAT = np.iinfo(np.int64).min  # NaT, as datetime64 reads it
+
+
+def _micros(value: datetime | None) -> int:
+    """A timestamp as integer microseconds since 1970 (a naive one taken as UTC), exactly: pandas
+    then converts a whole column at once, where datetime objects are converted one by one."""
+    if value is None:
+        return _NAT
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _MICROSECOND
+
+
+def _timestamps(micros: list[int]) -> pd.Series:
+    """µs since 1970 → timestamps in UTC, in nanoseconds: the type golioth_inventory reads back as."""
+    values = np.asarray(micros, dtype="int64").view("datetime64[us]").astype("datetime64[ns]")
+    return pd.Series(values).dt.tz_localize("UTC")
 
 
 def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
     """One row per device (parsing is per device anyway); id → name mapping is vectorized."""
-    rows = []
+    rows, stamps = [], []
     for d in devices:
         meta = d.metadata
         rows.append(
@@ -82,23 +103,20 @@ def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
                 d.enabled,
                 d.data if isinstance(d.data, dict) else {},
                 _status(meta.last_seen_online, meta.last_seen_offline),
-                meta.last_seen_online,
-                meta.last_seen_offline,
-                meta.last_report,
                 {pkg: info.get("version") for pkg, info in meta.update.items() if isinstance(info, dict)},
                 meta.last_settings_status.status if meta.last_settings_status else None,
                 # The firmware part of `metadata` only: dumping the whole model per device is slow.
                 {"update": meta.update} if meta.update else {},
-                d.created_at,
-                d.updated_at,
             )
         )
+        times = (meta.last_seen_online, meta.last_seen_offline, meta.last_report, d.created_at, d.updated_at)
+        stamps.append([_micros(t) for t in times])
     frame = pd.DataFrame(rows, columns=_PARSED_COLUMNS)
     frame["tags"] = _names(frame["tag_ids"], refs.tags)
     frame["blueprint"] = frame["blueprint_id"].map(lambda i: refs.blueprints.get(i, i) if i else None)
     frame["cohort"] = frame["cohort_id"].map(lambda i: refs.cohorts.get(i, i) if i else None)
-    for column in TIMESTAMP_COLUMNS:
-        frame[column] = pd.to_datetime(frame[column], utc=True)
+    for column, micros in zip(TIMESTAMP_COLUMNS, zip(*stamps) if stamps else [[]] * len(TIMESTAMP_COLUMNS)):
+        frame[column] = _timestamps(list(micros))
     return frame[REMOTE_COLUMNS]
 
 

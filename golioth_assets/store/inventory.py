@@ -154,16 +154,25 @@ def load_inventory(
 
 
 def replace_references(conn: Connection, organization_id: str, references: pd.DataFrame) -> None:
-    """references: kind (tag/blueprint/cohort), golioth_id, name."""
-    conn.exec_driver_sql("DELETE FROM golioth_references WHERE organization_id = %(org)s", {"org": organization_id})
-    if references.empty:
-        return
-    from_item, params = source(conn, references[["kind", "golioth_id", "name"]])
+    """references: kind (tag/blueprint/cohort), golioth_id, name. One statement: the ones no longer
+    there deleted, new and renamed ones written, unchanged ones left alone (every fetch and every
+    Golioth write step stores them, mostly unchanged)."""
+    rows = references[["kind", "golioth_id", "name"]] if not references.empty else []
+    from_item, params = source(conn, rows)
     conn.exec_driver_sql(
         f"""
+        WITH fetched AS (
+            SELECT s.doc->>'kind' AS kind, s.doc->>'golioth_id' AS golioth_id, s.doc->>'name' AS name
+            FROM {from_item}
+        ), gone AS (
+            DELETE FROM golioth_references r WHERE r.organization_id = %(org)s
+            AND NOT EXISTS (SELECT 1 FROM fetched f WHERE f.kind = r.kind AND f.golioth_id = r.golioth_id)
+        )
         INSERT INTO golioth_references (organization_id, kind, golioth_id, name)
-        SELECT %(org)s, s.doc->>'kind', s.doc->>'golioth_id', s.doc->>'name' FROM {from_item}
-        ON CONFLICT DO NOTHING
+        SELECT DISTINCT ON (kind, golioth_id) %(org)s, kind, golioth_id, name FROM fetched
+        ON CONFLICT (organization_id, kind, golioth_id) DO UPDATE
+            SET name = excluded.name, fetched_at = now()
+            WHERE golioth_references.name IS DISTINCT FROM excluded.name
         """,
         {**params, "org": organization_id},
     )
