@@ -418,4 +418,4 @@ def test_sensors_are_running_by_default():
     # They watch every job of the code location and act on the sync jobs' runs only: ours, and
     # Dagster's asset job (the UI's Materialize, backfills).
     assert sync_failure_sensor._monitored_jobs == []
-    assert SYNC_JOBS == {full_sync_job.name, targeted_sync_job.name, batch_sync_job.name, "__ASSET_JOB"}
+    assert {full_sync_job.name, targeted_sync_job.name, batch_sync_job.name, "__ASSET_JOB"} == SYNC_JOBS

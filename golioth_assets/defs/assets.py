@@ -11,6 +11,11 @@ followed by that asset's metadata. Data still passes between the steps through o
 tables (golioth_inventory, sync_plan, device_conflicts), and the run's golioth_sync_log row ties
 them together.
 
+A backfill of many organizations runs over ranges of partitions (BackfillPolicy.multi_run, up to
+BACKFILL_RUN_SIZE a run): the op then syncs each organization of its range as a lane of a batched
+run does (defs/batch.py: sync_partition_range), each on its own partition. A run of one partition
+(the launchpad, the CLI, the sensors) takes the single-organization path below.
+
 Blocking checks: Dagster applies a blocking check at the end of the op that reports it, which here
 is after every asset. So the engine refuses by itself: plan_step raises when the inventory does not
 add up, after the inventory's failed checks were reported, and nothing is written.

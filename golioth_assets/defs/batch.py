@@ -1,7 +1,8 @@
 """Many organizations in one run: the batched full sync.
 
 A round of the schedule (or a backfill-like request from the CLI) names many organizations in the
-`batch` resource's run config. The job has LANES ops; lane i syncs every LANES-th organization, so
+`batch` resource's run config. A backfill of the sync assets from the UI uses the same machinery:
+its runs span ranges of partitions, and the multi-asset hands each range to `sync_partition_range`. The job has LANES ops; lane i syncs every LANES-th organization, so
 under the in-process executor the lanes run one after another in the run worker (no process start
 per organization), and under the Celery or Kubernetes executor each lane is a step of its own,
 spread over the workers. Every lane is in the `golioth_api` pool.
