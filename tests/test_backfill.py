@@ -23,6 +23,7 @@ from dagster_graphql.test.utils import execute_dagster_graphql
 
 from golioth_assets.core.vocabulary import RunTag, Trigger
 from golioth_assets.defs.assets import CHECKS, SPECS, sync_assets
+from golioth_assets.defs.config import sync_run_config
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resolve import resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
@@ -180,3 +181,21 @@ def test_a_backfill_run_that_died_has_its_organizations_rows_closed_by_the_failu
         [row] = _log_rows(engine, org)
         assert row["status"] == "failed" and row["finished_at"] is not None and row["error"]
     assert not [r for r in _log_rows(engine, a) if r["dagster_run_id"] == other.run_id]
+
+
+def test_a_range_run_refuses_device_ids_before_syncing_anything(instance, db_url, engine):
+    """A targeted sync names one organization's devices: over a range of organizations it is refused."""
+    a, b = (f"bf-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    instance.add_dynamic_partitions(organizations.name, [a, b])
+    store = DeviceStore(database_url=db_url.render_as_string(hide_password=False))
+    job = dg.Definitions(assets=sync_assets, resources={"store": store, "golioth": GoliothApi()})
+    result = job.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        tags={RunTag.range_start: a, RunTag.range_end: b},
+        run_config=sync_run_config(device_ids=["dev-1"]),
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert "one partition" in failure.step_failure_data.user_failure_data.description
+    assert _log_rows(engine, a) == [] and _log_rows(engine, b) == []
