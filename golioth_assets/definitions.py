@@ -25,4 +25,7 @@ defs = dg.Definitions(
     schedules=[golioth_sync_schedule],
     sensors=[organization_partitions_sensor, webhook_inbox_sensor, sync_failure_sensor, sync_cancel_sensor],
     resources={"store": store, "golioth": GoliothApi(), "batch": SyncBatch()},
+    # Jobs without an executor of their own (Dagster's asset job, behind the UI's *Materialize* and
+    # backfills; the resolve job) are one op each: run it in the run worker, not a step subprocess.
+    executor=dg.in_process_executor,
 )

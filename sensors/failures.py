@@ -7,6 +7,7 @@ runs that could not: a worker killed outright (OOM, SIGKILL; run monitoring fail
 that failed or was cancelled before its op started (then they open the row, to say so)."""
 
 import dagster as dg
+from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME as ASSET_JOB_NAME
 
 from golioth_assets.core.vocabulary import RunTag, Trigger
 from golioth_assets.defs.batch import batch_sync_job
@@ -16,6 +17,10 @@ from golioth_assets.engine import sync as engine
 from golioth_assets.store import services, sync_log, webhook_events
 
 MAX_EVENT_ATTEMPTS = 5
+# The jobs whose runs sync: ours, and Dagster's own asset job (the UI's *Materialize*, backfills,
+# whose runs may span a range of organizations). The sensors watch every job of the code location
+# (a selector cannot name the asset job without naming the location) and skip the others.
+SYNC_JOBS = {full_sync_job.name, targeted_sync_job.name, batch_sync_job.name, ASSET_JOB_NAME}
 
 
 def _failure_message(context: dg.RunFailureSensorContext) -> str:
@@ -30,7 +35,6 @@ def _failure_message(context: dg.RunFailureSensorContext) -> str:
 
 
 @dg.run_failure_sensor(
-    monitored_jobs=[full_sync_job, targeted_sync_job, batch_sync_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Records failed sync runs in golioth_sync_log and releases their webhook events.",
 )
@@ -40,7 +44,6 @@ def sync_failure_sensor(context: dg.RunFailureSensorContext, store: DeviceStore)
 
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.CANCELED,
-    monitored_jobs=[full_sync_job, targeted_sync_job, batch_sync_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Records cancelled sync runs and releases their webhook events right away.",
 )
@@ -49,9 +52,11 @@ def sync_cancel_sensor(context: dg.RunStatusSensorContext, store: DeviceStore) -
 
 
 def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> None:
+    if run.job_name not in SYNC_JOBS:
+        return
     org = run.tags.get(RunTag.org) or run.tags.get(RunTag.partition)
     db = store.engine
-    if not org:  # a batched run: each organization it was syncing has its own row
+    if not org:  # a batched run, or a backfill's over a range: each organization has its own row
         with db.begin() as conn:
             sync_log.fail_running_rows_of(conn, run.run_id, error)
         return

@@ -47,21 +47,39 @@ NOT_FULL = {SyncKind.targeted.value, SyncKind.resolve.value}
 
 def _full_syncs_in_flight(instance: dg.DagsterInstance) -> set[str]:
     """Organizations a full sync is queued or running for: single-organization runs (matched on
-    dagster/partition: launchpad runs and asset backfills carry it but no golioth-sync kind tag, so
-    any partitioned run counts unless it says it is targeted or a resolve) and batched runs (their
-    run config names theirs). One query for the whole fleet, whatever its size. Targeted (live) runs
-    don't count: with steady traffic one is nearly always in flight, and the organization's lock
-    makes a full sync and a targeted one take turns."""
+    dagster/partition: launchpad runs carry it but no golioth-sync kind tag, so any partitioned run
+    counts unless it says it is targeted or a resolve), a backfill's runs (each names the first and
+    last organization of its range) and batched runs (their run config names theirs). One query for
+    the whole fleet, whatever its size. Targeted (live) runs don't count: with steady traffic one is
+    nearly always in flight, and the organization's lock makes a full sync and a targeted one take
+    turns."""
     busy: set[str] = set()
+    ranges: list[tuple[str, str]] = []
     for record in instance.get_run_records(dg.RunsFilter(statuses=IN_FLIGHT)):
         run = record.dagster_run
         if run.tags.get(RunTag.kind) in NOT_FULL:
             continue
         if run.tags.get(RunTag.partition):
             busy.add(run.tags[RunTag.partition])
+        elif run.tags.get(RunTag.range_start):
+            ranges.append((run.tags[RunTag.range_start], run.tags.get(RunTag.range_end, run.tags[RunTag.range_start])))
         else:
             busy.update(batch_organizations(run.run_config))
+    if ranges:
+        busy.update(_in_ranges(list(instance.get_dynamic_partitions(ORGANIZATIONS)), ranges))
     return busy
+
+
+def _in_ranges(partitions: list[str], ranges: list[tuple[str, str]]) -> set[str]:
+    """The organizations between each range's first and last, in the partitions' own order (the
+    order Dagster reads a range of dynamic partitions in)."""
+    where = {org: i for i, org in enumerate(partitions)}
+    covered: set[str] = set()
+    for start, end in ranges:
+        covered.update({start, end})  # even one no longer partitioned
+        if start in where and end in where:
+            covered.update(partitions[where[start] : where[end] + 1])
+    return covered
 
 
 def batches(orgs: list[str]) -> list[list[str]]:

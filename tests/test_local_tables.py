@@ -172,7 +172,7 @@ def test_a_run_describes_the_table_once_and_refuses_a_changed_one_at_its_start(m
     """Issue 14: a Dagster sync (SyncRun, every step) reads the table's structure from the catalog
     once, not at each of its ~5 opens; a column renamed since the last sync still fails the next
     one, at its start (before any Golioth request), naming the column."""
-    from golioth_assets.defs.assets import sync_results
+    from golioth_assets.defs.steps import sync_results
     from golioth_assets.engine.run import SyncRun
     from golioth_assets.engine.sync import open_client
     from golioth_assets.store.local_table.table import LocalTableError

@@ -236,14 +236,26 @@ def test_organizations_with_a_full_sync_in_flight_are_skipped(engine, module_ins
         )
     )
 
+    # A backfill's run over a range of organizations (BackfillPolicy.multi_run): Dagster's range
+    # tags, the first and last of the range, and no partition tag; the range covers the middle one.
+    first, middle, last = (_service(engine, module_instance, interval=60) for _ in range(3))
+    runs.append(
+        module_instance.create_run_for_job(
+            job_def=full,
+            tags={RunTag.range_start: first, RunTag.range_end: last},
+            status=dg.DagsterRunStatus.STARTED,
+        )
+    )
+    ranged = {first, middle, last}
+
     requests = _evaluate(module_instance, resources, T0)
     assert idle in requests and webhook in requests
-    assert not {scheduled, from_ui, backfilled, batched} & set(requests)
+    assert not {scheduled, from_ui, backfilled, batched, *ranged} & set(requests)
 
     for run in runs:
         module_instance.report_run_failed(run)  # no longer in flight
     requests = _evaluate(module_instance, resources, T0)
-    assert {scheduled, from_ui, backfilled, batched} <= set(requests)
+    assert {scheduled, from_ui, backfilled, batched, *ranged} <= set(requests)
 
 
 def test_nothing_due_is_a_skip_with_a_reason(engine, instance, resources):

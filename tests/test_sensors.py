@@ -21,7 +21,7 @@ from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import services, webhook_events
-from sensors.failures import MAX_EVENT_ATTEMPTS, sync_failure_sensor
+from sensors.failures import MAX_EVENT_ATTEMPTS, SYNC_JOBS, sync_failure_sensor
 from sensors.organizations import organization_partitions_sensor
 from sensors.webhooks import TICK_BUDGET_SECONDS, WAIT_SECONDS, run_key_for, webhook_inbox_sensor
 
@@ -415,8 +415,7 @@ def test_sensors_are_running_by_default():
     # The daemon's loop paces it (5 s); an idle tick watches for new work meanwhile, well under 60 s.
     assert webhook_inbox_sensor.minimum_interval_seconds <= 5
     assert WAIT_SECONDS + TICK_BUDGET_SECONDS < 60
-    assert {j.name for j in sync_failure_sensor._monitored_jobs} == {
-        full_sync_job.name,
-        targeted_sync_job.name,
-        batch_sync_job.name,
-    }
+    # They watch every job of the code location and act on the sync jobs' runs only: ours, and
+    # Dagster's asset job (the UI's Materialize, backfills).
+    assert sync_failure_sensor._monitored_jobs == []
+    assert {full_sync_job.name, targeted_sync_job.name, batch_sync_job.name, "__ASSET_JOB"} == SYNC_JOBS

@@ -153,6 +153,7 @@ class Trigger(StrEnum):
     demo = "demo"
     failure = "failure"  # a row opened by the failure sensor for a run that never opened its own
     retry = "retry"  # the schedule's retry, on its own, of an organization whose last full sync failed
+    backfill = "backfill"  # a backfill of the sync assets (Dagster UI, GraphQL): runs over ranges of partitions
 
 
 class RunTag:
@@ -170,6 +171,9 @@ class RunTag:
     dry_run = "golioth-sync/dry-run"  # "true" on dry runs only
     process = "golioth-sync/process"  # runs the CLI executes in its own process: "<host>/<pid>"
     run_key = "dagster/run_key"  # what the daemon tags a sensor's or schedule's runs with
+    backfill = "dagster/backfill"  # a backfill's runs: its id
+    range_start = "dagster/asset_partition_range_start"  # a run over a range of partitions (a backfill's)
+    range_end = "dagster/asset_partition_range_end"
 
 
 def values(vocabulary: type[StrEnum]) -> tuple[str, ...]:

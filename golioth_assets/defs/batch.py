@@ -1,7 +1,8 @@
 """Many organizations in one run: the batched full sync.
 
 A round of the schedule (or a backfill-like request from the CLI) names many organizations in the
-`batch` resource's run config. The job has LANES ops; lane i syncs every LANES-th organization, so
+`batch` resource's run config. A backfill of the sync assets from the UI uses the same machinery:
+its runs span ranges of partitions, and the multi-asset hands each range to `sync_partition_range`. The job has LANES ops; lane i syncs every LANES-th organization, so
 under the in-process executor the lanes run one after another in the run worker (no process start
 per organization), and under the Celery or Kubernetes executor each lane is a step of its own,
 spread over the workers. Every lane is in the `golioth_api` pool.
@@ -14,7 +15,7 @@ key, a deleted project, timeouts) closes its own log row as failed; the rest of 
 
 Each organization is still its own partition: its six materializations and five check evaluations
 are logged with `partition=<org>`, from the same MaterializeResults the single-organization op
-yields (defs/assets.py: sync_results), so the UI, the console and the history show each one.
+yields (defs/steps.py: sync_results), so the UI, the console and the history show each one.
 """
 
 import concurrent.futures as futures
@@ -28,9 +29,9 @@ from pydantic import Field
 
 from golioth_assets import settings
 from golioth_assets.core.vocabulary import BatchOutcome, RunTag, SyncKind, Trigger
-from golioth_assets.defs.assets import INVENTORY, sync_results
 from golioth_assets.defs.config import SyncRunConfig
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
+from golioth_assets.defs.steps import INVENTORY, sync_results
 from golioth_assets.engine import run as sync_run
 from golioth_assets.store import org_lock, sync_log
 
@@ -96,14 +97,26 @@ def _as_events(org: str, result: dg.MaterializeResult) -> list:
     return events
 
 
-def sync_one(org: str, store: DeviceStore, golioth: GoliothApi, run_id: str, tags: dict[str, str]) -> Outcome:
+@dataclass(frozen=True)
+class Orders:
+    """What every organization of one run is synced with: the run's id and tags, its config (a full
+    sync with the services' own settings unless the launchpad said otherwise), and how long to wait
+    for an organization another sync holds (0: report it busy at once)."""
+
+    run_id: str
+    tags: Mapping[str, str]
+    config: SyncRunConfig = field(default_factory=SyncRunConfig)
+    lock_wait_seconds: float = 0.0
+
+
+def sync_one(org: str, store: DeviceStore, golioth: GoliothApi, orders: Orders) -> Outcome:
     """One organization of a batch, under its lock. Never raises: the outcome says how it ended."""
     outcome = Outcome(org, BatchOutcome.failed)
     try:
-        with org_lock.organization_lock(store.engine, org):
+        with org_lock.organization_lock(store.engine, org, wait_seconds=orders.lock_wait_seconds):
             with store.engine.begin() as conn:
                 sync_log.fail_orphaned_runs(conn, org, ORPHANED)
-            request = SyncRunConfig().to_request(org, run_id, tags)
+            request = orders.config.to_request(org, orders.run_id, orders.tags)
             run = sync_run.SyncRun(store.engine, store.service(org), request, open_client=golioth.client_for)
             for result in sync_results(run):
                 outcome.events.extend(_as_events(org, result))
@@ -126,14 +139,21 @@ def _status_event(outcome: Outcome) -> dg.AssetObservation:
     )
 
 
-def run_lane(context: dg.OpExecutionContext, orgs: list[str], parallel: int, store: DeviceStore, golioth: GoliothApi):
+def run_lane(
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    orgs: list[str],
+    parallel: int,
+    store: DeviceStore,
+    golioth: GoliothApi,
+    orders: Orders | None = None,
+) -> Iterator:
     """Sync `orgs`, `parallel` at a time; log each one's events as it finishes (from this thread:
     Dagster's event stream is the op's)."""
-    tags = dict(context.run.tags)
+    orders = orders or Orders(context.run.run_id, dict(context.run.tags))
     outcomes: dict[str, int] = {}
     pool = futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="batch-sync")
     try:
-        pending = [pool.submit(sync_one, org, store, golioth, context.run.run_id, tags) for org in orgs]
+        pending = [pool.submit(sync_one, org, store, golioth, orders) for org in orgs]
         for done in futures.as_completed(pending):
             outcome = done.result()
             outcomes[outcome.status] = outcomes.get(outcome.status, 0) + 1
@@ -145,6 +165,32 @@ def run_lane(context: dg.OpExecutionContext, orgs: list[str], parallel: int, sto
         # and close their own rows (a thread cannot be interrupted).
         pool.shutdown(wait=True, cancel_futures=True)
     context.log.info(f"{len(orgs)} organizations: {dict(sorted((str(k), v) for k, v in outcomes.items()))}")
+
+
+def sync_partition_range(
+    context: dg.AssetExecutionContext,
+    config: SyncRunConfig,
+    store: DeviceStore,
+    golioth: GoliothApi,
+    lock_wait_seconds: float,
+) -> Iterator:
+    """A run of the sync assets over a range of partitions (a backfill's run, BackfillPolicy.multi_run):
+    every organization in the range, as one lane of a batched run syncs its share, each one's events
+    on its own partition. An organization another sync holds is waited for, as a single run waits.
+
+    The op reports no asset result for the range as a whole (the six assets are `skippable`, so
+    Dagster records no materialization a result does not make), and its check outputs, which it
+    cannot skip, are Nothing: each organization's evaluations above are its own."""
+    if config.device_ids:
+        raise dg.Failure(description="device_ids name one organization's devices: run a targeted sync on one partition")
+    tags = dict(context.run.tags)
+    if RunTag.backfill in tags:
+        tags.setdefault(RunTag.trigger, Trigger.backfill.value)
+    orders = Orders(context.run.run_id, tags, config, lock_wait_seconds)
+    parallel = SyncBatch.model_fields["parallel"].default
+    yield from run_lane(context, list(context.partition_keys), parallel, store, golioth, orders)
+    for output_name in context.assets_def.check_specs_by_output_name:
+        yield dg.Output(None, output_name=output_name)
 
 
 def _lane_op(index: int) -> dg.OpDefinition:
