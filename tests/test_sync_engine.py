@@ -393,3 +393,33 @@ def test_the_fetch_hands_the_plan_the_inventory_exactly_as_stored(harness):
     stored = stored.sort_values("golioth_device_id", ignore_index=True)[list(in_memory.columns)]
     assert len(in_memory) == 20
     pd.testing.assert_frame_equal(in_memory, stored)
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "from-storage"])
+def test_the_convergence_check_finds_writes_that_did_not_stick(harness, in_memory):
+    """The self-check re-reads what the run wrote in Golioth and re-diffs what it wrote locally:
+    an edit made on either side after the writes (as a write that did not round-trip would look)
+    leaves writes to do, whether the check gets the run's fetch and plan in memory or reads them."""
+    from golioth_assets.engine import convergence
+    from golioth_assets.engine import sync as engine
+
+    _first_sync(harness)
+    local_ids = list(harness.local().index[:2])
+    pushed, pulled = local_ids[0], harness.golioth_id_of(local_ids[1])
+    harness.edit_local(pushed, name="pushed-to-golioth")
+    harness.edit_remote(pulled, name="pulled-from-golioth")
+    db, service = harness.engine, harness.service
+    request = engine.SyncRequest(harness.org)
+    sync_log_id = engine.begin(db, service, request)
+    with engine.open_client(service) as client:
+        scope = engine.resolve_scope(db, service, None)
+        fetched = engine.fetch_step(db, service, client, scope, sync_log_id)
+        engine.plan_step(db, service, request, scope, sync_log_id, fetched if in_memory else None)
+        engine.remote_step(db, service, client, sync_log_id, request)
+        engine.local_step(db, service, sync_log_id, request)
+        handed = fetched if in_memory else None
+        assert convergence.writes_left(db, service, client, sync_log_id, handed) == 0
+        harness.edit_remote(harness.golioth_id_of(pushed), name="changed-again-in-golioth")
+        harness.edit_local(harness.device_id_of(pulled), name="changed-again-locally")
+        assert convergence.writes_left(db, service, client, sync_log_id, handed) == 2
+    engine.finish(db, sync_log_id)

@@ -53,28 +53,45 @@ def writes_left(
     client: GoliothClient,
     sync_log_id: int,
     fetched: steps.FetchResult | None = None,
+    plan_rows: pd.DataFrame | None = None,
 ) -> int:
     """How many writes a fresh diff of the sampled devices still plans: 0 when the run converged.
-    fetched: the run's own fetch, when it ran in this process (its devices are the inventory the
-    local-only writes were planned from; the re-read devices replace theirs)."""
-    with db.connect() as conn:
-        picked = sample_written(sync_log.load_plan(conn, sync_log_id))
+    When the run's own steps ran in this process: `fetched`, its fetch (its devices are the
+    inventory the local-only writes were planned from; the re-read devices replace theirs; its
+    references are the ones its Golioth writes left), and `plan_rows`, its stored plan with the
+    status each write got."""
+    if plan_rows is None:
+        with db.connect() as conn:
+            plan_rows = sync_log.load_plan(conn, sync_log_id)
+    picked = sample_written(plan_rows)
     if picked.empty:
         return 0
-    ids = _ids(picked)
+    scope = steps.resolve_scope(db, service, _ids(picked))
     remote = fetched.devices if fetched is not None else None
-    written_in_golioth = _ids(picked[picked["side"] == Side.remote])
-    if written_in_golioth:
+    reread = _written_in_golioth(picked, scope)
+    if reread:
         # The devices are re-read; the tags, blueprints and cohorts are the run's own (its writes
         # stored them, new tags included): listing them again would only cost requests.
-        with db.connect() as conn:
-            refs = References.from_frame(inventory.load_references(conn, service.organization_id))
-        scope = steps.resolve_scope(db, service, written_in_golioth)
-        reread = steps.fetch_step(db, service, client, scope, refs=refs)
-        remote = _replaced(remote, reread) if remote is not None else None
-    request = steps.SyncRequest(service.organization_id, device_ids=ids, dry_run=True)
-    fresh, _ = steps.build_plan(db, service, request, steps.resolve_scope(db, service, ids), remote)
+        refs = fetched.references if fetched is not None else None
+        if refs is None:
+            with db.connect() as conn:
+                refs = References.from_frame(inventory.load_references(conn, service.organization_id))
+        again = steps.fetch_step(db, service, client, steps.Scope(local_ids=[], golioth_ids=reread), refs=refs)
+        remote = _replaced(remote, again) if remote is not None else None
+    request = steps.SyncRequest(service.organization_id, device_ids=_ids(picked), dry_run=True)
+    fresh, _ = steps.build_plan(db, service, request, scope, remote)
     return len(fresh.writes())
+
+
+def _written_in_golioth(picked: pd.DataFrame, scope: steps.Scope) -> list[str]:
+    """The Golioth ids of the sampled devices the run wrote in Golioth: the ids its rows name, and
+    for a create (its row names the local device) the id the new link gave it."""
+    rows = picked[picked["side"] == Side.remote]
+    named = set(rows["golioth_device_id"].dropna())
+    created = set(rows["device_id"].dropna())
+    links = scope.links if scope.links is not None else pd.DataFrame(columns=["device_id", "golioth_device_id"])
+    twins = set(links.loc[links["device_id"].isin(created), "golioth_device_id"].dropna())
+    return sorted((named | twins) & set(scope.golioth_ids or []))
 
 
 def _replaced(devices: pd.DataFrame, reread: steps.FetchResult) -> pd.DataFrame:

@@ -102,6 +102,7 @@ class SyncRun:
         self.log = steps.RunLog(db, service, request)
         self.scope = steps.Scope()
         self._fetched: steps.FetchResult | None = None  # handed to the plan and the check in memory
+        self._plan_rows: pd.DataFrame | None = None  # the stored plan with each write's status, once written
         self._done: list[str] = []
         self._held = ExitStack()  # the local table's description, held for the run (described_for_sync)
 
@@ -191,7 +192,10 @@ class SyncRun:
                 if self.request.dry_run
                 else steps.local_step(self.db, self.service, self.log.id, self.request).counts
             )
-        return LocalWrites(counts, self._applied("local"))
+        with self.db.connect() as conn:
+            self._plan_rows = sync_log.load_plan(conn, self.log.id)  # every write's status: the check samples it
+        local = self._plan_rows[self._plan_rows["side"] == "local"]
+        return LocalWrites(counts, self.with_local_columns(local[local["action"] != "agree"]))
 
     def writes_left(self) -> tuple[int, Usage]:
         """The convergence self-check (engine/convergence.py), on the run's own client."""
@@ -199,7 +203,9 @@ class SyncRun:
         with self._step("writes_left", usage):
             left = 0
             if not self.request.dry_run:
-                left = convergence.writes_left(self.db, self.service, self.golioth, self.log.id, self._fetched)
+                left = convergence.writes_left(
+                    self.db, self.service, self.golioth, self.log.id, self._fetched, self._plan_rows
+                )
         return left, usage
 
     def finish(self) -> Finished:

@@ -82,6 +82,7 @@ class Scope:
 
     local_ids: list[str] | None = None
     golioth_ids: list[str] | None = None
+    links: pd.DataFrame | None = field(default=None, repr=False)  # the links between the two, when resolved
 
     @property
     def full(self) -> bool:
@@ -181,6 +182,7 @@ def resolve_scope(db: Engine, service: services.Service, device_ids: Sequence[st
     return Scope(
         local_ids=sorted(set(local_ids) | set(links["device_id"])),
         golioth_ids=sorted(set(golioth_ids) | set(links["golioth_device_id"])),
+        links=links,
     )
 
 
@@ -298,13 +300,20 @@ def fetch_step(
     with db.begin() as conn:
         _store_inventory(conn, service.organization_id, scope, frame, missing, refs if listed_refs else None)
         if sync_log_id is not None:
-            count.duplicate_ids, count.duplicate_hardware_ids = inventory.duplicate_counts(
-                conn, service.organization_id
+            # A full fetch stored exactly `frame`: count there, not by a scan of what was just written.
+            count.duplicate_ids, count.duplicate_hardware_ids = (
+                _duplicates(frame) if scope.full else inventory.duplicate_counts(conn, service.organization_id)
             )
             sync_log.set_details(conn, sync_log_id, {"inventory": asdict(count)})
     used = client.stats.since(before)
     stored = frame.drop(columns=["metadata"])  # load_inventory's columns: no step reads `metadata` back
     return FetchResult(len(frame), count.api_total, missing, refs, used.requests, used.retries, count, stored)
+
+
+def _duplicates(frame: pd.DataFrame) -> tuple[int, int]:
+    """(device ids, hardware ids) held by more than one row of a fetched inventory."""
+    hardware_ids = [h for ids in frame["hardware_ids"] for h in ids]
+    return len(frame) - frame["golioth_device_id"].nunique(), len(hardware_ids) - len(set(hardware_ids))
 
 
 def _store_inventory(
