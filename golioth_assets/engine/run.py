@@ -182,7 +182,10 @@ class SyncRun:
         with self._step("write_golioth", usage):
             counts = {}
             if not self.request.dry_run:
-                counts = steps.golioth_side(self.db, self.service, self.golioth, self.log.id, self.request).counts
+                written = steps.golioth_side(
+                    self.db, self.service, self.golioth, self.log.id, self.request, self._fetched
+                )
+                counts = written.counts
         return GoliothWrites(counts, usage, self._applied("remote"))
 
     def write_local(self) -> LocalWrites:

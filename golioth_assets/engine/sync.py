@@ -34,7 +34,7 @@ from golioth_assets.core.normalize import encode
 from golioth_assets.core.plan import Plan, plan_sync
 from golioth_assets.core.policy import SyncSettings
 from golioth_assets.core.tables import changes_table, conflicts_table
-from golioth_assets.engine.apply_remote import apply_remote
+from golioth_assets.engine.apply_remote import RemoteOutcome, apply_remote
 from golioth_assets.engine.golioth_frames import References, devices_to_frame, fetch_references
 from golioth_assets.engine.local_apply import LocalApplyPending, apply_plan_locally, recover
 from golioth_assets.golioth import errors
@@ -544,21 +544,24 @@ def refuse_inconsistent_inventory(db: Engine, sync_log_id: int, count: Inventory
 
 @gc_paused()  # see "Garbage collection" at the top
 def remote_step(
-    db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int, request: SyncRequest | None = None
-):
-    """request: the run's, when known (else rebuilt from its log row)."""
+    db: Engine,
+    service: services.Service,
+    client: GoliothClient,
+    sync_log_id: int,
+    request: SyncRequest | None = None,
+    fetched: FetchResult | None = None,
+) -> RemoteOutcome:
+    """request: the run's, when known (else rebuilt from its log row). fetched: the run's fetch,
+    when it ran in this process: its devices and references instead of reading them back."""
     request = request or request_of_run(db, sync_log_id)
     side = open_local_table(db, service)
     with db.connect() as conn:
         plan = sync_log.load_plan(conn, sync_log_id, side="remote")
     planned = plan[plan["status"] == "planned"]
-    with side.engine.connect() as their:
-        local = complete_local(side.table.load(their, list(planned["device_id"].dropna().unique())))
-    with db.connect() as conn:
-        remote = inventory.load_inventory(
-            conn, service.organization_id, golioth_device_ids=list(planned["golioth_device_id"].dropna().unique())
-        )
-        refs = References.from_frame(inventory.load_references(conn, service.organization_id))
+    if planned.empty:
+        return RemoteOutcome()
+    local, remote, refs = _remote_inputs(db, service, side, planned, fetched)
+    stored_refs = refs.to_frame()
 
     def persist_hardware_ids(generated: dict[str, str]) -> None:
         with side.engine.begin() as their:
@@ -580,10 +583,28 @@ def remote_step(
         sync_log.mark_plan(conn, outcome.plan_status)
         sync_log.insert_entries(conn, sync_log_id, service.organization_id, outcome.entries)
         sync_log.add_counts(conn, sync_log_id, outcome.counts)
-        inventory.replace_references(conn, service.organization_id, refs.to_frame())
+        if not refs.to_frame().equals(stored_refs):  # new tags (and the like) the writes made
+            inventory.replace_references(conn, service.organization_id, refs.to_frame())
     if outcome.auth_error:
         raise SyncFailed(outcome.auth_error)
     return outcome
+
+
+def _remote_inputs(
+    db: Engine, service: services.Service, side: LocalSide, planned: pd.DataFrame, fetched: FetchResult | None
+) -> tuple[pd.DataFrame, pd.DataFrame, References]:
+    """The planned devices' local rows (read now: their values are what gets written), their Golioth
+    rows and the references, as the run's fetch stored them."""
+    golioth_ids = list(planned["golioth_device_id"].dropna().unique())
+    with side.engine.connect() as their:
+        local = complete_local(side.table.load(their, list(planned["device_id"].dropna().unique())))
+    if fetched is not None and fetched.devices is not None:
+        devices = fetched.devices
+        return local, devices[devices["golioth_device_id"].isin(golioth_ids)], fetched.references
+    with db.connect() as conn:
+        remote = inventory.load_inventory(conn, service.organization_id, golioth_device_ids=golioth_ids)
+        refs = References.from_frame(inventory.load_references(conn, service.organization_id))
+    return local, remote, refs
 
 
 @gc_paused()  # see "Garbage collection" at the top
@@ -604,13 +625,18 @@ def request_of_run(db: Engine, sync_log_id: int) -> SyncRequest:
 
 
 def golioth_side(
-    db: Engine, service: services.Service, client: GoliothClient, sync_log_id: int, request: SyncRequest | None = None
+    db: Engine,
+    service: services.Service,
+    client: GoliothClient,
+    sync_log_id: int,
+    request: SyncRequest | None = None,
+    fetched: FetchResult | None = None,
 ):
     """remote_step. When it stops the run (SyncFailed: Golioth rejected the key mid-way), the
     local step still records what did succeed before the failure (links, base snapshots, audit),
     then the failure goes on."""
     try:
-        return remote_step(db, service, client, sync_log_id, request)
+        return remote_step(db, service, client, sync_log_id, request, fetched)
     except SyncFailed:
         local_step(db, service, sync_log_id, request)
         raise
@@ -682,7 +708,7 @@ def _all_steps(db: Engine, service: services.Service, request: SyncRequest, clie
     fetched = fetch_step(db, service, client, scope, run_id)
     plan = plan_step(db, service, request, scope, run_id, fetched)
     if not request.dry_run:
-        golioth_side(db, service, client, run_id, request)
+        golioth_side(db, service, client, run_id, request, fetched)
         local_step(db, service, run_id, request)
     return plan
 
