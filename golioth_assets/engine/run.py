@@ -197,8 +197,7 @@ class SyncRun:
             )
         with self.db.connect() as conn:
             self._plan_rows = sync_log.load_plan(conn, self.log.id)  # every write's status: the check samples it
-        local = self._plan_rows[self._plan_rows["side"] == "local"]
-        return LocalWrites(counts, self.with_local_columns(local[local["action"] != "agree"]))
+        return LocalWrites(counts, self._applied("local", self._plan_rows))
 
     def writes_left(self) -> tuple[int, Usage]:
         """The convergence self-check (engine/convergence.py), on the run's own client."""
@@ -236,7 +235,9 @@ class SyncRun:
         mapping = mapping_of(self.service)
         return frame.assign(local_column=[mapping.column_of(str(f)) for f in frame["field"]])
 
-    def _applied(self, side: str) -> pd.DataFrame:
-        with self.db.connect() as conn:
-            plan = sync_log.load_plan(conn, self.log.id, side=side)
-        return self.with_local_columns(plan[plan["action"] != "agree"])
+    def _applied(self, side: str, plan: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The stored plan's writes on `side` with their statuses (`plan`: the stored plan, if read)."""
+        if plan is None:
+            with self.db.connect() as conn:
+                plan = sync_log.load_plan(conn, self.log.id, side=side)
+        return self.with_local_columns(plan[(plan["side"] == side) & (plan["action"] != "agree")])
