@@ -148,8 +148,8 @@ def begin(db: Engine, service: services.Service, request: SyncRequest) -> int:
             dry_run=request.dry_run,
             scope=request.device_ids,
             dagster_run_id=request.dagster_run_id,
+            details={"request": asdict(request)},
         )
-        sync_log.set_details(conn, sync_log_id, {"request": asdict(request)})
     return sync_log_id
 
 

@@ -42,7 +42,9 @@ def start_run(
     dry_run: bool = False,
     scope: Sequence[str] | None = None,
     dagster_run_id: str | None = None,
+    details: Mapping | None = None,
 ) -> int:
+    extra = {"details": dict(details)} if details is not None else {}
     return conn.execute(
         golioth_sync_log.insert()
         .values(
@@ -54,6 +56,7 @@ def start_run(
             dry_run=dry_run,
             scope=list(scope) if scope is not None else None,
             dagster_run_id=dagster_run_id,
+            **extra,
         )
         .returning(golioth_sync_log.c.id)
     ).scalar_one()
