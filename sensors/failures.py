@@ -6,11 +6,14 @@ success, a failed step, a refused inventory, a cancellation. These sensors only 
 runs that could not: a worker killed outright (OOM, SIGKILL; run monitoring fails the run), or a run
 that failed or was cancelled before its op started (then they open the row, to say so)."""
 
+from typing import Any
+
 import dagster as dg
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME as ASSET_JOB_NAME
 
 from golioth_assets.core.vocabulary import RunTag, Trigger
 from golioth_assets.defs.batch import batch_sync_job
+from golioth_assets.defs.config import SYNC_OP
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.resources import DeviceStore
 from golioth_assets.engine import sync as engine
@@ -69,14 +72,21 @@ def _record_stopped_run(run: dg.DagsterRun, error: str, store: DeviceStore) -> N
             except services.ServiceNotFound:
                 service = None
             if service is not None:
-                row = {
-                    "id": engine.begin(
-                        db, service, engine.SyncRequest(org, dagster_run_id=run.run_id, trigger=Trigger.failure)
-                    )
-                }
+                request = engine.SyncRequest(
+                    org, dagster_run_id=run.run_id, trigger=Trigger.failure, device_ids=_requested_devices(run)
+                )
+                row = {"id": engine.begin(db, service, request)}
         if row is not None and row.get("status", "running") == "running":
             engine.finish(db, row["id"], error=error)
     claim = run.tags.get(RunTag.claim)
     if claim:
         with db.begin() as conn:
             webhook_events.release_failed(conn, claim, error, max_attempts=MAX_EVENT_ATTEMPTS)
+
+
+def _requested_devices(run: dg.DagsterRun) -> list[str] | None:
+    """The devices a targeted run was asked to sync (its run config), so that the row recorded for
+    it is a targeted one: the schedule retries failed full syncs, not these."""
+    run_config: Any = run.run_config or {}
+    ids = (((run_config.get("ops") or {}).get(SYNC_OP) or {}).get("config") or {}).get("device_ids")
+    return [str(i) for i in ids] if ids else None

@@ -20,7 +20,7 @@ from golioth_assets.defs.config import SYNC_OP
 from golioth_assets.defs.jobs import full_sync_job, targeted_sync_job
 from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
-from golioth_assets.store import services, webhook_events
+from golioth_assets.store import services, sync_log, webhook_events
 from sensors.failures import MAX_EVENT_ATTEMPTS, SYNC_JOBS, sync_failure_sensor
 from sensors.organizations import organization_partitions_sensor
 from sensors.webhooks import TICK_BUDGET_SECONDS, WAIT_SECONDS, run_key_for, webhook_inbox_sensor
@@ -347,6 +347,12 @@ def test_failure_sensor_records_a_run_that_died_before_its_first_step(engine, in
         ).one()
     assert (status, trigger) == ("failed", "failure")
     assert "exited unexpectedly" in error
+    with engine.connect() as conn:
+        scope = conn.execute(
+            sa.text("SELECT scope FROM golioth_sync_log WHERE dagster_run_id = :r"), {"r": run.run_id}
+        ).scalar_one()
+        # A targeted run's row: the schedule's retry of failed full syncs leaves it alone.
+        assert scope and org not in {o for o, _, _ in sync_log.failed_full_syncs(conn)}
     events = _events(engine, ids)
     assert {(e["status"], e["attempts"]) for e in events.values()} == {("failed", 1)}
     # The next tick retries them under a new run key.
