@@ -44,7 +44,7 @@ sys.path.insert(1, str(ROOT / "benchmarks"))
 
 from plan_diff import RATES, synthetic  # noqa: E402
 
-from golioth_assets.core.plan import Plan, plan_sync  # noqa: E402
+from golioth_assets.core.plan import plan_sync  # noqa: E402
 from golioth_assets.core.policy import SyncSettings  # noqa: E402
 
 NO_CHANGE = {name: 0.0 for name in RATES}
@@ -137,7 +137,6 @@ def _with_conflict_work(n: int, seed: int) -> Inputs:
     """plan_diff's mix plus hardware-id matches (clean, ambiguous, unconfirmed creates) and the
     previous run's conflicts: half resolved by an operator, some stale (to be superseded)."""
     local, remote, links, _ = synthetic(n, seed=seed)
-    rng = np.random.default_rng(seed)
     new_local = local.index[local["device_id"].str.contains("-9000-")]
     new_remote = remote.index[remote["golioth_device_id"].str.startswith("f")]
     k = min(len(new_local), len(new_remote)) // 2
@@ -182,7 +181,6 @@ def _with_conflict_work(n: int, seed: int) -> Inputs:
     extras["resolutions"] = oc[oc["status"] == "resolved"]
     created = local.loc[new_local[: max(1, k // 2)], "device_id"]
     extras["unconfirmed_creates"] = pd.concat([created, pd.Series(["not-here"])], ignore_index=True)
-    del rng
     return local, remote, links, settings, extras
 
 
@@ -262,11 +260,20 @@ def messy_world(rng: np.random.Generator) -> Inputs:
         for i in range(n_local)
     ]
     remote_rows = [
-        {"golioth_device_id": f"g{i}", **_device(rng), **(_observed(rng) if observed else {}), "updated_at": _draw(rng, STAMPS)}
+        {
+            "golioth_device_id": f"g{i}",
+            **_device(rng),
+            **(_observed(rng) if observed else {}),
+            "updated_at": _draw(rng, STAMPS),
+        }
         for i in range(n_remote)
     ]
-    local = pd.DataFrame(local_rows, columns=["device_id", *FIELD_POOLS, "updated_at", "deleted_at"] if not local_rows else None)
-    remote = pd.DataFrame(remote_rows, columns=["golioth_device_id", *FIELD_POOLS, "updated_at"] if not remote_rows else None)
+    local = pd.DataFrame(
+        local_rows, columns=["device_id", *FIELD_POOLS, "updated_at", "deleted_at"] if not local_rows else None
+    )
+    remote = pd.DataFrame(
+        remote_rows, columns=["golioth_device_id", *FIELD_POOLS, "updated_at"] if not remote_rows else None
+    )
     for frame in (local, remote):
         for c in ("updated_at", "deleted_at"):
             if c in frame:

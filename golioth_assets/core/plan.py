@@ -645,9 +645,12 @@ def _desired_keys(raw: pd.Series, column: str) -> pd.DataFrame:
     items = raw.map(lambda d: list(d.items()) if isinstance(d, dict) else []).explode().dropna()
     if items.empty:
         return pd.DataFrame({"pair": pd.Series(dtype=int), "key": pd.Series(dtype=object), column: []})
-    keys = items.map(lambda kv: kv[0])
-    values = canonical_json_value(items.map(lambda kv: kv[1]))
-    return pd.DataFrame({"pair": items.index.to_numpy(), "key": keys.to_numpy(), column: values.to_numpy()})
+    pairs = items.to_numpy(dtype=object)
+    keys = np.array([kv[0] for kv in pairs], dtype=object)
+    # The values as they are: Series.map would infer one dtype for them all, and a 1 next to a 1.5
+    # would read "1.0", a None next to a number "NaN".
+    values = canonical_json_value(pd.Series([kv[1] for kv in pairs], index=items.index, dtype=object))
+    return pd.DataFrame({"pair": items.index.to_numpy(), "key": keys, column: values.to_numpy()})
 
 
 def _desired_cells(
