@@ -46,7 +46,7 @@ from golioth_assets.core.normalize import (
     dump_json,
     snapshot_dicts,
 )
-from golioth_assets.core.observed import observed_changes
+from golioth_assets.core.observed import TIMESTAMPS, VALUES, observed_changes, utc_naive
 from golioth_assets.core.policy import SyncSettings, conflict_winner
 from golioth_assets.core.vocabulary import (
     BOOKKEEPING_ACTIONS,
@@ -182,6 +182,22 @@ def empty_changes() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CHANGE_COLUMNS})
     frame["blocked"] = frame["blocked"].astype(bool)
     return frame
+
+
+def _change_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The phases' non-empty change frames as one, in CHANGE_COLUMNS, every column object (blocked
+    is set after): what concatenating them under empty_changes() gives, without building and
+    concatenating an empty frame on every plan (most plans have few rows; pandas' fixed costs rule)."""
+    if not frames:
+        return empty_changes()
+    changes = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            c: changes[c].to_numpy(dtype=object) if c in changes else np.full(len(changes), np.nan, dtype=object)
+            for c in CHANGE_COLUMNS
+        },
+        dtype=object,  # else pandas infers its str dtype for text columns
+    )
 
 
 def _rows(
@@ -367,8 +383,8 @@ def present_pairs(sides: Sides, pairing: Pairing, fields: tuple[str, ...]) -> Pr
     both = (pairing.pairs["l_present"] & pairing.pairs["r_present"]).to_numpy()
     lp, rp = pairing.lpos[both], pairing.rpos[both]
     pairs = pairing.pairs[both].reset_index(drop=True)
-    pairs["local_updated_at"] = _utc(sides.local["updated_at"])[lp]
-    pairs["remote_updated_at"] = _utc(sides.remote["updated_at"])[rp]
+    pairs["local_updated_at"] = utc_naive(sides.local["updated_at"])[lp]
+    pairs["remote_updated_at"] = utc_naive(sides.remote["updated_at"])[rp]
     base_dicts = snapshot_dicts(pairing.snapshots[both])
     return PresentPairs(
         pairs=pairs,
@@ -709,7 +725,9 @@ def observed_rows(sides: Sides, present: PresentPairs, settings: SyncSettings) -
     if FieldGroup.observed not in settings.field_groups or present.pairs.empty:
         return PhaseRows()
     obs = observed_changes(
-        _columns(sides.local, OBSERVED_FIELDS, present.lpos), _columns(sides.remote, OBSERVED_FIELDS, present.rpos)
+        _observed_values(sides.local, present.lpos),
+        _observed_values(sides.remote, present.rpos),
+        len(present.lpos),
     )
     if not obs.any():
         return PhaseRows()
@@ -718,6 +736,16 @@ def observed_rows(sides: Sides, present: PresentPairs, settings: SyncSettings) -
     )
     rows["new_value"] = _observed_json(_columns(sides.remote, OBSERVED_FIELDS, present.rpos[obs]))
     return PhaseRows([rows])
+
+
+def _observed_values(frame: pd.DataFrame, positions: Positions) -> dict[str, Any]:
+    """The observed columns a side has, at the given rows, as arrays (timestamps as naive UTC):
+    one array per column instead of a sub-frame, whose construction costs more than the compare."""
+    return {
+        c: utc_naive(frame[c])[positions] if c in TIMESTAMPS else _objects(frame[c])[positions]
+        for c in (*TIMESTAMPS, *VALUES)  # what observed_changes compares (status follows last_seen)
+        if c in frame
+    }
 
 
 def deletions(
@@ -923,17 +951,17 @@ def assemble(
 ) -> Plan:
     """The phases' rows as one plan: writes the direction forbids are blocked, and pending conflicts
     this run no longer finds are superseded."""
-    frames = [f for phase in phases for f in phase.changes if not f.empty]
-    changes = pd.concat([empty_changes(), *frames], ignore_index=True)
-    changes["blocked"] = ~changes["side"].map(settings.writes).astype(bool)
-    changes.loc[changes["side"] == Side.none, "blocked"] = False
-    changes.loc[changes["kind"] == Reason.no_hardware_ids, "blocked"] = True
+    changes = _change_table([f for phase in phases for f in phase.changes if not f.empty])
+    side, kind = changes["side"].to_numpy(dtype=object), changes["kind"].to_numpy(dtype=object)
+    blocked = (side == Side.local) & (not settings.writes(Side.local))
+    blocked |= (side == Side.remote) & (not settings.writes(Side.remote))
+    changes["blocked"] = blocked | (kind == Reason.no_hardware_ids)
     conflict_frames = [c for phase in phases for c in phase.conflicts]
     conflicts = (
         pd.concat(conflict_frames, ignore_index=True) if conflict_frames else pd.DataFrame(columns=CONFLICT_COLUMNS)
     )[CONFLICT_COLUMNS]
     return Plan(
-        changes=changes[CHANGE_COLUMNS],
+        changes=changes,
         conflicts=conflicts,
         superseded=_superseded(open_conflicts, conflicts, sides.local.index, sides.remote.index),
         pairs=pairs,
@@ -946,14 +974,6 @@ def assemble(
 def _objects(values: Any) -> Objects:
     """A column as an object array (ids, lists, dicts, text): no copy when it already is one."""
     return values.to_numpy(dtype=object) if hasattr(values, "to_numpy") else np.asarray(values, dtype=object)
-
-
-def _utc(values: pd.Series) -> npt.NDArray[np.datetime64]:
-    """Timestamps as UTC datetime64 (to_numpy() on a tz-aware column builds a Timestamp per row)."""
-    stamps: npt.NDArray[np.datetime64] = (
-        pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
-    )
-    return stamps
 
 
 def _id_index(ids: pd.Series) -> pd.Index:
