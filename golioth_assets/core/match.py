@@ -74,6 +74,12 @@ def match_devices(
     # Unlinked tombstones still "know" their devices, so those are never re-created or re-matched.
     live_links = links[links["link_status"] != "unlinked"][["device_id", "golioth_device_id", "link_status"]]
     unlinked = _unlinked(local_hw, local_live, remote_hw, links, local_linked, remote_linked)
+    if not (unlinked.local_mask.any() or unlinked.remote_mask.any()):
+        # Every device has a link (a steady round): nothing to match, so skip the empty merges.
+        new_links, identity_conflicts = _no_candidates()
+        return Matching(
+            live_links.reset_index(drop=True), new_links, identity_conflicts, unlinked.local, unlinked.remote
+        )
     candidates = _candidates(local_hw, remote_hw, unlinked)
     new_links, identity_conflicts = _classify(candidates, unlinked)
     return Matching(
@@ -144,10 +150,7 @@ def _classify(candidates: pd.DataFrame, unlinked: Unlinked) -> tuple[pd.DataFram
     """Candidate pairs → (new links, identity conflicts). A pair is clean when both devices are
     unlinked and each has exactly one candidate; every other candidate is ambiguous."""
     if candidates.empty:
-        return (
-            pd.DataFrame({"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}),
-            pd.DataFrame({c: pd.Series(dtype=object) for c in IDENTITY_CONFLICT_COLUMNS}),
-        )
+        return _no_candidates()
     per_local = candidates.groupby("device_id")["golioth_device_id"].transform("nunique")
     per_remote = candidates.groupby("golioth_device_id")["device_id"].transform("nunique")
     local_unlinked = candidates["device_id"].isin(unlinked.local)
@@ -174,6 +177,14 @@ def _classify(candidates: pd.DataFrame, unlinked: Unlinked) -> tuple[pd.DataFram
 
 
 IDENTITY_CONFLICT_COLUMNS = ["device_id", "golioth_device_id", "candidates"]
+
+
+def _no_candidates() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(new links, identity conflicts) when no device pairs by hardware id: both empty."""
+    return (
+        pd.DataFrame({"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}),
+        pd.DataFrame({c: pd.Series(dtype=object) for c in IDENTITY_CONFLICT_COLUMNS}),
+    )
 
 
 def _candidate_lists(ambiguous: pd.DataFrame, key: str, other: str, keys: pd.Series) -> pd.DataFrame:

@@ -39,7 +39,6 @@ from golioth_assets.core.normalize import (
     NULL,
     base_values,
     canonical_base_values,
-    canonical_json_value,
     canonical_values,
     canonicalize,
     decode,
@@ -212,8 +211,11 @@ def _rows(
     new: Any = None,
     detail: str | Objects | None = None,
 ) -> pd.DataFrame:
-    """Plan rows for the pairs selected by `mask`. Array arguments are aligned with `pairs`."""
+    """Plan rows for the pairs selected by `mask`. Array arguments are aligned with `pairs`.
+    No rows: an empty frame without columns (assemble drops it), not a costly empty frame of them."""
     mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return pd.DataFrame()
 
     def pick(value: Any) -> Any:
         return value[mask] if isinstance(value, np.ndarray) else value
@@ -347,23 +349,26 @@ def pair_devices(sides: Sides, links: pd.DataFrame, unconfirmed_creates: pd.Seri
     live_link = (links["link_status"] != "unlinked").to_numpy(dtype=bool)
     new = matching.new_links
     new_local, new_remote = _objects(new["device_id"]), _objects(new["golioth_device_id"])
-    pairs = pd.DataFrame(
-        {
-            "device_id": np.concatenate([_objects(links["device_id"])[live_link], new_local]),
-            "golioth_device_id": np.concatenate([_objects(links["golioth_device_id"])[live_link], new_remote]),
-            "new_link": np.concatenate([np.zeros(int(live_link.sum()), dtype=bool), np.ones(len(new), dtype=bool)]),
-        }
-    ).astype({"device_id": object, "golioth_device_id": object})
     lpos = np.concatenate([sides.link_lpos[live_link], sides.local.index.get_indexer(new_local)])
     rpos = np.concatenate([sides.link_rpos[live_link], sides.remote.index.get_indexer(new_remote)])
     # A new link has no base yet: the sides never agreed on anything (unless we created it).
     created = frozenset(unconfirmed_creates) if unconfirmed_creates is not None else frozenset()
     new_bases = [dict(CREATED_BASE) if d in created else None for d in new_local]
     snapshots = np.concatenate([_objects(links["base_snapshot"])[live_link], np.array(new_bases, dtype=object)])
-    l_present = np.zeros(len(pairs), dtype=bool)
+    l_present = np.zeros(len(lpos), dtype=bool)
     l_present[lpos >= 0] = sides.local_live[lpos[lpos >= 0]]  # a soft-deleted local device is not present
-    pairs["l_present"] = l_present
-    pairs["r_present"] = rpos >= 0
+    pairs = pd.DataFrame(
+        {
+            # Object Series: a frame built from object arrays would infer pandas' str dtype.
+            "device_id": pd.Series(np.concatenate([_objects(links["device_id"])[live_link], new_local]), dtype=object),
+            "golioth_device_id": pd.Series(
+                np.concatenate([_objects(links["golioth_device_id"])[live_link], new_remote]), dtype=object
+            ),
+            "new_link": np.concatenate([np.zeros(int(live_link.sum()), dtype=bool), np.ones(len(new), dtype=bool)]),
+            "l_present": l_present,
+            "r_present": rpos >= 0,
+        }
+    )
     return Pairing(matching, pairs, lpos, rpos, snapshots, created)
 
 
@@ -420,33 +425,32 @@ def desired_state_diff(present: PresentPairs) -> DesiredStateDiff:
     name = FieldGroup.desired_state.value
     L_raw, R_raw, B_raw = present.local[name], present.remote[name], present.base[name]
     maybe = _maybe_differs(L_raw, R_raw, B_raw)
+    if not len(maybe):  # the usual case: every device's objects identical on all three
+        return DesiredStateDiff(pd.DataFrame(), pd.DataFrame())
     L = canonical_values(name, L_raw[maybe])
     R = canonical_values(name, R_raw[maybe])
     B = canonical_base_values(name, B_raw[maybe])
     # Whole objects equal but not the base: record the base for the object in one row.
     agree = (L == R) & (L != B)
-    agreed = present.pairs.iloc[maybe[agree]]
-    rows = _rows(
-        agreed,
-        np.ones(len(agreed), dtype=bool),
-        field=name,
-        action=Action.agree,
-        side=Side.none,
-        kind=Reason.agreed,
-        old=B[agree],
-        new=L[agree],
-    )
+    rows = pd.DataFrame()
+    if agree.any():
+        agreed = present.pairs.iloc[maybe[agree]]
+        ones = np.ones(len(agreed), dtype=bool)
+        rows = _rows(
+            agreed,
+            ones,
+            field=name,
+            action=Action.agree,
+            side=Side.none,
+            kind=Reason.agreed,
+            old=B[agree],
+            new=L[agree],
+        )
     differs = L != R
     if not differs.any():
         return DesiredStateDiff(rows, pd.DataFrame())
     at = maybe[differs]
-    cells = _desired_cells(
-        present.pairs.iloc[at].reset_index(drop=True),
-        pd.Series(L_raw[at], dtype=object),
-        pd.Series(R_raw[at], dtype=object),
-        pd.Series(B_raw[at], dtype=object),
-        B[differs] != NO_BASE,
-    )
+    cells = _desired_cells(present.pairs, at, L_raw[at], R_raw[at], B_raw[at], B[differs] != NO_BASE)
     return DesiredStateDiff(rows, cells)
 
 
@@ -637,8 +641,9 @@ def _maybe_differs(L: Objects, R: Objects, B: Objects) -> Positions:
 
 
 def _scalar_cells(present: PresentPairs, fields: tuple[str, ...]) -> pd.DataFrame:
-    """Long-format cells for the scalar fields where L, R and B are not all equal (canonically)."""
-    frames = []
+    """Long-format cells for the scalar fields where L, R and B are not all equal (canonically).
+    Collected as arrays and framed once: a frame per field costs more than the diff itself."""
+    at, names, Ls, Rs, Bs = [], [], [], [], []
     for f in fields:
         L_raw, R_raw, B_raw = present.local[f], present.remote[f], present.base[f]
         maybe = _maybe_differs(L_raw, R_raw, B_raw)
@@ -649,56 +654,56 @@ def _scalar_cells(present: PresentPairs, fields: tuple[str, ...]) -> pd.DataFram
         B = canonical_base_values(f, B_raw[maybe])
         differs = (L != R) | (L != B)
         if differs.any():
-            sub = present.pairs.iloc[maybe[differs]][
-                ["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]
-            ]
-            frames.append(sub.assign(field=f, L=L[differs], R=R[differs], B=B[differs]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            at.append(maybe[differs])
+            names.append(np.full(int(differs.sum()), f, dtype=object))
+            Ls.append(L[differs])
+            Rs.append(R[differs])
+            Bs.append(B[differs])
+    if not at:
+        return pd.DataFrame()
+    return _cells(present.pairs, np.concatenate(at), np.concatenate(names), *map(np.concatenate, (Ls, Rs, Bs)))
 
 
-def _desired_keys(raw: pd.Series, column: str) -> pd.DataFrame:
-    """One row per top-level key of each object: pair (position), key, `column` (canonical JSON)."""
-    items = raw.map(lambda d: list(d.items()) if isinstance(d, dict) else []).explode().dropna()
-    if items.empty:
-        return pd.DataFrame({"pair": pd.Series(dtype=int), "key": pd.Series(dtype=object), column: []})
-    pairs = items.to_numpy(dtype=object)
-    keys = np.array([kv[0] for kv in pairs], dtype=object)
-    # The values as they are: Series.map would infer one dtype for them all, and a 1 next to a 1.5
-    # would read "1.0", a None next to a number "NaN".
-    values = canonical_json_value(pd.Series([kv[1] for kv in pairs], index=items.index, dtype=object))
-    return pd.DataFrame({"pair": items.index.to_numpy(), "key": keys, column: values.to_numpy()})
+def _cells(pairs: pd.DataFrame, at: Positions, names: Objects, L: Objects, R: Objects, B: Objects) -> pd.DataFrame:
+    """Cells (see diff_cells) of the present pairs at positions `at`, one per field name."""
+    return pd.DataFrame(
+        {
+            "device_id": pairs["device_id"].to_numpy(dtype=object)[at],
+            "golioth_device_id": pairs["golioth_device_id"].to_numpy(dtype=object)[at],
+            "local_updated_at": pairs["local_updated_at"].to_numpy()[at],
+            "remote_updated_at": pairs["remote_updated_at"].to_numpy()[at],
+            "field": names,
+            "L": L,
+            "R": R,
+            "B": B,
+        }
+    )
 
 
 def _desired_cells(
-    pairs: pd.DataFrame, L_raw: pd.Series, R_raw: pd.Series, B_raw: pd.Series, B_known: Bools
+    pairs: pd.DataFrame, at: Positions, L_raw: Objects, R_raw: Objects, B_raw: Objects, B_known: Bools
 ) -> pd.DataFrame:
-    """Desired state merges key by key: one cell per top-level key of any side."""
-    positions = pd.RangeIndex(len(pairs))
-
-    def keys(raw: pd.Series, column: str) -> pd.DataFrame:
-        return _desired_keys(pd.Series(raw.to_numpy(), index=positions), column)
-
-    merged = keys(L_raw, "L").merge(keys(R_raw, "R"), on=["pair", "key"], how="outer")
-    merged = merged.merge(keys(B_raw, "B"), on=["pair", "key"], how="outer")
-    if merged.empty:
+    """Desired state merges key by key: one cell per top-level key of any side, by pair then key.
+    Plain Python: only the devices whose objects differ get here (few), and each has few keys."""
+    cell_at, names, L, R, B = [], [], [], [], []
+    for p, l_obj, r_obj, b_obj, known in zip(at, L_raw, R_raw, B_raw, B_known):
+        ld, rd, bd = (v if isinstance(v, dict) else {} for v in (l_obj, r_obj, b_obj))
+        for key in sorted({*ld, *rd, *bd}, key=str):
+            cell_at.append(p)
+            names.append(DESIRED_PREFIX + str(key))
+            L.append(_json_cell(ld, key))
+            R.append(_json_cell(rd, key))
+            B.append(_json_cell(bd, key) if known else NO_BASE)
+    if not cell_at:
         return pd.DataFrame()
-    merged = merged.astype({"L": object, "R": object, "B": object})
-    merged[["L", "R"]] = merged[["L", "R"]].fillna(NULL)
-    base_known = np.asarray(B_known)[merged["pair"].to_numpy()]
-    merged["B"] = np.where(base_known, merged["B"].fillna(NULL), NO_BASE)
-    info = pairs.iloc[merged["pair"].to_numpy()]
-    return pd.DataFrame(
-        {
-            "device_id": info["device_id"].to_numpy(),
-            "golioth_device_id": info["golioth_device_id"].to_numpy(),
-            "local_updated_at": info["local_updated_at"].to_numpy(),
-            "remote_updated_at": info["remote_updated_at"].to_numpy(),
-            "field": (DESIRED_PREFIX + merged["key"].astype(str)).to_numpy(),
-            "L": merged["L"].to_numpy(dtype=object),
-            "R": merged["R"].to_numpy(dtype=object),
-            "B": merged["B"].to_numpy(dtype=object),
-        }
-    )
+    objects = (np.array(v, dtype=object) for v in (names, L, R, B))
+    return _cells(pairs, np.array(cell_at, dtype=np.intp), *objects)
+
+
+def _json_cell(obj: dict[str, Any], key: str) -> str:
+    """One desired-state key's canonical JSON (canonical_json_value); a key the object lacks: NULL."""
+    value = obj.get(key)
+    return NULL if value is None or value is pd.NA else dump_json(value)
 
 
 def _hold_unsettled_desired_keys(agree: pd.DataFrame, unwritten: pd.DataFrame) -> pd.DataFrame:
