@@ -177,10 +177,19 @@ class Plan:
         }
 
 
-def empty_changes() -> pd.DataFrame:
+def _empty_changes() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CHANGE_COLUMNS})
     frame["blocked"] = frame["blocked"].astype(bool)
     return frame
+
+
+# Built once, copied per plan: a plan with nothing to do costs mostly such fixed pandas steps.
+_NO_CHANGES = _empty_changes()
+_NO_CONFLICTS = pd.DataFrame(columns=CONFLICT_COLUMNS)
+
+
+def empty_changes() -> pd.DataFrame:
+    return _NO_CHANGES.copy()
 
 
 def _change_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -736,10 +745,17 @@ def observed_rows(sides: Sides, present: PresentPairs, settings: SyncSettings) -
     )
     if not obs.any():
         return PhaseRows()
+    new = np.full(len(obs), None, dtype=object)
+    new[obs] = _observed_json(sides.remote, present.rpos[obs])
     rows = _rows(
-        present.pairs, obs, field="observed", action=Action.observe, side=Side.local, kind=Reason.observed_in_golioth
+        present.pairs,
+        obs,
+        field="observed",
+        action=Action.observe,
+        side=Side.local,
+        kind=Reason.observed_in_golioth,
+        new=new,
     )
-    rows["new_value"] = _observed_json(_columns(sides.remote, OBSERVED_FIELDS, present.rpos[obs]))
     return PhaseRows([rows])
 
 
@@ -909,6 +925,8 @@ def links_and_creates(sides: Sides, pairing: Pairing, settings: SyncSettings) ->
         (matching.local_only, Side.remote, new_locally),
     ):
         missing = ids.to_numpy()
+        if not len(missing):
+            continue
         changes.append(
             pd.DataFrame(
                 {
@@ -963,8 +981,8 @@ def assemble(
     changes["blocked"] = blocked | (kind == Reason.no_hardware_ids)
     conflict_frames = [c for phase in phases for c in phase.conflicts]
     conflicts = (
-        pd.concat(conflict_frames, ignore_index=True) if conflict_frames else pd.DataFrame(columns=CONFLICT_COLUMNS)
-    )[CONFLICT_COLUMNS]
+        pd.concat(conflict_frames, ignore_index=True)[CONFLICT_COLUMNS] if conflict_frames else _NO_CONFLICTS.copy()
+    )
     return Plan(
         changes=changes,
         conflicts=conflicts,
@@ -992,18 +1010,14 @@ def _marked(positions: Positions, size: int) -> Bools:
     return marked
 
 
-def _columns(frame: pd.DataFrame, columns: Sequence[str], positions: Positions) -> pd.DataFrame:
-    """Some columns of some rows, by position (the ones the frame has)."""
-    return frame[[c for c in columns if c in frame]].iloc[positions].reset_index(drop=True)
-
-
 def _canonical_hw(frame: pd.DataFrame, device_id: str) -> str:
     return str(canonical_values("hardware_ids", _objects(frame.loc[[device_id], "hardware_ids"]))[0])
 
 
-def _observed_json(remote_rows: pd.DataFrame) -> Objects:
-    present = [f for f in OBSERVED_FIELDS if f in remote_rows]
-    columns = [[_jsonable(v) for v in remote_rows[f].to_numpy(dtype=object)] for f in present]
+def _observed_json(remote: pd.DataFrame, positions: Positions) -> Objects:
+    """The observed fields of Golioth's rows at `positions`, as JSON text (one object per row)."""
+    present = [f for f in OBSERVED_FIELDS if f in remote]
+    columns = [[_jsonable(v) for v in remote[f].iloc[positions].to_numpy(dtype=object)] for f in present]
     return np.array([dump_json(dict(zip(present, values))) for values in zip(*columns)], dtype=object)
 
 
