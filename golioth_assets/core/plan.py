@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -330,8 +331,8 @@ def index_sides(local: pd.DataFrame, remote: pd.DataFrame, links: pd.DataFrame) 
         local=local,
         remote=remote,
         local_live=local["deleted_at"].isna().to_numpy(dtype=bool),
-        link_lpos=local.index.get_indexer(_objects(links["device_id"])),
-        link_rpos=remote.index.get_indexer(_objects(links["golioth_device_id"])),
+        link_lpos=_locate(local.index, _objects(links["device_id"])),
+        link_rpos=_locate(remote.index, _objects(links["golioth_device_id"])),
     )
 
 
@@ -359,8 +360,8 @@ def pair_devices(sides: Sides, links: pd.DataFrame, unconfirmed_creates: pd.Seri
     live_link = (links["link_status"] != "unlinked").to_numpy(dtype=bool)
     new = matching.new_links
     new_local, new_remote = _objects(new["device_id"]), _objects(new["golioth_device_id"])
-    lpos = np.concatenate([sides.link_lpos[live_link], sides.local.index.get_indexer(new_local)])
-    rpos = np.concatenate([sides.link_rpos[live_link], sides.remote.index.get_indexer(new_remote)])
+    lpos = np.concatenate([sides.link_lpos[live_link], _locate(sides.local.index, new_local)])
+    rpos = np.concatenate([sides.link_rpos[live_link], _locate(sides.remote.index, new_remote)])
     # A new link has no base yet: the sides never agreed on anything (unless we created it).
     created = frozenset(unconfirmed_creates) if unconfirmed_creates is not None else frozenset()
     new_bases = [dict(CREATED_BASE) if d in created else None for d in new_local]
@@ -1008,6 +1009,22 @@ def assemble(
 def _objects(values: Any) -> Objects:
     """A column as an object array (ids, lists, dicts, text): no copy when it already is one."""
     return values.to_numpy(dtype=object) if hasattr(values, "to_numpy") else np.asarray(values, dtype=object)
+
+
+# Up to this many ids, a dict finds positions faster than pandas builds its hash table for a new
+# index (a fixed ~0.1 ms, most of a small organization's lookup); above it pandas is faster.
+_DICT_LOOKUP = 2_000
+
+
+def _locate(index: pd.Index, ids: Objects) -> Positions:
+    """index.get_indexer(ids): each id's position in the index, -1 where absent. An index with
+    duplicate or non-text ids goes to pandas, which refuses duplicates as it always did."""
+    keys = index.to_numpy(dtype=object)
+    if len(keys) <= _DICT_LOOKUP and all(type(k) is str for k in keys) and all(type(i) is str for i in ids):
+        at = dict(zip(keys, range(len(keys))))
+        if len(at) == len(keys):
+            return np.fromiter(map(at.get, ids, repeat(-1)), dtype=np.intp, count=len(ids))
+    return index.get_indexer(ids)
 
 
 def _id_index(ids: pd.Series) -> pd.Index:
