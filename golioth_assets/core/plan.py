@@ -1024,7 +1024,8 @@ def _locate(index: pd.Index, ids: Objects) -> Positions:
         at = dict(zip(keys, range(len(keys))))
         if len(at) == len(keys):
             return np.fromiter(map(at.get, ids, repeat(-1)), dtype=np.intp, count=len(ids))
-    return index.get_indexer(ids)
+    positions: Positions = index.get_indexer(ids)
+    return positions
 
 
 def _id_index(ids: pd.Series) -> pd.Index:
