@@ -151,29 +151,7 @@ def _with_conflict_work(n: int, seed: int) -> Inputs:
     if k > 2:  # an ambiguous match: a second Golioth device with the first one's hardware id
         remote.at[new_remote[k], "hardware_ids"] = ["shared-1"]
     settings = SyncSettings()
-    first = plan_sync(local, remote, links, settings)
-    conflicts = first.conflicts.reset_index(drop=True)
-    rows = []
-    for i, c in conflicts.iterrows():
-        status = "resolved" if i % 2 else "pending"
-        resolution = ["local", "remote", "value"][i % 3]
-        chosen = c["local_value"] if resolution == "local" else c["remote_value"]
-        if resolution == "value":
-            chosen = c["base_value"] if isinstance(c["base_value"], str) else c["local_value"]
-        rows.append(
-            {
-                "conflict_id": 100 + i,
-                "device_id": c["device_id"],
-                "golioth_device_id": c["golioth_device_id"],
-                "field": c["field"],
-                "conflict_type": c["conflict_type"],
-                "status": status,
-                "resolution": resolution,
-                "resolved_value": None,
-                "resolved_by": None if i % 5 == 0 else "ops@example.com",
-                "chosen": chosen,
-            }
-        )
+    rows = _operator_rows(plan_sync(local, remote, links, settings).conflicts, every_other=True)
     stale = links.sample(n=max(1, n // 200), random_state=seed)
     for j, (d, g) in enumerate(zip(stale["device_id"], stale["golioth_device_id"])):
         rows.append({"conflict_id": 5000 + j, "device_id": d, "golioth_device_id": g, "field": "name"})
@@ -186,6 +164,43 @@ def _with_conflict_work(n: int, seed: int) -> Inputs:
     created = local.loc[new_local[: max(1, k // 2)], "device_id"]
     extras["unconfirmed_creates"] = pd.concat([created, pd.Series(["not-here"])], ignore_index=True)
     return local, remote, links, settings, extras
+
+
+def _operator_rows(conflicts: pd.DataFrame, every_other: bool) -> list[dict[str, Any]]:
+    """Open-conflict rows for a plan's conflicts: resolved (all, or every other one; the others
+    pending), by choosing the local side, the remote side, or a value of its own."""
+    rows = []
+    for i, c in conflicts.reset_index(drop=True).iterrows():
+        resolution = ["local", "remote", "value"][i % 3]
+        chosen = c["local_value"] if resolution == "local" else c["remote_value"]
+        if resolution == "value":
+            chosen = c["base_value"] if isinstance(c["base_value"], str) else c["local_value"]
+        rows.append(
+            {
+                "conflict_id": 100 + i,
+                "device_id": c["device_id"],
+                "golioth_device_id": c["golioth_device_id"],
+                "field": c["field"],
+                "conflict_type": c["conflict_type"],
+                "status": "resolved" if i % 2 or not every_other else "pending",
+                "resolution": resolution,
+                "resolved_value": None,
+                "resolved_by": None if i % 5 == 0 else "ops@example.com",
+                "chosen": chosen,
+            }
+        )
+    return rows
+
+
+def resolved_messy_world(rng: np.random.Generator) -> Inputs:
+    """A small random world whose conflicts an operator resolved (delete-vs-modify ones too)."""
+    local, remote, links, settings, _ = messy_world(rng)
+    try:
+        conflicts = plan_sync(local, remote, links, settings).conflicts
+    except Exception:
+        conflicts = pd.DataFrame(columns=["device_id"])
+    oc = pd.DataFrame.from_records(_operator_rows(conflicts, every_other=False), columns=[*OPEN_COLUMNS, "chosen"])
+    return local, remote, links, settings, {"resolutions": oc, "open_conflicts": oc.iloc[:0]}
 
 
 def _setting_variants() -> list[SyncSettings]:
@@ -214,6 +229,7 @@ def corpus() -> list[Inputs]:
     cases.append((local, remote, links, SyncSettings(policy="newest_wins"), engine_extras()))
     rng = np.random.default_rng(7)
     cases += [messy_world(rng) for _ in range(400)]
+    cases += [resolved_messy_world(rng) for _ in range(200)]
     return cases
 
 

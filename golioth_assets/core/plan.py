@@ -221,8 +221,10 @@ def _rows(
     old: Any = None,
     new: Any = None,
     detail: str | Objects | None = None,
+    operator: tuple[Objects, Objects] | None = None,
 ) -> pd.DataFrame:
-    """Plan rows for the pairs selected by `mask`. Array arguments are aligned with `pairs`.
+    """Plan rows for the pairs selected by `mask`. Array arguments are aligned with `pairs`;
+    `operator`: the conflict_id and changed_by columns of rows that carry out a resolution.
     No rows: an empty frame without columns (assemble drops it), not a costly empty frame of them."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
@@ -243,6 +245,7 @@ def _rows(
             "new_value": pick(new),
             "kind": picked_kind,
             "reason": _reasons(picked_kind, picked_detail),
+            **({"conflict_id": operator[0][mask], "changed_by": operator[1][mask]} if operator else {}),
         }
     )
 
@@ -534,9 +537,8 @@ def apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame | None) -> 
             old=current,
             new=chosen,
             detail=by,
+            operator=(conflict_ids, hit["resolved_by"].to_numpy()),
         )
-        rows["conflict_id"] = conflict_ids[mask]
-        rows["changed_by"] = hit["resolved_by"].to_numpy()[mask]
         frames.append(rows)
     # Both sides already hold the chosen value: record it as the new base and close the conflict.
     same = (chosen == L) & (chosen == R)
@@ -551,7 +553,8 @@ def apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame | None) -> 
         new=chosen,
         detail=by,
     )
-    rows["conflict_id"] = conflict_ids[same]
+    if len(rows):
+        rows["conflict_id"] = conflict_ids[same]  # and no changed_by: nobody writes
     frames.append(rows)
     return Resolved(frames, cells[~resolved])
 
@@ -858,11 +861,13 @@ def _one_side_deleted(
     deleted_kind = Reason.deleted_locally if deleted_side == Side.local else Reason.deleted_in_golioth
     kind = np.array([Reason.resolved_by_operator if c else deleted_kind for c in choice], dtype=object)
     detail = np.array([(c[2] or "operator") if c else None for c in choice], dtype=object)
-    delete_rows = _rows(sub, delete, field="*", action=Action.delete, side=survivor, kind=kind, detail=detail)
-    recreate_rows = _rows(sub, recreate, field="*", action=Action.create, side=deleted_side, kind=kind, detail=detail)
-    for rows, m in ((delete_rows, delete), (recreate_rows, recreate)):
-        rows["conflict_id"] = conflict_ids[m]
-        rows["changed_by"] = changed_by[m]
+    by = (conflict_ids, changed_by)
+    delete_rows = _rows(
+        sub, delete, field="*", action=Action.delete, side=survivor, kind=kind, detail=detail, operator=by
+    )
+    recreate_rows = _rows(
+        sub, recreate, field="*", action=Action.create, side=deleted_side, kind=kind, detail=detail, operator=by
+    )
     unlink_rows = _rows(
         sub,
         unlink,
