@@ -59,8 +59,11 @@ def _pick(rng: np.random.Generator, pool: np.ndarray, k: int) -> tuple[np.ndarra
     return pool[mask], pool[~mask]
 
 
-def synthetic(n: int, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """local, remote, links frames for n devices (plus the creates), and what was done to them."""
+def synthetic(
+    n: int, seed: int = 1, rates: dict[str, float] = RATES, active: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """local, remote, links frames for n devices (plus the creates), and what was done to them.
+    `active` devices (default 1 %, at least one) show newer activity in Golioth."""
     rng = np.random.default_rng(seed)
     idx = np.arange(n)
     names = np.array([f"device-{i:07d}" for i in idx], dtype=object)
@@ -123,7 +126,7 @@ def synthetic(n: int, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     )
 
     # Disjoint sets of devices for each kind of change.
-    k = {name: int(round(rate * n)) for name, rate in RATES.items()}
+    k = {name: int(round(rate * n)) for name, rate in rates.items()}
     pool = idx.copy()
     conflict, pool = _pick(rng, pool, k["conflict"])
     local_edit, pool = _pick(rng, pool, k["local_edit"])
@@ -157,8 +160,8 @@ def synthetic(n: int, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     local.loc[local_delete, "deleted_at"] = when
     remote = remote.drop(index=remote_delete)
     # Golioth activity since the last sync: observed fields move forward for 1% of devices.
-    active = rng.choice(remote.index.to_numpy(), size=max(1, n // 100), replace=False)
-    remote.loc[active, "last_seen_online"] = when
+    moved = rng.choice(remote.index.to_numpy(), size=max(1, n // 100) if active is None else active, replace=False)
+    remote.loc[moved, "last_seen_online"] = when
 
     # Creates on each side (never linked; distinct hardware ids, so no matching).
     def created(count: int, prefix: str) -> pd.DataFrame:

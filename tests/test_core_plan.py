@@ -657,6 +657,25 @@ def test_decoded_values_of_one_field_keep_their_types_across_devices():
     assert update.loc["L2", "new_value"] is None
 
 
+def test_desired_values_are_canonical_whatever_the_other_values_are():
+    # Regression: the values of every key were canonicalized through one Series.map, which inferred
+    # one dtype when all were numbers: 30 next to 1.5 read "30.0" (a float pushed), None next to a
+    # number "NaN".
+    numbers = {"interval": 60}
+    base = {**BASE, "desired_state": numbers}
+    p = plan(
+        [
+            local_row("L1", desired_state={"interval": 30, "ratio": 1.5}),
+            local_row("L2", hardware_ids=["hw-2"], desired_state={"interval": None}),
+        ],
+        [remote_row("G1", desired_state=numbers), remote_row("G2", hardware_ids=["hw-2"], desired_state=numbers)],
+        [link("L1", "G1", base=base), link("L2", "G2", base={**base, "hardware_ids": ["hw-2"]})],
+    )
+    update = rows(p, action="update", field="desired_state.interval").set_index("device_id")
+    assert update.loc["L1", "new_value"] == 30 and type(update.loc["L1", "new_value"]) is int
+    assert update.loc["L2", "new_value"] is None
+
+
 def test_desired_state_whole_object_agreement_is_one_row():
     p = one_pair(local={"desired_state": {"x": 1}}, remote={"desired_state": {"x": 1}})
     assert rows(p, action="agree")[["field", "new_value"]].values.tolist() == [["desired_state", {"x": 1}]]

@@ -8,6 +8,7 @@ is never guessed: it becomes an `identity` conflict and neither device is create
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,8 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Matching:
-    links: pd.DataFrame
-    """Stored links that sync: device_id, golioth_device_id, link_status."""
+    stored_links: pd.DataFrame
+    """Every stored link, as given (`links` filters them when asked: the planner never does)."""
     new_links: pd.DataFrame
     """Unambiguous new matches by hardware id: device_id, golioth_device_id."""
     identity_conflicts: pd.DataFrame
@@ -27,6 +28,13 @@ class Matching:
     """Live local devices with no link and no match: candidates for creation in Golioth."""
     remote_only: pd.Index
     """Golioth devices with no link and no match: candidates for creation locally."""
+
+    @cached_property
+    def links(self) -> pd.DataFrame:
+        """Stored links that sync: device_id, golioth_device_id, link_status."""
+        links = self.stored_links
+        live = links[links["link_status"] != "unlinked"]
+        return live[["device_id", "golioth_device_id", "link_status"]].reset_index(drop=True)
 
 
 def _trimmed(value: Any) -> str:
@@ -72,12 +80,15 @@ def match_devices(
         link (of any status) names the device. The planner passes them, having located every link.
     """
     # Unlinked tombstones still "know" their devices, so those are never re-created or re-matched.
-    live_links = links[links["link_status"] != "unlinked"][["device_id", "golioth_device_id", "link_status"]]
     unlinked = _unlinked(local_hw, local_live, remote_hw, links, local_linked, remote_linked)
+    if not (unlinked.local_mask.any() or unlinked.remote_mask.any()):
+        # Every device has a link (a steady round): nothing to match, so skip the empty merges.
+        new_links, identity_conflicts = _no_candidates()
+        return Matching(links, new_links, identity_conflicts, unlinked.local, unlinked.remote)
     candidates = _candidates(local_hw, remote_hw, unlinked)
     new_links, identity_conflicts = _classify(candidates, unlinked)
     return Matching(
-        links=live_links.reset_index(drop=True),
+        stored_links=links,
         new_links=new_links,
         identity_conflicts=identity_conflicts,
         local_only=_without(unlinked.local, candidates["device_id"]),
@@ -144,10 +155,7 @@ def _classify(candidates: pd.DataFrame, unlinked: Unlinked) -> tuple[pd.DataFram
     """Candidate pairs → (new links, identity conflicts). A pair is clean when both devices are
     unlinked and each has exactly one candidate; every other candidate is ambiguous."""
     if candidates.empty:
-        return (
-            pd.DataFrame({"device_id": pd.Series(dtype=object), "golioth_device_id": pd.Series(dtype=object)}),
-            pd.DataFrame({c: pd.Series(dtype=object) for c in IDENTITY_CONFLICT_COLUMNS}),
-        )
+        return _no_candidates()
     per_local = candidates.groupby("device_id")["golioth_device_id"].transform("nunique")
     per_remote = candidates.groupby("golioth_device_id")["device_id"].transform("nunique")
     local_unlinked = candidates["device_id"].isin(unlinked.local)
@@ -174,6 +182,16 @@ def _classify(candidates: pd.DataFrame, unlinked: Unlinked) -> tuple[pd.DataFram
 
 
 IDENTITY_CONFLICT_COLUMNS = ["device_id", "golioth_device_id", "candidates"]
+
+
+_NO_NEW_LINKS = pd.DataFrame(columns=["device_id", "golioth_device_id"], dtype=object)
+_NO_IDENTITY_CONFLICTS = pd.DataFrame(columns=IDENTITY_CONFLICT_COLUMNS, dtype=object)
+
+
+def _no_candidates() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(new links, identity conflicts) when no device pairs by hardware id: both empty (copies of
+    frames built once: building even an empty frame costs a planner more than copying one)."""
+    return _NO_NEW_LINKS.copy(), _NO_IDENTITY_CONFLICTS.copy()
 
 
 def _candidate_lists(ambiguous: pd.DataFrame, key: str, other: str, keys: pd.Series) -> pd.DataFrame:

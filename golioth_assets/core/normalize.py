@@ -87,15 +87,15 @@ def canonical_list(values: pd.Series) -> pd.Series:
     return pd.Series(out.to_numpy(dtype=object), index=values.index)
 
 
+def _json_object_one(value: Any) -> str:
+    if not isinstance(value, dict):
+        return "{}"
+    return dump_json({k: v for k, v in value.items() if v is not None})
+
+
 def canonical_json_object(values: pd.Series) -> pd.Series:
     """A JSON object (desired state), None-valued keys dropped, as canonical text; missing → "{}"."""
-
-    def one(value: Any) -> str:
-        if not isinstance(value, dict):
-            return "{}"
-        return dump_json({k: v for k, v in value.items() if v is not None})
-
-    return values.map(one).astype(object)
+    return values.map(_json_object_one).astype(object)
 
 
 def canonical_json_value(values: pd.Series) -> pd.Series:
@@ -135,9 +135,24 @@ def base_values(snapshots: list[dict[str, Any]], field: str) -> np.ndarray:
     return np.fromiter(map(dict.get, snapshots, repeat(field), repeat(ABSENT)), dtype=object, count=len(snapshots))
 
 
+def _small_values(kind: str, values: np.ndarray) -> list[str]:
+    """The small-input rules of canonical_text / _list / _bool / _json_object, on an array: the
+    same strings without a Series around them (planning calls this per field on a few values)."""
+    if kind == "text":
+        return [(v.strip() or NULL) if isinstance(v, str) else NULL for v in values]
+    if kind == "list":
+        return [_list_one(v) for v in values]
+    if kind == "bool":
+        return [("true" if v else "false") if known else NULL for v, known in zip(values, ~pd.isna(values))]
+    return [_json_object_one(v) for v in values]
+
+
 def canonical_values(field: str, values: np.ndarray) -> np.ndarray:
     """Canonical strings of one field's raw values (an object array)."""
-    canonical: np.ndarray = _BY_KIND[FIELD_KIND[field]](pd.Series(values, dtype=object)).to_numpy(dtype=object)
+    kind = FIELD_KIND[field]
+    if len(values) <= _SMALL:
+        return np.array(_small_values(kind, values), dtype=object) if len(values) else np.array([], dtype=object)
+    canonical: np.ndarray = _BY_KIND[kind](pd.Series(values, dtype=object)).to_numpy(dtype=object)
     return canonical
 
 

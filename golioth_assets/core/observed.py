@@ -4,6 +4,7 @@ sync only moves activity timestamps forward and never back."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -13,14 +14,15 @@ TIMESTAMPS = ("last_seen_online", "last_seen_offline", "last_report")
 VALUES = ("firmware_versions", "settings_status")
 
 
-def observed_changes(local: pd.DataFrame, remote: pd.DataFrame) -> np.ndarray:
-    """Per row (aligned by position): does Golioth know something newer or different?"""
-    changed = np.zeros(len(local), dtype=bool)
+def observed_changes(local: Mapping[str, Any], remote: Mapping[str, Any], rows: int) -> np.ndarray:
+    """Per row (aligned by position): does Golioth know something newer or different?
+    local, remote: column → values (a Series or an array), the observed columns each side has."""
+    changed = np.zeros(rows, dtype=bool)
     for column in TIMESTAMPS:
         if column not in remote:
             continue
-        r = _utc(remote[column])
-        l_ = _utc(local[column]) if column in local else None
+        r = utc_naive(remote[column])
+        l_ = utc_naive(local[column]) if column in local else None
         r_known = ~pd.isna(r)
         if l_ is None:
             changed |= r_known
@@ -33,8 +35,8 @@ def observed_changes(local: pd.DataFrame, remote: pd.DataFrame) -> np.ndarray:
     for column, empty in (("firmware_versions", {}), ("settings_status", None)):
         if column not in remote:
             continue
-        r = remote[column].to_numpy(dtype=object)
-        l_ = local[column].to_numpy(dtype=object) if column in local else np.full(len(r), None, dtype=object)
+        r = np.asarray(remote[column], dtype=object)
+        l_ = np.asarray(local[column], dtype=object) if column in local else np.full(len(r), None, dtype=object)
         # Element-wise == on object arrays: dicts compare by content, whatever their key order.
         # Identical values are unchanged; only the others need their missing values filled.
         maybe = np.flatnonzero(~_equal(r, l_))
@@ -45,9 +47,17 @@ def observed_changes(local: pd.DataFrame, remote: pd.DataFrame) -> np.ndarray:
     return changed
 
 
-def _utc(values: pd.Series) -> np.ndarray:
-    """datetime64 in UTC (a tz-aware Series' to_numpy() would build one Timestamp object per row)."""
-    stamps: np.ndarray = pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
+def utc_naive(values: Any) -> np.ndarray:
+    """Timestamps as naive UTC datetime64 (a tz-aware Series' to_numpy() would build one Timestamp
+    object per row). The columns a sync loads are tz-aware or naive datetime64 already: converting
+    those directly skips to_datetime's parsing machinery, a fixed ~0.1 ms per call."""
+    dtype = getattr(values, "dtype", None)
+    if isinstance(dtype, pd.DatetimeTZDtype) and isinstance(values, pd.Series):
+        return np.asarray(values.array.tz_convert(None))
+    if isinstance(dtype, np.dtype) and dtype.kind == "M":
+        return np.asarray(values)  # naive: taken as UTC, as to_datetime(utc=True) does
+    series = values if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
+    stamps: np.ndarray = pd.to_datetime(series, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
     return stamps
 
 

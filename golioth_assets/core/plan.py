@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -39,14 +40,13 @@ from golioth_assets.core.normalize import (
     NULL,
     base_values,
     canonical_base_values,
-    canonical_json_value,
     canonical_values,
     canonicalize,
     decode,
     dump_json,
     snapshot_dicts,
 )
-from golioth_assets.core.observed import observed_changes
+from golioth_assets.core.observed import TIMESTAMPS, VALUES, observed_changes, utc_naive
 from golioth_assets.core.policy import SyncSettings, conflict_winner
 from golioth_assets.core.vocabulary import (
     BOOKKEEPING_ACTIONS,
@@ -77,6 +77,7 @@ CHANGE_COLUMNS = [
     "conflict_id",  # set when an operator's resolution caused this change
     "changed_by",
 ]
+ID_COLUMNS = ("device_id", "golioth_device_id")
 CONFLICT_COLUMNS = [
     "device_id",
     "golioth_device_id",
@@ -178,10 +179,35 @@ class Plan:
         }
 
 
-def empty_changes() -> pd.DataFrame:
+def _empty_changes() -> pd.DataFrame:
     frame = pd.DataFrame({c: pd.Series(dtype=object) for c in CHANGE_COLUMNS})
     frame["blocked"] = frame["blocked"].astype(bool)
     return frame
+
+
+# Built once, copied per plan: a plan with nothing to do costs mostly such fixed pandas steps.
+_NO_CHANGES = _empty_changes()
+_NO_CONFLICTS = pd.DataFrame(columns=CONFLICT_COLUMNS)
+
+
+def empty_changes() -> pd.DataFrame:
+    return _NO_CHANGES.copy()
+
+
+def _change_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The phases' non-empty change frames as one, in CHANGE_COLUMNS, every column object (blocked
+    is set after): what concatenating them under empty_changes() gives, without building and
+    concatenating an empty frame on every plan (most plans have few rows; pandas' fixed costs rule)."""
+    if not frames:
+        return empty_changes()
+    changes = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            c: changes[c].to_numpy(dtype=object) if c in changes else np.full(len(changes), np.nan, dtype=object)
+            for c in CHANGE_COLUMNS
+        },
+        dtype=object,  # else pandas infers its str dtype for text columns
+    )
 
 
 def _rows(
@@ -195,9 +221,14 @@ def _rows(
     old: Any = None,
     new: Any = None,
     detail: str | Objects | None = None,
+    operator: tuple[Objects, Objects] | None = None,
 ) -> pd.DataFrame:
-    """Plan rows for the pairs selected by `mask`. Array arguments are aligned with `pairs`."""
+    """Plan rows for the pairs selected by `mask`. Array arguments are aligned with `pairs`;
+    `operator`: the conflict_id and changed_by columns of rows that carry out a resolution.
+    No rows: an empty frame without columns (assemble drops it), not a costly empty frame of them."""
     mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return pd.DataFrame()
 
     def pick(value: Any) -> Any:
         return value[mask] if isinstance(value, np.ndarray) else value
@@ -214,6 +245,7 @@ def _rows(
             "new_value": pick(new),
             "kind": picked_kind,
             "reason": _reasons(picked_kind, picked_detail),
+            **({"conflict_id": operator[0][mask], "changed_by": operator[1][mask]} if operator else {}),
         }
     )
 
@@ -302,8 +334,8 @@ def index_sides(local: pd.DataFrame, remote: pd.DataFrame, links: pd.DataFrame) 
         local=local,
         remote=remote,
         local_live=local["deleted_at"].isna().to_numpy(dtype=bool),
-        link_lpos=local.index.get_indexer(_objects(links["device_id"])),
-        link_rpos=remote.index.get_indexer(_objects(links["golioth_device_id"])),
+        link_lpos=_locate(local.index, _objects(links["device_id"])),
+        link_rpos=_locate(remote.index, _objects(links["golioth_device_id"])),
     )
 
 
@@ -331,23 +363,26 @@ def pair_devices(sides: Sides, links: pd.DataFrame, unconfirmed_creates: pd.Seri
     live_link = (links["link_status"] != "unlinked").to_numpy(dtype=bool)
     new = matching.new_links
     new_local, new_remote = _objects(new["device_id"]), _objects(new["golioth_device_id"])
-    pairs = pd.DataFrame(
-        {
-            "device_id": np.concatenate([_objects(links["device_id"])[live_link], new_local]),
-            "golioth_device_id": np.concatenate([_objects(links["golioth_device_id"])[live_link], new_remote]),
-            "new_link": np.concatenate([np.zeros(int(live_link.sum()), dtype=bool), np.ones(len(new), dtype=bool)]),
-        }
-    ).astype({"device_id": object, "golioth_device_id": object})
-    lpos = np.concatenate([sides.link_lpos[live_link], sides.local.index.get_indexer(new_local)])
-    rpos = np.concatenate([sides.link_rpos[live_link], sides.remote.index.get_indexer(new_remote)])
+    lpos = np.concatenate([sides.link_lpos[live_link], _locate(sides.local.index, new_local)])
+    rpos = np.concatenate([sides.link_rpos[live_link], _locate(sides.remote.index, new_remote)])
     # A new link has no base yet: the sides never agreed on anything (unless we created it).
     created = frozenset(unconfirmed_creates) if unconfirmed_creates is not None else frozenset()
     new_bases = [dict(CREATED_BASE) if d in created else None for d in new_local]
     snapshots = np.concatenate([_objects(links["base_snapshot"])[live_link], np.array(new_bases, dtype=object)])
-    l_present = np.zeros(len(pairs), dtype=bool)
+    l_present = np.zeros(len(lpos), dtype=bool)
     l_present[lpos >= 0] = sides.local_live[lpos[lpos >= 0]]  # a soft-deleted local device is not present
-    pairs["l_present"] = l_present
-    pairs["r_present"] = rpos >= 0
+    pairs = pd.DataFrame(
+        {
+            # Object Series: a frame built from object arrays would infer pandas' str dtype.
+            "device_id": pd.Series(np.concatenate([_objects(links["device_id"])[live_link], new_local]), dtype=object),
+            "golioth_device_id": pd.Series(
+                np.concatenate([_objects(links["golioth_device_id"])[live_link], new_remote]), dtype=object
+            ),
+            "new_link": np.concatenate([np.zeros(int(live_link.sum()), dtype=bool), np.ones(len(new), dtype=bool)]),
+            "l_present": l_present,
+            "r_present": rpos >= 0,
+        }
+    )
     return Pairing(matching, pairs, lpos, rpos, snapshots, created)
 
 
@@ -364,11 +399,19 @@ class PresentPairs:
 
 
 def present_pairs(sides: Sides, pairing: Pairing, fields: tuple[str, ...]) -> PresentPairs:
-    both = (pairing.pairs["l_present"] & pairing.pairs["r_present"]).to_numpy()
+    source = pairing.pairs
+    both = source["l_present"].to_numpy() & source["r_present"].to_numpy()
     lp, rp = pairing.lpos[both], pairing.rpos[both]
-    pairs = pairing.pairs[both].reset_index(drop=True)
-    pairs["local_updated_at"] = _utc(sides.local["updated_at"])[lp]
-    pairs["remote_updated_at"] = _utc(sides.remote["updated_at"])[rp]
+    # One frame built from arrays (object Series for the ids, not to be inferred as str): filtering,
+    # re-indexing and adding columns to a copy of Pairing.pairs cost several times more.
+    pairs = pd.DataFrame(
+        {
+            **{c: pd.Series(source[c].to_numpy(dtype=object)[both], dtype=object) for c in ID_COLUMNS},
+            **{c: source[c].to_numpy()[both] for c in ("new_link", "l_present", "r_present")},
+            "local_updated_at": utc_naive(sides.local["updated_at"])[lp],
+            "remote_updated_at": utc_naive(sides.remote["updated_at"])[rp],
+        }
+    )
     base_dicts = snapshot_dicts(pairing.snapshots[both])
     return PresentPairs(
         pairs=pairs,
@@ -404,33 +447,32 @@ def desired_state_diff(present: PresentPairs) -> DesiredStateDiff:
     name = FieldGroup.desired_state.value
     L_raw, R_raw, B_raw = present.local[name], present.remote[name], present.base[name]
     maybe = _maybe_differs(L_raw, R_raw, B_raw)
+    if not len(maybe):  # the usual case: every device's objects identical on all three
+        return DesiredStateDiff(pd.DataFrame(), pd.DataFrame())
     L = canonical_values(name, L_raw[maybe])
     R = canonical_values(name, R_raw[maybe])
     B = canonical_base_values(name, B_raw[maybe])
     # Whole objects equal but not the base: record the base for the object in one row.
     agree = (L == R) & (L != B)
-    agreed = present.pairs.iloc[maybe[agree]]
-    rows = _rows(
-        agreed,
-        np.ones(len(agreed), dtype=bool),
-        field=name,
-        action=Action.agree,
-        side=Side.none,
-        kind=Reason.agreed,
-        old=B[agree],
-        new=L[agree],
-    )
+    rows = pd.DataFrame()
+    if agree.any():
+        agreed = present.pairs.iloc[maybe[agree]]
+        ones = np.ones(len(agreed), dtype=bool)
+        rows = _rows(
+            agreed,
+            ones,
+            field=name,
+            action=Action.agree,
+            side=Side.none,
+            kind=Reason.agreed,
+            old=B[agree],
+            new=L[agree],
+        )
     differs = L != R
     if not differs.any():
         return DesiredStateDiff(rows, pd.DataFrame())
     at = maybe[differs]
-    cells = _desired_cells(
-        present.pairs.iloc[at].reset_index(drop=True),
-        pd.Series(L_raw[at], dtype=object),
-        pd.Series(R_raw[at], dtype=object),
-        pd.Series(B_raw[at], dtype=object),
-        B[differs] != NO_BASE,
-    )
+    cells = _desired_cells(present.pairs, at, L_raw[at], R_raw[at], B_raw[at], B[differs] != NO_BASE)
     return DesiredStateDiff(rows, cells)
 
 
@@ -495,9 +537,8 @@ def apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame | None) -> 
             old=current,
             new=chosen,
             detail=by,
+            operator=(conflict_ids, hit["resolved_by"].to_numpy()),
         )
-        rows["conflict_id"] = conflict_ids[mask]
-        rows["changed_by"] = hit["resolved_by"].to_numpy()[mask]
         frames.append(rows)
     # Both sides already hold the chosen value: record it as the new base and close the conflict.
     same = (chosen == L) & (chosen == R)
@@ -512,7 +553,8 @@ def apply_resolutions(cells: pd.DataFrame, resolutions: pd.DataFrame | None) -> 
         new=chosen,
         detail=by,
     )
-    rows["conflict_id"] = conflict_ids[same]
+    if len(rows):
+        rows["conflict_id"] = conflict_ids[same]  # and no changed_by: nobody writes
     frames.append(rows)
     return Resolved(frames, cells[~resolved])
 
@@ -621,8 +663,9 @@ def _maybe_differs(L: Objects, R: Objects, B: Objects) -> Positions:
 
 
 def _scalar_cells(present: PresentPairs, fields: tuple[str, ...]) -> pd.DataFrame:
-    """Long-format cells for the scalar fields where L, R and B are not all equal (canonically)."""
-    frames = []
+    """Long-format cells for the scalar fields where L, R and B are not all equal (canonically).
+    Collected as arrays and framed once: a frame per field costs more than the diff itself."""
+    at, names, Ls, Rs, Bs = [], [], [], [], []
     for f in fields:
         L_raw, R_raw, B_raw = present.local[f], present.remote[f], present.base[f]
         maybe = _maybe_differs(L_raw, R_raw, B_raw)
@@ -633,53 +676,56 @@ def _scalar_cells(present: PresentPairs, fields: tuple[str, ...]) -> pd.DataFram
         B = canonical_base_values(f, B_raw[maybe])
         differs = (L != R) | (L != B)
         if differs.any():
-            sub = present.pairs.iloc[maybe[differs]][
-                ["device_id", "golioth_device_id", "local_updated_at", "remote_updated_at"]
-            ]
-            frames.append(sub.assign(field=f, L=L[differs], R=R[differs], B=B[differs]))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            at.append(maybe[differs])
+            names.append(np.full(int(differs.sum()), f, dtype=object))
+            Ls.append(L[differs])
+            Rs.append(R[differs])
+            Bs.append(B[differs])
+    if not at:
+        return pd.DataFrame()
+    return _cells(present.pairs, np.concatenate(at), np.concatenate(names), *map(np.concatenate, (Ls, Rs, Bs)))
 
 
-def _desired_keys(raw: pd.Series, column: str) -> pd.DataFrame:
-    """One row per top-level key of each object: pair (position), key, `column` (canonical JSON)."""
-    items = raw.map(lambda d: list(d.items()) if isinstance(d, dict) else []).explode().dropna()
-    if items.empty:
-        return pd.DataFrame({"pair": pd.Series(dtype=int), "key": pd.Series(dtype=object), column: []})
-    keys = items.map(lambda kv: kv[0])
-    values = canonical_json_value(items.map(lambda kv: kv[1]))
-    return pd.DataFrame({"pair": items.index.to_numpy(), "key": keys.to_numpy(), column: values.to_numpy()})
+def _cells(pairs: pd.DataFrame, at: Positions, names: Objects, L: Objects, R: Objects, B: Objects) -> pd.DataFrame:
+    """Cells (see diff_cells) of the present pairs at positions `at`, one per field name."""
+    return pd.DataFrame(
+        {
+            "device_id": pairs["device_id"].to_numpy(dtype=object)[at],
+            "golioth_device_id": pairs["golioth_device_id"].to_numpy(dtype=object)[at],
+            "local_updated_at": pairs["local_updated_at"].to_numpy()[at],
+            "remote_updated_at": pairs["remote_updated_at"].to_numpy()[at],
+            "field": names,
+            "L": L,
+            "R": R,
+            "B": B,
+        }
+    )
 
 
 def _desired_cells(
-    pairs: pd.DataFrame, L_raw: pd.Series, R_raw: pd.Series, B_raw: pd.Series, B_known: Bools
+    pairs: pd.DataFrame, at: Positions, L_raw: Objects, R_raw: Objects, B_raw: Objects, B_known: Bools
 ) -> pd.DataFrame:
-    """Desired state merges key by key: one cell per top-level key of any side."""
-    positions = pd.RangeIndex(len(pairs))
-
-    def keys(raw: pd.Series, column: str) -> pd.DataFrame:
-        return _desired_keys(pd.Series(raw.to_numpy(), index=positions), column)
-
-    merged = keys(L_raw, "L").merge(keys(R_raw, "R"), on=["pair", "key"], how="outer")
-    merged = merged.merge(keys(B_raw, "B"), on=["pair", "key"], how="outer")
-    if merged.empty:
+    """Desired state merges key by key: one cell per top-level key of any side, by pair then key.
+    Plain Python: only the devices whose objects differ get here (few), and each has few keys."""
+    cell_at, names, L, R, B = [], [], [], [], []
+    for p, l_obj, r_obj, b_obj, known in zip(at, L_raw, R_raw, B_raw, B_known):
+        ld, rd, bd = (v if isinstance(v, dict) else {} for v in (l_obj, r_obj, b_obj))
+        for key in sorted({*ld, *rd, *bd}, key=str):
+            cell_at.append(p)
+            names.append(DESIRED_PREFIX + str(key))
+            L.append(_json_cell(ld, key))
+            R.append(_json_cell(rd, key))
+            B.append(_json_cell(bd, key) if known else NO_BASE)
+    if not cell_at:
         return pd.DataFrame()
-    merged = merged.astype({"L": object, "R": object, "B": object})
-    merged[["L", "R"]] = merged[["L", "R"]].fillna(NULL)
-    base_known = np.asarray(B_known)[merged["pair"].to_numpy()]
-    merged["B"] = np.where(base_known, merged["B"].fillna(NULL), NO_BASE)
-    info = pairs.iloc[merged["pair"].to_numpy()]
-    return pd.DataFrame(
-        {
-            "device_id": info["device_id"].to_numpy(),
-            "golioth_device_id": info["golioth_device_id"].to_numpy(),
-            "local_updated_at": info["local_updated_at"].to_numpy(),
-            "remote_updated_at": info["remote_updated_at"].to_numpy(),
-            "field": (DESIRED_PREFIX + merged["key"].astype(str)).to_numpy(),
-            "L": merged["L"].to_numpy(dtype=object),
-            "R": merged["R"].to_numpy(dtype=object),
-            "B": merged["B"].to_numpy(dtype=object),
-        }
-    )
+    objects = (np.array(v, dtype=object) for v in (names, L, R, B))
+    return _cells(pairs, np.array(cell_at, dtype=np.intp), *objects)
+
+
+def _json_cell(obj: dict[str, Any], key: str) -> str:
+    """One desired-state key's canonical JSON (canonical_json_value); a key the object lacks: NULL."""
+    value = obj.get(key)
+    return NULL if value is None or value is pd.NA else dump_json(value)
 
 
 def _hold_unsettled_desired_keys(agree: pd.DataFrame, unwritten: pd.DataFrame) -> pd.DataFrame:
@@ -689,10 +735,12 @@ def _hold_unsettled_desired_keys(agree: pd.DataFrame, unwritten: pd.DataFrame) -
     make the base "known" and the conflicting key, absent from it, would then look unchanged on the
     side that lacks it: the next run would settle the conflict by guessing.
     """
+    if unwritten.empty or agree.empty:
+        return agree
     unsettled = unwritten[
         (unwritten["B"] == NO_BASE).to_numpy() & unwritten["field"].str.startswith(DESIRED_PREFIX).to_numpy()
     ]
-    if unsettled.empty or agree.empty:
+    if unsettled.empty:
         return agree
     pairs = pd.MultiIndex.from_frame(unsettled[["device_id", "golioth_device_id"]])
     held = agree["field"].str.startswith(DESIRED_PREFIX).to_numpy() & pd.MultiIndex.from_frame(
@@ -706,15 +754,34 @@ def observed_rows(sides: Sides, present: PresentPairs, settings: SyncSettings) -
     if FieldGroup.observed not in settings.field_groups or present.pairs.empty:
         return PhaseRows()
     obs = observed_changes(
-        _columns(sides.local, OBSERVED_FIELDS, present.lpos), _columns(sides.remote, OBSERVED_FIELDS, present.rpos)
+        _observed_values(sides.local, present.lpos),
+        _observed_values(sides.remote, present.rpos),
+        len(present.lpos),
     )
     if not obs.any():
         return PhaseRows()
+    new = np.full(len(obs), None, dtype=object)
+    new[obs] = _observed_json(sides.remote, present.rpos[obs])
     rows = _rows(
-        present.pairs, obs, field="observed", action=Action.observe, side=Side.local, kind=Reason.observed_in_golioth
+        present.pairs,
+        obs,
+        field="observed",
+        action=Action.observe,
+        side=Side.local,
+        kind=Reason.observed_in_golioth,
+        new=new,
     )
-    rows["new_value"] = _observed_json(_columns(sides.remote, OBSERVED_FIELDS, present.rpos[obs]))
     return PhaseRows([rows])
+
+
+def _observed_values(frame: pd.DataFrame, positions: Positions) -> dict[str, Any]:
+    """The observed columns a side has, at the given rows, as arrays (timestamps as naive UTC):
+    one array per column instead of a sub-frame, whose construction costs more than the compare."""
+    return {
+        c: utc_naive(frame[c])[positions] if c in TIMESTAMPS else _objects(frame[c])[positions]
+        for c in (*TIMESTAMPS, *VALUES)  # what observed_changes compares (status follows last_seen)
+        if c in frame
+    }
 
 
 def deletions(
@@ -794,11 +861,13 @@ def _one_side_deleted(
     deleted_kind = Reason.deleted_locally if deleted_side == Side.local else Reason.deleted_in_golioth
     kind = np.array([Reason.resolved_by_operator if c else deleted_kind for c in choice], dtype=object)
     detail = np.array([(c[2] or "operator") if c else None for c in choice], dtype=object)
-    delete_rows = _rows(sub, delete, field="*", action=Action.delete, side=survivor, kind=kind, detail=detail)
-    recreate_rows = _rows(sub, recreate, field="*", action=Action.create, side=deleted_side, kind=kind, detail=detail)
-    for rows, m in ((delete_rows, delete), (recreate_rows, recreate)):
-        rows["conflict_id"] = conflict_ids[m]
-        rows["changed_by"] = changed_by[m]
+    by = (conflict_ids, changed_by)
+    delete_rows = _rows(
+        sub, delete, field="*", action=Action.delete, side=survivor, kind=kind, detail=detail, operator=by
+    )
+    recreate_rows = _rows(
+        sub, recreate, field="*", action=Action.create, side=deleted_side, kind=kind, detail=detail, operator=by
+    )
     unlink_rows = _rows(
         sub,
         unlink,
@@ -873,6 +942,8 @@ def links_and_creates(sides: Sides, pairing: Pairing, settings: SyncSettings) ->
         (matching.local_only, Side.remote, new_locally),
     ):
         missing = ids.to_numpy()
+        if not len(missing):
+            continue
         changes.append(
             pd.DataFrame(
                 {
@@ -920,17 +991,17 @@ def assemble(
 ) -> Plan:
     """The phases' rows as one plan: writes the direction forbids are blocked, and pending conflicts
     this run no longer finds are superseded."""
-    frames = [f for phase in phases for f in phase.changes if not f.empty]
-    changes = pd.concat([empty_changes(), *frames], ignore_index=True)
-    changes["blocked"] = ~changes["side"].map(settings.writes).astype(bool)
-    changes.loc[changes["side"] == Side.none, "blocked"] = False
-    changes.loc[changes["kind"] == Reason.no_hardware_ids, "blocked"] = True
+    changes = _change_table([f for phase in phases for f in phase.changes if not f.empty])
+    side, kind = changes["side"].to_numpy(dtype=object), changes["kind"].to_numpy(dtype=object)
+    blocked = (side == Side.local) & (not settings.writes(Side.local))
+    blocked |= (side == Side.remote) & (not settings.writes(Side.remote))
+    changes["blocked"] = blocked | (kind == Reason.no_hardware_ids)
     conflict_frames = [c for phase in phases for c in phase.conflicts]
     conflicts = (
-        pd.concat(conflict_frames, ignore_index=True) if conflict_frames else pd.DataFrame(columns=CONFLICT_COLUMNS)
-    )[CONFLICT_COLUMNS]
+        pd.concat(conflict_frames, ignore_index=True)[CONFLICT_COLUMNS] if conflict_frames else _NO_CONFLICTS.copy()
+    )
     return Plan(
-        changes=changes[CHANGE_COLUMNS],
+        changes=changes,
         conflicts=conflicts,
         superseded=_superseded(open_conflicts, conflicts, sides.local.index, sides.remote.index),
         pairs=pairs,
@@ -945,12 +1016,21 @@ def _objects(values: Any) -> Objects:
     return values.to_numpy(dtype=object) if hasattr(values, "to_numpy") else np.asarray(values, dtype=object)
 
 
-def _utc(values: pd.Series) -> npt.NDArray[np.datetime64]:
-    """Timestamps as UTC datetime64 (to_numpy() on a tz-aware column builds a Timestamp per row)."""
-    stamps: npt.NDArray[np.datetime64] = (
-        pd.to_datetime(values, utc=True, errors="coerce").dt.tz_convert(None).to_numpy()
-    )
-    return stamps
+# Up to this many ids, a dict finds positions faster than pandas builds its hash table for a new
+# index (a fixed ~0.1 ms, most of a small organization's lookup); above it pandas is faster.
+_DICT_LOOKUP = 2_000
+
+
+def _locate(index: pd.Index, ids: Objects) -> Positions:
+    """index.get_indexer(ids): each id's position in the index, -1 where absent. An index with
+    duplicate or non-text ids goes to pandas, which refuses duplicates as it always did."""
+    keys = index.to_numpy(dtype=object)
+    if len(keys) <= _DICT_LOOKUP and all(type(k) is str for k in keys) and all(type(i) is str for i in ids):
+        at = dict(zip(keys, range(len(keys))))
+        if len(at) == len(keys):
+            return np.fromiter(map(at.get, ids, repeat(-1)), dtype=np.intp, count=len(ids))
+    positions: Positions = index.get_indexer(ids)
+    return positions
 
 
 def _id_index(ids: pd.Series) -> pd.Index:
@@ -964,18 +1044,14 @@ def _marked(positions: Positions, size: int) -> Bools:
     return marked
 
 
-def _columns(frame: pd.DataFrame, columns: Sequence[str], positions: Positions) -> pd.DataFrame:
-    """Some columns of some rows, by position (the ones the frame has)."""
-    return frame[[c for c in columns if c in frame]].iloc[positions].reset_index(drop=True)
-
-
 def _canonical_hw(frame: pd.DataFrame, device_id: str) -> str:
     return str(canonical_values("hardware_ids", _objects(frame.loc[[device_id], "hardware_ids"]))[0])
 
 
-def _observed_json(remote_rows: pd.DataFrame) -> Objects:
-    present = [f for f in OBSERVED_FIELDS if f in remote_rows]
-    columns = [[_jsonable(v) for v in remote_rows[f].to_numpy(dtype=object)] for f in present]
+def _observed_json(remote: pd.DataFrame, positions: Positions) -> Objects:
+    """The observed fields of Golioth's rows at `positions`, as JSON text (one object per row)."""
+    present = [f for f in OBSERVED_FIELDS if f in remote]
+    columns = [[_jsonable(v) for v in remote[f].iloc[positions].to_numpy(dtype=object)] for f in present]
     return np.array([dump_json(dict(zip(present, values))) for values in zip(*columns)], dtype=object)
 
 
