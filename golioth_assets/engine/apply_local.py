@@ -208,11 +208,12 @@ def _field_updates(
     by_device: dict[str, list[int]] = defaultdict(list)
     known = rows.frame["device_id"].isin(fingerprint).to_numpy()
     updates = rows.select(rows.mask(action=Action.update) & known)
-    for device_id, device_rows in updates.groupby("device_id", sort=False):
+    current = dict(zip(local["device_id"], local["desired_state"])) if "desired_state" in local else {}
+    for device_id, changes in _by_device(updates, "field", "new_value", "id").items():
         record: dict = {"device_id": device_id, "fingerprint": fingerprint[device_id]}
-        desired = dict(local.at[device_id, "desired_state"] or {}) if "desired_state" in local else {}
+        desired = dict(current.get(device_id) or {})
         touched_desired = False
-        for f, v in zip(device_rows["field"], device_rows["new_value"]):
+        for f, v, _ in changes:
             if f.startswith(DESIRED_PREFIX):
                 key = f[len(DESIRED_PREFIX) :]
                 desired.pop(key, None) if v is None else desired.__setitem__(key, v)
@@ -222,7 +223,7 @@ def _field_updates(
         if touched_desired:
             record["desired_state"] = desired
         records.append(record)
-        by_device[device_id] += [int(i) for i in device_rows["id"]]
+        by_device[device_id] += [int(i) for _, _, i in changes]
     # A delete-vs-modify conflict an operator settled for Golioth's copy of a device deleted
     # locally: undelete it, with Golioth's values.
     recreated = rows.select(rows.mask(action=Action.create) & known)
@@ -343,21 +344,30 @@ def _book_updates(book: Bookkeeping, plan: pd.DataFrame, writes: LocalWrites, re
     updates = updates[updates["action"] == Action.update]
     book.counts["updated_local"] = len(done & set(updates["device_id"]))
     book.counts["skipped"] = len(set(writes.update_rows) - done)
-    for device_id, rows in updates.groupby("device_id", sort=False):
+    grouped = _by_device(updates, "golioth_device_id", "field", "old_value", "new_value", "changed_by")
+    for device_id, rows in grouped.items():
         book.entries.append(
             {
                 "device_id": device_id,
-                "golioth_device_id": rows["golioth_device_id"].iloc[0],
+                "golioth_device_id": rows[0][0],
                 "side": Side.local,
                 "action": Action.update,
                 "status": "ok" if device_id in done else "skipped",
-                "changes": {
-                    f: {"old": o, "new": n} for f, o, n in zip(rows["field"], rows["old_value"], rows["new_value"])
-                },
-                "changed_by": rows["changed_by"].dropna().iloc[0] if rows["changed_by"].notna().any() else None,
+                "changes": {f: {"old": o, "new": n} for _, f, o, n, _ in rows},
+                "changed_by": next((c for *_, c in rows if not pd.isna(c)), None),
             }
         )
     return applied
+
+
+def _by_device(rows: pd.DataFrame, *columns: str) -> dict[str, list[tuple]]:
+    """The rows' values of `columns`, grouped by device in order of first appearance (as
+    `groupby(sort=False)`, rows without a device left out), without a frame per group."""
+    grouped: dict[str, list[tuple]] = {}
+    for device_id, *values in zip(rows["device_id"], *(rows[c] for c in columns)):
+        if not pd.isna(device_id):
+            grouped.setdefault(device_id, []).append(tuple(values))
+    return grouped
 
 
 def _book_observed(book: Bookkeeping, plan: pd.DataFrame, writes: LocalWrites, results: LocalResults) -> None:
