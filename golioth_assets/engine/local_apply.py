@@ -56,7 +56,7 @@ def apply_plan_locally(db: Engine, side: LocalSide, service, sync_log_id: int, f
     remote = table.comparable_remote(remote)  # as the plan saw it: the bases it leaves must agree
     with side.engine.connect() as their:
         with their.begin():  # (a) … (c) on leaving the block
-            table.mark_writer(their)
+            txid = table.begin_write(their)  # marked as the sync's own: change capture skips it
             local = table.load(their, list(rows["device_id"].dropna().unique())).set_index("device_id", drop=False)
             writes = local_writes(
                 plan,
@@ -69,7 +69,7 @@ def apply_plan_locally(db: Engine, side: LocalSide, service, sync_log_id: int, f
             )
             results = write_local(their, table, writes)
             book = bookkeeping(plan, writes, results, remote, fields=fields, table_name=table.name)
-            intent_id = _record_intent(db, service.id, sync_log_id, table.txid(their), book)  # (b)
+            intent_id = _record_intent(db, service.id, sync_log_id, txid, book)  # (b)
     _finish(db, service, sync_log_id, intent_id, book)  # (d)
     return LocalOutcome(counts=dict(book.counts), plan_status=book.plan_status)
 

@@ -62,11 +62,10 @@ def frame_of(
     frame = pd.DataFrame.from_records(rows, columns=columns, exclude=list(special), nrows=len(rows))
     if not special:
         return frame
-    converted = {}
-    for name, at in special.items():
+    for name, at in special.items():  # by position, left to right: each lands where it was selected
         values = list(map(itemgetter(at), rows))
-        converted[name] = _stamps(values) if name in timestamps else _parsed(values)
-    return frame.assign(**converted)[columns]
+        frame.insert(at, name, _stamps(values) if name in timestamps else _parsed(values))
+    return frame
 
 
 def _parsed(texts: list) -> pd.Series:

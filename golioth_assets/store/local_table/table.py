@@ -267,10 +267,14 @@ class LocalTable:
         deleted = self.x.read_timestamp(self.mapping.soft_delete) if self.mapping.soft_delete else "NULL"
         name = self.x.read("name", self.mapping.fields["name"])
         columns, names, special = self._read_columns()
+        key = column(self.mapping.key)
+        first = (  # the keys first: the select list (fingerprints, …) is computed for these rows only
+            f"SELECT {key} FROM {self.x.table} t WHERE {self.x.tenant_filter()} AND {deleted} IS NULL "
+            f"ORDER BY {name}, {key}::text LIMIT %(limit)s"
+        )
         frame = read_rows(
             conn,
-            f"SELECT {columns} FROM {self.x.table} t WHERE {self.x.tenant_filter()} AND {deleted} IS NULL "
-            f"ORDER BY {name}, 1 LIMIT %(limit)s",  # 1: the key as text
+            f"SELECT {columns} FROM {self.x.table} t WHERE {self.x.tenant_filter()} AND {key} IN ({first})",
             {"org": self.organization_id, "limit": int(limit)},
             names,
             **special,
@@ -307,6 +311,11 @@ class LocalTable:
     @staticmethod
     def txid(conn: Connection) -> int:
         return int(conn.exec_driver_sql("SELECT txid_current()").scalar_one())
+
+    @staticmethod
+    def begin_write(conn: Connection) -> int:
+        """`mark_writer` and `txid` in one round trip (call first): the transaction's id."""
+        return int(conn.exec_driver_sql(f"SELECT set_config('{WRITER_SETTING}', 'on', true), txid_current()").one()[1])
 
     def choose_keys(self, conn: Connection, count: int) -> list[str]:
         """Keys for new rows, chosen before the insert (so a crash can't leave rows we can't name):
