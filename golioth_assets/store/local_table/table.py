@@ -427,7 +427,10 @@ class LocalTable:
         rows = conn.exec_driver_sql(
             f"UPDATE {self.x.table} t SET {', '.join(sets)} FROM {staged} "
             f"WHERE {column(self.mapping.key)} = {doc_text('device_id')}::{self.x.key_cast()} "
-            f"AND {self.x.tenant_filter()} AND {self.x.fingerprint()} = {doc_text('fingerprint')} "
+            # Not `=`: the planner would hash the fingerprint of every row of the organization to
+            # join on it; as a filter it is computed for the rows whose key matched only.
+            f"AND {self.x.tenant_filter()} AND {self.x.fingerprint()} IS NOT DISTINCT FROM {doc_text('fingerprint')} "
+            f"AND {doc_text('fingerprint')} IS NOT NULL "
             f"RETURNING {column(self.mapping.key)}::text",
             {"org": self.organization_id, **params},
         )
