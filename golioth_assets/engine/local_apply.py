@@ -12,7 +12,8 @@ A crash anywhere converges: before (b) the local transaction never committed and
 after (b), `recover` asks the local database what became of that txid (txid_status): committed →
 (d) from the intent; aborted → the intent is dropped and the plan rows stay unapplied (the next
 plan redoes them); still in progress → this organization's local writes wait, with a message.
-The built-in table goes through the same protocol: one path.
+The built-in table goes through the same protocol: one path. A plan with nothing to write locally
+(a steady run's usual case) opens no local transaction: nothing to tie, its bookkeeping commits alone.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from golioth_assets.core.vocabulary import Action, PlanStatus, Side
 from golioth_assets.engine.apply_local import (
     Bookkeeping,
     LocalOutcome,
+    LocalResults,
     apply_bookkeeping,
     bookkeeping,
     local_writes,
+    nothing_to_write,
     write_local,
 )
 from golioth_assets.store import assignments, intents, inventory, sync_log
@@ -44,14 +47,16 @@ class LocalApplyPending(RuntimeError):
 
 def apply_plan_locally(db: Engine, side: LocalSide, service, sync_log_id: int, fields: tuple[str, ...]) -> LocalOutcome:
     """Steps a–d for one run (recover first: an unsettled earlier intent blocks new writes)."""
-    recover(db, service, side)
-    plan, remote, fingerprints = _inputs(db, service, sync_log_id)
-    rows = plan[(plan["status"] == PlanStatus.planned) & (plan["side"] == Side.local)]
+    plan, remote, fingerprints = _inputs(db, service, side, sync_log_id)
+    rows = _planned_local(plan)
     table = side.table
+    links = _links_to_write(db, service, plan, table)
+    if rows.empty and not links:
+        return _bookkeeping_only(db, service, sync_log_id, plan, fields, table.name)
     remote = table.comparable_remote(remote)  # as the plan saw it: the bases it leaves must agree
     with side.engine.connect() as their:
         with their.begin():  # (a) … (c) on leaving the block
-            table.mark_writer(their)
+            txid = table.begin_write(their)  # marked as the sync's own: change capture skips it
             local = table.load(their, list(rows["device_id"].dropna().unique())).set_index("device_id", drop=False)
             writes = local_writes(
                 plan,
@@ -60,28 +65,56 @@ def apply_plan_locally(db: Engine, side: LocalSide, service, sync_log_id: int, f
                 fingerprints,
                 fields=fields,
                 observed_fields=table.observed_fields,
-                links=_links_to_write(db, service, plan, table),
+                links=links,
             )
             results = write_local(their, table, writes)
             book = bookkeeping(plan, writes, results, remote, fields=fields, table_name=table.name)
-            intent_id = _record_intent(db, service.id, sync_log_id, table.txid(their), book)  # (b)
+            intent_id = _record_intent(db, service.id, sync_log_id, txid, book)  # (b)
     _finish(db, service, sync_log_id, intent_id, book)  # (d)
     return LocalOutcome(counts=dict(book.counts), plan_status=book.plan_status)
 
 
-def _inputs(db: Engine, service, sync_log_id: int) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def _bookkeeping_only(db: Engine, service, sync_log_id: int, plan: pd.DataFrame, fields, table_name: str):
+    """Nothing to write to the local table (a steady run's usual case: the plan's rows are
+    Golioth's writes and agreements): no transaction there, so no intent to tie one to. The
+    bookkeeping (bases of Golioth's writes, plan statuses, audit) commits in one transaction; a
+    crash before it leaves what a crash before (b) leaves: nothing owed, the next plan redoes it."""
+    book = bookkeeping(plan, nothing_to_write(), LocalResults(), pd.DataFrame(), fields=fields, table_name=table_name)
+    with db.begin() as conn:
+        apply_bookkeeping(conn, service.id, service.organization_id, sync_log_id, book)
+    return LocalOutcome(counts=dict(book.counts), plan_status=book.plan_status)
+
+
+def _planned_local(plan: pd.DataFrame) -> pd.DataFrame:
+    return plan[(plan["status"] == PlanStatus.planned) & (plan["side"] == Side.local)]
+
+
+def _inputs(db: Engine, service, side: LocalSide, sync_log_id: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The plan (read after any earlier intent is settled: recovery may apply this very run's
+    bookkeeping, when its step is retried), and what its local writes need."""
     with db.connect() as conn:
-        plan = sync_log.load_plan(conn, sync_log_id)
-        # Compare-and-set against the fingerprints the plan was made from, not the ones read now: a
-        # local edit made while the Golioth writes ran (seconds, minutes at scale) must make the
-        # write skip, not be overwritten by a value planned before it existed.
-        fingerprints = (sync_log.get_run(conn, sync_log_id)["details"] or {}).get("local_fingerprints", {})
-        planned_local = plan[(plan["status"] == PlanStatus.planned) & (plan["side"] == Side.local)]
-        remote = inventory.load_inventory(
-            conn,
-            service.organization_id,
-            golioth_device_ids=list(planned_local["golioth_device_id"].dropna().unique()),
-        )
+        settled = not intents.has_pending(conn, service.id)
+        if settled:  # the usual case: one connection for all of it
+            return _read_inputs(conn, service, sync_log_id)
+    recover(db, service, side)
+    with db.connect() as conn:
+        return _read_inputs(conn, service, sync_log_id)
+
+
+def _read_inputs(conn: Connection, service, sync_log_id: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    plan = sync_log.load_plan(conn, sync_log_id)
+    planned_local = _planned_local(plan)
+    if planned_local.empty:  # nothing to write locally: no fingerprints, no Golioth values needed
+        return plan, pd.DataFrame(), {}
+    # Compare-and-set against the fingerprints the plan was made from, not the ones read now: a
+    # local edit made while the Golioth writes ran (seconds, minutes at scale) must make the
+    # write skip, not be overwritten by a value planned before it existed.
+    fingerprints = (sync_log.get_run(conn, sync_log_id)["details"] or {}).get("local_fingerprints", {})
+    remote = inventory.load_inventory(
+        conn,
+        service.organization_id,
+        golioth_device_ids=list(planned_local["golioth_device_id"].dropna().unique()),
+    )
     return plan, remote.set_index("golioth_device_id", drop=False), fingerprints
 
 

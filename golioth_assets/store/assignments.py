@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from golioth_assets.store.bulk import read_frame, stage_records
+from golioth_assets.store.bulk import source
+from golioth_assets.store.frames import read_rows
 
 LINK_COLUMNS = ["device_id", "golioth_device_id", "base_snapshot", "link_status", "sync_status"]
 
@@ -21,7 +22,7 @@ def load_links(
     golioth_device_ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     sql = """
-        SELECT device_id, golioth_device_id, base_snapshot,
+        SELECT device_id, golioth_device_id, base_snapshot::text,
                CASE WHEN sync_status = 'unlinked' THEN 'unlinked' ELSE 'linked' END AS link_status,
                sync_status
         FROM device_service_assignments WHERE service_id = %(service)s
@@ -31,7 +32,7 @@ def load_links(
         sql += " AND (device_id = ANY(%(ids)s) OR golioth_device_id = ANY(%(gids)s))"
         params["ids"] = list(device_ids or [])
         params["gids"] = list(golioth_device_ids or [])
-    return read_frame(conn, sql, params, LINK_COLUMNS)
+    return read_rows(conn, sql, params, LINK_COLUMNS, json_text=("base_snapshot",))
 
 
 def linked_golioth_ids(conn: Connection, service_id: int) -> set[str]:
@@ -50,19 +51,19 @@ def insert_links(conn: Connection, service_id: int, records: Iterable[dict]) -> 
     records = list(records)
     if not records:
         return 0
-    table = stage_records(conn, records)
+    rows, params = source(conn, records)
     result = conn.exec_driver_sql(
         f"""
         INSERT INTO device_service_assignments (service_id, device_id, golioth_device_id, base_snapshot,
                                                 sync_status, last_synced_at)
         SELECT %(service)s, s.doc->>'device_id', s.doc->>'golioth_device_id',
                coalesce(s.doc->'base_snapshot', '{{}}'::jsonb), 'synced', now()
-        FROM {table} s
+        FROM {rows}
         ON CONFLICT (service_id, device_id) DO UPDATE SET
             golioth_device_id = excluded.golioth_device_id, base_snapshot = excluded.base_snapshot,
             sync_status = 'synced', last_synced_at = now(), last_error = NULL, updated_at = now()
         """,
-        {"service": service_id},
+        {"service": service_id, **params},
     )
     return result.rowcount
 
@@ -73,7 +74,7 @@ def merge_bases(conn: Connection, service_id: int, records: Iterable[dict]) -> i
     records = list(records)
     if not records:
         return 0
-    table = stage_records(conn, records)
+    rows, params = source(conn, records)
     result = conn.exec_driver_sql(
         f"""
         UPDATE device_service_assignments a SET
@@ -88,12 +89,12 @@ def merge_bases(conn: Connection, service_id: int, records: Iterable[dict]) -> i
                         || (s.doc->'desired_keys')))
                 END,
             sync_status = 'synced', last_synced_at = now(), last_error = NULL, updated_at = now()
-        FROM {table} s
+        FROM {rows}
         WHERE a.service_id = %(service)s
           AND a.device_id = s.doc->>'device_id'
           AND a.golioth_device_id = s.doc->>'golioth_device_id'
         """,
-        {"service": service_id},
+        {"service": service_id, **params},
     )
     return result.rowcount
 
@@ -103,17 +104,17 @@ def set_status(conn: Connection, service_id: int, records: Iterable[dict]) -> in
     records = list(records)
     if not records:
         return 0
-    table = stage_records(conn, records)
+    rows, params = source(conn, records)
     result = conn.exec_driver_sql(
         f"""
         UPDATE device_service_assignments a SET
             sync_status = s.doc->>'sync_status', last_error = s.doc->>'error', updated_at = now()
-        FROM {table} s
+        FROM {rows}
         WHERE a.service_id = %(service)s
           AND a.device_id = s.doc->>'device_id'
           AND a.golioth_device_id = s.doc->>'golioth_device_id'
         """,
-        {"service": service_id},
+        {"service": service_id, **params},
     )
     return result.rowcount
 
@@ -122,14 +123,14 @@ def delete_links(conn: Connection, service_id: int, pairs: Iterable[tuple[str, s
     records = [{"device_id": d, "golioth_device_id": g} for d, g in pairs]
     if not records:
         return 0
-    table = stage_records(conn, records)
+    rows, params = source(conn, records)
     result = conn.exec_driver_sql(
         f"""
-        DELETE FROM device_service_assignments a USING {table} s
+        DELETE FROM device_service_assignments a USING {rows}
         WHERE a.service_id = %(service)s
           AND a.device_id = s.doc->>'device_id'
           AND a.golioth_device_id = s.doc->>'golioth_device_id'
         """,
-        {"service": service_id},
+        {"service": service_id, **params},
     )
     return result.rowcount

@@ -24,13 +24,22 @@ from enum import StrEnum
 import pandas as pd
 from sqlalchemy.engine import Connection
 
-from golioth_assets.core.fields import OBSERVED_FIELDS
-from golioth_assets.store.bulk import read_frame, source, stage, stage_records
+from golioth_assets.core.fields import FIELD_KIND, OBSERVED_FIELDS
+from golioth_assets.store.bulk import source
+from golioth_assets.store.frames import frame_of, read_rows, timestamp_micros
 from golioth_assets.store.local_table.capture import ROW_CHANGES, WRITER_SETTING
 from golioth_assets.store.local_table.fit import INTEGER_TYPES
 from golioth_assets.store.local_table.introspect import TableInfo, quote_ident
 from golioth_assets.store.local_table.mapping import SYNCED, FieldMapping, TableMapping
-from golioth_assets.store.local_table.sql import EPOCH_MICROS, Expressions, column, doc, doc_text, literal
+from golioth_assets.store.local_table.sql import (
+    EPOCH_MICROS,
+    OBSERVED_KIND,
+    Expressions,
+    column,
+    doc,
+    doc_text,
+    literal,
+)
 
 # WRITER_SETTING is set (`SET LOCAL … = 'on'`) in every transaction that writes the local table:
 # change capture skips rows the sync wrote itself, so they don't echo back.
@@ -189,10 +198,26 @@ class LocalTable:
     def load(self, conn: Connection, device_ids: Sequence[str] | None = None) -> pd.DataFrame:
         """The organization's devices (soft-deleted ones too: a sync needs to see deletes), in the
         sync's vocabulary, with each row's fingerprint. Unmapped fields are absent."""
-        exprs, names = self._select()
+        columns, names, special = self._read_columns()
         params: dict = {"org": self.organization_id}
-        sql = f"SELECT {', '.join(exprs)} FROM {self.x.table} t WHERE {self._where(device_ids, params)}"
-        return read_frame(conn, sql, params, names, tuple(n for n in names if n in TIMESTAMPS))
+        where = self._where(device_ids, params)
+        if device_ids is not None and not params["ids"]:  # nothing to read: no round trip
+            return frame_of([], names, **special)
+        sql = f"SELECT {columns} FROM {self.x.table} t WHERE {where}"
+        return read_rows(conn, sql, params, names, **special)
+
+    def _read_columns(self) -> tuple[str, list[str], dict[str, tuple[str, ...]]]:
+        """The select list of `load`, its names, and which are timestamps and JSON (store/frames.py)."""
+        exprs, names = self._select()
+        special = {
+            "timestamps": tuple(n for n in names if n in TIMESTAMPS),
+            "json_text": tuple(n for n in names if _kind(n) == "json"),
+        }
+        exprs = [
+            f"({e})::text" if n in special["json_text"] else timestamp_micros(e) if n in special["timestamps"] else e
+            for e, n in zip(exprs, names)
+        ]
+        return ", ".join(exprs), names, special
 
     def valid_keys(self, ids: Iterable[str]) -> list[str]:
         """The ids that can be keys of this table (a Golioth id is no uuid or integer)."""
@@ -238,16 +263,22 @@ class LocalTable:
         return {"live": int(row[0]), "deleted": int(row[1])}
 
     def preview(self, conn: Connection, limit: int = 20) -> pd.DataFrame:
-        """The first live devices by name (for metadata and pages)."""
+        """The first live devices by name (for metadata and pages): one query."""
         deleted = self.x.read_timestamp(self.mapping.soft_delete) if self.mapping.soft_delete else "NULL"
         name = self.x.read("name", self.mapping.fields["name"])
-        rows = conn.exec_driver_sql(
-            f"SELECT {column(self.mapping.key)}::text FROM {self.x.table} t "
-            f"WHERE {self.x.tenant_filter()} AND {deleted} IS NULL ORDER BY {name}, 1 LIMIT %(limit)s",
-            {"org": self.organization_id, "limit": int(limit)},
+        columns, names, special = self._read_columns()
+        key = column(self.mapping.key)
+        first = (  # the keys first: the select list (fingerprints, …) is computed for these rows only
+            f"SELECT {key} FROM {self.x.table} t WHERE {self.x.tenant_filter()} AND {deleted} IS NULL "
+            f"ORDER BY {name}, {key}::text LIMIT %(limit)s"
         )
-        ids = [r[0] for r in rows]
-        frame = self.load(conn, ids)
+        frame = read_rows(
+            conn,
+            f"SELECT {columns} FROM {self.x.table} t WHERE {self.x.tenant_filter()} AND {key} IN ({first})",
+            {"org": self.organization_id, "limit": int(limit)},
+            names,
+            **special,
+        )
         return frame.sort_values(["name", "device_id"]).reset_index(drop=True)
 
     def find_by_name(self, conn: Connection, name: str) -> list[str]:
@@ -281,6 +312,11 @@ class LocalTable:
     def txid(conn: Connection) -> int:
         return int(conn.exec_driver_sql("SELECT txid_current()").scalar_one())
 
+    @staticmethod
+    def begin_write(conn: Connection) -> int:
+        """`mark_writer` and `txid` in one round trip (call first): the transaction's id."""
+        return int(conn.exec_driver_sql(f"SELECT set_config('{WRITER_SETTING}', 'on', true), txid_current()").one()[1])
+
     def choose_keys(self, conn: Connection, count: int) -> list[str]:
         """Keys for new rows, chosen before the insert (so a crash can't leave rows we can't name):
         uuids for uuid and text keys, the key's own sequence for serial and identity keys."""
@@ -311,12 +347,12 @@ class LocalTable:
             return []
         columns, values = self._insert_columns(set(frame.columns))
         overriding = " OVERRIDING SYSTEM VALUE" if self.info.columns[self.mapping.key].identity == "a" else ""
-        table = stage(conn, frame)
+        staged, params = source(conn, frame)
         rows = conn.exec_driver_sql(
             f"INSERT INTO {self.x.table} ({', '.join(map(quote_ident, columns))}){overriding} "
-            f"SELECT {', '.join(values)} FROM {table} s ON CONFLICT DO NOTHING "
+            f"SELECT {', '.join(values)} FROM {staged} ON CONFLICT DO NOTHING "
             f"RETURNING {quote_ident(self.mapping.key)}::text",
-            {"org": self.organization_id},
+            {"org": self.organization_id, **params},
         )
         return [r[0] for r in rows]
 
@@ -387,13 +423,16 @@ class LocalTable:
             )
         if not sets:
             return []
-        table = stage_records(conn, records)
+        staged, params = source(conn, records)
         rows = conn.exec_driver_sql(
-            f"UPDATE {self.x.table} t SET {', '.join(sets)} FROM {table} s "
+            f"UPDATE {self.x.table} t SET {', '.join(sets)} FROM {staged} "
             f"WHERE {column(self.mapping.key)} = {doc_text('device_id')}::{self.x.key_cast()} "
-            f"AND {self.x.tenant_filter()} AND {self.x.fingerprint()} = {doc_text('fingerprint')} "
+            # Not `=`: the planner would hash the fingerprint of every row of the organization to
+            # join on it; as a filter it is computed for the rows whose key matched only.
+            f"AND {self.x.tenant_filter()} AND {self.x.fingerprint()} IS NOT DISTINCT FROM {doc_text('fingerprint')} "
+            f"AND {doc_text('fingerprint')} IS NOT NULL "
             f"RETURNING {column(self.mapping.key)}::text",
-            {"org": self.organization_id},
+            {"org": self.organization_id, **params},
         )
         return [r[0] for r in rows]
 
@@ -406,12 +445,12 @@ class LocalTable:
         if not self.mapping.link or not pairs:
             return 0
         c = self.info.columns[self.mapping.link]
-        table = stage_records(conn, [{"device_id": d, "golioth_device_id": g} for d, g in pairs])
+        staged, params = source(conn, [{"device_id": d, "golioth_device_id": g} for d, g in pairs])
         return conn.exec_driver_sql(
             f"UPDATE {self.x.table} t SET {quote_ident(c.name)} = {doc_text('golioth_device_id')}::{c.type_sql} "
-            f"FROM {table} s WHERE {column(self.mapping.key)} = {doc_text('device_id')}::{self.x.key_cast()} "
+            f"FROM {staged} WHERE {column(self.mapping.key)} = {doc_text('device_id')}::{self.x.key_cast()} "
             f"AND {self.x.tenant_filter()} AND {column(c.name)} IS DISTINCT FROM {doc_text('golioth_device_id')}::{c.type_sql}",
-            {"org": self.organization_id},
+            {"org": self.organization_id, **params},
         ).rowcount
 
     def update_observed(self, conn: Connection, frame: pd.DataFrame | Sequence[dict], *, patch: bool = False) -> int:
@@ -518,15 +557,19 @@ class LocalTable:
         columns: list[str] = []
         values: list[str] = []
         self._add_field_values({"hardware_ids": m}, columns, values, insert=False)
-        table = stage_records(conn, records)
+        staged, params = source(conn, records)
         rows = conn.exec_driver_sql(
-            f"UPDATE {self.x.table} t SET {quote_ident(columns[0])} = {values[0]} FROM {table} s "
+            f"UPDATE {self.x.table} t SET {quote_ident(columns[0])} = {values[0]} FROM {staged} "
             f"WHERE {column(self.mapping.key)} = {doc_text('device_id')}::{self.x.key_cast()} "
             f"AND {self.x.tenant_filter()} AND cardinality({self.x.read('hardware_ids', m)}) = 0 "
             f"RETURNING {column(self.mapping.key)}::text",
-            {"org": self.organization_id},
+            {"org": self.organization_id, **params},
         )
         return [r[0] for r in rows]
+
+
+def _kind(name: str) -> str | None:
+    return FIELD_KIND.get(name) or OBSERVED_KIND.get(name)
 
 
 def _first_only(ids: object) -> object:
