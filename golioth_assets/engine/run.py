@@ -12,6 +12,7 @@ failed step, a refused inventory, a cancellation. A step called out of order rai
 
 from __future__ import annotations
 
+import concurrent.futures as futures
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -103,6 +104,9 @@ class SyncRun:
         self.scope = steps.Scope()
         self._fetched: steps.FetchResult | None = None  # handed to the plan and the check in memory
         self._plan_rows: pd.DataFrame | None = None  # the stored plan with each write's status, once written
+        # A full sync reads its local side in this thread while the listing is on the wire.
+        self._reader = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-read")
+        self._local: futures.Future[steps.LocalSnapshot] | None = None
         self._done: list[str] = []
         self._held = ExitStack()  # the local table's description, held for the run (described_for_sync)
 
@@ -126,6 +130,7 @@ class SyncRun:
         try:
             return self.log.__exit__(exc_type, exc, traceback)
         finally:
+            self._reader.shutdown(wait=True)  # a read still going ends before the description goes
             self._held.close()
             if self.client is not None:
                 self.client.close()
@@ -157,6 +162,8 @@ class SyncRun:
     def fetch(self) -> Fetched:
         usage = Usage()
         with self._step("fetch", usage):
+            if self.scope.full:
+                self._local = self._reader.submit(steps.read_local_snapshot, self.db, self.service)
             result = self._fetched = steps.fetch_step(self.db, self.service, self.golioth, self.scope, self.log.id)
         with self.db.connect() as conn:
             preview = inventory.preview_inventory(conn, self.service.organization_id, PREVIEW_ROWS)
@@ -175,7 +182,8 @@ class SyncRun:
     def plan(self) -> Plan:
         """Refuses (InventoryInconsistent) when the inventory does not add up."""
         with self._step("plan"):
-            return steps.plan_step(self.db, self.service, self.request, self.scope, self.log.id, self._fetched)
+            local = self._local.result() if self._local is not None else None
+            return steps.plan_step(self.db, self.service, self.request, self.scope, self.log.id, self._fetched, local)
 
     def write_golioth(self) -> GoliothWrites:
         usage = Usage()

@@ -374,14 +374,43 @@ def _get_devices(client: GoliothClient, ids: Sequence[str], state_path: str | No
 # -- plan -------------------------------------------------------------------------------------------
 
 
-def _load_inputs(db: Engine, service: services.Service, scope: Scope, side: LocalSide, fetched: pd.DataFrame | None):
-    """fetched: the run's inventory as its fetch stored it (None: read it back from golioth_inventory)."""
+@dataclass
+class LocalSnapshot:
+    """The local side of a full sync as the plan reads it: every device of the organization and
+    every link. SyncRun reads it while the Golioth listing is on the wire."""
+
+    devices: pd.DataFrame
+    links: pd.DataFrame
+
+
+def read_local_snapshot(db: Engine, service: services.Service) -> LocalSnapshot:
+    side = open_local_table(db, service)
+    with side.engine.connect() as their:
+        devices = side.table.load(their, None)
+    with db.connect() as conn:
+        return LocalSnapshot(devices, assignments.load_links(conn, service.id))
+
+
+def _load_inputs(
+    db: Engine,
+    service: services.Service,
+    scope: Scope,
+    side: LocalSide,
+    fetched: pd.DataFrame | None,
+    snapshot: LocalSnapshot | None,
+):
+    """fetched: the run's inventory as its fetch stored it (None: read it back from golioth_inventory).
+    snapshot: the local side, already read (a full sync only)."""
     org = service.organization_id
+    if scope.full and snapshot is not None:
+        remote = fetched if fetched is not None else _stored_inventory(db, org, None)
+        with db.connect() as conn:
+            open_conflicts = conflicts.load_open(conn, service.id)
+        return complete_local(snapshot.devices), side.table.comparable_remote(remote), snapshot.links, open_conflicts
     with side.engine.connect() as their:
         local = side.table.load(their, scope.local_ids)
         if fetched is None:
-            with db.connect() as conn:
-                remote = inventory.load_inventory(conn, org, golioth_device_ids=scope.golioth_ids)
+            remote = _stored_inventory(db, org, scope.golioth_ids)
         else:
             remote = fetched if scope.full else fetched[fetched["golioth_device_id"].isin(scope.golioth_ids or [])]
         if not scope.full:
@@ -402,6 +431,11 @@ def _load_inputs(db: Engine, service: services.Service, scope: Scope, side: Loca
             )
         open_conflicts = conflicts.load_open(conn, service.id)
     return complete_local(local), side.table.comparable_remote(remote), links, open_conflicts
+
+
+def _stored_inventory(db: Engine, org: str, golioth_ids: list[str] | None) -> pd.DataFrame:
+    with db.connect() as conn:
+        return inventory.load_inventory(conn, org, golioth_device_ids=golioth_ids)
 
 
 def complete_local(local: pd.DataFrame) -> pd.DataFrame:
@@ -469,12 +503,18 @@ def _confirm_landed_updates(
 
 @gc_paused()  # see "Garbage collection" at the top
 def build_plan(
-    db: Engine, service: services.Service, request: SyncRequest, scope: Scope, fetched: pd.DataFrame | None = None
+    db: Engine,
+    service: services.Service,
+    request: SyncRequest,
+    scope: Scope,
+    fetched: pd.DataFrame | None = None,
+    snapshot: LocalSnapshot | None = None,
 ) -> tuple[Plan, dict]:
     """fetched: the Golioth devices of the scope as this process just stored them (FetchResult.devices);
-    None reads them from golioth_inventory (a plan made in another process, a dry run re-planned)."""
+    None reads them from golioth_inventory (a plan made in another process, a dry run re-planned).
+    snapshot: a full sync's local side, already read (read_local_snapshot)."""
     side = open_local_table(db, service)
-    local, remote, links, open_conflicts = _load_inputs(db, service, scope, side, fetched)
+    local, remote, links, open_conflicts = _load_inputs(db, service, scope, side, fetched, snapshot)
     settings = settings_for(service, request, side.table)
     unconfirmed = _unconfirmed_writes(db, service)
     plan = plan_sync(
@@ -499,12 +539,15 @@ def plan_step(
     scope: Scope,
     sync_log_id: int,
     fetched: FetchResult | None = None,
+    snapshot: LocalSnapshot | None = None,
 ) -> Plan:
     """Plan and store the plan; outside a dry run, record the conflicts. Refuses (InventoryInconsistent)
     when the run's inventory does not add up: no plan, so nothing is written on either side.
-    fetched: this run's fetch, when it ran in this process (else its log row and golioth_inventory say)."""
+    fetched: this run's fetch, when it ran in this process (else its log row and golioth_inventory
+    say); snapshot: see build_plan."""
     refuse_inconsistent_inventory(db, sync_log_id, fetched.count if fetched is not None else None)
-    plan, fetched_counts = build_plan(db, service, request, scope, fetched.devices if fetched is not None else None)
+    devices = fetched.devices if fetched is not None else None
+    plan, fetched_counts = build_plan(db, service, request, scope, devices, snapshot)
     fingerprints = fetched_counts.pop("local_fingerprints")
     counts = plan.counts()
     changes = changes_table(plan)
