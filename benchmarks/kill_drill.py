@@ -38,11 +38,18 @@ def _syncing(engine) -> dict[int, str]:
     return {int(port): org for port, org in rows}
 
 
-def _client_ports(pid: int) -> set[int]:
-    """Local ports of the TCP connections of a process and its children (its PostgreSQL sessions)."""
+def _client_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of the connections of a process and its children to PostgreSQL (`server_port`):
+    its sessions. Only those: Linux gives one local port to connections to different servers, so a
+    port of the worker's broker connection may be another worker's session's."""
     try:
         root = psutil.Process(pid)
-        return {c.laddr.port for p in [root, *root.children(recursive=True)] for c in p.net_connections(kind="tcp")}
+        return {
+            c.laddr.port
+            for p in [root, *root.children(recursive=True)]
+            for c in p.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == server_port
+        }
     except psutil.NoSuchProcess:
         return set()
 
