@@ -64,20 +64,24 @@ class KillDrill:
         self.killed_at = 0.0
         self.orgs: list[str] = []  # the organizations the victim was syncing when it died
 
-    def poll(self) -> None:
-        if self.victim is not None:
-            return
-        syncing = _syncing(self.engine)
-        for worker in self.workers:
-            mine = sorted({org for port, org in syncing.items() if port in _client_ports(worker.proc.pid)})
-            if worker.alive() and mine:
-                os.killpg(worker.proc.pid, signal.SIGKILL)  # the worker and any child: a lost host
-                worker.proc.wait(10)
-                self.victim, self.killed_at, self.orgs = worker, time.time(), mine
-                print(
-                    f"  kill drill: SIGKILLed {worker.name} (pid {worker.proc.pid}) while it synced {mine}", flush=True
-                )
-                return
+    def poll(self, for_s: float = 1.0) -> None:
+        """Look every 50 ms for up to `for_s` (the round's loop calls it about once a second)."""
+        deadline = time.time() + for_s
+        while self.victim is None and time.time() < deadline:
+            syncing = _syncing(self.engine)
+            for worker in self.workers:
+                ports = _client_ports(worker.proc.pid, self.engine.url.port or 5432)
+                mine = sorted({org for port, org in syncing.items() if port in ports})
+                if worker.alive() and mine:
+                    self._kill(worker, mine)
+                    return
+            time.sleep(0.05)
+
+    def _kill(self, worker, orgs: list[str]) -> None:
+        os.killpg(worker.proc.pid, signal.SIGKILL)  # the worker and any child: a lost host
+        worker.proc.wait(10)
+        self.victim, self.killed_at, self.orgs = worker, time.time(), orgs
+        print(f"  kill drill: SIGKILLed {worker.name} (pid {worker.proc.pid}) while it synced {orgs}", flush=True)
 
     def closures(self) -> list[dict]:
         """How the dead worker's organizations' sync log rows open at the kill ended: organization,
