@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from daemon_harness import Child, drop_database, venv_bin  # noqa: E402  (process groups, the venv's binaries)
+from daemon_harness import Child, clean_up, venv_bin  # noqa: E402  (process groups, the venv's binaries)
 from kill_drill import KillDrill, edited_devices, how_closed, utc, verify  # noqa: E402  (--kill-worker)
 
 POOL = "golioth_api"
@@ -418,18 +418,9 @@ def run(args: argparse.Namespace) -> dict:
         instance.dispose()
         return result
     finally:
-        if daemon is not None:
-            daemon.stop()
-        for worker in workers:
-            worker.stop()
-        if sim is not None:
-            sim.stop()
-        left = _reap(home, set(), grace_s=5.0)
-        result["left_at_the_end"] = left
-        if runtime is not None:
-            runtime.engine.dispose()
-            for url in (runtime.app_url, runtime.dagster_url):
-                drop_database(url)
+        if runtime is not None:  # the servers start after it
+            clean_up([sim, *workers, daemon], runtime.app_url, runtime.dagster_url, home)
+        result["left_at_the_end"] = _reap(home, set(), grace_s=5.0)
         shutil.rmtree(home, ignore_errors=True)
 
 
