@@ -1,7 +1,7 @@
 """What the benchmarks that run the real `dagster-daemon` share: the venv's programs, child servers
 stopped with their whole process group, dropping a benchmark's database, percentiles.
 
-Used by webhook_to_local.py and local_to_golioth.py (and, through it, local_churn.py)."""
+Used by webhook_to_local.py, local_to_golioth.py (and, through it, local_churn.py) and many_tenants.py."""
 
 from __future__ import annotations
 

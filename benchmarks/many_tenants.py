@@ -4,6 +4,7 @@ the limits of this project's dagster.yaml, on one machine.
     .venv/bin/python benchmarks/many_tenants.py --orgs 100 --devices 1000
     .venv/bin/python benchmarks/many_tenants.py --orgs 1000 --devices 1000 --timeout 3600   # the issue's target
     .venv/bin/python benchmarks/many_tenants.py --orgs 200 --devices 1000 --celery-workers 2  # RabbitMQ on 5672
+    .venv/bin/python benchmarks/many_tenants.py --orgs 200 --devices 1000 --celery-workers 2 --kill-worker
 
 Everything real and in its own process, as `golioth-sync dev` runs it (without the webserver):
 
@@ -33,6 +34,13 @@ two in-flight batched runs naming one organization); at most `max_concurrent_run
 organization synced each round; and the targets scaled to the size run (--first-target and
 --steady-target are seconds per 1,000 organizations × 1,000 devices, scaled linearly by N × M).
 
+--kill-worker (the kill drill, kill_drill.py): in the steady round, once a Celery worker is syncing an
+organization, SIGKILL its process group; the round still completes (the lane goes back to the
+queue); a replacement worker starts; a recovery round runs; then the dead worker's organizations
+must have been closed as failed, nothing left running, every organization's last sync a success
+that wrote nothing, and Golioth (read through the simulator's API) and the local table must agree
+device by device: every edit made before the drill in Golioth once, no hardware id twice.
+
 Figures go to docs/benchmarks.md, "Many tenants, batched".
 """
 
@@ -48,6 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -58,7 +67,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from daemon_harness import Child, drop_database, venv_bin  # noqa: E402  (process groups, the venv's binaries)
+from daemon_harness import Child, clean_up, venv_bin  # noqa: E402  (process groups, the venv's binaries)
+from kill_drill import KillDrill, edited_devices, how_closed, utc, verify  # noqa: E402  (--kill-worker)
 
 POOL = "golioth_api"
 DAY = 86_400
@@ -145,6 +155,7 @@ class Bench:
         self.args, self.engine, self.instance, self.daemon = args, engine, instance, daemon
         self.orgs, self.empty = orgs, empty
         self.load_samples: list[float] = []
+        self.during = None  # called while a round waits (the kill drill)
 
     def _runs_since(self, since: float) -> list:
         import dagster as dg
@@ -154,9 +165,12 @@ class Bench:
         records = self.instance.get_run_records(dg.RunsFilter(job_name=BATCH_JOB))
         return [r for r in records if r.create_timestamp.timestamp() >= since]
 
-    def round(self, name: str, orgs: list[str], want: int) -> dict:
-        """Make `orgs` due, wait for the tick's runs, then for `want` successes of each."""
+    def round(self, name: str, orgs: list[str], want: int | dict[str, int]) -> dict:
+        """Make `orgs` due, wait for the tick's runs, then for `want` successes of each (a number,
+        or one per organization)."""
         from golioth_assets.defs.batch import batch_organizations
+
+        wants = want if isinstance(want, dict) else dict.fromkeys(orgs, want)
 
         # The schedule counts an organization due 10 s after its last sync started (60 s interval,
         # 50 s of launch slack): a tick sooner after the last round would leave some for the next
@@ -182,7 +196,7 @@ class Bench:
         first_created = min(r.create_timestamp.timestamp() for r in self._runs_since(started))
         last_print = 0.0
         while True:
-            done = {o: n for o, n in _successes(self.engine, orgs).items() if n >= want}
+            done = {o: n for o, n in _successes(self.engine, orgs).items() if n >= wants[o]}
             if len(done) == len(orgs):
                 break
             self._check(started, name)
@@ -204,11 +218,14 @@ class Bench:
             "orgs": len(orgs),
             "per_org_s": (last_end - first_created) / len(orgs),
             "run_ids": [r.dagster_run.run_id for r in runs],
+            "first_created": first_created,
         }
 
     def _check(self, started: float, name: str) -> None:
         if not self.daemon.alive():
             raise SystemExit("dagster-daemon exited early; see its log")
+        if self.during is not None:
+            self.during()
         if time.time() - started > self.args.timeout:
             raise SystemExit(f"{name} did not finish within {self.args.timeout:.0f} s")
 
@@ -379,7 +396,11 @@ def run(args: argparse.Namespace) -> dict:
         result["first"] = bench.round("first round", list(tenants), 1)
         print(f"first round: {result['first']['seconds']:.1f} s", flush=True)
         result["edited"] = _edit_one_percent(engine, list(tenants))
-        result["steady"] = bench.round("steady round", list(tenants), 2)
+        if args.kill_worker:
+            projects = {org: (f.project_id(i), f.api_key(i)) for org, (f, i) in tenants.items()}
+            result["steady"], result["drill"] = _drill_rounds(bench, workers, logs, sim.url, projects)
+        else:
+            result["steady"] = bench.round("steady round", list(tenants), 2)
         print(f"steady round: {result['steady']['seconds']:.1f} s ({result['edited']} devices edited)", flush=True)
         add_services(empties)
         probe_round = bench.round("fixed-cost probe", list(empties), 1)
@@ -397,18 +418,9 @@ def run(args: argparse.Namespace) -> dict:
         instance.dispose()
         return result
     finally:
-        if daemon is not None:
-            daemon.stop()
-        for worker in workers:
-            worker.stop()
-        if sim is not None:
-            sim.stop()
-        left = _reap(home, set(), grace_s=5.0)
-        result["left_at_the_end"] = left
-        if runtime is not None:
-            runtime.engine.dispose()
-            for url in (runtime.app_url, runtime.dagster_url):
-                drop_database(url)
+        if runtime is not None:  # the servers start after it
+            clean_up([sim, *workers, daemon], runtime.app_url, runtime.dagster_url, home)
+        result["left_at_the_end"] = _reap(home, set(), grace_s=5.0)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -430,29 +442,58 @@ def _start_celery_workers(count: int, logs: Path) -> list:
     os.environ.setdefault(settings.CELERY_BROKER_ENV, "amqp://guest:guest@127.0.0.1:5672//")
     os.environ["PYTHONPATH"] = f"{ROOT / 'deploy'}{os.pathsep}{ROOT}"
     make_app({"broker": os.environ[settings.CELERY_BROKER_ENV]}).control.purge()
-    workers = []
-    for i in range(count):
-        argv = [
-            venv_bin("celery"),
-            "-A",
-            "dagster_celery.app",
-            "worker",
-            "-Q",
-            "dagster",
-            "-P",
-            "threads",
-            "-c",
-            "1",
-            "-l",
-            "INFO",
-        ]
-        workers.append(Child(f"celery-{i}", argv + ["-n", f"bench-{i}-{uuid.uuid4().hex[:6]}@%h"], logs))
+    return _celery_workers(range(count), logs)
+
+
+def _celery_workers(numbers, logs: Path) -> list:
+    """Celery workers `celery-<n>` (one lane at a time each), started and ready."""
+    argv = [venv_bin("celery"), "-A", "dagster_celery.app", "worker", "-Q", "dagster", "-P", "threads", "-c", "1"]
+    workers = [
+        Child(f"celery-{n}", [*argv, "-l", "INFO", "-n", f"bench-{n}-{uuid.uuid4().hex[:6]}@%h"], logs) for n in numbers
+    ]
     deadline = time.time() + 120
-    while not all(b" ready." in (logs / f"celery-{i}.log").read_bytes() for i in range(count)):
+    while not all(b" ready." in (logs / f"{w.name}.log").read_bytes() for w in workers):
         if time.time() > deadline or not all(w.alive() for w in workers):
             raise SystemExit(f"the Celery workers did not start; see {logs}")
         time.sleep(0.5)
     return workers
+
+
+def _drill_rounds(bench: Bench, workers: list, logs: Path, sim_url: str, projects: dict) -> tuple[dict, dict]:
+    """The steady round with a worker SIGKILLed mid-round (kill_drill.py), a replacement worker
+    (a restarted host), one more round; then both sides checked device by device."""
+    orgs = list(projects)
+    edited = edited_devices(bench.engine, orgs)
+    drill = KillDrill(bench.engine, workers)
+    bench.during = drill.poll
+    steady = bench.round("steady round, kill drill", orgs, 2)
+    bench.during = None
+    if drill.victim is None:
+        raise SystemExit("kill drill: no worker was ever seen syncing an organization")
+    load_after_round = os.getloadavg()[0]
+    open_after_round = [c["org"] for c in drill.closures() if c["status"] == "running"]
+    workers += _celery_workers([len(workers)], logs)
+    wants = {o: n + 1 for o, n in _successes(bench.engine, orgs).items()}
+    recovery = bench.round("recovery round", orgs, wants)
+    checked = verify(bench.engine, sim_url, projects, bench.args.devices, edited)
+    closures = drill.closures()
+    closed = {c["org"] for c in closures if c["status"] == "failed"}
+    problems = checked["problems"] + [f"{o}'s sync was not closed as failed" for o in drill.orgs if o not in closed]
+    return steady, {
+        "victim": drill.victim.name,
+        "killed_at": utc(drill.killed_at),
+        "killed_after_s": drill.killed_at - steady["first_created"],
+        "syncing_when_killed": drill.orgs,
+        "closures": closures,
+        "how_closed": dict(Counter(how_closed(c) for c in closures)),
+        "load_after_round": load_after_round,
+        "open_after_round": open_after_round,
+        "recovery": recovery,
+        "load_after_recovery": os.getloadavg()[0],
+        "edits_checked": checked["edits_checked"],
+        "remote_devices": checked["remote_devices"],
+        "problems": problems,
+    }
 
 
 def _problems(args, r: dict) -> list[str]:
@@ -472,11 +513,11 @@ def _problems(args, r: dict) -> list[str]:
         problems.append(f"{limits['max_lanes']} {POOL} steps at once (limit {pool_limit})")
     if r["first"]["seconds"] > args.first_target * scale:
         problems.append(f"first round {r['first']['seconds']:.0f} s > {args.first_target * scale:.0f} s")
-    if r["steady"]["seconds"] > args.steady_target * scale:
+    if "drill" not in r and r["steady"]["seconds"] > args.steady_target * scale:  # a drill's round is no steady one
         problems.append(f"steady round {r['steady']['seconds']:.0f} s > {args.steady_target * scale:.0f} s")
     if r["fixed_cost"]["per_org_s"] > args.fixed_target:
         problems.append(f"fixed cost {r['fixed_cost']['per_org_s']:.2f} s per organization > {args.fixed_target} s")
-    return problems
+    return problems + [f"kill drill: {p}" for p in r.get("drill", {}).get("problems", [])]
 
 
 def main() -> None:
@@ -496,12 +537,19 @@ def main() -> None:
         default=0,
         help="run the lanes on this many Celery workers (deploy/dagster.celery.yaml)",
     )
+    parser.add_argument(
+        "--kill-worker",
+        action="store_true",
+        help="the kill drill (needs --celery-workers >= 2): SIGKILL a worker mid steady round, then check (kill_drill.py)",
+    )
     parser.add_argument("--first-target", type=float, default=600.0, help="s for 1,000 × 1,000, scaled by N × M")
     parser.add_argument("--steady-target", type=float, default=180.0, help="s for 1,000 × 1,000, scaled by N × M")
     parser.add_argument("--fixed-target", type=float, default=0.2, help="s per organization inside a batch")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for one round")
     parser.add_argument("--json", metavar="PATH", help="also write every figure here")
     args = parser.parse_args()
+    if args.kill_worker and args.celery_workers < 2:
+        parser.error("--kill-worker needs --celery-workers 2 or more (one must survive)")
     print(
         f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f}"
@@ -540,11 +588,31 @@ def main() -> None:
         f"  load average before {r['load_before'][0]:.2f}, during {', '.join(f'{x:.1f}' for x in r['load_during'])}, "
         f"after {r['load_after'][0]:.2f}; processes ended after the daemon stopped: {len(r['stragglers_ended'])}"
     )
+    if "drill" in r:
+        _print_drill(r["drill"])
     print("  " + ("OK" if not r["problems"] else "PROBLEMS: " + "; ".join(r["problems"])))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2, default=str))
     if r["problems"]:
         raise SystemExit(1)
+
+
+def _print_drill(d: dict) -> None:
+    rec = d["recovery"]
+    print(
+        f"  kill drill: {d['victim']} SIGKILLed at {d['killed_at']}, {d['killed_after_s']:.1f} s into the steady round, "
+        f"while it synced {len(d['syncing_when_killed'])} organizations (their rows closed "
+        f"{max((c['after_s'] or 0 for c in d['closures']), default=0):.1f} s after the kill at most); load average "
+        f"after the round {d['load_after_round']:.1f}"
+    )
+    for how, n in d["how_closed"].items():
+        print(f"    {n} of their rows: {how}")
+    print(f"    still running when the steady round ended: {d['open_after_round'] or 'none'}")
+    print(
+        f"  recovery round (replacement worker started): {rec['seconds']:.1f} s in {rec['runs']} runs, load average "
+        f"{d['load_after_recovery']:.1f}; checked {d['edits_checked']} edits and {d['remote_devices']:,} Golioth devices "
+        f"against the local table: {'all agree' if not d['problems'] else '; '.join(d['problems'][:5])}"
+    )
 
 
 if __name__ == "__main__":

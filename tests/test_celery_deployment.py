@@ -78,12 +78,16 @@ class Worker:
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
         return " ready." in self.log.read_text()
 
-    def client_ports(self) -> set[int]:
-        """Local ports of the worker's TCP connections (its PostgreSQL sessions among them)."""
+    def session_ports(self, server_port: int) -> set[int]:
+        """Local ports of the worker's connections to PostgreSQL (`server_port`): its sessions. Not
+        its other connections: Linux gives one local port to connections to different servers, so
+        a port of this worker's broker connection may be the other worker's session's."""
         ports = set()
         try:
             for proc in [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]:
-                ports |= {c.laddr.port for c in proc.net_connections(kind="tcp")}
+                ports |= {
+                    c.laddr.port for c in proc.net_connections(kind="tcp") if c.raddr and c.raddr.port == server_port
+                }
         except psutil.NoSuchProcess:
             pass
         return ports
@@ -200,7 +204,9 @@ def test_a_round_on_two_celery_workers_survives_a_worker_killed_mid_sync(
         first = _start_round(orgs, env, celery_home, 1)
         # SIGKILL the worker that holds an organization's lock: it dies mid-sync.
         victim = _wait(
-            lambda: next((w for w in workers if w.client_ports() & _syncing_ports(engine)), None),
+            lambda: next(
+                (w for w in workers if w.session_ports(engine.url.port or 5432) & _syncing_ports(engine)), None
+            ),
             120,
             "a worker to be syncing an organization",
             every_s=0.05,
