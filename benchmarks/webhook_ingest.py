@@ -47,6 +47,9 @@ from golioth_assets.store import database, migrate  # noqa: E402
 from golioth_assets.webhooks.testing import make_webhook_service  # noqa: E402
 from golioth_assets.webhooks.verify import sign  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from daemon_harness import drop_database  # noqa: E402
+
 LUA = Path(__file__).with_name("webhook_wrk.lua")
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()  # signs the Standard Webhooks events
 SECRET_ENV = "GOLIOTH_BENCH_SIGNING_KEY"
@@ -65,13 +68,6 @@ def paced_miss(r: dict, rate: int) -> str | None:
     if r["accepted_rps"] < MIN_ACCEPTED_SHARE * rate:
         return f"accepted {r['accepted_rps']:.0f}/s < {MIN_ACCEPTED_SHARE:.0%} of {rate}/s"
     return None
-
-
-def drop_database(url: sa.engine.URL) -> None:
-    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 class CpuMeter:

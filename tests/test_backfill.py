@@ -28,19 +28,10 @@ from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resolve import resolve_conflicts_job
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from sensors.failures import sync_failure_sensor
+from tests.fixtures.sync import sync_log_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SIX = {spec.key.to_user_string() for spec in SPECS}
-
-
-def _log_rows(engine, org: str) -> list[dict]:
-    with engine.connect() as conn:
-        return [
-            dict(r)
-            for r in conn.execute(
-                sa.text("SELECT * FROM golioth_sync_log WHERE organization_id = :o ORDER BY id"), {"o": org}
-            ).mappings()
-        ]
 
 
 def _launch_backfill(workspace, orgs: list[str]) -> str:
@@ -102,7 +93,7 @@ def test_a_backfill_of_five_organizations_is_one_run_and_each_stays_its_own_part
                 assert m.partition not in materialized.get(key, {}), "one materialization per partition"
                 materialized.setdefault(key, {})[m.partition] = int(m.metadata["duration_seconds"].value >= 0)
                 if key == "device_reconciliation":
-                    [row] = _log_rows(engine, m.partition)
+                    [row] = sync_log_rows(engine, m.partition)
                     assert m.metadata["sync_log_id"].value == row["id"]
         assert {key: set(parts) for key, parts in materialized.items()} == {key: {h.org for h in good} for key in SIX}
 
@@ -120,13 +111,13 @@ def test_a_backfill_of_five_organizations_is_one_run_and_each_stays_its_own_part
 
         # ...its own sync log row, tied to the run, and its devices synced.
         for h in good:
-            [row] = _log_rows(engine, h.org)
+            [row] = sync_log_rows(engine, h.org)
             assert (row["status"], row["dagster_run_id"], row["trigger"]) == ("success", run.run_id, Trigger.backfill)
             assert len(h.local()) == 12
 
         # The failed organization fails alone: its row says why, its partition says so, and the
         # backfill ends with exactly its partitions failed.
-        [row] = _log_rows(engine, bad.org)
+        [row] = sync_log_rows(engine, bad.org)
         assert row["status"] == "failed" and "key" in row["error"].lower()
         observed = instance.fetch_observations(dg.AssetKey("golioth_device_inventory"), limit=10).records
         assert [
@@ -178,9 +169,9 @@ def test_a_backfill_run_that_died_has_its_organizations_rows_closed_by_the_failu
     )
 
     for org in (a, b):
-        [row] = _log_rows(engine, org)
+        [row] = sync_log_rows(engine, org)
         assert row["status"] == "failed" and row["finished_at"] is not None and row["error"]
-    assert not [r for r in _log_rows(engine, a) if r["dagster_run_id"] == other.run_id]
+    assert not [r for r in sync_log_rows(engine, a) if r["dagster_run_id"] == other.run_id]
 
 
 def test_a_range_run_refuses_device_ids_before_syncing_anything(instance, db_url, engine):
@@ -198,4 +189,4 @@ def test_a_range_run_refuses_device_ids_before_syncing_anything(instance, db_url
     assert not result.success
     [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert "one partition" in failure.step_failure_data.user_failure_data.description
-    assert _log_rows(engine, a) == [] and _log_rows(engine, b) == []
+    assert sync_log_rows(engine, a) == [] and sync_log_rows(engine, b) == []

@@ -16,6 +16,7 @@ from golioth_assets.defs.partitions import organizations
 from golioth_assets.defs.resources import DeviceStore, GoliothApi
 from golioth_assets.store import org_lock
 from sensors.failures import sync_failure_sensor
+from tests.fixtures.sync import sync_log_rows
 
 SIX = {
     "golioth_device_inventory",
@@ -36,16 +37,6 @@ def _run_batch(instance, db_url, orgs: list[str]) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions(organizations.name, orgs)
     job = dg.Definitions(jobs=[batch_sync_job], resources=_resources(db_url)).resolve_job_def(batch_sync_job.name)
     return job.execute_in_process(instance=instance, run_config=batch_run_config(orgs))
-
-
-def _log_rows(engine, org: str) -> list[dict]:
-    with engine.connect() as conn:
-        return [
-            dict(r)
-            for r in conn.execute(
-                sa.text("SELECT * FROM golioth_sync_log WHERE organization_id = :o ORDER BY id"), {"o": org}
-            ).mappings()
-        ]
 
 
 def _by_partition(events) -> dict[str, set[str]]:
@@ -72,11 +63,11 @@ def test_a_batched_run_syncs_each_organization_as_its_own_partition_and_one_fail
     assert len({c.partition for c in checks}) == 2 and len(checks) == 10  # five checks per good partition
     for h in good:
         assert len(h.local()) == 30
-        [row] = _log_rows(engine, h.org)
+        [row] = sync_log_rows(engine, h.org)
         assert row["status"] == "success" and row["dagster_run_id"] == result.run_id
         # Dagster's own partition status sees the batched materializations.
         assert instance.get_latest_materialization_event(dg.AssetKey("local_device_writes")) is not None
-    [row] = _log_rows(engine, bad.org)
+    [row] = sync_log_rows(engine, bad.org)
     assert row["status"] == "failed" and "key" in row["error"].lower()
     observed = [
         e.event_specific_data.asset_observation
@@ -95,8 +86,8 @@ def test_an_organization_held_by_another_sync_is_busy_in_a_batch_and_waited_for_
     with org_lock.organization_lock(engine, held.org):
         result = _run_batch(instance, db_url, [held.org, free.org])
     assert result.success
-    assert _log_rows(engine, held.org) == []  # never started: nothing to fail, the next round syncs it
-    assert [r["status"] for r in _log_rows(engine, free.org)] == ["success"]
+    assert sync_log_rows(engine, held.org) == []  # never started: nothing to fail, the next round syncs it
+    assert [r["status"] for r in sync_log_rows(engine, free.org)] == ["success"]
     observed = [
         e.event_specific_data.asset_observation
         for e in result.all_events
@@ -123,11 +114,11 @@ def test_an_organization_held_by_another_sync_is_busy_in_a_batch_and_waited_for_
             ).scalar():
                 assert time.monotonic() < deadline, "the single run never asked for the lock"
                 time.sleep(0.05)
-        assert _log_rows(engine, held.org) == []  # waiting, not syncing
+        assert sync_log_rows(engine, held.org) == []  # waiting, not syncing
         released_at = time.time()
     racer.join(timeout=120)
     assert outcome["result"].success
-    [row] = _log_rows(engine, held.org)
+    [row] = sync_log_rows(engine, held.org)
     assert row["status"] == "success" and row["started_at"].timestamp() >= released_at - 1
     assert len(held.local()) == 10
 
@@ -143,7 +134,7 @@ def test_a_sync_whose_process_died_is_closed_by_the_next_that_takes_the_lock(mak
             {"o": h.org},
         )
     assert _run_batch(instance, db_url, [h.org]).success
-    rows = _log_rows(engine, h.org)
+    rows = sync_log_rows(engine, h.org)
     assert [r["status"] for r in rows] == ["failed", "success"]
     assert "process died" in rows[0]["error"]
 
@@ -179,5 +170,5 @@ def test_a_batched_run_that_died_has_its_organizations_rows_closed_by_the_failur
     sync_failure_sensor(context.for_run_failure())
 
     for org in (a.org, b.org):
-        [row] = _log_rows(engine, org)
+        [row] = sync_log_rows(engine, org)
         assert row["status"] == "failed" and row["finished_at"] is not None and row["error"]
