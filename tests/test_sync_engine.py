@@ -423,3 +423,36 @@ def test_the_convergence_check_finds_writes_that_did_not_stick(harness, in_memor
         harness.edit_local(harness.device_id_of(pulled), name="changed-again-locally")
         assert convergence.writes_left(db, service, client, sync_log_id, handed) == 2
     engine.finish(db, sync_log_id)
+
+
+def test_the_convergence_check_reads_written_devices_from_golioths_answers(harness):
+    """A PATCH answers with the device as Golioth stored it: the check diffs that answer without a
+    request of its own, and a field that did not round-trip (the answer differs from what was sent)
+    is still found. A device whose desired state was written is re-read: a state PUT answers nothing."""
+    from golioth_assets.engine import convergence
+    from golioth_assets.engine import sync as engine
+
+    _first_sync(harness)
+    renamed, restated = list(harness.local().index[:2]), harness.local().index[2]
+    for device_id in renamed:
+        harness.edit_local(device_id, name=f"renamed-{device_id[:6]}")
+    harness.edit_local(restated, desired_state={"mode": "eco"})
+    db, service = harness.engine, harness.service
+    request = engine.SyncRequest(harness.org)
+    sync_log_id = engine.begin(db, service, request)
+    with engine.open_client(service) as client:
+        scope = engine.resolve_scope(db, service, None)
+        fetched = engine.fetch_step(db, service, client, scope, sync_log_id)
+        engine.plan_step(db, service, request, scope, sync_log_id, fetched)
+        answers = engine.remote_step(db, service, client, sync_log_id, request, fetched).answers
+        engine.local_step(db, service, sync_log_id, request)
+        assert {harness.golioth_id_of(d) for d in renamed} <= set(answers.devices)
+
+        before = client.stats.snapshot()
+        assert convergence.writes_left(db, service, client, sync_log_id, fetched, None, answers) == 0
+        assert client.stats.since(before).requests == 2  # the restated device and its state; the renamed: none
+
+        stuck = harness.golioth_id_of(renamed[0])
+        answers.devices[stuck] = answers.devices[stuck].model_copy(update={"name": "not-what-was-sent"})
+        assert convergence.writes_left(db, service, client, sync_log_id, fetched, None, answers) == 1
+    engine.finish(db, sync_log_id)

@@ -19,6 +19,7 @@ and the `reason` text shown to operators, made from the kind.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -156,25 +157,30 @@ class Plan:
         )
 
     def counts(self) -> dict[str, int]:
+        """Rows per side and action; an update counts its devices (a row per field): one pass in
+        Python over the few written rows, not a frame filter per count."""
         writes = self.writes()
-
-        def count(side: Side, action: Action) -> int:
-            rows = writes[(writes["side"] == side) & (writes["action"] == action)]
-            key = "golioth_device_id" if side == Side.remote and action == Action.update else "device_id"
-            return int(rows[key].nunique()) if action == Action.update else len(rows)
-
+        rows: Counter[tuple[str, str]] = Counter()
+        updated: dict[str, set[str]] = {Side.local: set(), Side.remote: set()}
+        for side, action, device_id, golioth_device_id in zip(
+            writes["side"], writes["action"], writes["device_id"], writes["golioth_device_id"]
+        ):
+            rows[side, action] += 1
+            if action == Action.update:
+                updated[side].add(golioth_device_id if side == Side.remote else device_id)
+        actions = Counter(self.changes["action"].tolist())
         return {
-            "created_local": count(Side.local, Action.create),
-            "updated_local": count(Side.local, Action.update),
-            "deleted_local": count(Side.local, Action.delete),
-            "observed_local": count(Side.local, Action.observe),
-            "created_remote": count(Side.remote, Action.create),
-            "updated_remote": count(Side.remote, Action.update),
-            "deleted_remote": count(Side.remote, Action.delete),
+            "created_local": rows[Side.local, Action.create],
+            "updated_local": len(updated[Side.local]),
+            "deleted_local": rows[Side.local, Action.delete],
+            "observed_local": rows[Side.local, Action.observe],
+            "created_remote": rows[Side.remote, Action.create],
+            "updated_remote": len(updated[Side.remote]),
+            "deleted_remote": rows[Side.remote, Action.delete],
             "conflicts": len(self.conflicts),
             "blocked": int(self.changes["blocked"].sum()),
-            "linked": int((self.changes["action"] == Action.link).sum()),
-            "unlinked": int((self.changes["action"] == Action.unlink).sum()),
+            "linked": actions[Action.link],
+            "unlinked": actions[Action.unlink],
             "superseded": len(self.superseded),
         }
 

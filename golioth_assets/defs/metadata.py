@@ -33,7 +33,7 @@ def markdown_table(frame: pd.DataFrame, columns: list[str], *, limit: int = PREV
         return "_nothing_"
     shown = frame.head(limit)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for _, row in shown.iterrows()]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in shown[columns].itertuples(index=False)]
     if len(frame) > limit:
         lines.append(f"\n_…and {len(frame) - limit} more rows (see the table in PostgreSQL)_")
     return "\n".join(lines)

@@ -25,6 +25,23 @@ from golioth_assets.store.services import Service
 
 
 @dataclass
+class WriteAnswers:
+    """What Golioth answered this run's writes: a POST, PATCH or PUT of a device answers with the
+    device as Golioth stored it, so the convergence check reads a written device from here instead
+    of asking again (engine/convergence.py). A device whose desired state was written is not here:
+    a LightDB State PUT answers nothing, so its state is re-read."""
+
+    devices: dict[str, Device] = field(default_factory=dict)  # golioth_device_id → the last answer
+    gone: set[str] = field(default_factory=set)  # deleted (or found already gone) by this run
+    state_written: set[str] = field(default_factory=set)
+
+    def answered(self, golioth_device_ids: list[str]) -> tuple[list[Device], list[str]]:
+        """(the devices as answered, the ones deleted) among `golioth_device_ids`; the rest need a read."""
+        devices = [self.devices[g] for g in golioth_device_ids if g in self.devices and g not in self.state_written]
+        return devices, [g for g in golioth_device_ids if g in self.gone]
+
+
+@dataclass
 class RemoteOutcome:
     plan_status: list[dict] = field(default_factory=list)  # {id, status, error}
     new_links: list[dict] = field(default_factory=list)  # {device_id, golioth_device_id, base_snapshot}
@@ -41,6 +58,7 @@ class RemoteOutcome:
     )
     auth_error: str | None = None
     updated_devices: set[str] = field(default_factory=set)  # golioth ids with a field update applied
+    answers: WriteAnswers = field(default_factory=WriteAnswers)
 
     def add(self, write: WriteResult) -> None:
         """Fold one write's result into the outcome."""
@@ -91,6 +109,7 @@ class RemoteWriter:
         self.refs = refs
         # The run's synced fields: the enabled groups' fields that the local table holds.
         self.fields = fields if fields is not None else enabled_fields(frozenset(service.field_groups))
+        self.answers = WriteAnswers()  # filled by the writes, from several threads (one key each)
 
     # -- references: tags and blueprints are created on demand, cohorts must exist ---------------
 
@@ -180,9 +199,10 @@ class RemoteWriter:
         current = self.client.get_device(golioth_device_id)
         _check_unchanged(expected, self._current_fields(current))
         if "blueprint" in values and not values["blueprint"]:
-            self.client.replace_device(golioth_device_id, self.replace_body(current, values))
+            answer = self.client.replace_device(golioth_device_id, self.replace_body(current, values))
         else:
-            self.client.update_device(golioth_device_id, self.patch_body(values))
+            answer = self.client.update_device(golioth_device_id, self.patch_body(values))
+        self.answers.devices[golioth_device_id] = answer
 
     def update_state(self, golioth_device_id: str, keys: dict[str, Any], expected: dict[str, Any]) -> None:
         """Merge changed desired-state keys into Golioth's current object (PUT replaces the object,
@@ -196,6 +216,7 @@ class RemoteWriter:
                 merged.pop(key, None)
             else:
                 merged[key] = value
+        self.answers.state_written.add(golioth_device_id)
         self.client.put_state(golioth_device_id, self.service.desired_state_path, merged)
 
     def create_body(self, local: pd.Series) -> DeviceCreate:
@@ -221,9 +242,11 @@ class RemoteWriter:
                 raise _DeviceFailure(f"the name {local['name']!r} is already used by another Golioth device") from None
             created = same[0]
         if "enabled" in self.fields and not bool(local["enabled"]):
-            self.client.update_device(created.id, DeviceUpdate(enabled=False))
+            created = self.client.update_device(created.id, DeviceUpdate(enabled=False))
+        self.answers.devices[created.id] = created
         desired = local["desired_state"] if isinstance(local["desired_state"], dict) else {}
         if "desired_state" in self.fields and desired:
+            self.answers.state_written.add(created.id)
             self.client.put_state(created.id, self.service.desired_state_path, desired)
         return created.id
 
@@ -279,9 +302,10 @@ def apply_remote(
     writes = {
         **_create_writes(writer, creates, local),
         **_update_writes(writer, updates),
-        **_delete_writes(client, deletes),
+        **_delete_writes(writer, deletes),
     }
     results = client.run_many({key: write.call for key, write in writes.items()})
+    outcome.answers = writer.answers
     # The bases of the created devices, canonicalized in one vectorized pass (not a frame per device).
     bases = _bases_of(local.loc[list(dict.fromkeys(creates["device_id"]))], writer.fields)
     for key, result in results.items():
@@ -349,9 +373,9 @@ def _update_writes(writer: RemoteWriter, updates: pd.DataFrame) -> dict[WriteKey
     return writes
 
 
-def _delete_writes(client: GoliothClient, deletes: pd.DataFrame) -> dict[WriteKey, Write]:
+def _delete_writes(writer: RemoteWriter, deletes: pd.DataFrame) -> dict[WriteKey, Write]:
     return {
-        (WriteKind.delete, gid): Write(partial(_delete, client, gid), rows)
+        (WriteKind.delete, gid): Write(partial(_delete, writer, gid), rows)
         for gid, rows in _grouped(deletes, "golioth_device_id").items()
     }
 
@@ -413,11 +437,12 @@ def _name(value: Any) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
 
 
-def _delete(client: GoliothClient, golioth_device_id: str) -> None:
+def _delete(writer: RemoteWriter, golioth_device_id: str) -> None:
     try:
-        client.delete_device(golioth_device_id)
+        writer.client.delete_device(golioth_device_id)
     except errors.NotFoundError:
         pass  # already gone: the delete we wanted has happened
+    writer.answers.gone.add(golioth_device_id)
 
 
 def _bases_of(local: pd.DataFrame, fields: tuple[str, ...]) -> dict[str, dict[str, Any]]:

@@ -6,11 +6,15 @@ to re-verify every device, so it diffs a sample: up to PER_KIND devices of each 
 action, field), so that every kind is covered however large the run, and at most SAMPLE in all.
 Failed writes have their own check.
 
-Devices the run wrote in Golioth are re-read from it, with the run's own client, so that those
-requests and their retries count in the run's log (the tags, blueprints and cohorts are not listed
-again: the run's Golioth writes stored them as they left them). Devices it wrote only locally are diffed against
-the inventory this very run fetched, which their writes were planned from: re-reading them from
-Golioth (a GET and a state GET each) would only cost requests.
+Devices the run wrote in Golioth are diffed as Golioth answered the writes, when the writes ran in
+this process: a POST, PATCH or PUT of a device answers with the device as Golioth stored it, which is
+what a GET right after would show, so a field that does not round-trip shows there. A device whose
+desired state was written, and every written device when the writes ran elsewhere, is re-read, with
+the run's own client, so that those requests and their retries count in the run's log (the tags,
+blueprints and cohorts are not listed again: the run's Golioth writes stored them as they left
+them). Devices it wrote only locally are diffed against the inventory this very run fetched, which
+their writes were planned from: re-reading them from Golioth (a GET and a state GET each) would only
+cost requests.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from sqlalchemy.engine import Engine
 
 from golioth_assets.core.vocabulary import Action, PlanStatus, Side
 from golioth_assets.engine import sync as steps
+from golioth_assets.engine.apply_remote import WriteAnswers
 from golioth_assets.engine.golioth_frames import References
 from golioth_assets.golioth.client import GoliothClient
+from golioth_assets.golioth.models import Device
 from golioth_assets.store import inventory, services, sync_log
 
 PER_KIND = 10  # devices re-checked per kind of write (side, action, field)
@@ -54,12 +60,13 @@ def writes_left(
     sync_log_id: int,
     fetched: steps.FetchResult | None = None,
     plan_rows: pd.DataFrame | None = None,
+    answers: WriteAnswers | None = None,
 ) -> int:
     """How many writes a fresh diff of the sampled devices still plans: 0 when the run converged.
     When the run's own steps ran in this process: `fetched`, its fetch (its devices are the
     inventory the local-only writes were planned from; the re-read devices replace theirs; its
-    references are the ones its Golioth writes left), and `plan_rows`, its stored plan with the
-    status each write got."""
+    references are the ones its Golioth writes left), `plan_rows`, its stored plan with the
+    status each write got, and `answers`, what Golioth answered its writes."""
     if plan_rows is None:
         with db.connect() as conn:
             plan_rows = sync_log.load_plan(conn, sync_log_id)
@@ -67,7 +74,9 @@ def writes_left(
     if picked.empty:
         return 0
     scope = steps.resolve_scope(db, service, _ids(picked))
-    remote = fetched.devices if fetched is not None else None
+    remote = fetched.devices if fetched is not None and fetched.devices is not None else None
+    if remote is not None:  # the rows the targeted plan reads, not the whole organization's
+        remote = remote[remote["golioth_device_id"].isin(scope.golioth_ids or [])]
     reread = _written_in_golioth(picked, scope)
     if reread:
         # The devices are re-read; the tags, blueprints and cohorts are the run's own (its writes
@@ -76,7 +85,9 @@ def writes_left(
         if refs is None:
             with db.connect() as conn:
                 refs = References.from_frame(inventory.load_references(conn, service.organization_id))
-        again = steps.fetch_step(db, service, client, steps.Scope(local_ids=[], golioth_ids=reread), refs=refs)
+        answered = _as_answered(answers, reread, fetched) if answers is not None else ([], [])
+        scope_again = steps.Scope(local_ids=[], golioth_ids=reread)
+        again = steps.fetch_step(db, service, client, scope_again, refs=refs, answered=answered)
         remote = _replaced(remote, again) if remote is not None else None
     request = steps.SyncRequest(service.organization_id, device_ids=_ids(picked), dry_run=True)
     fresh, _ = steps.build_plan(db, service, request, scope, remote)
@@ -92,6 +103,18 @@ def _written_in_golioth(picked: pd.DataFrame, scope: steps.Scope) -> list[str]:
     links = scope.links if scope.links is not None else pd.DataFrame(columns=["device_id", "golioth_device_id"])
     twins = set(links.loc[links["device_id"].isin(created), "golioth_device_id"].dropna())
     return sorted((named | twins) & set(scope.golioth_ids or []))
+
+
+def _as_answered(
+    answers: WriteAnswers, golioth_ids: list[str], fetched: steps.FetchResult | None
+) -> tuple[list[Device], list[str]]:
+    """The answered devices among `golioth_ids`, with the desired state the run fetched (it did not
+    write theirs: a device whose state it wrote is left out of the answers, and re-read)."""
+    if fetched is None or fetched.devices is None:
+        return [], []  # the states are not at hand: read them all
+    devices, gone = answers.answered(golioth_ids)
+    states = dict(zip(fetched.devices["golioth_device_id"], fetched.devices["desired_state"]))
+    return [d.model_copy(update={"data": states.get(d.id) or {}}) for d in devices], gone
 
 
 def _replaced(devices: pd.DataFrame, reread: steps.FetchResult) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from golioth_assets.core.plan import Plan
 from golioth_assets.engine import convergence
 from golioth_assets.engine import sync as steps
+from golioth_assets.engine.apply_remote import WriteAnswers
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.stats import ClientStats
 from golioth_assets.store import conflicts, inventory, services, sync_log, webhook_events
@@ -104,6 +105,7 @@ class SyncRun:
         self.scope = steps.Scope()
         self._fetched: steps.FetchResult | None = None  # handed to the plan and the check in memory
         self._plan_rows: pd.DataFrame | None = None  # the stored plan with each write's status, once written
+        self._answers = WriteAnswers()  # what Golioth answered the run's writes (the check reads them)
         # A full sync reads its local side in this thread while the listing is on the wire.
         self._reader = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-read")
         self._local: futures.Future[steps.LocalSnapshot] | None = None
@@ -193,7 +195,7 @@ class SyncRun:
                 written = steps.golioth_side(
                     self.db, self.service, self.golioth, self.log.id, self.request, self._fetched
                 )
-                counts = written.counts
+                counts, self._answers = written.counts, written.answers
         return GoliothWrites(counts, usage, self._applied("remote"))
 
     def write_local(self) -> LocalWrites:
@@ -214,7 +216,7 @@ class SyncRun:
             left = 0
             if not self.request.dry_run:
                 left = convergence.writes_left(
-                    self.db, self.service, self.golioth, self.log.id, self._fetched, self._plan_rows
+                    self.db, self.service, self.golioth, self.log.id, self._fetched, self._plan_rows, self._answers
                 )
         return left, usage
 

@@ -40,6 +40,7 @@ from golioth_assets.engine.local_apply import LocalApplyPending, apply_plan_loca
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.gcpause import gc_paused
+from golioth_assets.golioth.models import Device
 from golioth_assets.golioth.stats import ClientStats
 from golioth_assets.store import assignments, conflicts, inventory, services, sync_log
 from golioth_assets.store.local_table.connect import LocalSide, open_local_table
@@ -263,12 +264,15 @@ def fetch_step(
     sync_log_id: int | None = None,
     *,
     refs: References | None = None,
+    answered: tuple[list[Device], list[str]] = ([], []),
 ) -> FetchResult:
     """Read Golioth into golioth_inventory. A device that a link expects but the list lacks is
     confirmed with a GET before anyone treats it as deleted: offset pages can shift under writes.
     With a log row, the inventory's accounting goes into its details (plan_step checks it), the
     duplicate counts included. `refs`: the tags, blueprints and cohorts as this run already has them
-    (stored by its Golioth writes), for a re-read of a few devices; otherwise they are listed."""
+    (stored by its Golioth writes), for a re-read of a few devices; otherwise they are listed.
+    `answered`: for a targeted read, devices already known as Golioth has them now (its answers to
+    this run's writes, and the ones it deleted): stored as they are, not asked for again."""
     before = client.stats.snapshot()
     listed_refs = refs is None
     refs = refs if refs is not None else _project_read(client, lambda: fetch_references(client, service))
@@ -290,11 +294,14 @@ def fetch_step(
         frame = devices_to_frame(listing.devices + found, refs)
         del listing, found  # the parsed models take several times the frame's memory: free them first
     else:
-        found, missing = _get_devices(client, scope.golioth_ids or [], state_path)
+        known, deleted = answered
+        asked = sorted(set(scope.golioth_ids or []) - {d.id for d in known} - set(deleted))
+        found, missing = _get_devices(client, asked, state_path)
         if missing:
             # Every device of a deleted project answers 404 too: check that the project is there
             # before taking these devices for deleted (and deleting or unlinking them locally).
             _project_read(client, lambda: next(client.iter_device_pages(per_page=1)))
+        found, missing = found + list(known), missing + list(deleted)
         count = InventoryCount(requested=len(scope.golioth_ids or []), confirmed=len(found), gone=len(missing))
         frame = devices_to_frame(found, refs)
     with db.begin() as conn:
