@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from daemon_harness import Child, drop_database, venv_bin  # noqa: E402
+from daemon_harness import Child, add_fleet_services, drop_database, fleet_key_env, venv_bin  # noqa: E402
 
 SIX = [
     "golioth_device_inventory",
@@ -135,9 +135,8 @@ def main() -> None:
     from dagster._core.execution.backfill import BulkActionStatus
 
     from golioth_assets.cli.runtime import WORKSPACE_YAML, prepare
-    from golioth_assets.defs.partitions import organizations
     from golioth_assets.simulator import ProjectFleet, SimulatorServer
-    from golioth_assets.store import database, services
+    from golioth_assets.store import database
 
     home = Path(tempfile.mkdtemp(prefix="gs-backfill-"))
     name = f"gs_backfill_{uuid.uuid4().hex[:8]}"
@@ -150,7 +149,7 @@ def main() -> None:
     bad = None if args.no_failure else orgs[len(orgs) // 2]
     for i, org in enumerate(orgs):
         key = fleet.api_key(i) if org != bad else "not-the-key-of-this-project"
-        os.environ[f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY"] = key
+        os.environ[fleet_key_env(org)] = key
 
     sim = runtime = None
     children: list = []
@@ -159,21 +158,7 @@ def main() -> None:
         engine = runtime.engine
         sim = SimulatorServer(fleets=[fleet]).start_subprocess()
         instance = dg.DagsterInstance.get()
-        with engine.begin() as conn:
-            for i, org in enumerate(orgs):
-                services.upsert_service(
-                    conn,
-                    services.ServiceSettings(
-                        organization_id=org,
-                        name=org,
-                        project_id=fleet.project_id(i),
-                        base_url=sim.url,
-                        golioth_organization_id="sim-org",
-                        api_key_env=f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY",
-                        interval_seconds=86400,
-                    ),
-                )
-        instance.add_dynamic_partitions(organizations.name, orgs)
+        add_fleet_services(engine, instance, sim.url, {org: (fleet, i) for i, org in enumerate(orgs)}, 86_400)
         logs = home / "logs"
         logs.mkdir()
         stop = Child(

@@ -1,7 +1,8 @@
 """What the benchmarks that run the real `dagster-daemon` share: the venv's programs, child servers
 stopped with their whole process group, dropping a benchmark's database, percentiles.
 
-Used by webhook_to_local.py, local_to_golioth.py (and, through it, local_churn.py) and many_tenants.py."""
+Used by webhook_to_local.py, local_to_golioth.py (and, through it, local_churn.py), many_tenants.py,
+backfill_daemon.py and profile_orgs.py (which also share the fleet services' set-up)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,33 @@ def percentile(values: list[float], q: float) -> float:
     pos = (len(ordered) - 1) * q
     lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def fleet_key_env(org: str) -> str:
+    """The environment variable a benchmark puts a fleet organization's API key in."""
+    return f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY"
+
+
+def add_fleet_services(
+    engine, instance, sim_url: str, tenants: dict[str, tuple[Any, int]], interval_seconds: int
+) -> None:
+    """A service per organization of ProjectFleets (organization → (fleet, index in it)), its key
+    read from fleet_key_env(org), and the organizations' partitions."""
+    from golioth_assets.defs.partitions import organizations
+    from golioth_assets.store import services
+
+    with engine.begin() as conn:
+        for org, (fleet, i) in tenants.items():
+            services.upsert_service(
+                conn,
+                services.ServiceSettings(
+                    organization_id=org,
+                    name=f"fleet of {org}",
+                    project_id=fleet.project_id(i),
+                    base_url=sim_url,
+                    golioth_organization_id="sim-org",
+                    api_key_env=fleet_key_env(org),
+                    interval_seconds=interval_seconds,
+                ),
+            )
+    instance.add_dynamic_partitions(organizations.name, list(tenants))

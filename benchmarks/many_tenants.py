@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from daemon_harness import Child, clean_up, venv_bin  # noqa: E402  (process groups, the venv's binaries)
+from daemon_harness import Child, add_fleet_services, clean_up, fleet_key_env, venv_bin  # noqa: E402  (process groups, the venv's binaries)
 from kill_drill import KillDrill, edited_devices, how_closed, utc, verify  # noqa: E402  (--kill-worker)
 
 POOL = "golioth_api"
@@ -325,9 +325,8 @@ def run(args: argparse.Namespace) -> dict:
     import dagster as dg
 
     from golioth_assets.cli.runtime import WORKSPACE_YAML, prepare
-    from golioth_assets.defs.partitions import organizations
     from golioth_assets.simulator import ProjectFleet, SimulatorServer
-    from golioth_assets.store import database, services
+    from golioth_assets.store import database
 
     home = Path(tempfile.mkdtemp(prefix="gs-tenants-"))
     name = f"gs_tenants_{uuid.uuid4().hex[:8]}"
@@ -345,7 +344,7 @@ def run(args: argparse.Namespace) -> dict:
     tenants = {f"tenant-{i:05d}": (fleet, i) for i in range(args.orgs)}
     empties = {f"empty-{i:05d}": (probe, i) for i in range(args.probe_orgs)}
     for org, (f, i) in {**tenants, **empties}.items():
-        os.environ[f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY"] = f.api_key(i)
+        os.environ[fleet_key_env(org)] = f.api_key(i)
 
     sim = daemon = runtime = None
     run_limit, pool_limit = _yaml_limits(args.dagster_yaml or ROOT / "dagster.yaml")
@@ -368,21 +367,7 @@ def run(args: argparse.Namespace) -> dict:
 
         def add_services(which: dict) -> None:
             # A day's interval: due once, when never synced, and then only when a round says so.
-            with engine.begin() as conn:
-                for org, (f, i) in which.items():
-                    services.upsert_service(
-                        conn,
-                        services.ServiceSettings(
-                            organization_id=org,
-                            name=f"fleet of {org}",
-                            project_id=f.project_id(i),
-                            base_url=sim.url,
-                            golioth_organization_id="sim-org",
-                            api_key_env=f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY",
-                            interval_seconds=DAY,
-                        ),
-                    )
-            instance.add_dynamic_partitions(organizations.name, list(which))
+            add_fleet_services(engine, instance, sim.url, which, DAY)
 
         add_services(tenants)
         print(f"setup: {args.orgs} organizations × {args.devices:,} devices in {time.perf_counter() - t:.1f} s")

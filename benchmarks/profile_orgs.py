@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("GOLIOTH_SYNC_ALLOW_LOOPBACK_HTTP", "1")
 
-from daemon_harness import drop_database  # noqa: E402
+from daemon_harness import add_fleet_services, drop_database, fleet_key_env  # noqa: E402
 from many_tenants import _edit_one_percent  # noqa: E402
 
 
@@ -89,9 +89,8 @@ def main() -> None:
     from golioth_assets.cli.runtime import prepare
     from golioth_assets.definitions import defs
     from golioth_assets.defs.batch import BATCH_JOB, batch_run_config
-    from golioth_assets.defs.partitions import organizations
     from golioth_assets.simulator import ProjectFleet, SimulatorServer
-    from golioth_assets.store import database, services
+    from golioth_assets.store import database
 
     home = Path(tempfile.mkdtemp(prefix="gs-profile-"))
     name = f"gs_profile_{uuid.uuid4().hex[:8]}"
@@ -110,23 +109,9 @@ def main() -> None:
         engine = runtime.engine
         sim = SimulatorServer(fleets=[fleet]).start_subprocess()
         instance = dg.DagsterInstance.get()
-        with engine.begin() as conn:
-            for i, org in enumerate(orgs):
-                env = f"GOLIOTH_BENCH_{org.upper().replace('-', '_')}_KEY"
-                os.environ[env] = fleet.api_key(i)
-                services.upsert_service(
-                    conn,
-                    services.ServiceSettings(
-                        organization_id=org,
-                        name=f"fleet of {org}",
-                        project_id=fleet.project_id(i),
-                        base_url=sim.url,
-                        golioth_organization_id="sim-org",
-                        api_key_env=env,
-                        interval_seconds=86_400,
-                    ),
-                )
-        instance.add_dynamic_partitions(organizations.name, orgs)
+        for i, org in enumerate(orgs):
+            os.environ[fleet_key_env(org)] = fleet.api_key(i)
+        add_fleet_services(engine, instance, sim.url, {org: (fleet, i) for i, org in enumerate(orgs)}, 86_400)
         job = defs.resolve_job_def(BATCH_JOB)
         sim_pid = sim._proc.pid if sim._proc is not None else os.getpid()
 
