@@ -29,8 +29,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
+from golioth_assets.engine.golioth_frames import References, records_to_frame
 from golioth_assets.golioth import DeviceCreate, DeviceUpdate, GoliothClient, GoliothError, RetryPolicy
 from golioth_assets.golioth.models import Device, Tag
+from golioth_assets.store.inventory import REMOTE_COLUMNS
 from golioth_assets.webhooks.app import create_app
 from golioth_assets.webhooks.config import ReceiverConfig
 from golioth_assets.webhooks.ingest import EVENT_TYPES
@@ -359,6 +361,8 @@ answers = st.one_of(
 CALLS = {
     "list_devices": lambda c: c.list_devices(),
     "list_devices_with_state": lambda c: c.list_devices(state_path="desired"),
+    # A full sync's path: the listing's records straight into the inventory frame.
+    "device_frame": lambda c: records_to_frame(c.list_devices_counted(state_path="desired").records, References()),
     "get_device": lambda c: c.get_device("d1"),
     "create_device": lambda c: c.create_device(DeviceCreate(name="n", hardware_ids=["hw"])),
     "update_device": lambda c: c.update_device("d1", DeviceUpdate(name="n")),
@@ -407,6 +411,8 @@ def test_client_turns_any_answer_into_a_model_or_a_golioth_error(call, script):
 def _assert_parsed(call: str, result) -> None:
     if call.startswith("list_devices"):
         assert all(isinstance(d, Device) for d in result)
+    elif call == "device_frame":
+        assert list(result.columns) == REMOTE_COLUMNS and result["golioth_device_id"].map(type).eq(str).all()
     elif call in ("get_device", "create_device", "update_device"):
         assert isinstance(result, Device)
     elif call == "list_tags":

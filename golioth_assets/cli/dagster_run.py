@@ -124,12 +124,16 @@ def _show_progress(
         transient=False,
     ) as progress:
         task = progress.add_task(title, total=len(steps))
+        cursor: str | None = None  # read only the events stored since the last look
 
         def update() -> None:
-            if instance.get_run_by_id(run_id) is None:
-                return  # not stored yet
+            nonlocal cursor
             of_type = dg.DagsterEventType.ASSET_MATERIALIZATION
-            for record in instance.get_records_for_run(run_id, of_type=of_type).records:
+            # One query a look, for the new materializations only: the run's own thread shares
+            # this process (and its interpreter lock) with this one.
+            read = instance.get_records_for_run(run_id, cursor=cursor, of_type=of_type)
+            cursor = read.cursor
+            for record in read.records:
                 event = record.event_log_entry.dagster_event
                 key = event.asset_key.to_user_string() if event and event.asset_key else None
                 if key in steps:

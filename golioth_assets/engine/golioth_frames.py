@@ -4,13 +4,13 @@ observed fields pulled out of `metadata`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
+from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
-from golioth_assets.golioth.models import Device
+from golioth_assets.golioth.models import Device, DeviceRecord, device_record
 from golioth_assets.store.inventory import REMOTE_COLUMNS, TIMESTAMP_COLUMNS
 from golioth_assets.store.services import Service
 
@@ -55,69 +55,77 @@ def fetch_references(client: GoliothClient, service: Service) -> References:
     return refs
 
 
-def _status(online, offline) -> str | None:
-    if online is None and offline is None:
-        return None
-    if offline is None or (online is not None and online > offline):
-        return "online"
-    return "offline"
-
-
 # What each device row holds straight from the API, in REMOTE_COLUMNS order; tags, blueprint and
-# cohort names are mapped from the ids afterwards, and timestamps go into columns of their own.
-_PARSED_COLUMNS = [c for c in REMOTE_COLUMNS if c not in ("tags", "blueprint", "cohort", *TIMESTAMP_COLUMNS)]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_NAT = np.iinfo(np.int64).min  # NaT, as datetime64 reads it
-
-
-def _micros(value: datetime | None) -> int:
-    """A timestamp as integer microseconds since 1970 (a naive one taken as UTC), exactly: pandas
-    then converts a whole column at once, where datetime objects are converted one by one."""
-    if value is None:
-        return _NAT
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _timestamps(micros: list[int]) -> pd.Series:
-    """µs since 1970 → timestamps in UTC, in nanoseconds: the type golioth_inventory reads back as."""
-    values = np.asarray(micros, dtype="int64").view("datetime64[us]").astype("datetime64[ns]")
-    return pd.Series(values).dt.tz_localize("UTC")
+# cohort names are mapped from the ids afterwards, and timestamps and status are whole columns.
+_PARSED_COLUMNS = [c for c in REMOTE_COLUMNS if c not in ("tags", "blueprint", "cohort", "status", *TIMESTAMP_COLUMNS)]
 
 
 def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
-    """One row per device (parsing is per device anyway); id → name mapping is vectorized."""
+    """Parsed devices (single GETs, write answers) as rows: the listing's path, one code for both."""
+    return records_to_frame([device_record(d) for d in devices], refs)
+
+
+def records_to_frame(records: list[DeviceRecord], refs: References) -> pd.DataFrame:
+    """One row per device of a listing. Per device only the fields are picked out; timestamps,
+    status and the id → name mappings are computed per column."""
     rows, stamps = [], []
-    for d in devices:
-        meta = d.metadata
+    for r in records:
+        meta = r.get("metadata") or {}
+        update = meta.get("update")
+        update = update if isinstance(update, dict) else {}
+        settings = meta.get("lastSettingsStatus")
+        data = r.get("data")
         rows.append(
             (
-                d.id,
-                d.name,
-                list(d.hardware_ids),
-                list(d.tag_ids),
-                d.blueprint_id,
-                d.cohort_id,
-                d.enabled,
-                d.data if isinstance(d.data, dict) else {},
-                _status(meta.last_seen_online, meta.last_seen_offline),
-                {pkg: info.get("version") for pkg, info in meta.update.items() if isinstance(info, dict)},
-                meta.last_settings_status.status if meta.last_settings_status else None,
-                # The firmware part of `metadata` only: dumping the whole model per device is slow.
-                {"update": meta.update} if meta.update else {},
+                r["id"],
+                r.get("name") or "",
+                list(r.get("hardwareIds") or ()),
+                list(r.get("tagIds") or ()),
+                r.get("blueprintId") or None,  # "" is "not assigned" (proto3 has no null string)
+                r.get("cohortId") or None,
+                bool(r.get("enabled", False)),  # left out when false
+                data if isinstance(data, dict) else {},
+                {pkg: info.get("version") for pkg, info in update.items() if isinstance(info, dict)},
+                settings.get("status") if isinstance(settings, dict) else None,
+                # The firmware part of `metadata` only: the rest changes on every report.
+                {"update": update} if update else {},
             )
         )
-        times = (meta.last_seen_online, meta.last_seen_offline, meta.last_report, d.created_at, d.updated_at)
-        stamps.append([_micros(t) for t in times])
+        stamps.append(
+            (
+                meta.get("lastSeenOnline"),
+                meta.get("lastSeenOffline"),
+                meta.get("lastReport"),
+                r.get("createdAt"),
+                r.get("updatedAt"),
+            )
+        )
     frame = pd.DataFrame(rows, columns=_PARSED_COLUMNS)
     frame["tags"] = _names(frame["tag_ids"], refs.tags)
     frame["blueprint"] = frame["blueprint_id"].map(lambda i: refs.blueprints.get(i, i) if i else None)
     frame["cohort"] = frame["cohort_id"].map(lambda i: refs.cohorts.get(i, i) if i else None)
-    for column, micros in zip(TIMESTAMP_COLUMNS, zip(*stamps) if stamps else [[]] * len(TIMESTAMP_COLUMNS)):
-        frame[column] = _timestamps(list(micros))
+    columns = zip(*stamps) if stamps else [()] * len(TIMESTAMP_COLUMNS)
+    for column, texts in zip(TIMESTAMP_COLUMNS, columns):
+        frame[column] = _timestamps(column, texts)
+    frame["status"] = _status(frame["last_seen_online"], frame["last_seen_offline"])
     return frame[REMOTE_COLUMNS]
+
+
+def _timestamps(column: str, texts: tuple) -> pd.Series:
+    """RFC 3339 texts → UTC timestamps in nanoseconds, truncated to the microsecond: the type and
+    precision golioth_inventory reads back as (PostgreSQL keeps microseconds)."""
+    try:
+        stamps = pd.to_datetime(pd.Series(texts, dtype=object), format="ISO8601", utc=True)
+    except (ValueError, TypeError) as exc:
+        raise errors.InvalidResponseError(f"unreadable {column} timestamp in Golioth's device list: {exc}") from None
+    return stamps.dt.floor("us").astype("datetime64[ns, UTC]")
+
+
+def _status(online: pd.Series, offline: pd.Series) -> pd.Series:
+    """online when last seen online after last seen offline (or never offline); None if neither."""
+    status = np.where(offline.isna() | (online > offline), "online", "offline").astype(object)
+    status[(online.isna() & offline.isna()).to_numpy()] = None
+    return pd.Series(status.tolist(), index=online.index)  # the text type pandas infers on reading back
 
 
 def _names(id_lists: pd.Series, names: dict[str, str]) -> pd.Series:

@@ -35,12 +35,12 @@ from golioth_assets.core.plan import Plan, plan_sync
 from golioth_assets.core.policy import SyncSettings
 from golioth_assets.core.tables import changes_table, conflicts_table
 from golioth_assets.engine.apply_remote import RemoteOutcome, apply_remote
-from golioth_assets.engine.golioth_frames import References, devices_to_frame, fetch_references
+from golioth_assets.engine.golioth_frames import References, devices_to_frame, fetch_references, records_to_frame
 from golioth_assets.engine.local_apply import LocalApplyPending, apply_plan_locally, recover
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.gcpause import gc_paused
-from golioth_assets.golioth.models import Device
+from golioth_assets.golioth.models import Device, device_record
 from golioth_assets.golioth.stats import ClientStats
 from golioth_assets.store import assignments, conflicts, inventory, services, sync_log
 from golioth_assets.store.local_table.connect import LocalSide, open_local_table
@@ -281,18 +281,18 @@ def fetch_step(
         listing = _project_read(client, lambda: client.list_devices_counted(state_path=state_path))
         with db.connect() as conn:
             linked = assignments.linked_golioth_ids(conn, service.id)
-        unexpected_gone = sorted(linked - {d.id for d in listing.devices})
+        unexpected_gone = sorted(linked - {r["id"] for r in listing.records})
         found, missing = _get_devices(client, unexpected_gone, state_path)
         count = InventoryCount(
             api_total=listing.total,
-            listed=len(listing.devices),
+            listed=len(listing.records),
             duplicates=listing.duplicates,
             relistings=listing.relistings,
             confirmed=len(found),
             gone=len(missing),
         )
-        frame = devices_to_frame(listing.devices + found, refs)
-        del listing, found  # the parsed models take several times the frame's memory: free them first
+        frame = records_to_frame(listing.records + [device_record(d) for d in found], refs)
+        del listing, found  # the parsed records take several times the frame's memory: free them first
     else:
         known, deleted = answered
         asked = sorted(set(scope.golioth_ids or []) - {d.id for d in known} - set(deleted))

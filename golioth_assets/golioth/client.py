@@ -32,6 +32,7 @@ from .models import (
     COHORT_PAGE,
     DEVICE_DATA,
     DEVICE_PAGE,
+    DEVICE_RECORD_PAGE,
     RPC_STATUS,
     STATE_DATA,
     TAG_DATA,
@@ -40,6 +41,7 @@ from .models import (
     Cohort,
     Device,
     DeviceCreate,
+    DeviceRecord,
     DeviceUpdate,
     ListPage,
     Tag,
@@ -74,23 +76,34 @@ class DeviceListing:
 
     `served` counts the devices the pages held; a device served on two pages (the list shifted
     right under the reader) is kept once and counted in `duplicates`. So `served == total` unless
-    a page came back short, and `len(devices) + duplicates == served` always."""
+    a page came back short, and `len(records) + duplicates == served` always. The devices come as
+    shape-checked records (`DeviceRecord`, the bulk path); `devices` builds the models."""
 
-    devices: list[Device]
+    records: list[DeviceRecord]
     total: int  # the API's own `total`, as every page reported it
     served: int
     duplicates: int
     relistings: int  # listings discarded because their pages disagreed on `total`
 
     @classmethod
-    def of(cls, pages: list[ListPage[Device]], *, relistings: int) -> DeviceListing:
-        unique: dict[str, Device] = {}
+    def of(cls, pages: list[ListPage[DeviceRecord]], *, relistings: int) -> DeviceListing:
+        unique: dict[str, DeviceRecord] = {}
         served = 0
         for page in pages:
             served += len(page.list)
-            for device in page.list:
-                unique.setdefault(device.id, device)
+            for record in page.list:
+                unique.setdefault(record["id"], record)
         return cls(list(unique.values()), pages[0].total, served, served - len(unique), relistings)
+
+    @property
+    def devices(self) -> list[Device]:
+        """The records as models (the model also checks what a record keeps as text: timestamps)."""
+        try:
+            return [Device.model_validate(record) for record in self.records]
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"]) or "device"
+            raise errors.InvalidResponseError(f"unreadable device in the list ({where}: {problem['msg']})") from exc
 
 
 @dataclass(frozen=True)
@@ -249,13 +262,13 @@ class GoliothClient:
             base_url=self.base_url,
         )
 
-    def _list_devices_once(self, path: str, params: dict[str, Any], per_page: int) -> list[ListPage[Device]]:
-        first = self._get_page(path, DEVICE_PAGE, params, 0, per_page)
+    def _list_devices_once(self, path: str, params: dict[str, Any], per_page: int) -> list[ListPage[DeviceRecord]]:
+        first = self._get_page(path, DEVICE_RECORD_PAGE, params, 0, per_page)
         # The server's page size, should it clamp ours down; anything else would skip devices.
         size = first.per_page if 0 < first.per_page <= per_page else per_page
         rest = self._fetch_concurrently(
             {
-                p: partial(self._get_page, path, DEVICE_PAGE, params, p, size)
+                p: partial(self._get_page, path, DEVICE_RECORD_PAGE, params, p, size)
                 for p in range(1, math.ceil(first.total / size))
             }
         )
