@@ -4,11 +4,15 @@ come as models and take the same path. Checked against the models' own values, o
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pandas as pd
 import pytest
 from pydantic import ValidationError
 
 from golioth_assets.engine.golioth_frames import References, devices_to_frame, records_to_frame
+from golioth_assets.engine.sync import _listed_frame
 from golioth_assets.golioth import GoliothClient, InvalidResponseError
 from golioth_assets.golioth.models import DEVICE_RECORD_PAGE, Device, DeviceMetadata
 
@@ -85,10 +89,70 @@ def test_status_is_online_when_last_seen_online_after_offline(online, offline):
     )
 
 
-def test_an_unreadable_timestamp_fails_the_listing_with_a_clear_error():
-    records = [{"id": "a", "createdAt": "2025-01-01T00:00:00Z"}, {"id": "b", "createdAt": "yesterday"}]
+@pytest.mark.parametrize(
+    "text", ["yesterday", "now", "", "NaT", "2025-01-01", "20250101T000000Z", "2025-02-30T00:00:00Z"]
+)
+def test_an_unreadable_timestamp_fails_the_listing_with_a_clear_error(text):
+    records = [{"id": "a", "createdAt": "2025-01-01T00:00:00Z"}, {"id": "b", "createdAt": text}]
     with pytest.raises(InvalidResponseError, match="created_at timestamp"):
         records_to_frame(records, References())
+
+
+def test_timestamps_read_as_rfc_3339_means_them():
+    texts = [
+        "2025-01-01t00:00:00.5z",  # lower case is RFC 3339 too
+        "2025-01-01T02:00:00+02:00",
+        "0001-01-01T00:00:00Z",  # Go's zero time: "never"
+        "9999-12-31T23:59:59.999999999Z",
+    ]
+    frame = records_to_frame([{"id": str(i), "createdAt": t} for i, t in enumerate(texts)], References())
+    got = list(frame["created_at"])
+    assert got[0] == pd.Timestamp("2025-01-01T00:00:00.5Z")
+    assert got[1] == pd.Timestamp("2025-01-01T00:00:00Z")
+    assert pd.isna(got[2]) and pd.isna(got[3])  # beyond what the column's nanoseconds can hold
+    assert str(frame["created_at"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_an_unreadable_listing_says_which_project_it_came_from():
+    client = GoliothClient("k" * 30, "p1", base_url="https://golioth.test")
+    with pytest.raises(InvalidResponseError) as caught:
+        _listed_frame(client, [{"id": "a", "updatedAt": "soon"}], References())
+    assert caught.value.project_id == "p1" and caught.value.base_url == "https://golioth.test"
+    assert "updated_at" in str(caught.value) and "p1" in str(caught.value)
+
+
+def _serving(page: dict) -> GoliothClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=json.dumps(page).encode(), headers={"content-type": "application/json"})
+
+    return GoliothClient("k" * 30, "p1", base_url="https://golioth.test", transport=httpx.MockTransport(handler))
+
+
+def test_listed_models_keep_every_field_the_api_sent():
+    device = {
+        "id": "d1",
+        "name": "n",
+        "certificateId": "c1",
+        "createdAt": "2025-01-01T00:00:00Z",
+        "metadata": {
+            "status": "connected",
+            "lastSettingsStatus": {"status": "in-sync", "reportedVersion": "3", "syncTime": "2025-01-01T00:00:00Z"},
+        },
+    }
+    with _serving({"list": [device], "page": 0, "perPage": 100, "total": 1}) as client:
+        (listed,) = client.list_devices()
+    assert listed == Device.model_validate(device)
+    assert listed.certificate_id == "c1" and listed.metadata.status == "connected"
+    assert listed.metadata.last_settings_status is not None
+    assert listed.metadata.last_settings_status.reported_version == "3"
+
+
+def test_a_listed_model_the_api_answer_cannot_make_is_an_error_with_its_project():
+    bad = {"id": "d1", "createdAt": "soon"}  # text to the record, not a time to the model
+    with _serving({"list": [bad], "page": 0, "perPage": 100, "total": 1}) as client:
+        with pytest.raises(InvalidResponseError) as caught:
+            client.list_devices()
+    assert caught.value.project_id == "p1" and "created" in caught.value.message
 
 
 def test_a_listed_device_without_an_id_is_not_an_api_answer():

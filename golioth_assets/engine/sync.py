@@ -40,7 +40,7 @@ from golioth_assets.engine.local_apply import LocalApplyPending, apply_plan_loca
 from golioth_assets.golioth import errors
 from golioth_assets.golioth.client import GoliothClient
 from golioth_assets.golioth.gcpause import gc_paused
-from golioth_assets.golioth.models import Device, device_record
+from golioth_assets.golioth.models import Device, DeviceRecord, device_record
 from golioth_assets.golioth.stats import ClientStats
 from golioth_assets.store import assignments, conflicts, inventory, services, sync_log
 from golioth_assets.store.local_table.connect import LocalSide, open_local_table
@@ -291,7 +291,7 @@ def fetch_step(
             confirmed=len(found),
             gone=len(missing),
         )
-        frame = records_to_frame(listing.records + [device_record(d) for d in found], refs)
+        frame = _listed_frame(client, listing.records + [device_record(d) for d in found], refs)
         del listing, found  # the parsed records take several times the frame's memory: free them first
     else:
         known, deleted = answered
@@ -315,6 +315,21 @@ def fetch_step(
     used = client.stats.since(before)
     stored = frame.drop(columns=["metadata"])  # load_inventory's columns: no step reads `metadata` back
     return FetchResult(len(frame), count.api_total, missing, refs, used.requests, used.retries, count, stored)
+
+
+def _listed_frame(client: GoliothClient, records: list[DeviceRecord], refs: References) -> pd.DataFrame:
+    """The listing's records as the inventory frame; a value the frame cannot hold (a timestamp
+    that is not one) is an unreadable answer of this project's device list."""
+    try:
+        return records_to_frame(records, refs)
+    except errors.InvalidResponseError as exc:
+        raise errors.InvalidResponseError(
+            exc.message,
+            method="GET",
+            path=f"/v1/projects/{client.project_id}/devices",
+            project_id=client.project_id,
+            base_url=client.base_url,
+        ) from exc
 
 
 def _duplicates(frame: pd.DataFrame) -> tuple[int, int]:

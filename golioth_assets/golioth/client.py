@@ -222,7 +222,11 @@ class GoliothClient:
         **filters: Any,
     ) -> list[Device]:
         """All matching devices (see `list_devices_counted`)."""
-        return self.list_devices_counted(per_page=per_page, state_path=state_path, attempts=attempts, **filters).devices
+        listing = self.list_devices_counted(per_page=per_page, state_path=state_path, attempts=attempts, **filters)
+        try:
+            return listing.devices
+        except errors.InvalidResponseError as exc:
+            raise self._where(errors.InvalidResponseError, exc.message, "GET", f"{self._project_path}/devices") from exc
 
     def list_devices_counted(
         self,

@@ -72,14 +72,20 @@ class Device(_Response):
         return _blank_to_none(value)
 
 
+# The records hold every field of the models below (so `Device.model_validate(record)` loses nothing).
 class SettingsStatusRecord(TypedDict, total=False):
     status: str | None
+    reportedVersion: str | None
+    statusDetail: str | None
+    syncTime: str | None
+    errors: list[dict[str, Any]]
 
 
 class DeviceMetadataRecord(TypedDict, total=False):
     lastSeenOnline: str | None
     lastSeenOffline: str | None
     lastReport: str | None
+    status: str | None
     update: dict[str, Any]
     lastSettingsStatus: SettingsStatusRecord | None
 
@@ -97,6 +103,7 @@ class DeviceRecord(TypedDict, total=False):
     tagIds: list[str]
     blueprintId: str | None
     cohortId: str | None
+    certificateId: str | None
     enabled: bool
     createdAt: str | None
     updatedAt: str | None
