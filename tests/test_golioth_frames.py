@@ -68,6 +68,10 @@ def test_the_listings_records_make_the_rows_its_devices_say(sim_project_factory)
     assert "online" in set(frame["status"])  # the simulator's devices report; offline: the next test
     # Parsed models (single GETs, write answers) make exactly the listing's rows.
     pd.testing.assert_frame_equal(devices_to_frame(devices, refs), frame)
+    # The fetch's way (`consume`): the same rows, and the records handed over as they are read.
+    records = list(listing.records)
+    pd.testing.assert_frame_equal(records_to_frame(records, refs, consume=True), frame)
+    assert records == []
 
 
 @pytest.mark.parametrize(

@@ -42,3 +42,14 @@ def test_read_rows_builds_the_frame_read_frame_builds(engine, where):
         assert new["doc"].tolist()[:2] == [{"led": "on", "n": [1, 2]}, [1, "x"]]  # a list stays one value
         assert new["doc"].iloc[2] is None and pd.isna(new["gone"].iloc[0])
         assert new["gone"].iloc[1] == pd.Timestamp("2026-01-02 03:04:05.123456", tz="UTC")  # to the µs
+
+
+def test_json_columns_are_parsed_in_chunks_without_moving_a_value(engine, monkeypatch):
+    """A column's JSON is parsed a chunk of rows at a time (no whole column's text at once, the
+    100k-device memory peak): chunks of 3 over these 4 rows give the same frame as one chunk."""
+    with engine.connect() as conn:
+        whole = _new(conn, "true")
+        monkeypatch.setattr("golioth_assets.store.frames._PARSE_CHUNK", 3)
+        chunked = _new(conn, "true")
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert chunked["doc"].iloc[3] == {} and chunked["doc"].iloc[2] is None  # rows 3 and 4 crossed the cut

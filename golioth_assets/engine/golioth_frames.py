@@ -4,6 +4,7 @@ observed fields pulled out of `metadata`."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,11 +67,13 @@ def devices_to_frame(devices: list[Device], refs: References) -> pd.DataFrame:
     return records_to_frame([device_record(d) for d in devices], refs)
 
 
-def records_to_frame(records: list[DeviceRecord], refs: References) -> pd.DataFrame:
+def records_to_frame(records: list[DeviceRecord], refs: References, *, consume: bool = False) -> pd.DataFrame:
     """One row per device of a listing. Per device only the fields are picked out; timestamps,
-    status and the id → name mappings are computed per column."""
+    status and the id → name mappings are computed per column. `consume`: empty `records` on the
+    way, so that each record is freed once its row is built (at 100k devices the records would
+    otherwise stay alive beside the rows and the frame: ~100 MiB more at the fetch's peak)."""
     rows, stamps = [], []
-    for r in records:
+    for r in _drained(records) if consume else records:
         meta = r.get("metadata") or {}
         update = meta.get("update")
         update = update if isinstance(update, dict) else {}
@@ -110,6 +113,13 @@ def records_to_frame(records: list[DeviceRecord], refs: References) -> pd.DataFr
         frame[column] = _timestamps(column, texts)
     frame["status"] = _status(frame["last_seen_online"], frame["last_seen_offline"])
     return frame[REMOTE_COLUMNS]
+
+
+def _drained(items: list[DeviceRecord]) -> Iterator[DeviceRecord]:
+    """The items in order, each taken out of the list as it is handed over."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 # Golioth's timestamps are RFC 3339 (`2025-01-01T00:00:00.123Z`). pandas' ISO 8601 parser would

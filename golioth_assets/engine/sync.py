@@ -291,8 +291,9 @@ def fetch_step(
             confirmed=len(found),
             gone=len(missing),
         )
-        frame = _listed_frame(client, listing.records + [device_record(d) for d in found], refs)
-        del listing, found  # the parsed records take several times the frame's memory: free them first
+        records = listing.records + [device_record(d) for d in found]
+        del listing, found  # `records` is the one reference left: each is freed as its row is built
+        frame = _listed_frame(client, records, refs)
     else:
         known, deleted = answered
         asked = sorted(set(scope.golioth_ids or []) - {d.id for d in known} - set(deleted))
@@ -318,10 +319,10 @@ def fetch_step(
 
 
 def _listed_frame(client: GoliothClient, records: list[DeviceRecord], refs: References) -> pd.DataFrame:
-    """The listing's records as the inventory frame; a value the frame cannot hold (a timestamp
-    that is not one) is an unreadable answer of this project's device list."""
+    """The listing's records as the inventory frame (emptying `records`); a value the frame cannot
+    hold (a timestamp that is not one) is an unreadable answer of this project's device list."""
     try:
-        return records_to_frame(records, refs)
+        return records_to_frame(records, refs, consume=True)
     except errors.InvalidResponseError as exc:
         raise errors.InvalidResponseError(
             exc.message,

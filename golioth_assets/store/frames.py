@@ -68,13 +68,15 @@ def frame_of(
     return frame
 
 
+_PARSE_CHUNK = 10_000  # rows per json.loads: one call per chunk, without a whole column's text at once
+
+
 def _parsed(texts: list) -> pd.Series:
-    if None in texts:
-        texts = ["null" if t is None else t for t in texts]
-    parsed = json.loads("[" + ",".join(texts) + "]")
-    values = np.empty(len(parsed), dtype=object)
-    for i, value in enumerate(parsed):  # element by element: lists stay lists (no 2-D array)
-        values[i] = value
+    values = np.empty(len(texts), dtype=object)
+    for start in range(0, len(texts), _PARSE_CHUNK):
+        chunk = ["null" if t is None else t for t in texts[start : start + _PARSE_CHUNK]]
+        for i, value in enumerate(json.loads("[" + ",".join(chunk) + "]"), start):
+            values[i] = value  # element by element: lists stay lists (no 2-D array)
     return pd.Series(values, dtype=object)
 
 
