@@ -71,7 +71,7 @@ def records_to_frame(records: list[DeviceRecord], refs: References, *, consume: 
     """One row per device of a listing. Per device only the fields are picked out; timestamps,
     status and the id → name mappings are computed per column. `consume`: empty `records` on the
     way, so that each record is freed once its row is built (at 100k devices the records would
-    otherwise stay alive beside the rows and the frame: ~100 MiB more at the fetch's peak)."""
+    otherwise all stay alive beside the rows and the frame, at the fetch's memory peak)."""
     rows, stamps = [], []
     for r in _drained(records) if consume else records:
         meta = r.get("metadata") or {}
