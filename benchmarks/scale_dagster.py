@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/scale_dagster.py --embedded               # the embedded PostgreSQL
     .venv/bin/python benchmarks/scale_dagster.py --devices 100000 --profile /tmp/scale.html   # pyinstrument
     .venv/bin/python benchmarks/scale_dagster.py --devices 100000 --py-spy /tmp/scale.txt     # py-spy, all threads
+    .venv/bin/python benchmarks/scale_dagster.py --sql                    # the run's slowest SQL statements
 
 For each size, in a fresh GOLIOTH_SYNC_HOME with fresh databases (ours and Dagster's; on the system
 server at BENCH_DATABASE_URL, or on the embedded server with --embedded):
@@ -14,17 +15,21 @@ server at BENCH_DATABASE_URL, or on the embedded server with --embedded):
    service with deletes on, and a first sync (the engine, in this process) that imports and links
    every device;
 2. the edits of benchmarks/sync_full.py (same generator): 1% local edits, 1% remote edits, 0.1%
-   conflicts (policy manual), 0.5% creates and 0.5% deletes on each side. `--no-change` skips them;
+   conflicts (policy manual), 0.5% creates and 0.5% deletes on each side. `--no-change` skips them.
+   Then VACUUM ANALYZE: the steady state autovacuum reaches a minute after the import;
 3. the timed sync: a child process (the "run process") calls
    `golioth_assets.cli.dagster_run.run_sync_job`, exactly what `golioth-sync sync` calls. It executes
    the `golioth_full_sync` job in-process against a real DagsterInstance (the project's dagster.yaml,
-   storage in PostgreSQL), and reports its own peak RSS (getrusage maxrss) and step timings (Dagster's
+   storage in PostgreSQL), and reports its own peak RSS (VmHWM) and step timings (Dagster's
    event log, plus wrappers on the engine's step functions).
 
 Reported: run wall time beside the floor and their ratio (the floor: a bare httpx listing of every
 device plus as many bare writes as the run made, against the same simulator, measured right after
-the run in the same process run; target: run <= 3x floor, a miss exits 1), run wall time (run_sync_job's own figure and the child process end to end, imports
-included), time per Dagster step and per engine function, peak RSS of the run process, HTTP requests
+the run in the same process run; target: run <= 3x floor, a miss exits 1), run wall time
+(run_sync_job's own figure and the child process end to end, imports included), the CPU time of
+the run and of the floor, wall and CPU time per engine function, the op's own time against
+Dagster's (before the first step, between the steps, after the last), the collector's time while
+the run executed, peak RSS of the run process, HTTP requests
 by route (the simulator's stats) against the minimum (list pages + 3 reference lists + one write per
 changed Golioth device), and checks: the run succeeded, every asset check passed, the counts match
 the edits, and a dry-run diff afterwards finds nothing to do but the pending conflicts.
@@ -91,6 +96,7 @@ def child(args: argparse.Namespace) -> None:
 
     seconds: Counter[str] = Counter()
     calls: Counter[str] = Counter()
+    cpu: Counter[str] = Counter()  # process CPU time (every thread) while each function ran
     active: list[str] = []  # the engine functions running now, outermost first
     peak_rss: dict[str, float] = {}  # MiB, the highest sample taken while each function ran
     sampling = threading.Event()
@@ -123,13 +129,14 @@ def child(args: argparse.Namespace) -> None:
         original = getattr(owner, name)
 
         def timed(*a, _original=original, **kw):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             active.append(label)
             try:
                 return _original(*a, **kw)
             finally:
                 active.remove(label)
                 seconds[label] += time.perf_counter() - t
+                cpu[label] += time.process_time() - c
                 calls[label] += 1
 
         setattr(owner, name, timed)
@@ -137,7 +144,7 @@ def child(args: argparse.Namespace) -> None:
     for name in ENGINE_STEPS:
         wrap(engine_sync, name, name)
     wrap(convergence, "writes_left", "convergence_check")
-    wrap(GoliothClient, "list_devices", "http_list_devices")
+    wrap(GoliothClient, "list_devices_counted", "http_list_devices")
     imported = time.perf_counter() - started
 
     if args.profile:
@@ -165,16 +172,22 @@ def child(args: argparse.Namespace) -> None:
     # CPU time of the whole process (every thread) while Dagster creates and executes the run: the
     # run is CPU-bound here, and CPU time moves less than wall time on a busy machine.
     run_cpu: dict[str, float] = {}
+    run_gc: Counter[str] = Counter()
     timed_execute = dg.JobDefinition.execute_in_process
 
     def cpu_timed(self, *a, **kw):
         before = time.process_time()
+        gc_before = dict(gc_seconds)
         try:
             return timed_execute(self, *a, **kw)
         finally:
             run_cpu["s"] = time.process_time() - before
+            for key, value in gc_seconds.items():  # the collector's work while the run executed
+                run_gc[key] = value - gc_before.get(key, 0)
 
     dg.JobDefinition.execute_in_process = cpu_timed
+    dagster_share = _time_dagster_share()
+    sql_seconds = _time_sql() if args.sql else None
     launched = run_sync_job(ORG, trigger="benchmark", out=Console(file=io.StringIO()))
 
     with dg.DagsterInstance.get() as instance:
@@ -213,13 +226,102 @@ def child(args: argparse.Namespace) -> None:
                 "steps": steps,
                 "engine": dict(seconds),
                 "engine_calls": dict(calls),
+                "engine_cpu": dict(cpu),
                 "max_rss_mib": _peak_rss_mib(),
                 "peak_rss_by_function_mib": peak_rss,
-                "gc": dict(gc_seconds),
+                "gc": dict(run_gc),
+                "dagster_share": dagster_share,
+                "sql": sql_seconds,
                 "checks": checks,
             }
         )
     )
+
+
+def _time_dagster_share() -> dict[str, float]:
+    """Split the run's CPU and wall time into the op's own work (the engine and the metadata,
+    inside the steps' generator: defs/steps.py's sync_results) and Dagster's: before the op's
+    first step (creating and starting the run, resources, the pool claim), between the steps (the
+    six yields' events and checks) and after the last one. Filled in when the run ends."""
+    import dagster as dg
+
+    from golioth_assets.defs import assets
+
+    share: dict[str, float] = {}
+    marks: dict[str, tuple[float, float]] = {}
+    inner = {"cpu": 0.0, "wall": 0.0}
+    original_steps = assets.sync_results
+
+    def now() -> tuple[float, float]:
+        return time.process_time(), time.perf_counter()
+
+    def steps(run):
+        generator = original_steps(run)
+        while True:
+            cpu, wall = now()
+            marks.setdefault("first", (cpu, wall))
+            try:
+                item = next(generator)
+            except StopIteration:
+                return
+            finally:
+                inner["cpu"] += time.process_time() - cpu
+                inner["wall"] += time.perf_counter() - wall
+                marks["last"] = now()
+            yield item
+
+    assets.sync_results = steps  # the op looks it up at call time
+    original_execute = dg.JobDefinition.execute_in_process
+
+    def execute(self, *a, **kw):
+        start = now()
+        try:
+            return original_execute(self, *a, **kw)
+        finally:
+            end = now()
+            first, last = marks.get("first", end), marks.get("last", end)
+            for i, unit in enumerate(("cpu", "wall")):
+                share[f"before_{unit}"] = first[i] - start[i]
+                share[f"op_{unit}"] = inner[unit]
+                share[f"between_{unit}"] = (last[i] - first[i]) - inner[unit]
+                share[f"after_{unit}"] = end[i] - last[i]
+
+    dg.JobDefinition.execute_in_process = execute
+    return share
+
+
+def _time_sql() -> dict[str, list]:
+    """--sql: wall time per SQL statement (ours and Dagster's storage) while the run executes,
+    keyed by the statement's first 100 characters: [count, seconds]."""
+    import dagster as dg
+    import sqlalchemy as sa
+
+    totals: dict[str, list] = {}
+    running = {"on": False}
+
+    @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def before(conn, cursor, statement, parameters, context, executemany):
+        conn.info["golioth_bench_t"] = time.perf_counter()
+
+    @sa.event.listens_for(sa.engine.Engine, "after_cursor_execute")
+    def after(conn, cursor, statement, parameters, context, executemany):
+        started = conn.info.pop("golioth_bench_t", None)
+        if running["on"] and started is not None:
+            entry = totals.setdefault(" ".join(statement.split())[:100], [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
+
+    original_execute = dg.JobDefinition.execute_in_process
+
+    def execute(self, *a, **kw):
+        running["on"] = True
+        try:
+            return original_execute(self, *a, **kw)
+        finally:
+            running["on"] = False
+
+    dg.JobDefinition.execute_in_process = execute
+    return totals
 
 
 def _peak_rss_mib() -> float:
@@ -372,6 +474,14 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             done = sync_full._edit(engine, ORG, sim, n)
             print(f"  edits: {done} ({time.perf_counter() - t:.1f} s)", flush=True)
+        # The steady state of a deployment: autovacuum vacuums and analyzes a table within a
+        # minute of a bulk change, and syncs run minutes apart. The import above filled the tables
+        # a second ago: their statistics still say "empty" (the planner then loops over every
+        # link) and the hardware-id index still holds its new entries in its unsorted pending
+        # list (each lookup reads all 10,000). Without this the timed run would measure that
+        # first minute, not a sync.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")
         before = _snapshot(engine)
         sim.control.reset_stats(sync_full.PROJECT)
         load_before = os.getloadavg()
@@ -380,6 +490,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
         argv = [sys.executable, __file__, "--child-out", str(out)]
         if args.profile:
             argv += ["--profile", args.profile]
+        if args.sql:
+            argv += ["--sql"]
         if args.py_spy:  # samples every thread of the run process, GIL holders and waiters alike
             argv = [
                 str(Path(sys.executable).with_name("py-spy")),
@@ -529,15 +641,30 @@ def report(r: dict) -> None:
         print(f"    {step:<26} {s:6.2f} s")
     gc_info = run.get("gc", {})
     print(
-        "  cyclic GC: "
+        "  cyclic GC while the run executed: "
         + ", ".join(f"gen{g} {gc_info.get(f'gen{g}', 0):.2f} s ({gc_info.get(f'gen{g}_count', 0)}x)" for g in range(3))
     )
     print("  peak RSS while each engine function ran (psutil, every 20 ms):")
     for name, mib in sorted(run["peak_rss_by_function_mib"].items(), key=lambda kv: -kv[1])[:8]:
         print(f"    {mib:7.0f} MiB  {name}")
-    print("  engine functions (cumulative):")
+    print("  engine functions (cumulative wall / CPU of every thread):")
     for name, s in sorted(run["engine"].items(), key=lambda kv: -kv[1]):
-        print(f"    {name:<26} {s:6.2f} s  ({run['engine_calls'][name]} calls)")
+        cpu = run["engine_cpu"][name]
+        print(f"    {name:<26} {s:6.2f} s / {cpu:5.2f} s  ({run['engine_calls'][name]} calls)")
+    share = run["dagster_share"]
+    print(
+        "  the op's own work / Dagster's (before the first step, between the steps, after the last), CPU: "
+        f"{share['op_cpu']:.2f} s / {share['before_cpu']:.2f} + {share['between_cpu']:.2f} + {share['after_cpu']:.2f} s; "
+        f"wall: {share['op_wall']:.2f} s / {share['before_wall']:.2f} + {share['between_wall']:.2f} + {share['after_wall']:.2f} s"
+    )
+    if run.get("sql"):
+        statements = run["sql"]
+        print(
+            f"  SQL while the run executed: {sum(n for n, _ in statements.values())} statements, "
+            f"{sum(t for _, t in statements.values()):.2f} s (wall, some in threads beside the op); the longest:"
+        )
+        for statement, (n, t) in sorted(statements.items(), key=lambda kv: -kv[1][1])[:15]:
+            print(f"    {t * 1e3:6.1f} ms {n:4d}x  {statement}")
     inventory = run["engine"].get("fetch_step", 0.0)  # the one Dagster step is the whole sync
     print(
         f"  beyond the inventory fetch: {run['run_s'] - inventory:.2f} s "
@@ -575,6 +702,11 @@ def main() -> None:
         "--py-spy", metavar="PATH", help="record the run process with py-spy (PATH.txt: collapsed stacks, else SVG)"
     )
     parser.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: only samples holding the GIL (CPU)")
+    parser.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the SQL statements (ours and Dagster's) that took the most time in the run",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the databases and GOLIOTH_SYNC_HOME (for a look afterwards)"
     )

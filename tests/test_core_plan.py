@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from golioth_assets.core import normalize
 from golioth_assets.core.fields import ALL_GROUPS, group_of
@@ -919,3 +921,37 @@ def test_reason_text_fills_in_who_or_which_policy():
     assert reason_text(Reason.deletes_off, reason_text(Reason.deleted_in_golioth)) == (
         "deleted in Golioth; deletes are off"
     )
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+# What reaches each field from either side (the frames' values), missing values included.
+_FIELD_VALUES = {
+    "name": st.none() | st.text(max_size=6),
+    "tags": st.none() | st.lists(st.none() | st.text(max_size=4), max_size=4),
+    "enabled": st.none() | st.booleans(),
+    "desired_state": st.none() | st.dictionaries(st.text(max_size=3), _JSON, max_size=3),
+    "desired_state.k": _JSON,
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), field=st.sampled_from(sorted(_FIELD_VALUES)), vectorized=st.booleans())
+def test_encode_of_one_value_equals_the_column_wise_rules(data, field, vectorized):
+    """encode (one value, per device while writing) and the plan's column-wise canonical strings
+    agree on any value, so a write's check never sees a change where the plan saw none."""
+    values = data.draw(st.lists(_FIELD_VALUES[field], min_size=1, max_size=4))
+    column = pd.Series(values, dtype=object)
+    old = normalize._SMALL
+    normalize._SMALL = -1 if vectorized else old  # the pandas path or the per-row one
+    try:
+        if field.startswith("desired_state."):
+            expected = normalize.canonical_json_value(column).tolist()
+        else:
+            expected = normalize._BY_KIND[normalize.FIELD_KIND[field]](column).tolist()
+    finally:
+        normalize._SMALL = old
+    assert [encode(field, v) for v in values] == expected

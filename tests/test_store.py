@@ -295,3 +295,31 @@ def test_references_replaced_in_place_renamed_removed_and_unchanged_left_alone(e
         inventory.replace_references(conn, org, renamed.iloc[:0])
     with engine.connect() as conn:
         assert inventory.load_references(conn, org).empty
+
+
+def test_a_lookup_by_a_hundred_hardware_ids_uses_the_gin_index(engine, org):
+    """The convergence check pairs devices by hardware id: with ~100 ids the planner used to scan
+    the whole table (it estimated a third of it per lookup). The statement as sent is explained."""
+    frame = _device_frame(5_000)
+    sent: list[tuple[str, dict]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "hardware_ids" in statement and "&&" in statement:
+            sent.append((statement, parameters))
+
+    with engine.begin() as conn:
+        table = builtin_table(conn, org)
+        table.insert(conn, frame)
+        conn.exec_driver_sql("ANALYZE devices")
+    wanted = frame["hardware_ids"].str[0].tolist()[::50]  # 100 of them
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with engine.connect() as conn:
+            found = table.find_by_hardware_ids(conn, wanted)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert sorted(found) == sorted(frame["device_id"].tolist()[::50])
+    [(statement, parameters)] = sent
+    with engine.connect() as conn:
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
+    assert "ix_devices_hardware_ids" in plan, plan

@@ -456,3 +456,29 @@ def test_the_convergence_check_reads_written_devices_from_golioths_answers(harne
         answers.devices[stuck] = answers.devices[stuck].model_copy(update={"name": "not-what-was-sent"})
         assert convergence.writes_left(db, service, client, sync_log_id, fetched, None, answers) == 1
     engine.finish(db, sync_log_id)
+
+
+def test_link_status_follows_the_pending_conflicts_beside_one_that_names_no_local_device(harness):
+    """A link says "conflict" while a conflict on its device is pending, and "synced" once none
+    is, also while another pending conflict has no local device id (an IN list holding a NULL
+    answers NULL, not false, for every id it lacks)."""
+    _, device_id, _ = harness.make_conflict()
+
+    def statuses() -> pd.Series:
+        with harness.engine.begin() as conn:
+            conflict_store.refresh_link_status(conn, harness.service.id)
+        return harness.links().set_index("device_id")["sync_status"].astype(str)
+
+    with harness.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO device_conflicts (organization_id, service_id, device_id, golioth_device_id, field, "
+                "conflict_type) VALUES (:org, :service, NULL, 'not-linked', 'identity', 'identity')"
+            ),
+            {"org": harness.org, "service": harness.service.id},
+        )
+    status = statuses()
+    assert status[device_id] == "conflict" and (status.drop(device_id) == "synced").all()
+    with harness.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE device_conflicts SET status = 'applied' WHERE device_id = :d"), {"d": device_id})
+    assert (statuses() == "synced").all()

@@ -95,17 +95,17 @@ def refresh_link_status(conn: Connection, service_id: int) -> None:
         WITH open AS (
             SELECT device_id, golioth_device_id FROM device_conflicts
             WHERE service_id = %(service)s AND status = 'pending'
-        ), wanted AS (
-            -- Two IN lists (each hashed once), not EXISTS with an OR: that scanned every open
-            -- conflict for every link (seconds at 100k links).
-            SELECT a.id, CASE WHEN a.device_id IN (SELECT device_id FROM open)
-                                OR a.golioth_device_id IN (SELECT golioth_device_id FROM open)
-                THEN 'conflict' ELSE 'synced' END AS status
-            FROM device_service_assignments a
-            WHERE a.service_id = %(service)s AND a.sync_status IN ('synced', 'conflict')
         )
-        UPDATE device_service_assignments a SET sync_status = w.status, updated_at = now()
-        FROM wanted w WHERE a.id = w.id AND a.sync_status <> w.status
+        -- One pass over the links, flipping those whose status is wrong (no join of the table to
+        -- itself: a third of the time at 100k links). Two IN lists (each hashed once), not EXISTS
+        -- with an OR: that scanned every open conflict for every link (seconds at 100k links).
+        -- An IN list holding a NULL answers NULL for the ids it lacks: coalesce, "not open".
+        UPDATE device_service_assignments a
+        SET sync_status = CASE a.sync_status WHEN 'conflict' THEN 'synced' ELSE 'conflict' END, updated_at = now()
+        WHERE a.service_id = %(service)s AND a.sync_status IN ('synced', 'conflict')
+          AND (a.sync_status = 'conflict') <> coalesce(
+              a.device_id IN (SELECT device_id FROM open) OR a.golioth_device_id IN (SELECT golioth_device_id FROM open),
+              false)
         """,
         {"service": service_id},
     )

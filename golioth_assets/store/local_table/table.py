@@ -242,7 +242,10 @@ class LocalTable:
             return []
         c = None if m.path else self.info.columns[m.column]
         if c is not None and c.is_array:
-            match = f"{column(m.column)} && CAST(%(hw)s AS {c.type_sql})"  # the column itself: its index applies
+            # The column itself, so its GIN index applies; the array as a sub-select, so the planner
+            # takes it as one parameter. As a literal of a hundred ids it estimated a third of the
+            # table per lookup and scanned all of it (50 ms at 10,000 devices against 1 ms).
+            match = f"{column(m.column)} && (SELECT CAST(%(hw)s AS {c.type_sql}))"
         elif c is not None and not c.is_json:
             match = f"{column(m.column)}::text = ANY(%(hw)s)"
         else:
