@@ -98,9 +98,14 @@ def canonical_json_object(values: pd.Series) -> pd.Series:
     return values.map(_json_object_one).astype(object)
 
 
-def canonical_json_value(values: pd.Series) -> pd.Series:
+def json_value_one(value: Any) -> str:
     """One desired-state key's value as canonical JSON; missing or null → NULL."""
-    return values.map(lambda v: NULL if v is None or v is ABSENT or v is pd.NA else dump_json(v)).astype(object)
+    return NULL if value is None or value is ABSENT or value is pd.NA else dump_json(value)
+
+
+def canonical_json_value(values: pd.Series) -> pd.Series:
+    """json_value_one over a column."""
+    return values.map(json_value_one).astype(object)
 
 
 _BY_KIND = {
@@ -185,7 +190,7 @@ def encode(field: str, value: Any) -> str:
     column-wise rules, for one value. Writers call this per device and field (the check before
     each Golioth write), where a one-row Series cost 120-280 µs a call against a few µs."""
     if field.startswith("desired_state."):
-        return NULL if value is None or value is ABSENT or value is pd.NA else dump_json(value)
+        return json_value_one(value)
     one = np.empty(1, dtype=object)
     one[0] = value  # as an element: np.array([value]) would spread a list over a second axis
     return _small_values(FIELD_KIND.get(field, "json"), one)[0]

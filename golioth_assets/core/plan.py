@@ -38,13 +38,13 @@ from golioth_assets.core.fields import (
 from golioth_assets.core.match import Matching, match_devices
 from golioth_assets.core.normalize import (
     NO_BASE,
-    NULL,
     base_values,
     canonical_base_values,
     canonical_values,
     canonicalize,
     decode,
     dump_json,
+    json_value_one,
     snapshot_dicts,
 )
 from golioth_assets.core.observed import TIMESTAMPS, VALUES, observed_changes, utc_naive
@@ -729,9 +729,8 @@ def _desired_cells(
 
 
 def _json_cell(obj: dict[str, Any], key: str) -> str:
-    """One desired-state key's canonical JSON (canonical_json_value); a key the object lacks: NULL."""
-    value = obj.get(key)
-    return NULL if value is None or value is pd.NA else dump_json(value)
+    """One desired-state key's canonical JSON; a key the object lacks: NULL."""
+    return json_value_one(obj.get(key))
 
 
 def _hold_unsettled_desired_keys(agree: pd.DataFrame, unwritten: pd.DataFrame) -> pd.DataFrame:
